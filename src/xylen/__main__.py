@@ -1,0 +1,3 @@
+from xylen.cli import main
+
+main()

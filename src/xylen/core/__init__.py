@@ -1,0 +1,1 @@
+"""The shared core: every xylen command calls into these modules."""

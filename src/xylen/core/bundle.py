@@ -1,0 +1,244 @@
+"""ModelBundle: an immutable folder holding a model artifact and its manifest.json.
+
+``load()`` validates everything -- manifest schema, artifact size and sha256, feature count, golden
+predictions -- before the bundle may serve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from xylen import __version__
+from xylen.core import features
+from xylen.core.backends import Predictor, load_predictor
+from xylen.core.errors import BundleError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+GOLDEN_TOLERANCE = {"lightgbm": 1e-9, "onnx": 1e-5, "torch": 1e-5}
+
+
+class Artifact(BaseModel):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1)
+
+
+class FeatureSet(BaseModel):
+    version: str
+    names: list[str] = Field(min_length=1)
+
+
+class Golden(BaseModel):
+    """A few input rows and the outputs the artifact gave for them when it was written."""
+
+    rows: list[list[float | None]]
+    outputs: list[float]
+    # A window of raw candles (open_time, o, h, l, c, v) and the probability for its last candle: proves the
+    # whole serving path (features + model), not only the model. Absent for imported external models.
+    window: list[list[float]] | None = None
+    window_output: float | None = None
+
+
+class TrainingWindow(BaseModel):
+    first_open_time: int
+    last_open_time: int
+    rows: int
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: str
+    backend: Literal["lightgbm", "onnx", "torch"]
+    artifact: Artifact
+    feature_set: FeatureSet
+    label: dict[str, Any] = Field(default_factory=dict)
+    symbol: str | None = None
+    interval: str | None = None
+    training_window: TrainingWindow | None = None
+    profile: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    golden: Golden
+    created_at: str
+    xylen_version: str
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"Bundle {str(folder)!r} has no {MANIFEST}.",
+                          hint="it is not a xylen bundle, or it was written partially; roll back or retrain.") from None
+    try:
+        return Manifest.model_validate(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise BundleError(f"{str(path)!r} is not valid JSON ({exc}).", hint="the bundle is corrupt; roll back.") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{str(path)!r}: field {where!r} {first['msg'].lower()} (got {str(first.get('input'))[:60]!r}).",
+                          hint="the manifest is damaged or from an incompatible xylen; retrain or re-import.") from None
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    data = orjson.dumps(manifest.model_dump(mode="json"), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    write_durably(folder / MANIFEST, data)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file + fsync + rename: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def verify_artifact(folder: Path, manifest: Manifest) -> Path:
+    """Size, then sha256, of the artifact against the manifest. Cheap enough to run before every load."""
+    art = folder / manifest.artifact.file
+    if Path(manifest.artifact.file).name != manifest.artifact.file:
+        raise BundleError(f"Manifest artifact path {manifest.artifact.file!r} leaves the bundle folder.",
+                          hint="artifacts live inside the bundle; re-import the model.")
+    try:
+        size = art.stat().st_size
+    except FileNotFoundError:
+        raise BundleError(f"Bundle {str(folder)!r} lacks its artifact {manifest.artifact.file!r}.",
+                          hint="the bundle is incomplete; roll back or retrain.") from None
+    if size != manifest.artifact.size:
+        raise BundleError(f"{str(art)!r} is {size} bytes but its manifest says {manifest.artifact.size}.",
+                          hint="the file was truncated or replaced; roll back or retrain.")
+    digest = sha256_file(art)
+    if digest != manifest.artifact.sha256:
+        raise BundleError(f"{str(art)!r} has sha256 {digest[:12]}... but its manifest says "
+                          f"{manifest.artifact.sha256[:12]}....", hint="the model file was tampered with or "
+                          "corrupted; roll back (`xylen models rollback`) or retrain.")
+    return art
+
+
+class ModelBundle:
+    """A loaded, verified bundle. ``predict(X)`` and ``num_feature()`` mirror lightgbm.Booster."""
+
+    def __init__(self, folder: Path, manifest: Manifest, predictor: Predictor) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.predictor = predictor
+        self.feature_names = list(manifest.feature_set.names)
+        self.computes_features = manifest.feature_set.version == features.VERSION and tuple(
+            self.feature_names) == features.NAMES
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def backend(self) -> str:
+        return self.manifest.backend
+
+    def num_feature(self) -> int:
+        return len(self.feature_names)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.predictor.predict(X)
+
+    def predict_candles(self, candles: features.CandleArrays) -> float:
+        """Probability for the last candle of a window (the serving path: same feature code as training)."""
+        row = features.last_row(candles)
+        return float(self.predictor.predict(row.reshape(1, -1))[0])
+
+    def check_golden(self) -> None:
+        g = self.manifest.golden
+        tol = GOLDEN_TOLERANCE[self.backend]
+        X = np.array([[np.nan if v is None else v for v in r] for r in g.rows], dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.num_feature():
+            raise BundleError(f"Bundle {self.name} {self.version}: golden rows have shape {X.shape} but the manifest "
+                              f"names {self.num_feature()} features.", hint="the manifest is inconsistent; re-import.")
+        got = self.predict(X)
+        want = np.asarray(g.outputs)
+        if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=tol):
+            raise BundleError(f"Bundle {self.name} {self.version}: golden predictions differ from the manifest "
+                              f"(max |diff| {float(np.max(np.abs(got - want))) if got.shape == want.shape else 'shape'}).",
+                              hint="the artifact does not behave like the model that was trained; roll back.")
+        if g.window is not None and g.window_output is not None:
+            if not self.computes_features:
+                raise BundleError(f"Bundle {self.name} {self.version} needs feature set "
+                                  f"{self.manifest.feature_set.version!r}; this xylen computes {features.VERSION!r}.",
+                                  hint="retrain with this xylen version, or install the xylen that trained it.")
+            p = self.predict_candles(features.CandleArrays.from_matrix(np.asarray(g.window, dtype=np.float64)))
+            if abs(p - g.window_output) > tol:
+                raise BundleError(f"Bundle {self.name} {self.version}: the golden candle window predicts {p:.6f}, "
+                                  f"the manifest says {g.window_output:.6f}.",
+                                  hint="the feature code changed since training; retrain.")
+
+
+def load_bundle(folder: str | Path, *, check_golden: bool = True, num_threads: int = 1) -> ModelBundle:
+    """Load and verify a bundle folder. Raises BundleError with the reason and the fix."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BundleError(f"Model bundle {str(folder)!r} does not exist.", hint="check the path or `xylen models list`.")
+    manifest = read_manifest(folder)
+    art = verify_artifact(folder, manifest)
+    options: dict[str, Any] = {"num_threads": num_threads} if manifest.backend == "lightgbm" else {}
+    predictor = load_predictor(manifest.backend, art, **options)
+    if predictor.num_feature() != len(manifest.feature_set.names):
+        raise BundleError(f"Bundle {str(folder)!r}: the model expects {predictor.num_feature()} features but the "
+                          f"manifest names {len(manifest.feature_set.names)}.",
+                          hint="the manifest does not belong to this artifact; retrain or re-import.")
+    bundle = ModelBundle(folder, manifest, predictor)
+    if check_golden:
+        bundle.check_golden()
+    return bundle
+
+
+def artifact_info(path: Path) -> Artifact:
+    return Artifact(file=path.name, sha256=sha256_file(path), size=path.stat().st_size)
+
+
+def new_manifest(**fields: Any) -> Manifest:
+    fields.setdefault("created_at", now_iso())
+    fields.setdefault("xylen_version", __version__)
+    return Manifest(**fields)

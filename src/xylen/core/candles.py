@@ -1,0 +1,403 @@
+"""The candle schema, readers for every supported file format, and validation.
+
+A candle frame is a polars DataFrame with the columns in ``COLUMNS`` (the last five may be null when the
+source does not carry them), unique and strictly increasing on ``open_time`` (UTC epoch milliseconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+
+from xylen.core.errors import DataError
+
+INTERVAL_MS: dict[str, int] = {
+    "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
+    "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000,
+}
+"""Fixed-length Binance intervals. ``1M`` (calendar month) is not supported: its length varies."""
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+OHLCV = ("open", "high", "low", "close", "volume")
+EXTRA_COLUMNS = ("close_time", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote")
+COLUMNS = ("open_time", *OHLCV, *EXTRA_COLUMNS)
+SCHEMA: dict[str, Any] = {
+    "open_time": pl.Int64, "open": pl.Float64, "high": pl.Float64, "low": pl.Float64, "close": pl.Float64,
+    "volume": pl.Float64, "close_time": pl.Int64, "quote_volume": pl.Float64, "trades": pl.Int64,
+    "taker_buy_base": pl.Float64, "taker_buy_quote": pl.Float64,
+}
+MICROS_THRESHOLD = 10**13  # an epoch in ms stays below this until the year 2286; in microseconds it is above
+
+# Object candles: every accepted spelling of each field (Binance websocket letters, long names, freqtrade).
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "open_time": ("open_time", "t", "timestamp", "time", "date"),
+    "open": ("open", "o"), "high": ("high", "h"), "low": ("low", "l"), "close": ("close", "c"),
+    "volume": ("volume", "v"), "close_time": ("close_time", "T"), "quote_volume": ("quote_volume", "q"),
+    "trades": ("trades", "n"), "taker_buy_base": ("taker_buy_base", "V"), "taker_buy_quote": ("taker_buy_quote", "Q"),
+}
+
+
+def interval_ms(interval: str) -> int:
+    try:
+        return INTERVAL_MS[interval]
+    except KeyError:
+        raise DataError(f"Unknown interval {interval!r}.", hint=f"use one of: {' '.join(INTERVAL_MS)}.") from None
+
+
+def fmt_ts(ms: int | float) -> str:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def empty_frame() -> pl.DataFrame:
+    return pl.DataFrame(schema=SCHEMA)
+
+
+@dataclass
+class ReadResult:
+    """Candles read from one source plus what the reader had to do to them."""
+
+    frame: pl.DataFrame
+    source: str
+    symbol: str | None = None
+    interval: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Name inference: BTCUSDT-5m-2024-01.zip, BTC_USDT-5m.feather, btcusdt_5m.parquet ...
+_NAME_RE = re.compile(r"(?P<sym>[A-Za-z0-9]+(?:_[A-Za-z0-9]+)?)[-_](?P<iv>\d+[smhdwM])(?:[-_.]|$)")
+
+
+def infer_series(path: Path) -> tuple[str | None, str | None]:
+    name = path.name
+    for suffix in (".gz", ".zip", ".csv", ".feather", ".parquet", ".jsonl", ".json", ".arrow", ".ipc"):
+        name = name.removesuffix(suffix)
+    m = _NAME_RE.search(name.split("__")[-1])
+    if not m:
+        return None, None
+    iv = m.group("iv")
+    return m.group("sym").replace("_", "").upper(), (iv if iv in INTERVAL_MS else None)
+
+
+# --------------------------------------------------------------------------------------------------------
+def normalize_time_ms(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per-row µs -> ms (data.binance.vision spot archives switched to µs on 2025-01-01)."""
+    values = values.astype(np.int64, copy=True)
+    micro = values > MICROS_THRESHOLD
+    n = int(micro.sum())
+    if n:
+        values[micro] //= 1000
+    return values, n
+
+
+def _conform(df: pl.DataFrame) -> pl.DataFrame:
+    cols = []
+    for name, dtype in SCHEMA.items():
+        cols.append(pl.col(name).cast(dtype, strict=True) if name in df.columns else pl.lit(None, dtype=dtype).alias(name))
+    return df.select(cols)
+
+
+def read_candles(path: str | Path, *, interval: str | None = None, symbol: str | None = None) -> ReadResult:
+    """Read one candle file of any supported format. Raises DataError naming the file and the fix."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"Candle file {str(p)!r} does not exist.", hint="check the path passed to --data.")
+    if p.is_dir():
+        raise DataError(f"{str(p)!r} is a folder, not a candle file.",
+                        hint="pass the files themselves, e.g. --data 'dir/*.zip' expanded by your shell.")
+    sym, iv = infer_series(p)
+    interval = interval or iv
+    name = p.name.lower()
+    notes: list[str] = []
+    try:
+        if name.endswith(".zip"):
+            notes += verify_checksum(p)
+            df, n_micro = _read_zip(p)
+        elif name.endswith((".csv", ".csv.gz")):
+            df, n_micro = _read_binance_csv(p.read_bytes() if name.endswith(".csv") else _gunzip(p), p)
+        elif name.endswith((".feather", ".arrow", ".ipc")):
+            df, n_micro = _from_table(pl.read_ipc(p), p, interval)
+        elif name.endswith(".parquet"):
+            df, n_micro = _from_table(pl.read_parquet(p), p, interval)
+        elif name.endswith((".jsonl", ".ndjson", ".json")):
+            df, n_micro = _read_jsonl(p)
+        else:
+            raise DataError(f"Unknown candle file type {p.name!r}.",
+                            hint="use .csv/.csv.gz/.zip (Binance 12 columns), .feather, .parquet or .jsonl.")
+    except DataError:
+        raise
+    except (pl.exceptions.PolarsError, OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise DataError(f"Cannot read {str(p)!r}: {str(exc).splitlines()[0][:300]}",
+                        hint="the file looks corrupt or truncated; download or export it again.") from None
+    if n_micro:
+        notes.append(f"{n_micro} timestamps were in microseconds and were converted to milliseconds")
+    if df.height == 0:
+        raise DataError(f"{str(p)!r} holds no candles.", hint="check that it is the right file and not empty.")
+    if interval and df["close_time"].null_count() == df.height:
+        df = df.with_columns((pl.col("open_time") + interval_ms(interval) - 1).alias("close_time"))
+    return ReadResult(frame=df, source=str(p), symbol=symbol or sym, interval=interval, notes=notes)
+
+
+def _gunzip(p: Path) -> bytes:
+    import gzip
+
+    with gzip.open(p, "rb") as fh:
+        return fh.read()
+
+
+def verify_checksum(p: Path) -> list[str]:
+    """Verify a data.binance.vision ``.CHECKSUM`` file beside an archive, when one is there."""
+    ck = p.with_name(p.name + ".CHECKSUM")
+    if not ck.exists():
+        return []
+    expected = ck.read_text(errors="replace").split()[0].strip().lower() if ck.stat().st_size else ""
+    actual = hashlib.sha256(p.read_bytes()).hexdigest()
+    if expected != actual:
+        raise DataError(f"{str(p)!r} does not match its checksum file: sha256 {actual[:12]}... != {expected[:12]}...",
+                        hint="the download is corrupt or truncated; download the archive again.")
+    return [f"sha256 verified against {ck.name}"]
+
+
+def _read_zip(p: Path) -> tuple[pl.DataFrame, int]:
+    with zipfile.ZipFile(p) as zf:
+        members = [m for m in zf.namelist() if m.lower().endswith(".csv")]
+        if len(members) != 1:
+            raise DataError(f"{str(p)!r} should hold exactly one .csv file, found {len(members)}: {members[:5]}.",
+                            hint="use the monthly or daily kline archives from data.binance.vision.")
+        return _read_binance_csv(zf.read(members[0]), p)
+
+
+def _read_binance_csv(data: bytes, p: Path) -> tuple[pl.DataFrame, int]:
+    first = data.split(b"\n", 1)[0].strip()
+    if not first:
+        raise DataError(f"{str(p)!r} is empty.", hint="download or export it again.")
+    has_header = not first.split(b",")[0].strip().lstrip(b"-").isdigit()
+    raw = pl.read_csv(io.BytesIO(data), has_header=has_header, infer_schema=False, truncate_ragged_lines=False)
+    if raw.width < 6:
+        raise DataError(f"{str(p)!r} has {raw.width} columns; a Binance kline CSV has 12 "
+                        "(open_time, open, high, low, close, volume, close_time, ...).",
+                        hint="export the klines in Binance's layout or convert the file to parquet with our column names.")
+    names = list(COLUMNS[: min(raw.width, 11)])
+    raw = raw.select(raw.columns[: len(names)])
+    raw.columns = names
+    try:
+        df = raw.select([pl.col(c).str.strip_chars().cast(SCHEMA[c], strict=True) if c not in ("open_time", "close_time", "trades")
+                         else pl.col(c).str.strip_chars().cast(pl.Float64, strict=True).cast(pl.Int64) for c in names])
+    except pl.exceptions.PolarsError:
+        bad = _first_bad_number(raw)
+        raise DataError(f"{str(p)!r} row {bad[0] + 1 + int(has_header)}: column {bad[1]!r} value {bad[2]!r} is not a number.",
+                        hint="fix or remove that row; every column of a Binance kline CSV is numeric.") from None
+    return _normalize_times(_conform(df))
+
+
+def _first_bad_number(raw: pl.DataFrame) -> tuple[int, str, str]:
+    for c in raw.columns:
+        s = raw[c]
+        bad = s.str.strip_chars().cast(pl.Float64, strict=False).is_null() & s.is_not_null()
+        if bad.any():
+            i = int(bad.arg_max())  # type: ignore[arg-type]
+            return i, c, str(s[i])
+        if s.null_count():
+            i = int(s.is_null().arg_max())  # type: ignore[arg-type]
+            return i, c, ""
+    return 0, raw.columns[0], "?"
+
+
+def _normalize_times(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    ot, n1 = normalize_time_ms(df["open_time"].to_numpy())
+    out = df.with_columns(pl.Series("open_time", ot))
+    if df["close_time"].null_count() < df.height:
+        ct = df["close_time"].fill_null(-1).to_numpy()
+        ct2, _ = normalize_time_ms(ct)
+        out = out.with_columns(pl.Series("close_time", ct2).replace(-1, None))
+    return out, n1
+
+
+def _from_table(df: pl.DataFrame, p: Path, interval: str | None) -> tuple[pl.DataFrame, int]:
+    cols = set(df.columns)
+    if "date" in cols and "open_time" not in cols:  # freqtrade
+        dt = df.schema["date"]
+        if isinstance(dt, pl.Datetime):
+            df = df.with_columns(pl.col("date").dt.epoch("ms").alias("open_time")).drop("date")
+        else:
+            df = df.rename({"date": "open_time"})
+    missing = [c for c in ("open_time", *OHLCV) if c not in df.columns]
+    if missing:
+        raise DataError(f"{str(p)!r} lacks the column(s) {missing}; it has {df.columns[:12]}.",
+                        hint="candle tables need open_time (or freqtrade's date), open, high, low, close, volume.")
+    try:
+        return _normalize_times(_conform(df))
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"{str(p)!r} has a column of the wrong type: {str(exc).splitlines()[0][:200]}",
+                        hint="prices and volume must be numbers, open_time an integer in ms or a datetime.") from None
+
+
+def _read_jsonl(p: Path) -> tuple[pl.DataFrame, int]:
+    rows = []
+    text = p.read_bytes()
+    if p.name.lower().endswith(".json") and text.lstrip().startswith(b"["):
+        try:
+            records: Iterable[Any] = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise DataError(f"{str(p)!r} is not valid JSON: {exc}", hint="the file is truncated or corrupt.") from None
+        lines = list(enumerate(records, 1))
+    else:
+        lines = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                lines.append((i, orjson.loads(line)))
+            except orjson.JSONDecodeError:
+                raise DataError(f"{str(p)!r} line {i} is not valid JSON: {line[:80]!r}",
+                                hint="remove or fix that line (a truncated last line is common after a crash).") from None
+    for i, rec in lines:
+        if isinstance(rec, dict) and "k" in rec and isinstance(rec["k"], dict):  # websocket kline event
+            if not rec["k"].get("x", False):
+                continue  # still-open candle: only closed candles are stored
+            rec = rec["k"]
+        try:
+            rows.append(record_to_row(rec))
+        except DataError as exc:
+            raise DataError(f"{str(p)!r} line {i}: {exc.message}", hint=exc.hint) from None
+    if not rows:
+        return empty_frame(), 0
+    arr = np.array(rows, dtype=np.float64)
+    df = pl.DataFrame({c: arr[:, j] for j, c in enumerate(COLUMNS)})
+    df = df.with_columns([pl.col(c).fill_nan(None) for c in EXTRA_COLUMNS])
+    return _normalize_times(_conform(df))
+
+
+def record_to_row(rec: Any) -> list[float]:
+    """One candle (12-field array or object with any accepted field spelling) -> 11 floats (NaN = unknown)."""
+    if isinstance(rec, (list, tuple)):
+        if len(rec) < 6:
+            raise DataError(f"a candle array has {len(rec)} fields; Binance arrays have 12 "
+                            "[open_time, open, high, low, close, volume, close_time, ...].", hint="send at least 6.")
+        vals = list(rec[:11]) + [None] * (11 - min(len(rec), 11))
+    elif isinstance(rec, dict):
+        vals = []
+        for name in COLUMNS:
+            v = None
+            for alias in FIELD_ALIASES[name]:
+                if alias in rec:
+                    v = rec[alias]
+                    break
+            if v is None and name in ("open_time", *OHLCV):
+                raise DataError(f"a candle object lacks {name!r} (also accepted: {', '.join(FIELD_ALIASES[name][1:])}).",
+                                hint=f"add it; got keys {sorted(rec)[:12]}.")
+            vals.append(v)
+    else:
+        raise DataError(f"a candle must be an array or an object, got {type(rec).__name__} {str(rec)[:40]!r}.",
+                        hint="send Binance 12-field arrays or objects with open_time/open/high/low/close/volume.")
+    out = []
+    for name, v in zip(COLUMNS, vals):
+        if v is None:
+            out.append(float("nan"))
+            continue
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise DataError(f"field {name!r} value {str(v)[:40]!r} is not a number.",
+                            hint="prices, volumes and times must be numbers or numeric strings.") from None
+    if isinstance(vals[0], str) and not str(vals[0]).strip().lstrip("-").isdigit():
+        out[0] = _parse_time(vals[0])
+    return out
+
+
+def _parse_time(v: str) -> float:
+    try:
+        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000
+    except ValueError:
+        raise DataError(f"time {v!r} is neither epoch milliseconds nor ISO 8601.",
+                        hint="send open_time as an integer in ms like 1704067200000.") from None
+
+
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class ValidationReport:
+    rows: int
+    first: int
+    last: int
+    interval: str
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # (last open_time before, missing candles)
+    zero_volume: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def missing(self) -> int:
+        return sum(n for _, n in self.gaps)
+
+
+def validate(df: pl.DataFrame, interval: str, source: str) -> ValidationReport:
+    """Check a candle frame; raises DataError naming the row and value. Gaps are reported, never filled."""
+    step = interval_ms(interval)
+    if df.height == 0:
+        raise DataError(f"{source}: no candles.", hint="point --data at a file with candles, or run `xylen collect`.")
+    t = df["open_time"].to_numpy()
+    for name in OHLCV:
+        col = df[name]
+        if col.null_count():
+            i = int(col.is_null().arg_max())  # type: ignore[arg-type]
+            raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) has no {name}.", hint="fix or drop that row.")
+        a = col.to_numpy()
+        bad = ~np.isfinite(a)
+        if bad.any():
+            i = int(bad.argmax())
+            raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {a[i]!r}.",
+                            hint="NaN and infinity are not prices; fix or drop that row.")
+        neg = (a <= 0) if name != "volume" else (a < 0)
+        if neg.any():
+            i = int(neg.argmax())
+            raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {a[i]!r}.",
+                            hint="prices must be > 0 and volume >= 0; fix or drop that row.")
+    o, h, lo, c = (df[n].to_numpy() for n in PRICE_COLUMNS)
+    bad = (h < np.maximum(o, c)) | (lo > np.minimum(o, c)) | (lo > h)
+    if bad.any():
+        i = int(bad.argmax())
+        raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) breaks OHLC sanity: open={o[i]} high={h[i]} "
+                        f"low={lo[i]} close={c[i]}.", hint="high must be >= open, close and low; fix or drop that row.")
+    off = (t % step) != 0
+    if off.any():
+        i = int(off.argmax())
+        raise DataError(f"{source}: row {i + 1} open_time {int(t[i])} is not on the {interval} grid.",
+                        hint=f"check the interval (is this really {interval} data?) or pass the right --interval.")
+    d = np.diff(t)
+    if (d == 0).any():
+        idx = np.flatnonzero(d == 0)
+        raise DataError(f"{source}: {len(idx)} duplicate candle(s), first at row {idx[0] + 2} ({fmt_ts(t[idx[0]])}).",
+                        hint="keep one row per open_time (`xylen collect import` deduplicates while importing).")
+    if (d < 0).any():
+        i = int(np.flatnonzero(d < 0)[0])
+        raise DataError(f"{source}: candles are not sorted: row {i + 2} ({fmt_ts(t[i + 1])}) comes after "
+                        f"row {i + 1} ({fmt_ts(t[i])}).", hint="sort the file by open_time.")
+    gap_idx = np.flatnonzero(d != step)
+    gaps = [(int(t[i]), int(d[i] // step) - 1) for i in gap_idx]
+    zero = int((df["volume"].to_numpy() == 0).sum())
+    return ValidationReport(rows=df.height, first=int(t[0]), last=int(t[-1]), interval=interval, gaps=gaps,
+                            zero_volume=zero)
+
+
+def infer_interval(df: pl.DataFrame) -> str | None:
+    t = df["open_time"].to_numpy()
+    if len(t) < 2:
+        return None
+    d = int(np.median(np.diff(t)))
+    return next((k for k, v in INTERVAL_MS.items() if v == d), None)
+
+
+def combine(results: Sequence[ReadResult]) -> pl.DataFrame:
+    """Concatenate several reads of one series (e.g. monthly archives), sorted by open_time."""
+    return pl.concat([r.frame for r in results], how="vertical").sort("open_time")

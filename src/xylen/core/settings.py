@@ -1,0 +1,256 @@
+"""One Settings object for every command.
+
+Precedence: CLI flag > environment (XYLEN_*, or the alpha's bare names) > XYLEN_HOME/models.env > default.
+Core code receives a ``Settings``; it never reads ``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from xylen.core.errors import ConfigError
+
+ProfileName = Literal["m1", "m4", "8gb", "16gb", "auto"]
+BackendName = Literal["lightgbm", "onnx", "torch"]
+
+# The alpha's settings names, accepted verbatim (environment or models.env) next to the XYLEN_ ones.
+ALPHA_NAMES = {
+    "model_path": "MODEL_PATH",
+    "model_type": "MODEL_TYPE",
+    "port": "PORT",
+    "host": "HOST",
+    "lgbm_max_memory_gb": "LGBM_MAX_MEMORY_GB",
+    "lgbm_num_threads": "LGBM_NUM_THREADS",
+    "training_interval": "TRAINING_INTERVAL",
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _alias(field: str) -> AliasChoices:
+    names = [f"XYLEN_{field.upper()}"]
+    if field in ALPHA_NAMES:
+        names.append(ALPHA_NAMES[field])
+    return AliasChoices(field, *names)
+
+
+def default_home() -> Path:
+    return Path("~/.xylen").expanduser()
+
+
+class Settings(BaseSettings):
+    """Every setting xylen reads. Each is documented in models.env.example and shown by `xylen config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="XYLEN_", extra="ignore", case_sensitive=False, populate_by_name=True,
+        validate_default=True,
+    )
+
+    home: Path = Field(default_factory=default_home, validation_alias=_alias("home"),
+                       description="Root folder: models.env, data/ (the candle store), models/ (the registry), logs/.")
+    # --- data / training -------------------------------------------------------------------------------
+    symbol: str = Field("BTCUSDT", validation_alias=_alias("symbol"),
+                        description="Default trading pair for train/serve, e.g. BTCUSDT.")
+    interval: str = Field("5m", validation_alias=_alias("interval"),
+                          description="Default candle interval (Binance spelling: 1m 5m 15m 1h 4h 1d ...).")
+    profile: ProfileName = Field("auto", validation_alias=_alias("profile"),
+                                 description="Hardware profile for training: m1, m4, 8gb, 16gb or auto.")
+    lgbm_max_memory_gb: float | None = Field(None, gt=0, validation_alias=_alias("lgbm_max_memory_gb"),
+                                             description="Memory cap for training in GB; overrides the profile.")
+    lgbm_num_threads: int | None = Field(None, ge=1, le=256, validation_alias=_alias("lgbm_num_threads"),
+                                         description="LightGBM threads for training; overrides the profile.")
+    label_horizon: int = Field(6, ge=1, le=1000, validation_alias=_alias("label_horizon"),
+                               description="Label horizon N: candles ahead the return is measured over.")
+    label_threshold: float = Field(0.002, ge=0, lt=1, validation_alias=_alias("label_threshold"),
+                                   description="Label threshold theta: log return over N candles above it is 1.")
+    fee: float = Field(0.001, ge=0, lt=0.05, validation_alias=_alias("fee"),
+                       description="Trading fee per side used by the backtest (0.001 = 0.1%).")
+    folds: int = Field(5, ge=2, le=20, validation_alias=_alias("folds"),
+                       description="Walk-forward folds for evaluation.")
+    entry_threshold: float = Field(0.5, gt=0, lt=1, validation_alias=_alias("entry_threshold"),
+                                   description="Backtest: go long while the predicted probability is at least this.")
+    training_interval: float = Field(3600.0, gt=0, validation_alias=_alias("training_interval"),
+                                     description="Seconds between retrains in `retrain --loop` (also 30m, 6h, 1d).")
+    # --- serving ---------------------------------------------------------------------------------------
+    model_path: Path | None = Field(None, validation_alias=_alias("model_path"),
+                                    description="Serve this bundle folder directly instead of the registry's live one.")
+    model_type: BackendName = Field("lightgbm", validation_alias=_alias("model_type"),
+                                    description="Backend of MODEL_PATH: lightgbm, onnx or torch.")
+    host: str = Field("127.0.0.1", validation_alias=_alias("host"),
+                      description="Address `xylen serve` binds; non-loopback needs API keys.")
+    port: int = Field(8000, ge=1, le=65535, validation_alias=_alias("port"),
+                      description="Port `xylen serve` listens on.")
+    api_keys: str = Field("", validation_alias=_alias("api_keys"), repr=False,
+                          description="Comma-separated API keys accepted by the server (never logged).")
+    api_keys_file: Path | None = Field(None, validation_alias=_alias("api_keys_file"),
+                                       description="File of sha256-hashed API keys, one per line.")
+    allow_unauthenticated: bool = Field(False, validation_alias=_alias("allow_unauthenticated"),
+                                        description="Allow a non-loopback bind without API keys.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, validation_alias=_alias("max_body_bytes"),
+                                description="Request bodies above this many bytes get 413.")
+    log_format: Literal["text", "json"] = Field("text", validation_alias=_alias("log_format"),
+                                                description="Log format: text or json.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias=_alias("log_level"),
+                                                                    description="Log level.")
+    # --- collect ---------------------------------------------------------------------------------------
+    binance_base_url: str = Field("https://data-api.binance.vision", validation_alias=_alias("binance_base_url"),
+                                  description="Binance REST base URL (keyless market data by default).")
+    binance_ws_url: str = Field("wss://data-stream.binance.vision/ws", validation_alias=_alias("binance_ws_url"),
+                                description="Binance websocket base URL for kline streams.")
+    weight_budget_share: float = Field(0.5, gt=0, le=1, validation_alias=_alias("weight_budget_share"),
+                                       description="Share of Binance's 6000/min request weight the collector may use.")
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol(cls, v: str) -> str:
+        v = v.strip().upper()
+        if not re.fullmatch(r"[A-Z0-9]{2,20}", v):
+            raise ValueError("a symbol is letters and digits like BTCUSDT")
+        return v
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        from xylen.core.candles import INTERVAL_MS
+
+        if v not in INTERVAL_MS:
+            raise ValueError(f"use one of {' '.join(INTERVAL_MS)}")
+        return v
+
+    @field_validator("training_interval", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            m = _DURATION.match(v)
+            if not m:
+                raise ValueError("a duration is seconds (3600) or a number with s, m, h or d (6h)")
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        return v
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def env_file(self) -> Path:
+        return self.home / "models.env"
+
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+
+def _env_names(field: str) -> list[str]:
+    names = [f"XYLEN_{field.upper()}"]
+    if field in ALPHA_NAMES:
+        names.append(ALPHA_NAMES[field])
+    return names
+
+
+def _resolve_home(overrides: dict[str, Any], environ: dict[str, str]) -> Path:
+    if overrides.get("home") is not None:
+        return Path(overrides["home"]).expanduser()
+    if environ.get("XYLEN_HOME"):
+        return Path(environ["XYLEN_HOME"]).expanduser()
+    return default_home()
+
+
+def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Resolve settings: CLI overrides > environment > models.env > defaults. Raises ConfigError."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    env = dict(os.environ if environ is None else environ)
+    home = _resolve_home(overrides, env)
+    env_file = home / "models.env"
+    try:
+        if env_file.exists() and not os.access(env_file, os.R_OK):
+            raise ConfigError(f"Cannot read settings file {str(env_file)!r}.", hint="fix its permissions (chmod 600).")
+        return Settings(_env_file=env_file if env_file.is_file() else None, **(overrides | {"home": home}))  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, overrides, env, env_file)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Settings file {str(env_file)!r} is not UTF-8 text.",
+                          hint="rewrite it as KEY=value lines, see models.env.example.") from None
+
+
+def _format_validation(exc: ValidationError, overrides: dict[str, Any], env: dict[str, str], env_file: Path) -> str:
+    lines = ["Invalid settings:"]
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        origin = describe_source(field, overrides, env, env_file)
+        lines.append(f"  {origin} = {err.get('input')!r}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def describe_source(field: str, overrides: dict[str, Any], env: dict[str, str], env_file: Path) -> str:
+    return _source(field, overrides, env, _read_env_file(env_file)).label
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: Literal["cli", "env", "models.env", "default"]
+    name: str
+
+    @property
+    def label(self) -> str:
+        if self.kind == "cli":
+            return f"--{self.name.replace('_', '-')} (command line)"
+        if self.kind == "env":
+            return f"{self.name} (environment)"
+        if self.kind == "models.env":
+            return f"{self.name} (models.env)"
+        return f"{self.name} (default)"
+
+
+def _read_env_file(env_file: Path) -> dict[str, str | None]:
+    try:
+        return {k.upper(): v for k, v in dotenv_values(env_file).items()} if env_file.is_file() else {}
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def _source(field: str, overrides: dict[str, Any], env: dict[str, str], file_values: dict[str, str | None]) -> Source:
+    if field in overrides:
+        return Source("cli", field)
+    upper_env = {k.upper(): v for k, v in env.items()}
+    for name in _env_names(field):
+        if name in upper_env:
+            return Source("env", name)
+    for name in _env_names(field):
+        if name in file_values:
+            return Source("models.env", name)
+    return Source("default", f"XYLEN_{field.upper()}")
+
+
+def explain(settings: Settings, overrides: dict[str, Any] | None = None,
+            environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Each setting with its value and where it came from (for `xylen config`). Secrets are masked."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    env = dict(os.environ if environ is None else environ)
+    file_values = _read_env_file(settings.env_file)
+    rows = []
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if name == "api_keys":
+            value = f"<{len(settings.api_key_list())} key(s) set>" if value else ""
+        src = _source(name, overrides, env, file_values)
+        rows.append({"setting": name, "env": _env_names(name), "value": value if value is None else str(value),
+                     "source": src.kind, "source_name": src.name, "description": info.description or ""})
+    return rows
+
+
+def unknown_env_file_keys(settings: Settings) -> list[str]:
+    """Keys in models.env that no setting reads (usually typos)."""
+    known = {n for f in Settings.model_fields for n in _env_names(f)}
+    return sorted(k for k in _read_env_file(settings.env_file) if k not in known)

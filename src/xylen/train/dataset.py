@@ -1,0 +1,58 @@
+"""From validated candles to the training matrix: features, labels, and which rows may be used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from xylen.core import features, labels
+from xylen.core.candles import interval_ms
+
+
+@dataclass
+class Dataset:
+    open_time: np.ndarray   # (n,)
+    close: np.ndarray       # (n,)
+    X: np.ndarray           # (n, n_features); NaN where the lookback is incomplete
+    y: np.ndarray           # (n,) 1.0/0.0, NaN where the horizon runs past the data
+    valid: np.ndarray       # (n,) bool: full lookback and full horizon inside one gap-free segment
+    contiguous_next: np.ndarray  # (n,) bool: the next candle follows on the grid (for the backtest)
+    step_ms: int
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(self.valid)
+
+
+def arrays_of(df: pl.DataFrame) -> features.CandleArrays:
+    return features.CandleArrays(
+        df["open_time"].to_numpy().astype(np.int64), *(df[c].to_numpy().astype(np.float64)
+                                                        for c in ("open", "high", "low", "close", "volume")))
+
+
+def segment_bounds(open_time: np.ndarray, step_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, the index of the first and last row of its gap-free segment."""
+    n = len(open_time)
+    brk = np.flatnonzero(np.diff(open_time) != step_ms) + 1  # first row of each new segment
+    starts = np.concatenate(([0], brk))
+    ends = np.concatenate((brk - 1, [n - 1]))
+    seg = np.zeros(n, dtype=np.int64)
+    seg[brk] = 1
+    seg = np.cumsum(seg)
+    return starts[seg], ends[seg]
+
+
+def build(df: pl.DataFrame, interval: str, spec: labels.LabelSpec) -> Dataset:
+    step = interval_ms(interval)
+    arr = arrays_of(df)
+    X = features.frame(arr)
+    y = labels.make(arr.close, spec)
+    idx = np.arange(len(arr))
+    seg_start, seg_end = segment_bounds(arr.open_time, step)
+    # a window that spans a gap is left out: lookback and horizon must both sit inside one segment
+    valid = (idx - seg_start >= features.LOOKBACK) & (seg_end - idx >= spec.horizon) & ~np.isnan(y)
+    contiguous_next = np.zeros(len(arr), dtype=bool)
+    contiguous_next[:-1] = np.diff(arr.open_time) == step
+    return Dataset(arr.open_time, arr.close, X, y, valid, contiguous_next, step)
