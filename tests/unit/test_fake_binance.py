@@ -7,14 +7,19 @@ import json
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 import websockets
-from binance.client import Client
-from binance.exceptions import BinanceAPIException, BinanceRequestException
+
+with warnings.catch_warnings():
+    # python-binance 1.0.x imports names that websockets >= 14 deprecates; not our concern here
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from binance.client import Client
+    from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from tests.fakes import FakeBinance, FakeClock, as_array, load_series
 
