@@ -21,32 +21,16 @@ import orjson
 import polars as pl
 
 from xylen.core.errors import DataError
+from xylen.core.schema import (  # noqa: F401  re-exported; they live polars-free for the server
+    COLUMNS, EXTRA_COLUMNS, FIELD_ALIASES, INTERVAL_MS, OHLCV, PRICE_COLUMNS,
+)
 
-INTERVAL_MS: dict[str, int] = {
-    "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
-    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
-    "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000,
-}
-"""Fixed-length Binance intervals. ``1M`` (calendar month) is not supported: its length varies."""
-
-PRICE_COLUMNS = ("open", "high", "low", "close")
-OHLCV = ("open", "high", "low", "close", "volume")
-EXTRA_COLUMNS = ("close_time", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote")
-COLUMNS = ("open_time", *OHLCV, *EXTRA_COLUMNS)
 SCHEMA: dict[str, Any] = {
     "open_time": pl.Int64, "open": pl.Float64, "high": pl.Float64, "low": pl.Float64, "close": pl.Float64,
     "volume": pl.Float64, "close_time": pl.Int64, "quote_volume": pl.Float64, "trades": pl.Int64,
     "taker_buy_base": pl.Float64, "taker_buy_quote": pl.Float64,
 }
 MICROS_THRESHOLD = 10**13  # an epoch in ms stays below this until the year 2286; in microseconds it is above
-
-# Object candles: every accepted spelling of each field (Binance websocket letters, long names, freqtrade).
-FIELD_ALIASES: dict[str, tuple[str, ...]] = {
-    "open_time": ("open_time", "t", "timestamp", "time", "date"),
-    "open": ("open", "o"), "high": ("high", "h"), "low": ("low", "l"), "close": ("close", "c"),
-    "volume": ("volume", "v"), "close_time": ("close_time", "T"), "quote_volume": ("quote_volume", "q"),
-    "trades": ("trades", "n"), "taker_buy_base": ("taker_buy_base", "V"), "taker_buy_quote": ("taker_buy_quote", "Q"),
-}
 
 
 def interval_ms(interval: str) -> int:
@@ -356,19 +340,19 @@ def validate(df: pl.DataFrame, interval: str, source: str) -> ValidationReport:
         bad = ~np.isfinite(a)
         if bad.any():
             i = int(bad.argmax())
-            raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {a[i]!r}.",
+            raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {float(a[i])}.",
                             hint="NaN and infinity are not prices; fix or drop that row.")
         neg = (a <= 0) if name != "volume" else (a < 0)
         if neg.any():
             i = int(neg.argmax())
-            raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {a[i]!r}.",
+            raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {float(a[i])}.",
                             hint="prices must be > 0 and volume >= 0; fix or drop that row.")
     o, h, lo, c = (df[n].to_numpy() for n in PRICE_COLUMNS)
     bad = (h < np.maximum(o, c)) | (lo > np.minimum(o, c)) | (lo > h)
     if bad.any():
         i = int(bad.argmax())
-        raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) breaks OHLC sanity: open={o[i]} high={h[i]} "
-                        f"low={lo[i]} close={c[i]}.", hint="high must be >= open, close and low; fix or drop that row.")
+        raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) breaks OHLC sanity: open={float(o[i])} "
+                        f"high={float(h[i])} low={float(lo[i])} close={float(c[i])}.", hint="high must be >= open, close and low; fix or drop that row.")
     off = (t % step) != 0
     if off.any():
         i = int(off.argmax())

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     @field_validator("interval")
     @classmethod
     def _interval(cls, v: str) -> str:
-        from xylen.core.candles import INTERVAL_MS
+        from xylen.core.schema import INTERVAL_MS  # polars-free: serving never loads the readers
 
         if v not in INTERVAL_MS:
             raise ValueError(f"use one of {' '.join(INTERVAL_MS)}")
