@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from xylen.core.errors import ConfigError
 
@@ -41,6 +44,17 @@ def _alias(field: str) -> AliasChoices:
     if field in ALPHA_NAMES:
         names.append(ALPHA_NAMES[field])
     return AliasChoices(field, *names)
+
+
+# The environment a load_settings() call resolves against (tests pass their own instead of os.environ).
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("xylen_environ", default=None)
+
+
+class _EnvSource(EnvSettingsSource):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _ENVIRON.get()
+        return parse_env_vars(os.environ if env is None else env, self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
 
 
 def default_home() -> Path:
@@ -109,6 +123,14 @@ class Settings(BaseSettings):
     weight_budget_share: float = Field(0.5, gt=0, le=1, validation_alias=_alias("weight_budget_share"),
                                        description="Share of Binance's 6000/min request weight the collector may use.")
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _EnvSource(settings_cls), dotenv_settings, file_secret_settings
+
     @field_validator("symbol")
     @classmethod
     def _symbol(cls, v: str) -> str:
@@ -173,6 +195,7 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     env = dict(os.environ if environ is None else environ)
     home = _resolve_home(overrides, env)
     env_file = home / "models.env"
+    token = _ENVIRON.set(env)
     try:
         if env_file.exists() and not os.access(env_file, os.R_OK):
             raise ConfigError(f"Cannot read settings file {str(env_file)!r}.", hint="fix its permissions (chmod 600).")
@@ -182,6 +205,8 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     except UnicodeDecodeError:
         raise ConfigError(f"Settings file {str(env_file)!r} is not UTF-8 text.",
                           hint="rewrite it as KEY=value lines, see models.env.example.") from None
+    finally:
+        _ENVIRON.reset(token)
 
 
 def _format_validation(exc: ValidationError, overrides: dict[str, Any], env: dict[str, str], env_file: Path) -> str:

@@ -1,0 +1,67 @@
+"""Walk-forward splits are purged; metrics are right; the memory cap cuts the window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xylen.core.errors import TrainingError
+from xylen.profiles import load
+from xylen.train import evaluate, metrics
+from xylen.train.pipeline import cap_rows
+
+pytestmark = pytest.mark.unit
+
+
+@given(n=st.integers(3_000, 50_000), folds=st.integers(2, 8), horizon=st.integers(1, 48),
+       holes=st.lists(st.integers(0, 2_999), max_size=30))
+def test_folds_are_purged_and_ordered(n, folds, horizon, holes):
+    rows = np.setdiff1d(np.arange(n), np.array(holes, dtype=int))  # rows left out around gaps
+    try:
+        splits = evaluate.split(rows, folds, horizon)
+    except TrainingError as exc:  # too little data for that many folds: refused, with the fix
+        assert "fewer folds" in exc.hint
+        return
+    for fit, val, test, _purged in splits:
+        assert fit.max() + horizon < val.min()       # no fitted label reaches the validation slice
+        assert val.max() + horizon < test.min()      # no training label reaches the test window
+        assert len(np.intersect1d(np.concatenate([fit, val]), test)) == 0
+
+
+def test_too_few_rows_for_the_folds():
+    with pytest.raises(TrainingError, match="too few for 5 walk-forward folds"):
+        evaluate.split(np.arange(400), 5, 6)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), min_size=2, max_size=60))
+def test_auc_matches_pairwise_definition(pairs):
+    y = np.array([p[0] for p in pairs], dtype=float)
+    s = np.array([p[1] for p in pairs], dtype=float)
+    pos, neg = s[y == 1], s[y == 0]
+    if not len(pos) or not len(neg):
+        assert np.isnan(metrics.auc(y, s))
+        return
+    brute = np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
+    assert metrics.auc(y, s) == pytest.approx(brute)
+
+
+def test_logloss_and_brier():
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    p = np.array([0.9, 0.1, 0.6, 0.4])
+    assert metrics.brier(y, p) == pytest.approx((0.01 + 0.01 + 0.16 + 0.16) / 4)
+    assert metrics.logloss(y, p) == pytest.approx(-(2 * np.log(0.9) + 2 * np.log(0.6)) / 4)
+
+
+def test_memory_cap_cuts_the_window():
+    prof = load("8gb")
+    keep, reason = cap_rows(10_000_000, prof, 300_000)
+    assert keep == 365 * 288 and "365-day window" in reason
+    from dataclasses import replace
+
+    small = replace(prof, memory_gb=0.4)
+    keep, reason = cap_rows(10_000_000, small, 300_000)
+    assert keep < 365 * 288 and reason == "the memory cap"
+    with pytest.raises(TrainingError, match="leaves room for only"):
+        cap_rows(1000, replace(prof, memory_gb=0.3), 300_000)
