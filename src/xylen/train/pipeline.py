@@ -230,7 +230,7 @@ def summarize(ev: evaluate.Evaluation, bt: evaluate.Backtest) -> dict[str, Any]:
         "auc_edge_vs_volatility": auc - auc_vol, "logloss_mean": ev.mean("logloss"),
         "logloss_base_mean": ev.mean("logloss_base"), "brier_mean": ev.mean("brier"),
         "brier_base_mean": ev.mean("brier_base"), "base_rate_mean": ev.mean("base_rate"),
-        "folds": len(ev.folds), "backtest": bt.summary(),
+        "n_folds": len(ev.folds), "backtest": bt.summary(),
     }
 
 

@@ -1,0 +1,176 @@
+"""`xylen train`, `xylen models`, `xylen config` end to end on real candles, through the CLI as a user sees it."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import BTC_1H, DATA
+from xylen.cli import app
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+FAST = {"XYLEN_FOLDS": "2", "LGBM_NUM_THREADS": "2"}
+
+
+def xylen(home, *args, env=None):
+    return runner.invoke(app, ["--home", str(home), *args], env={**FAST, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    h = tmp_path_factory.mktemp("home")
+    r = xylen(h, "train", "--profile", "8gb", "--data", str(BTC_1H), "--json")
+    assert r.exit_code == 0, r.output
+    return h
+
+
+def test_train_json_summary_and_bundle(home):
+    reg = home / "models" / "btcusdt-1h"
+    ptr = orjson.loads((reg / "CURRENT.json").read_bytes())
+    assert ptr["version"] == "v0001"
+    bundle = reg / "v0001"
+    assert {"model.txt", "manifest.json", "report.html"} <= {p.name for p in bundle.iterdir()}
+    assert {"fold_auc.png", "equity.png", "importance.png"} <= {p.name for p in (bundle / "report").iterdir()}
+    html = (bundle / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # self-contained
+    m = orjson.loads((bundle / "manifest.json").read_bytes())
+    assert m["profile"]["name"] == "8gb" and m["metrics"]["n_folds"] == len(m["metrics"]["folds"]) == 2
+    assert 0.3 < m["metrics"]["auc_shuffled_mean"] < 0.7
+    assert m["metrics"]["peak_rss_mb"] > 0
+
+
+def test_train_prints_tables_and_rich_summary(home):
+    r = xylen(home, "train", "--profile", "8gb", "--data", str(BTC_1H), "--no-promote")
+    assert r.exit_code == 0, r.output
+    assert "walk-forward" in r.output and "AUC shuffled" in r.output and "edge over the volatility" in r.output
+    assert "not promoted" in r.output
+    assert orjson.loads((home / "models" / "btcusdt-1h" / "CURRENT.json").read_bytes())["version"] == "v0001"
+
+
+def test_models_list_show_promote_rollback(home, tmp_path):
+    import shutil
+
+    h = tmp_path / "h"
+    shutil.copytree(home, h)
+    r = xylen(h, "models", "list", "--json")
+    rows = orjson.loads(r.output)
+    assert [(x["version"], x["live"]) for x in rows][:1] == [("v0001", True)]
+    if len(rows) < 2:
+        assert xylen(h, "train", "--data", str(BTC_1H), "--profile", "8gb", "--no-promote").exit_code == 0
+    r = xylen(h, "models", "promote", "btcusdt-1h", "v0002")
+    assert r.exit_code == 0 and "v0002 is live" in r.output
+    r = xylen(h, "models", "show", "--json")
+    assert orjson.loads(r.output)["version"] == "v0002"
+    r = xylen(h, "models", "rollback")
+    assert r.exit_code == 0 and "v0001 is live" in r.output
+    r = xylen(h, "models", "rollback")
+    assert r.exit_code == 4 and "no previous live version" in r.output
+    r = xylen(h, "models", "show", "btcusdt-1h", "v0042")
+    assert r.exit_code == 4 and "has no version 'v0042'" in r.output
+
+
+def test_config_shows_sources(tmp_path):
+    (tmp_path / "models.env").write_text("PORT=9100\n")
+    r = runner.invoke(app, ["--home", str(tmp_path), "config", "--json"], env={"XYLEN_SYMBOL": "ethusdt"})
+    assert r.exit_code == 0, r.output
+    rows = {x["setting"]: x for x in orjson.loads(r.output)["settings"]}
+    assert rows["port"]["value"] == "9100" and rows["port"]["source"] == "models.env"
+    assert rows["symbol"]["value"] == "ETHUSDT" and rows["symbol"]["source"] == "env"
+
+
+# ---- bad input: a clear message, a distinct exit code, and the registry untouched --------------------
+def _snapshot(home):
+    reg = home / "models"
+    return sorted(str(p.relative_to(reg)) for p in reg.rglob("*")) if reg.exists() else []
+
+
+@pytest.mark.parametrize(("make", "args", "code", "needle"), [
+    (None, ["--profile", "9gb"], 2, "'9gb' is not one of"),
+    (lambda d: d / "missing.csv", [], 3, "does not exist"),
+    (lambda d: _trunc(d), [], 3, "corrupt or truncated"),
+    (lambda d: _dupes(d), [], 3, "duplicate candle"),
+    (lambda d: _short(d), [], 5, "too few for 2 walk-forward folds"),
+    (None, ["--data", str(BTC_1H), "--threshold", "0.9"], 5, "every training label is 0"),
+    (None, ["--symbol", "ETHUSDT"], 3, "No ETHUSDT 5m candles in the store"),
+])
+def test_bad_input_exit_codes_and_registry_untouched(home, tmp_path, make, args, code, needle):
+    before = _snapshot(home)
+    extra = ["--data", str(make(tmp_path))] if make else []
+    r = xylen(home, "train", "--profile", "8gb", *extra, *args)
+    assert r.exit_code == code, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output
+    assert _snapshot(home) == before
+
+
+def test_bad_setting_exit_code(tmp_path):
+    r = runner.invoke(app, ["--home", str(tmp_path), "train"], env={"LGBM_MAX_MEMORY_GB": "lots"})
+    assert r.exit_code == 2 and "LGBM_MAX_MEMORY_GB (environment) = 'lots'" in r.output
+
+
+def test_unwritable_home(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = xylen(f, "train", "--data", str(BTC_1H), "--profile", "8gb")
+    assert r.exit_code == 2 and "XYLEN_HOME" in r.output
+
+
+def _trunc(d):
+    p = d / "BTCUSDT-1h-2022-01.csv.gz"
+    p.write_bytes((DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz").read_bytes()[:4000])
+    return p
+
+
+def _dupes(d):
+    lines = gzip.decompress((DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz")
+                            .read_bytes()).decode().splitlines()
+    p = d / "BTCUSDT-1h-2022-01.csv"
+    p.write_text("\n".join(lines[:300] + lines[299:]) + "\n")
+    return p
+
+
+def _short(d):
+    lines = gzip.decompress((DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz")
+                            .read_bytes()).decode().splitlines()
+    p = d / "BTCUSDT-1h-2022-01.csv"
+    p.write_text("\n".join(lines[:400]) + "\n")
+    return p
+
+
+def test_every_command_has_help_with_an_example():
+    import typer.main
+
+    root = typer.main.get_command(app)
+
+    def walk(cmd, path):
+        yield path, cmd
+        if getattr(cmd, "commands", None):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+
+    seen = 0
+    for path, cmd in walk(root, []):
+        r = runner.invoke(app, [*path, "--help"])
+        assert r.exit_code == 0, path
+        assert "Example:" in r.output, f"`xylen {' '.join(path)} --help` has no Example"
+        seen += 1
+    assert seen >= 6
+
+
+def test_python_m_xylen_and_help_stays_light():
+    """`python -m xylen --help` works and imports neither torch, lightgbm nor polars."""
+    code = ("import sys, runpy; sys.argv=['xylen','--help']\n"
+            "try: runpy.run_module('xylen', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print('HEAVY', sorted(m for m in ('torch','lightgbm','polars','onnxruntime','matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "100"})
+    assert "Usage:" in out.stdout
+    assert "HEAVY []" in out.stdout
