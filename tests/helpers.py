@@ -13,8 +13,9 @@ BTC_1H = DATA / "spot_ohlcv_feather" / "imsatoshi_GeneTrader_2024" / "BTC_USDT-1
 ETH_1H = DATA / "spot_ohlcv_feather" / "imsatoshi_GeneTrader_2024" / "ETH_USDT-1h.feather"
 
 
-def train_small(home: Path, data: Path = BTC_1H, name: str | None = None, promote: bool = True,
-                **overrides: object) -> TrainResult:
+def train_small(
+    home: Path, data: Path = BTC_1H, name: str | None = None, promote: bool = True, **overrides: object
+) -> TrainResult:
     """A real model on real 1h candles in ~1 s: 2 folds, the 8gb profile with few trees."""
     settings = load_settings({"home": home, "folds": 2, **overrides}, environ={})
     prof = resolve("8gb")

@@ -91,15 +91,18 @@ def _snapshot(home):
     return sorted(str(p.relative_to(reg)) for p in reg.rglob("*")) if reg.exists() else []
 
 
-@pytest.mark.parametrize(("make", "args", "code", "needle"), [
-    (None, ["--profile", "9gb"], 2, "'9gb' is not one of"),
-    (lambda d: d / "missing.csv", [], 3, "does not exist"),
-    (lambda d: _trunc(d), [], 3, "corrupt or truncated"),
-    (lambda d: _dupes(d), [], 3, "duplicate candle"),
-    (lambda d: _short(d), [], 5, "too few for 2 walk-forward folds"),
-    (None, ["--data", str(BTC_1H), "--threshold", "0.9"], 5, "every training label is 0"),
-    (None, ["--symbol", "ETHUSDT"], 3, "No ETHUSDT 5m candles in the store"),
-])
+@pytest.mark.parametrize(
+    ("make", "args", "code", "needle"),
+    [
+        (None, ["--profile", "9gb"], 2, "'9gb' is not one of"),
+        (lambda d: d / "missing.csv", [], 3, "does not exist"),
+        (lambda d: _trunc(d), [], 3, "corrupt or truncated"),
+        (lambda d: _dupes(d), [], 3, "duplicate candle"),
+        (lambda d: _short(d), [], 5, "too few for 2 walk-forward folds"),
+        (None, ["--data", str(BTC_1H), "--threshold", "0.9"], 5, "every training label is 0"),
+        (None, ["--symbol", "ETHUSDT"], 3, "No ETHUSDT 5m candles in the store"),
+    ],
+)
 def test_bad_input_exit_codes_and_registry_untouched(home, tmp_path, make, args, code, needle):
     before = _snapshot(home)
     extra = ["--data", str(make(tmp_path))] if make else []
@@ -124,21 +127,33 @@ def test_unwritable_home(tmp_path):
 
 def _trunc(d):
     p = d / "BTCUSDT-1h-2022-01.csv.gz"
-    p.write_bytes((DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz").read_bytes()[:4000])
+    p.write_bytes(
+        (DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz").read_bytes()[:4000]
+    )
     return p
 
 
 def _dupes(d):
-    lines = gzip.decompress((DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz")
-                            .read_bytes()).decode().splitlines()
+    lines = (
+        gzip.decompress(
+            (DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz").read_bytes()
+        )
+        .decode()
+        .splitlines()
+    )
     p = d / "BTCUSDT-1h-2022-01.csv"
     p.write_text("\n".join(lines[:300] + lines[299:]) + "\n")
     return p
 
 
 def _short(d):
-    lines = gzip.decompress((DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz")
-                            .read_bytes()).decode().splitlines()
+    lines = (
+        gzip.decompress(
+            (DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz").read_bytes()
+        )
+        .decode()
+        .splitlines()
+    )
     p = d / "BTCUSDT-1h-2022-01.csv"
     p.write_text("\n".join(lines[:400]) + "\n")
     return p
@@ -156,7 +171,7 @@ def test_every_command_has_help_with_an_example():
                 yield from walk(sub, [*path, name])
 
     seen = 0
-    for path, cmd in walk(root, []):
+    for path, _cmd in walk(root, []):
         r = runner.invoke(app, [*path, "--help"])
         assert r.exit_code == 0, path
         assert "Example:" in r.output, f"`xylen {' '.join(path)} --help` has no Example"
@@ -166,11 +181,15 @@ def test_every_command_has_help_with_an_example():
 
 def test_python_m_xylen_and_help_stays_light():
     """`python -m xylen --help` works and imports neither torch, lightgbm nor polars."""
-    code = ("import sys, runpy; sys.argv=['xylen','--help']\n"
-            "try: runpy.run_module('xylen', run_name='__main__')\n"
-            "except SystemExit: pass\n"
-            "print('HEAVY', sorted(m for m in ('torch','lightgbm','polars','onnxruntime','matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "COLUMNS": "100"})
+    code = (
+        "import sys, runpy; sys.argv=['xylen','--help']\n"
+        "try: runpy.run_module('xylen', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "heavy = ('torch', 'lightgbm', 'polars', 'onnxruntime', 'matplotlib')\n"
+        "print('HEAVY', sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "100"}
+    )
     assert "Usage:" in out.stdout
     assert "HEAVY []" in out.stdout

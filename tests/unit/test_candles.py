@@ -44,7 +44,8 @@ def test_binance_zip_without_header_and_checksum(tmp_path):
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("BTCUSDT-1h-2022-01.csv", csv)
     (tmp_path / "BTCUSDT-1h-2022-01.zip.CHECKSUM").write_text(
-        f"{hashlib.sha256(z.read_bytes()).hexdigest()}  BTCUSDT-1h-2022-01.zip\n")
+        f"{hashlib.sha256(z.read_bytes()).hexdigest()}  BTCUSDT-1h-2022-01.zip\n"
+    )
     r = read_candles(z)
     assert r.frame.height == 744 and r.interval == "1h"
     assert any("sha256 verified" in n for n in r.notes)
@@ -99,8 +100,10 @@ def test_rest_json_and_websocket_jsonl():
 
 def test_alpha_jsonl_objects(tmp_path):
     df = read_candles(CSV_1H).frame.head(60)
-    lines = [f'{{"timestamp": {t}, "open": {o}, "high": {h}, "low": {lo}, "close": {c}, "volume": {v}}}'
-             for t, o, h, lo, c, v in df.select("open_time", "open", "high", "low", "close", "volume").iter_rows()]
+    lines = [
+        f'{{"timestamp": {t}, "open": {o}, "high": {h}, "low": {lo}, "close": {c}, "volume": {v}}}'
+        for t, o, h, lo, c, v in df.select("open_time", "open", "high", "low", "close", "volume").iter_rows()
+    ]
     p = tmp_path / "btcusdt_1h.jsonl"
     p.write_text("\n".join(lines) + "\n")
     r = read_candles(p)
@@ -110,10 +113,24 @@ def test_alpha_jsonl_objects(tmp_path):
 
 def test_record_spellings_agree():
     arr = [1704067200000, "42283.58", "42554.57", "42261.02", "42475.23", "1271.68", 1704070799999]
-    obj = {"t": 1704067200000, "o": "42283.58", "h": "42554.57", "l": "42261.02", "c": "42475.23", "v": "1271.68",
-           "T": 1704070799999}
-    long = {"open_time": 1704067200000, "open": 42283.58, "high": 42554.57, "low": 42261.02, "close": 42475.23,
-            "volume": 1271.68, "close_time": 1704070799999}
+    obj = {
+        "t": 1704067200000,
+        "o": "42283.58",
+        "h": "42554.57",
+        "l": "42261.02",
+        "c": "42475.23",
+        "v": "1271.68",
+        "T": 1704070799999,
+    }
+    long = {
+        "open_time": 1704067200000,
+        "open": 42283.58,
+        "high": 42554.57,
+        "low": 42261.02,
+        "close": 42475.23,
+        "volume": 1271.68,
+        "close_time": 1704070799999,
+    }
     a, b, c = record_to_row(arr), record_to_row(obj), record_to_row(long)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
@@ -135,15 +152,21 @@ def _validate(p: Path) -> None:
     validate(r.frame, r.interval or "1h", r.source)
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda L: L[:10] + [L[9]] + L[10:], "duplicate candle"),
-    (lambda L: L[:10] + [L[11], L[10]] + L[12:], "not sorted"),
-    (lambda L: [*L[:5], L[5].replace(L[5].split(",")[4], "nan", 1), *L[6:]], "has close = nan"),
-    (lambda L: [*L[:5], L[5].replace(L[5].split(",")[2], "1.0", 1), *L[6:]], "breaks OHLC sanity"),
-    (lambda L: [*L[:5], ",".join([str(int(L[5].split(",")[0]) + 17), *L[5].split(",")[1:]]), *L[6:]], "not on the 1h grid"),
-    (lambda L: [*L[:5], L[5].replace(L[5].split(",")[1], "abc", 1), *L[6:]], "is not a number"),
-    (lambda L: [",".join(x.split(",")[:4]) for x in L], "has 4 columns"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda L: L[:10] + [L[9]] + L[10:], "duplicate candle"),
+        (lambda L: L[:10] + [L[11], L[10]] + L[12:], "not sorted"),
+        (lambda L: [*L[:5], L[5].replace(L[5].split(",")[4], "nan", 1), *L[6:]], "has close = nan"),
+        (lambda L: [*L[:5], L[5].replace(L[5].split(",")[2], "1.0", 1), *L[6:]], "breaks OHLC sanity"),
+        (
+            lambda L: [*L[:5], ",".join([str(int(L[5].split(",")[0]) + 17), *L[5].split(",")[1:]]), *L[6:]],
+            "not on the 1h grid",
+        ),
+        (lambda L: [*L[:5], L[5].replace(L[5].split(",")[1], "abc", 1), *L[6:]], "is not a number"),
+        (lambda L: [",".join(x.split(",")[:4]) for x in L], "has 4 columns"),
+    ],
+)
 def test_bad_files_are_refused_with_the_row(tmp_path, mutate, message):
     p = _write_csv(tmp_path, mutate(_csv_lines(header=False)))
     with pytest.raises(DataError, match=message) as exc:

@@ -42,7 +42,7 @@ def test_serving_row_equals_training_row(sample, data):
 def test_first_rows_without_lookback_are_nan(sample):
     _, X = sample
     assert np.isnan(X[: features.LOOKBACK]).all()
-    assert np.isfinite(X[features.LOOKBACK:]).all()
+    assert np.isfinite(X[features.LOOKBACK :]).all()
     assert X.shape[1] == features.N_FEATURES == len(features.NAMES)
 
 
@@ -56,10 +56,11 @@ def test_no_look_ahead(sample, t, factor, seed):
     rng = np.random.default_rng(seed)
     noise = rng.uniform(0.9, 1.1, n - t - 1) * factor
     changed = features.CandleArrays(
-        base.open_time, base.open.copy(), base.high.copy(), base.low.copy(), base.close.copy(), base.volume.copy())
+        base.open_time, base.open.copy(), base.high.copy(), base.low.copy(), base.close.copy(), base.volume.copy()
+    )
     for a in (changed.open, changed.high, changed.low, changed.close):
-        a[t + 1:] *= noise
-    changed.volume[t + 1:] *= noise[::-1]
+        a[t + 1 :] *= noise
+    changed.volume[t + 1 :] *= noise[::-1]
     X0, X1 = features.frame(base), features.frame(changed)
     np.testing.assert_array_equal(X0[: t + 1], X1[: t + 1])
     spec = labels.LabelSpec(horizon=6, threshold=0.002)
@@ -80,9 +81,9 @@ def test_windows_spanning_a_gap_are_left_out():
     # the sample has one real gap after 2023-03-24 12:35 UTC (16 missing candles)
     ds = build(df, "5m", labels.LabelSpec(horizon=6))
     gap_row = int(np.flatnonzero(np.diff(ds.open_time) != ds.step_ms)[0]) + 1  # first row after the gap
-    assert not ds.valid[gap_row: gap_row + features.LOOKBACK].any()      # lookback would span the gap
+    assert not ds.valid[gap_row : gap_row + features.LOOKBACK].any()  # lookback would span the gap
     assert ds.valid[gap_row + features.LOOKBACK]
-    assert not ds.valid[gap_row - 6: gap_row].any()                      # horizon would span the gap
+    assert not ds.valid[gap_row - 6 : gap_row].any()  # horizon would span the gap
     assert ds.valid[gap_row - 7]
 
 

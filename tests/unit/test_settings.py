@@ -27,22 +27,33 @@ def test_precedence_cli_env_file_default(tmp_path):
 
 
 def test_alpha_names_are_accepted(tmp_path):
-    env = {"XYLEN_HOME": str(tmp_path), "MODEL_PATH": "/srv/model", "MODEL_TYPE": "onnx", "PORT": "8100",
-           "HOST": "0.0.0.0", "LGBM_MAX_MEMORY_GB": "1.5", "LGBM_NUM_THREADS": "2", "TRAINING_INTERVAL": "6h"}
+    env = {
+        "XYLEN_HOME": str(tmp_path),
+        "MODEL_PATH": "/srv/model",
+        "MODEL_TYPE": "onnx",
+        "PORT": "8100",
+        "HOST": "0.0.0.0",
+        "LGBM_MAX_MEMORY_GB": "1.5",
+        "LGBM_NUM_THREADS": "2",
+        "TRAINING_INTERVAL": "6h",
+    }
     s = load_settings({}, environ=env)
     assert str(s.model_path) == "/srv/model" and s.model_type == "onnx"
     assert (s.port, s.host, s.lgbm_max_memory_gb, s.lgbm_num_threads) == (8100, "0.0.0.0", 1.5, 2)
     assert s.training_interval == 6 * 3600
 
 
-@pytest.mark.parametrize(("env", "needle"), [
-    ({"XYLEN_PORT": "eighty"}, "XYLEN_PORT (environment) = 'eighty'"),
-    ({"PORT": "99999"}, "PORT (environment) = '99999'"),
-    ({"XYLEN_PROFILE": "9gb"}, "XYLEN_PROFILE (environment) = '9gb'"),
-    ({"XYLEN_INTERVAL": "7m"}, "use one of 1s 1m"),
-    ({"TRAINING_INTERVAL": "soon"}, "a duration is seconds"),
-    ({"XYLEN_SYMBOL": "BTC/USDT"}, "letters and digits"),
-])
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"XYLEN_PORT": "eighty"}, "XYLEN_PORT (environment) = 'eighty'"),
+        ({"PORT": "99999"}, "PORT (environment) = '99999'"),
+        ({"XYLEN_PROFILE": "9gb"}, "XYLEN_PROFILE (environment) = '9gb'"),
+        ({"XYLEN_INTERVAL": "7m"}, "use one of 1s 1m"),
+        ({"TRAINING_INTERVAL": "soon"}, "a duration is seconds"),
+        ({"XYLEN_SYMBOL": "BTC/USDT"}, "letters and digits"),
+    ],
+)
 def test_bad_values_name_the_variable_and_the_fix(tmp_path, env, needle):
     with pytest.raises(ConfigError) as exc:
         load_settings({}, environ={"XYLEN_HOME": str(tmp_path), **env})

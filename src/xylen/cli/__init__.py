@@ -26,7 +26,7 @@ EXIT_HELP = "\n\n".join(f"{code}: {text}" for code, text in EXIT_CODES.items())
 app = typer.Typer(
     name="xylen",
     help="Self-hosted crypto trading-signal models: collect Binance candles, train LightGBM sized to this "
-         "machine, serve predictions.\n\nExample: xylen train --profile auto",
+    "machine, serve predictions.\n\nExample: xylen train --profile auto",
     epilog=f"Exit codes:\n\n{EXIT_HELP}",
     no_args_is_help=True,
     add_completion=False,
@@ -47,8 +47,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    home: Path | None = typer.Option(None, "--home", envvar="XYLEN_HOME", show_envvar=True,
-                                     help="xylen's folder (settings, data, models). Default ~/.xylen."),
+    home: Path | None = typer.Option(
+        None,
+        "--home",
+        envvar="XYLEN_HOME",
+        show_envvar=True,
+        help="xylen's folder (settings, data, models). Default ~/.xylen.",
+    ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """xylen: collect, train, serve."""
@@ -91,7 +96,12 @@ def run(fn: Callable[[], T]) -> T:
 
 
 def _register() -> None:
-    from xylen.cli import config, models, train  # noqa: F401  (each module adds its commands to `app`)
+    from xylen.cli import (  # noqa: F401  (each module adds its commands to `app`)
+        config,
+        models,
+        train,
+    )
+    from xylen.cli import models_io  # noqa: F401  (`xylen models export|import`)
 
 
 _register()

@@ -8,8 +8,9 @@ from xylen.cli import app, err, handled, out, settings_from
 
 
 @app.command("config")
-def config_cmd(ctx: typer.Context,
-               as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def config_cmd(
+    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")
+) -> None:
     """Show every setting, its value, and where it came from (flag, environment, models.env, default).
 
     Example: XYLEN_PORT=9000 xylen config
@@ -23,8 +24,12 @@ def config_cmd(ctx: typer.Context,
         if as_json:
             import orjson
 
-            typer.echo(orjson.dumps({"settings": rows, "env_file": str(settings.env_file),
-                                     "unknown_env_file_keys": unknown}, option=orjson.OPT_INDENT_2).decode())
+            typer.echo(
+                orjson.dumps(
+                    {"settings": rows, "env_file": str(settings.env_file), "unknown_env_file_keys": unknown},
+                    option=orjson.OPT_INDENT_2,
+                ).decode()
+            )
             return
         from rich.table import Table
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from enum import Enum
+from pathlib import Path
 
 import typer
 
 from xylen.cli import app, err, handled, out, settings_from
-
 
 
 class ProfileChoice(str, Enum):
@@ -23,12 +21,26 @@ class ProfileChoice(str, Enum):
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
-    profile: ProfileChoice = typer.Option(None, "--profile", "-p", case_sensitive=False,
-                                help="Hardware profile (threads, memory cap, model size, window). Default: auto."),
-    data: list[Path] = typer.Option([], "--data", "-d", help="Candle files (Binance CSV/zip, freqtrade feather, "
-                                    "parquet, JSONL). Repeat for several. Default: the store, else the bundled sample."),
-    symbol: str = typer.Option(None, "--symbol", help="Trading pair, e.g. BTCUSDT (default: from the files or settings)."),
-    interval: str = typer.Option(None, "--interval", help="Candle interval, e.g. 5m (default: from the files or settings)."),
+    profile: ProfileChoice = typer.Option(
+        None,
+        "--profile",
+        "-p",
+        case_sensitive=False,
+        help="Hardware profile (threads, memory cap, model size, window). Default: auto.",
+    ),
+    data: list[Path] = typer.Option(
+        [],
+        "--data",
+        "-d",
+        help="Candle files (Binance CSV/zip, freqtrade feather, "
+        "parquet, JSONL). Repeat for several. Default: the store, else the bundled sample.",
+    ),
+    symbol: str = typer.Option(
+        None, "--symbol", help="Trading pair, e.g. BTCUSDT (default: from the files or settings)."
+    ),
+    interval: str = typer.Option(
+        None, "--interval", help="Candle interval, e.g. 5m (default: from the files or settings)."
+    ),
     name: str = typer.Option(None, "--name", help="Model name in the registry (default: <symbol>-<interval>)."),
     horizon: int = typer.Option(None, "--horizon", help="Label horizon N in candles (default 6)."),
     threshold: float = typer.Option(None, "--threshold", help="Label threshold theta as a log return (default 0.002)."),
@@ -44,10 +56,18 @@ def train_cmd(
         from xylen.profiles import resolve
         from xylen.train import TrainOptions, train
 
-        settings = settings_from(ctx, profile=profile.value if profile else None, symbol=symbol, interval=interval, label_horizon=horizon,
-                                 label_threshold=threshold, folds=folds)
-        prof = resolve(settings.profile, max_memory_gb=settings.lgbm_max_memory_gb,
-                       num_threads=settings.lgbm_num_threads)
+        settings = settings_from(
+            ctx,
+            profile=profile.value if profile else None,
+            symbol=symbol,
+            interval=interval,
+            label_horizon=horizon,
+            label_threshold=threshold,
+            folds=folds,
+        )
+        prof = resolve(
+            settings.profile, max_memory_gb=settings.lgbm_max_memory_gb, num_threads=settings.lgbm_num_threads
+        )
         opts = TrainOptions(data=data, symbol=symbol, interval=interval, name=name, promote=promote)
         if as_json:
             result = train(settings, opts, prof)
@@ -57,10 +77,14 @@ def train_cmd(
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        err.print(f"profile [bold]{prof.name}[/] ({prof.chosen_by}): {prof.threads} threads, {prof.memory_gb:g} GB cap, "
-                  f"{prof.num_leaves} leaves, max_bin {prof.max_bin}, up to {prof.num_boost_round} trees", markup=True)
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
-                      transient=True) as bar:
+        err.print(
+            f"profile [bold]{prof.name}[/] ({prof.chosen_by}): {prof.threads} threads, {prof.memory_gb:g} GB cap, "
+            f"{prof.num_leaves} leaves, max_bin {prof.max_bin}, up to {prof.num_boost_round} trees",
+            markup=True,
+        )
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True
+        ) as bar:
             task = bar.add_task("Starting", total=1.0)
             result = train(settings, opts, prof, progress=lambda s, f: bar.update(task, description=s, completed=f))
         _print_summary(result)
@@ -75,25 +99,45 @@ def _print_summary(r: object) -> None:
     m = r.metrics
     for w in r.warnings:
         err.print(f"[yellow]note:[/] {w}", markup=True, soft_wrap=True)
-    t = Table(title=f"{r.name} {r.version}: walk-forward, {len(r.folds)} folds, {r.rows_used} rows",
-              title_justify="left")
+    t = Table(
+        title=f"{r.name} {r.version}: walk-forward, {len(r.folds)} folds, {r.rows_used} rows", title_justify="left"
+    )
     for col in ("fold", "test from", "AUC", "AUC vol-only", "AUC shuffled", "log-loss", "base"):
         t.add_column(col, justify="right")
     from xylen.core.candles import fmt_ts
 
     for f in r.folds:
-        t.add_row(str(f["index"]), fmt_ts(f["test_first"])[:10], f"{f['auc']:.4f}", f"{f['auc_volatility']:.4f}",
-                  f"{f['auc_shuffled']:.4f}", f"{f['logloss']:.4f}", f"{f['logloss_base']:.4f}")
-    t.add_row("mean", "", f"{m['auc_mean']:.4f}", f"{m['auc_volatility_mean']:.4f}", f"{m['auc_shuffled_mean']:.4f}",
-              f"{m['logloss_mean']:.4f}", f"{m['logloss_base_mean']:.4f}", style="bold")
+        t.add_row(
+            str(f["index"]),
+            fmt_ts(f["test_first"])[:10],
+            f"{f['auc']:.4f}",
+            f"{f['auc_volatility']:.4f}",
+            f"{f['auc_shuffled']:.4f}",
+            f"{f['logloss']:.4f}",
+            f"{f['logloss_base']:.4f}",
+        )
+    t.add_row(
+        "mean",
+        "",
+        f"{m['auc_mean']:.4f}",
+        f"{m['auc_volatility_mean']:.4f}",
+        f"{m['auc_shuffled_mean']:.4f}",
+        f"{m['logloss_mean']:.4f}",
+        f"{m['logloss_base_mean']:.4f}",
+        style="bold",
+    )
     out.print(t)
     bt = m["backtest"]
     edge = m["auc_edge_vs_volatility"]
-    out.print(f"edge over the volatility-only baseline: [bold]{edge:+.4f}[/] AUC "
-              f"({'the model adds something' if edge > 0.005 else 'the model mostly measures volatility'})",
-              markup=True)
-    out.print(f"backtest (out-of-sample, {bt['fee_per_side']:.2%} fee per side): {bt['total_return']:+.2%} with "
-              f"{bt['trades']} trades vs buy-and-hold {bt['buy_hold_return']:+.2%}")
+    out.print(
+        f"edge over the volatility-only baseline: [bold]{edge:+.4f}[/] AUC "
+        f"({'the model adds something' if edge > 0.005 else 'the model mostly measures volatility'})",
+        markup=True,
+    )
+    out.print(
+        f"backtest (out-of-sample, {bt['fee_per_side']:.2%} fee per side): {bt['total_return']:+.2%} with "
+        f"{bt['trades']} trades vs buy-and-hold {bt['buy_hold_return']:+.2%}"
+    )
     out.print(f"bundle: {r.bundle} ({'live' if r.promoted else 'not promoted'})")
     if r.report:
         out.print(f"report: {r.report}")

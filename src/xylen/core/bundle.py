@@ -92,17 +92,23 @@ def read_manifest(folder: Path) -> Manifest:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise BundleError(f"Bundle {str(folder)!r} has no {MANIFEST}.",
-                          hint="it is not a xylen bundle, or it was written partially; roll back or retrain.") from None
+        raise BundleError(
+            f"Bundle {str(folder)!r} has no {MANIFEST}.",
+            hint="it is not a xylen bundle, or it was written partially; roll back or retrain.",
+        ) from None
     try:
         return Manifest.model_validate(orjson.loads(raw))
     except orjson.JSONDecodeError as exc:
-        raise BundleError(f"{str(path)!r} is not valid JSON ({exc}).", hint="the bundle is corrupt; roll back.") from None
+        raise BundleError(
+            f"{str(path)!r} is not valid JSON ({exc}).", hint="the bundle is corrupt; roll back."
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise BundleError(f"{str(path)!r}: field {where!r} {first['msg'].lower()} (got {str(first.get('input'))[:60]!r}).",
-                          hint="the manifest is damaged or from an incompatible xylen; retrain or re-import.") from None
+        raise BundleError(
+            f"{str(path)!r}: field {where!r} {first['msg'].lower()} (got {str(first.get('input'))[:60]!r}).",
+            hint="the manifest is damaged or from an incompatible xylen; retrain or re-import.",
+        ) from None
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
@@ -138,21 +144,28 @@ def verify_artifact(folder: Path, manifest: Manifest) -> Path:
     """Size, then sha256, of the artifact against the manifest. Cheap enough to run before every load."""
     art = folder / manifest.artifact.file
     if Path(manifest.artifact.file).name != manifest.artifact.file:
-        raise BundleError(f"Manifest artifact path {manifest.artifact.file!r} leaves the bundle folder.",
-                          hint="artifacts live inside the bundle; re-import the model.")
+        raise BundleError(
+            f"Manifest artifact path {manifest.artifact.file!r} leaves the bundle folder.",
+            hint="artifacts live inside the bundle; re-import the model.",
+        )
     try:
         size = art.stat().st_size
     except FileNotFoundError:
-        raise BundleError(f"Bundle {str(folder)!r} lacks its artifact {manifest.artifact.file!r}.",
-                          hint="the bundle is incomplete; roll back or retrain.") from None
+        raise BundleError(
+            f"Bundle {str(folder)!r} lacks its artifact {manifest.artifact.file!r}.",
+            hint="the bundle is incomplete; roll back or retrain.",
+        ) from None
     if size != manifest.artifact.size:
-        raise BundleError(f"{str(art)!r} is {size} bytes but its manifest says {manifest.artifact.size}.",
-                          hint="the file was truncated or replaced; roll back or retrain.")
+        raise BundleError(
+            f"{str(art)!r} is {size} bytes but its manifest says {manifest.artifact.size}.",
+            hint="the file was truncated or replaced; roll back or retrain.",
+        )
     digest = sha256_file(art)
     if digest != manifest.artifact.sha256:
-        raise BundleError(f"{str(art)!r} has sha256 {digest[:12]}... but its manifest says "
-                          f"{manifest.artifact.sha256[:12]}....", hint="the model file was tampered with or "
-                          "corrupted; roll back (`xylen models rollback`) or retrain.")
+        raise BundleError(
+            f"{str(art)!r} has sha256 {digest[:12]}... but its manifest says {manifest.artifact.sha256[:12]}....",
+            hint="the model file was tampered with or corrupted; roll back (`xylen models rollback`) or retrain.",
+        )
     return art
 
 
@@ -164,8 +177,9 @@ class ModelBundle:
         self.manifest = manifest
         self.predictor = predictor
         self.feature_names = list(manifest.feature_set.names)
-        self.computes_features = manifest.feature_set.version == features.VERSION and tuple(
-            self.feature_names) == features.NAMES
+        self.computes_features = (
+            manifest.feature_set.version == features.VERSION and tuple(self.feature_names) == features.NAMES
+        )
 
     @property
     def name(self) -> str:
@@ -195,39 +209,52 @@ class ModelBundle:
         tol = GOLDEN_TOLERANCE[self.backend]
         X = np.array([[np.nan if v is None else v for v in r] for r in g.rows], dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.num_feature():
-            raise BundleError(f"Bundle {self.name} {self.version}: golden rows have shape {X.shape} but the manifest "
-                              f"names {self.num_feature()} features.", hint="the manifest is inconsistent; re-import.")
+            raise BundleError(
+                f"Bundle {self.name} {self.version}: golden rows have shape {X.shape} but the manifest "
+                f"names {self.num_feature()} features.",
+                hint="the manifest is inconsistent; re-import.",
+            )
         got = self.predict(X)
         want = np.asarray(g.outputs)
         if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=tol):
-            raise BundleError(f"Bundle {self.name} {self.version}: golden predictions differ from the manifest "
-                              f"(max |diff| {float(np.max(np.abs(got - want))) if got.shape == want.shape else 'shape'}).",
-                              hint="the artifact does not behave like the model that was trained; roll back.")
+            raise BundleError(
+                f"Bundle {self.name} {self.version}: golden predictions differ from the manifest "
+                f"(max |diff| {float(np.max(np.abs(got - want))) if got.shape == want.shape else 'shape'}).",
+                hint="the artifact does not behave like the model that was trained; roll back.",
+            )
         if g.window is not None and g.window_output is not None:
             if not self.computes_features:
-                raise BundleError(f"Bundle {self.name} {self.version} needs feature set "
-                                  f"{self.manifest.feature_set.version!r}; this xylen computes {features.VERSION!r}.",
-                                  hint="retrain with this xylen version, or install the xylen that trained it.")
+                raise BundleError(
+                    f"Bundle {self.name} {self.version} needs feature set "
+                    f"{self.manifest.feature_set.version!r}; this xylen computes {features.VERSION!r}.",
+                    hint="retrain with this xylen version, or install the xylen that trained it.",
+                )
             p = self.predict_candles(features.CandleArrays.from_matrix(np.asarray(g.window, dtype=np.float64)))
             if abs(p - g.window_output) > tol:
-                raise BundleError(f"Bundle {self.name} {self.version}: the golden candle window predicts {p:.6f}, "
-                                  f"the manifest says {g.window_output:.6f}.",
-                                  hint="the feature code changed since training; retrain.")
+                raise BundleError(
+                    f"Bundle {self.name} {self.version}: the golden candle window predicts {p:.6f}, "
+                    f"the manifest says {g.window_output:.6f}.",
+                    hint="the feature code changed since training; retrain.",
+                )
 
 
 def load_bundle(folder: str | Path, *, check_golden: bool = True, num_threads: int = 1) -> ModelBundle:
     """Load and verify a bundle folder. Raises BundleError with the reason and the fix."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise BundleError(f"Model bundle {str(folder)!r} does not exist.", hint="check the path or `xylen models list`.")
+        raise BundleError(
+            f"Model bundle {str(folder)!r} does not exist.", hint="check the path or `xylen models list`."
+        )
     manifest = read_manifest(folder)
     art = verify_artifact(folder, manifest)
     options: dict[str, Any] = {"num_threads": num_threads} if manifest.backend == "lightgbm" else {}
     predictor = load_predictor(manifest.backend, art, **options)
     if predictor.num_feature() != len(manifest.feature_set.names):
-        raise BundleError(f"Bundle {str(folder)!r}: the model expects {predictor.num_feature()} features but the "
-                          f"manifest names {len(manifest.feature_set.names)}.",
-                          hint="the manifest does not belong to this artifact; retrain or re-import.")
+        raise BundleError(
+            f"Bundle {str(folder)!r}: the model expects {predictor.num_feature()} features but the "
+            f"manifest names {len(manifest.feature_set.names)}.",
+            hint="the manifest does not belong to this artifact; retrain or re-import.",
+        )
     bundle = ModelBundle(folder, manifest, predictor)
     if check_golden:
         bundle.check_golden()

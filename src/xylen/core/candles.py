@@ -22,13 +22,26 @@ import polars as pl
 
 from xylen.core.errors import DataError
 from xylen.core.schema import (  # noqa: F401  re-exported; they live polars-free for the server
-    COLUMNS, EXTRA_COLUMNS, FIELD_ALIASES, INTERVAL_MS, OHLCV, PRICE_COLUMNS,
+    COLUMNS,
+    EXTRA_COLUMNS,
+    FIELD_ALIASES,
+    INTERVAL_MS,
+    OHLCV,
+    PRICE_COLUMNS,
 )
 
 SCHEMA: dict[str, Any] = {
-    "open_time": pl.Int64, "open": pl.Float64, "high": pl.Float64, "low": pl.Float64, "close": pl.Float64,
-    "volume": pl.Float64, "close_time": pl.Int64, "quote_volume": pl.Float64, "trades": pl.Int64,
-    "taker_buy_base": pl.Float64, "taker_buy_quote": pl.Float64,
+    "open_time": pl.Int64,
+    "open": pl.Float64,
+    "high": pl.Float64,
+    "low": pl.Float64,
+    "close": pl.Float64,
+    "volume": pl.Float64,
+    "close_time": pl.Int64,
+    "quote_volume": pl.Float64,
+    "trades": pl.Int64,
+    "taker_buy_base": pl.Float64,
+    "taker_buy_quote": pl.Float64,
 }
 MICROS_THRESHOLD = 10**13  # an epoch in ms stays below this until the year 2286; in microseconds it is above
 
@@ -89,7 +102,9 @@ def normalize_time_ms(values: np.ndarray) -> tuple[np.ndarray, int]:
 def _conform(df: pl.DataFrame) -> pl.DataFrame:
     cols = []
     for name, dtype in SCHEMA.items():
-        cols.append(pl.col(name).cast(dtype, strict=True) if name in df.columns else pl.lit(None, dtype=dtype).alias(name))
+        cols.append(
+            pl.col(name).cast(dtype, strict=True) if name in df.columns else pl.lit(None, dtype=dtype).alias(name)
+        )
     return df.select(cols)
 
 
@@ -99,8 +114,10 @@ def read_candles(path: str | Path, *, interval: str | None = None, symbol: str |
     if not p.exists():
         raise DataError(f"Candle file {str(p)!r} does not exist.", hint="check the path passed to --data.")
     if p.is_dir():
-        raise DataError(f"{str(p)!r} is a folder, not a candle file.",
-                        hint="pass the files themselves, e.g. --data 'dir/*.zip' expanded by your shell.")
+        raise DataError(
+            f"{str(p)!r} is a folder, not a candle file.",
+            hint="pass the files themselves, e.g. --data 'dir/*.zip' expanded by your shell.",
+        )
     sym, iv = infer_series(p)
     interval = interval or iv
     name = p.name.lower()
@@ -118,13 +135,17 @@ def read_candles(path: str | Path, *, interval: str | None = None, symbol: str |
         elif name.endswith((".jsonl", ".ndjson", ".json")):
             df, n_micro = _read_jsonl(p)
         else:
-            raise DataError(f"Unknown candle file type {p.name!r}.",
-                            hint="use .csv/.csv.gz/.zip (Binance 12 columns), .feather, .parquet or .jsonl.")
+            raise DataError(
+                f"Unknown candle file type {p.name!r}.",
+                hint="use .csv/.csv.gz/.zip (Binance 12 columns), .feather, .parquet or .jsonl.",
+            )
     except DataError:
         raise
     except (pl.exceptions.PolarsError, OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise DataError(f"Cannot read {str(p)!r}: {str(exc).splitlines()[0][:300]}",
-                        hint="the file looks corrupt or truncated; download or export it again.") from None
+        raise DataError(
+            f"Cannot read {str(p)!r}: {str(exc).splitlines()[0][:300]}",
+            hint="the file looks corrupt or truncated; download or export it again.",
+        ) from None
     if n_micro:
         notes.append(f"{n_micro} timestamps were in microseconds and were converted to milliseconds")
     if df.height == 0:
@@ -149,8 +170,10 @@ def verify_checksum(p: Path) -> list[str]:
     expected = ck.read_text(errors="replace").split()[0].strip().lower() if ck.stat().st_size else ""
     actual = hashlib.sha256(p.read_bytes()).hexdigest()
     if expected != actual:
-        raise DataError(f"{str(p)!r} does not match its checksum file: sha256 {actual[:12]}... != {expected[:12]}...",
-                        hint="the download is corrupt or truncated; download the archive again.")
+        raise DataError(
+            f"{str(p)!r} does not match its checksum file: sha256 {actual[:12]}... != {expected[:12]}...",
+            hint="the download is corrupt or truncated; download the archive again.",
+        )
     return [f"sha256 verified against {ck.name}"]
 
 
@@ -158,8 +181,10 @@ def _read_zip(p: Path) -> tuple[pl.DataFrame, int]:
     with zipfile.ZipFile(p) as zf:
         members = [m for m in zf.namelist() if m.lower().endswith(".csv")]
         if len(members) != 1:
-            raise DataError(f"{str(p)!r} should hold exactly one .csv file, found {len(members)}: {members[:5]}.",
-                            hint="use the monthly or daily kline archives from data.binance.vision.")
+            raise DataError(
+                f"{str(p)!r} should hold exactly one .csv file, found {len(members)}: {members[:5]}.",
+                hint="use the monthly or daily kline archives from data.binance.vision.",
+            )
         return _read_binance_csv(zf.read(members[0]), p)
 
 
@@ -170,19 +195,29 @@ def _read_binance_csv(data: bytes, p: Path) -> tuple[pl.DataFrame, int]:
     has_header = not first.split(b",")[0].strip().lstrip(b"-").isdigit()
     raw = pl.read_csv(io.BytesIO(data), has_header=has_header, infer_schema=False, truncate_ragged_lines=False)
     if raw.width < 6:
-        raise DataError(f"{str(p)!r} has {raw.width} columns; a Binance kline CSV has 12 "
-                        "(open_time, open, high, low, close, volume, close_time, ...).",
-                        hint="export the klines in Binance's layout or convert the file to parquet with our column names.")
+        raise DataError(
+            f"{str(p)!r} has {raw.width} columns; a Binance kline CSV has 12 "
+            "(open_time, open, high, low, close, volume, close_time, ...).",
+            hint="export the klines in Binance's layout or convert the file to parquet with our column names.",
+        )
     names = list(COLUMNS[: min(raw.width, 11)])
     raw = raw.select(raw.columns[: len(names)])
     raw.columns = names
     try:
-        df = raw.select([pl.col(c).str.strip_chars().cast(SCHEMA[c], strict=True) if c not in ("open_time", "close_time", "trades")
-                         else pl.col(c).str.strip_chars().cast(pl.Float64, strict=True).cast(pl.Int64) for c in names])
+        df = raw.select(
+            [
+                pl.col(c).str.strip_chars().cast(SCHEMA[c], strict=True)
+                if c not in ("open_time", "close_time", "trades")
+                else pl.col(c).str.strip_chars().cast(pl.Float64, strict=True).cast(pl.Int64)
+                for c in names
+            ]
+        )
     except pl.exceptions.PolarsError:
         bad = _first_bad_number(raw)
-        raise DataError(f"{str(p)!r} row {bad[0] + 1 + int(has_header)}: column {bad[1]!r} value {bad[2]!r} is not a number.",
-                        hint="fix or remove that row; every column of a Binance kline CSV is numeric.") from None
+        raise DataError(
+            f"{str(p)!r} row {bad[0] + 1 + int(has_header)}: column {bad[1]!r} value {bad[2]!r} is not a number.",
+            hint="fix or remove that row; every column of a Binance kline CSV is numeric.",
+        ) from None
     return _normalize_times(_conform(df))
 
 
@@ -219,13 +254,17 @@ def _from_table(df: pl.DataFrame, p: Path, interval: str | None) -> tuple[pl.Dat
             df = df.rename({"date": "open_time"})
     missing = [c for c in ("open_time", *OHLCV) if c not in df.columns]
     if missing:
-        raise DataError(f"{str(p)!r} lacks the column(s) {missing}; it has {df.columns[:12]}.",
-                        hint="candle tables need open_time (or freqtrade's date), open, high, low, close, volume.")
+        raise DataError(
+            f"{str(p)!r} lacks the column(s) {missing}; it has {df.columns[:12]}.",
+            hint="candle tables need open_time (or freqtrade's date), open, high, low, close, volume.",
+        )
     try:
         return _normalize_times(_conform(df))
     except pl.exceptions.PolarsError as exc:
-        raise DataError(f"{str(p)!r} has a column of the wrong type: {str(exc).splitlines()[0][:200]}",
-                        hint="prices and volume must be numbers, open_time an integer in ms or a datetime.") from None
+        raise DataError(
+            f"{str(p)!r} has a column of the wrong type: {str(exc).splitlines()[0][:200]}",
+            hint="prices and volume must be numbers, open_time an integer in ms or a datetime.",
+        ) from None
 
 
 def _read_jsonl(p: Path) -> tuple[pl.DataFrame, int]:
@@ -245,8 +284,10 @@ def _read_jsonl(p: Path) -> tuple[pl.DataFrame, int]:
             try:
                 lines.append((i, orjson.loads(line)))
             except orjson.JSONDecodeError:
-                raise DataError(f"{str(p)!r} line {i} is not valid JSON: {line[:80]!r}",
-                                hint="remove or fix that line (a truncated last line is common after a crash).") from None
+                raise DataError(
+                    f"{str(p)!r} line {i} is not valid JSON: {line[:80]!r}",
+                    hint="remove or fix that line (a truncated last line is common after a crash).",
+                ) from None
     for i, rec in lines:
         if isinstance(rec, dict) and "k" in rec and isinstance(rec["k"], dict):  # websocket kline event
             if not rec["k"].get("x", False):
@@ -268,8 +309,11 @@ def record_to_row(rec: Any) -> list[float]:
     """One candle (12-field array or object with any accepted field spelling) -> 11 floats (NaN = unknown)."""
     if isinstance(rec, (list, tuple)):
         if len(rec) < 6:
-            raise DataError(f"a candle array has {len(rec)} fields; Binance arrays have 12 "
-                            "[open_time, open, high, low, close, volume, close_time, ...].", hint="send at least 6.")
+            raise DataError(
+                f"a candle array has {len(rec)} fields; Binance arrays have 12 "
+                "[open_time, open, high, low, close, volume, close_time, ...].",
+                hint="send at least 6.",
+            )
         vals = list(rec[:11]) + [None] * (11 - min(len(rec), 11))
     elif isinstance(rec, dict):
         vals = []
@@ -280,12 +324,16 @@ def record_to_row(rec: Any) -> list[float]:
                     v = rec[alias]
                     break
             if v is None and name in ("open_time", *OHLCV):
-                raise DataError(f"a candle object lacks {name!r} (also accepted: {', '.join(FIELD_ALIASES[name][1:])}).",
-                                hint=f"add it; got keys {sorted(rec)[:12]}.")
+                raise DataError(
+                    f"a candle object lacks {name!r} (also accepted: {', '.join(FIELD_ALIASES[name][1:])}).",
+                    hint=f"add it; got keys {sorted(rec)[:12]}.",
+                )
             vals.append(v)
     else:
-        raise DataError(f"a candle must be an array or an object, got {type(rec).__name__} {str(rec)[:40]!r}.",
-                        hint="send Binance 12-field arrays or objects with open_time/open/high/low/close/volume.")
+        raise DataError(
+            f"a candle must be an array or an object, got {type(rec).__name__} {str(rec)[:40]!r}.",
+            hint="send Binance 12-field arrays or objects with open_time/open/high/low/close/volume.",
+        )
     out = []
     for name, v in zip(COLUMNS, vals):
         if v is None:
@@ -294,8 +342,10 @@ def record_to_row(rec: Any) -> list[float]:
         try:
             out.append(float(v))
         except (TypeError, ValueError):
-            raise DataError(f"field {name!r} value {str(v)[:40]!r} is not a number.",
-                            hint="prices, volumes and times must be numbers or numeric strings.") from None
+            raise DataError(
+                f"field {name!r} value {str(v)[:40]!r} is not a number.",
+                hint="prices, volumes and times must be numbers or numeric strings.",
+            ) from None
     if isinstance(vals[0], str) and not str(vals[0]).strip().lstrip("-").isdigit():
         out[0] = _parse_time(vals[0])
     return out
@@ -305,8 +355,10 @@ def _parse_time(v: str) -> float:
     try:
         return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000
     except ValueError:
-        raise DataError(f"time {v!r} is neither epoch milliseconds nor ISO 8601.",
-                        hint="send open_time as an integer in ms like 1704067200000.") from None
+        raise DataError(
+            f"time {v!r} is neither epoch milliseconds nor ISO 8601.",
+            hint="send open_time as an integer in ms like 1704067200000.",
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -340,38 +392,53 @@ def validate(df: pl.DataFrame, interval: str, source: str) -> ValidationReport:
         bad = ~np.isfinite(a)
         if bad.any():
             i = int(bad.argmax())
-            raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {float(a[i])}.",
-                            hint="NaN and infinity are not prices; fix or drop that row.")
+            raise DataError(
+                f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {float(a[i])}.",
+                hint="NaN and infinity are not prices; fix or drop that row.",
+            )
         neg = (a <= 0) if name != "volume" else (a < 0)
         if neg.any():
             i = int(neg.argmax())
-            raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {float(a[i])}.",
-                            hint="prices must be > 0 and volume >= 0; fix or drop that row.")
+            raise DataError(
+                f"{source}: row {i + 1} ({fmt_ts(t[i])}) has {name} = {float(a[i])}.",
+                hint="prices must be > 0 and volume >= 0; fix or drop that row.",
+            )
     o, h, lo, c = (df[n].to_numpy() for n in PRICE_COLUMNS)
     bad = (h < np.maximum(o, c)) | (lo > np.minimum(o, c)) | (lo > h)
     if bad.any():
         i = int(bad.argmax())
-        raise DataError(f"{source}: row {i + 1} ({fmt_ts(t[i])}) breaks OHLC sanity: open={float(o[i])} "
-                        f"high={float(h[i])} low={float(lo[i])} close={float(c[i])}.", hint="high must be >= open, close and low; fix or drop that row.")
+        raise DataError(
+            f"{source}: row {i + 1} ({fmt_ts(t[i])}) breaks OHLC sanity: open={float(o[i])} "
+            f"high={float(h[i])} low={float(lo[i])} close={float(c[i])}.",
+            hint="high must be >= open, close and low; fix or drop that row.",
+        )
     off = (t % step) != 0
     if off.any():
         i = int(off.argmax())
-        raise DataError(f"{source}: row {i + 1} open_time {int(t[i])} is not on the {interval} grid.",
-                        hint=f"check the interval (is this really {interval} data?) or pass the right --interval.")
+        raise DataError(
+            f"{source}: row {i + 1} open_time {int(t[i])} is not on the {interval} grid.",
+            hint=f"check the interval (is this really {interval} data?) or pass the right --interval.",
+        )
     d = np.diff(t)
     if (d == 0).any():
         idx = np.flatnonzero(d == 0)
-        raise DataError(f"{source}: {len(idx)} duplicate candle(s), first at row {idx[0] + 2} ({fmt_ts(t[idx[0]])}).",
-                        hint="keep one row per open_time (`xylen collect import` deduplicates while importing).")
+        raise DataError(
+            f"{source}: {len(idx)} duplicate candle(s), first at row {idx[0] + 2} ({fmt_ts(t[idx[0]])}).",
+            hint="keep one row per open_time (`xylen collect import` deduplicates while importing).",
+        )
     if (d < 0).any():
         i = int(np.flatnonzero(d < 0)[0])
-        raise DataError(f"{source}: candles are not sorted: row {i + 2} ({fmt_ts(t[i + 1])}) comes after "
-                        f"row {i + 1} ({fmt_ts(t[i])}).", hint="sort the file by open_time.")
+        raise DataError(
+            f"{source}: candles are not sorted: row {i + 2} ({fmt_ts(t[i + 1])}) comes after "
+            f"row {i + 1} ({fmt_ts(t[i])}).",
+            hint="sort the file by open_time.",
+        )
     gap_idx = np.flatnonzero(d != step)
     gaps = [(int(t[i]), int(d[i] // step) - 1) for i in gap_idx]
     zero = int((df["volume"].to_numpy() == 0).sum())
-    return ValidationReport(rows=df.height, first=int(t[0]), last=int(t[-1]), interval=interval, gaps=gaps,
-                            zero_volume=zero)
+    return ValidationReport(
+        rows=df.height, first=int(t[0]), last=int(t[-1]), interval=interval, gaps=gaps, zero_volume=zero
+    )
 
 
 def infer_interval(df: pl.DataFrame) -> str | None:

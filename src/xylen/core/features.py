@@ -27,12 +27,26 @@ MIN_CANDLES = LOOKBACK + 1
 NAMES: tuple[str, ...] = (
     *(f"ret_{k}" for k in RET_LAGS),
     *(f"vol_{w}" for w in VOL_WINDOWS),
-    "range_0", "range_12", "range_48",
-    "body", "upper_wick", "lower_wick", "close_pos",
-    "sma_gap_12", "sma_gap_48", "zscore_48", "rsi_14",
-    "volume_ratio_48", "volume_z_24", "channel_48",
-    "hour_sin", "hour_cos", "dow_sin", "dow_cos",
-    "ret_vol_ratio", "vol_ratio_6_48",
+    "range_0",
+    "range_12",
+    "range_48",
+    "body",
+    "upper_wick",
+    "lower_wick",
+    "close_pos",
+    "sma_gap_12",
+    "sma_gap_48",
+    "zscore_48",
+    "rsi_14",
+    "volume_ratio_48",
+    "volume_z_24",
+    "channel_48",
+    "hour_sin",
+    "hour_cos",
+    "dow_sin",
+    "dow_cos",
+    "ret_vol_ratio",
+    "vol_ratio_6_48",
 )
 N_FEATURES = len(NAMES)
 VOLATILITY_FEATURES = ("vol_6", "vol_12", "vol_24", "vol_48", "range_0", "range_12", "range_48")
@@ -64,16 +78,17 @@ class CandleArrays:
         return cls(m[:, 0].astype(np.int64), m[:, 1], m[:, 2], m[:, 3], m[:, 4], m[:, 5])
 
     def tail(self, n: int) -> CandleArrays:
-        return CandleArrays(self.open_time[-n:], self.open[-n:], self.high[-n:], self.low[-n:],
-                            self.close[-n:], self.volume[-n:])
+        return CandleArrays(
+            self.open_time[-n:], self.open[-n:], self.high[-n:], self.low[-n:], self.close[-n:], self.volume[-n:]
+        )
 
 
 def _win(x: np.ndarray, w: int, start: int) -> np.ndarray:
     """Rows ``start..n-1`` of the trailing windows of length ``w``, each window C-contiguous."""
     n = len(x)
     if n - start == 1:  # serving: one window, a plain slice (sliding_window_view costs ~10 µs here)
-        return x[n - w:].reshape(1, w)
-    return np.ascontiguousarray(sliding_window_view(x, w)[start - w + 1:])
+        return x[n - w :].reshape(1, w)
+    return np.ascontiguousarray(sliding_window_view(x, w)[start - w + 1 :])
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray, fill: float) -> np.ndarray:
@@ -114,11 +129,11 @@ def compute(c: CandleArrays, start: int | None = None) -> np.ndarray:
     # log returns over several lags
     lc_now = lc[start:]
     for k in RET_LAGS:
-        out[:, j] = lc_now - lc[start - k: n - k]
+        out[:, j] = lc_now - lc[start - k : n - k]
         j += 1
     # realised volatility: std of one-candle log returns over trailing windows (returns r_i = lc_i - lc_{i-1})
-    r = np.diff(lc[start - LOOKBACK:])  # r[q] is the return of row start - LOOKBACK + 1 + q
-    r_start = LOOKBACK - 1               # index in r of row `start`
+    r = np.diff(lc[start - LOOKBACK :])  # r[q] is the return of row start - LOOKBACK + 1 + q
+    r_start = LOOKBACK - 1  # index in r of row `start`
     vols = {}
     for w in VOL_WINDOWS:
         vols[w] = _mean_std(_win(r, w, r_start))[1]

@@ -9,7 +9,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LabelSpec:
-    horizon: int = 6          # N candles ahead
+    horizon: int = 6  # N candles ahead
     threshold: float = 0.002  # theta, log return; default = round-trip fees at 0.1% per side
     kind: str = "forward_log_return_above_threshold"
 
@@ -26,7 +26,7 @@ def make(close: np.ndarray, spec: LabelSpec) -> np.ndarray:
     y = np.full(n, np.nan)
     if n > spec.horizon:
         lc = np.log(close)
-        fwd = lc[spec.horizon:] - lc[:-spec.horizon]
+        fwd = lc[spec.horizon :] - lc[: -spec.horizon]
         y[: n - spec.horizon] = (fwd > spec.threshold).astype(np.float64)
     return y
 

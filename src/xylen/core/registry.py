@@ -39,8 +39,10 @@ def model_name(symbol: str, interval: str) -> str:
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
-        raise ConfigError(f"Model name {name!r} is not allowed.",
-                          hint="use lowercase letters, digits, '.', '_' and '-', like btcusdt-5m.")
+        raise ConfigError(
+            f"Model name {name!r} is not allowed.",
+            hint="use lowercase letters, digits, '.', '_' and '-', like btcusdt-5m.",
+        )
     return name
 
 
@@ -53,9 +55,16 @@ class Pointer:
     history: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"name": self.name, "version": self.version, "sha256": self.sha256,
-                             "promoted_at": self.promoted_at, "history": list(self.history)},
-                            option=orjson.OPT_INDENT_2)
+        return orjson.dumps(
+            {
+                "name": self.name,
+                "version": self.version,
+                "sha256": self.sha256,
+                "promoted_at": self.promoted_at,
+                "history": list(self.history),
+            },
+            option=orjson.OPT_INDENT_2,
+        )
 
 
 class Registry:
@@ -66,15 +75,19 @@ class Registry:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name)
-                      and (self.versions(p.name) or (p / POINTER).exists()))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and _NAME_RE.match(p.name) and (self.versions(p.name) or (p / POINTER).exists())
+        )
 
     def versions(self, name: str) -> list[str]:
         folder = self.root / name
         if not folder.is_dir():
             return []
-        return sorted((p.name for p in folder.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)),
-                      key=lambda v: int(v[1:]))
+        return sorted(
+            (p.name for p in folder.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)), key=lambda v: int(v[1:])
+        )
 
     def path(self, name: str, version: str) -> Path:
         return self.root / name / version
@@ -83,27 +96,37 @@ class Registry:
         path = self.root / name / POINTER
         try:
             raw = orjson.loads(path.read_bytes())
-            return Pointer(name=name, version=str(raw["version"]), sha256=str(raw["sha256"]),
-                           promoted_at=str(raw.get("promoted_at", "")), history=tuple(raw.get("history", ())))
+            return Pointer(
+                name=name,
+                version=str(raw["version"]),
+                sha256=str(raw["sha256"]),
+                promoted_at=str(raw.get("promoted_at", "")),
+                history=tuple(raw.get("history", ())),
+            )
         except FileNotFoundError:
             return None
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise BundleError(f"{str(path)!r} is unreadable ({exc}).",
-                              hint=f"promote a version again: `xylen models promote {name} vNNNN`.") from None
+            raise BundleError(
+                f"{str(path)!r} is unreadable ({exc}).",
+                hint=f"promote a version again: `xylen models promote {name} vNNNN`.",
+            ) from None
 
     def current_path(self, name: str) -> Path:
         ptr = self.current(name)
         if ptr is None:
-            raise BundleError(f"Model {name!r} has no live version in {str(self.root)!r}.",
-                              hint="train one with `xylen train`, or promote one with `xylen models promote`.")
+            raise BundleError(
+                f"Model {name!r} has no live version in {str(self.root)!r}.",
+                hint="train one with `xylen train`, or promote one with `xylen models promote`.",
+            )
         return self.path(name, ptr.version)
 
     def manifest(self, name: str, version: str) -> Manifest:
         folder = self.path(name, version)
         if not folder.is_dir():
             known = ", ".join(self.versions(name)) or "none"
-            raise BundleError(f"Model {name!r} has no version {version!r} (known: {known}).",
-                              hint="see `xylen models list`.")
+            raise BundleError(
+                f"Model {name!r} has no version {version!r} (known: {known}).", hint="see `xylen models list`."
+            )
         return read_manifest(folder)
 
     def resolve_name(self, name: str | None) -> str:
@@ -111,8 +134,10 @@ class Registry:
         names = self.names()
         if name:
             if name not in names:
-                raise BundleError(f"No model named {name!r} in {str(self.root)!r} (known: {', '.join(names) or 'none'}).",
-                                  hint="see `xylen models list`, or train one with `xylen train`.")
+                raise BundleError(
+                    f"No model named {name!r} in {str(self.root)!r} (known: {', '.join(names) or 'none'}).",
+                    hint="see `xylen models list`, or train one with `xylen train`.",
+                )
             return name
         if len(names) == 1:
             return names[0]
@@ -130,8 +155,10 @@ class Registry:
             parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
         except OSError as exc:
-            raise ConfigError(f"Cannot write to the model registry {str(self.root)!r}: {exc.strerror}.",
-                              hint="set XYLEN_HOME to a writable folder or fix its permissions.") from None
+            raise ConfigError(
+                f"Cannot write to the model registry {str(self.root)!r}: {exc.strerror}.",
+                hint="set XYLEN_HOME to a writable folder or fix its permissions.",
+            ) from None
         try:
             yield staging
         finally:
@@ -173,8 +200,9 @@ class Registry:
             history = (old.version, *old.history)[:HISTORY_LIMIT]
         elif old is not None:
             history = old.history
-        ptr = Pointer(name=name, version=version, sha256=manifest.artifact.sha256,
-                      promoted_at=now or now_iso(), history=history)
+        ptr = Pointer(
+            name=name, version=version, sha256=manifest.artifact.sha256, promoted_at=now or now_iso(), history=history
+        )
         write_durably(self.root / name / POINTER, ptr.to_json())
         return ptr
 
@@ -182,13 +210,20 @@ class Registry:
         """Make the previous live version live again, in one step."""
         old = self.current(name)
         if old is None or not old.history:
-            raise BundleError(f"Model {name!r} has no previous live version to roll back to.",
-                              hint=f"promote a specific version: `xylen models promote {name} vNNNN`.")
+            raise BundleError(
+                f"Model {name!r} has no previous live version to roll back to.",
+                hint=f"promote a specific version: `xylen models promote {name} vNNNN`.",
+            )
         target, rest = old.history[0], old.history[1:]
         folder = self.path(name, target)
         verify_artifact(folder, self.manifest(name, target))
-        ptr = Pointer(name=name, version=target, sha256=self.manifest(name, target).artifact.sha256,
-                      promoted_at=now or now_iso(), history=rest)
+        ptr = Pointer(
+            name=name,
+            version=target,
+            sha256=self.manifest(name, target).artifact.sha256,
+            promoted_at=now or now_iso(),
+            history=rest,
+        )
         write_durably(self.root / name / POINTER, ptr.to_json())
         return ptr
 
@@ -199,11 +234,27 @@ class Registry:
             try:
                 m = self.manifest(name, v)
                 auc = m.metrics.get("auc_mean")
-                rows.append({"name": name, "version": v, "live": bool(live and live.version == v),
-                             "backend": m.backend, "created_at": m.created_at, "auc": auc,
-                             "edge_vs_volatility": m.metrics.get("auc_edge_vs_volatility"),
-                             "rows": m.training_window.rows if m.training_window else None, "ok": True})
+                rows.append(
+                    {
+                        "name": name,
+                        "version": v,
+                        "live": bool(live and live.version == v),
+                        "backend": m.backend,
+                        "created_at": m.created_at,
+                        "auc": auc,
+                        "edge_vs_volatility": m.metrics.get("auc_edge_vs_volatility"),
+                        "rows": m.training_window.rows if m.training_window else None,
+                        "ok": True,
+                    }
+                )
             except BundleError as exc:
-                rows.append({"name": name, "version": v, "live": bool(live and live.version == v), "ok": False,
-                             "error": exc.message})
+                rows.append(
+                    {
+                        "name": name,
+                        "version": v,
+                        "live": bool(live and live.version == v),
+                        "ok": False,
+                        "error": exc.message,
+                    }
+                )
         return rows

@@ -53,8 +53,9 @@ _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("xylen_environ", def
 class _EnvSource(EnvSettingsSource):
     def _load_env_vars(self) -> Mapping[str, str | None]:
         env = _ENVIRON.get()
-        return parse_env_vars(os.environ if env is None else env, self.case_sensitive, self.env_ignore_empty,
-                              self.env_parse_none_str)
+        return parse_env_vars(
+            os.environ if env is None else env, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
 
 
 def default_home() -> Path:
@@ -65,70 +66,153 @@ class Settings(BaseSettings):
     """Every setting xylen reads. Each is documented in models.env.example and shown by `xylen config`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="XYLEN_", extra="ignore", case_sensitive=False, populate_by_name=True,
+        env_prefix="XYLEN_",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
         validate_default=True,
     )
 
-    home: Path = Field(default_factory=default_home, validation_alias=_alias("home"),
-                       description="Root folder: models.env, data/ (the candle store), models/ (the registry), logs/.")
+    home: Path = Field(
+        default_factory=default_home,
+        validation_alias=_alias("home"),
+        description="Root folder: models.env, data/ (the candle store), models/ (the registry), logs/.",
+    )
     # --- data / training -------------------------------------------------------------------------------
-    symbol: str = Field("BTCUSDT", validation_alias=_alias("symbol"),
-                        description="Default trading pair for train/serve, e.g. BTCUSDT.")
-    interval: str = Field("5m", validation_alias=_alias("interval"),
-                          description="Default candle interval (Binance spelling: 1m 5m 15m 1h 4h 1d ...).")
-    profile: ProfileName = Field("auto", validation_alias=_alias("profile"),
-                                 description="Hardware profile for training: m1, m4, 8gb, 16gb or auto.")
-    lgbm_max_memory_gb: float | None = Field(None, gt=0, validation_alias=_alias("lgbm_max_memory_gb"),
-                                             description="Memory cap for training in GB; overrides the profile.")
-    lgbm_num_threads: int | None = Field(None, ge=1, le=256, validation_alias=_alias("lgbm_num_threads"),
-                                         description="LightGBM threads for training; overrides the profile.")
-    label_horizon: int = Field(6, ge=1, le=1000, validation_alias=_alias("label_horizon"),
-                               description="Label horizon N: candles ahead the return is measured over.")
-    label_threshold: float = Field(0.002, ge=0, lt=1, validation_alias=_alias("label_threshold"),
-                                   description="Label threshold theta: log return over N candles above it is 1.")
-    fee: float = Field(0.001, ge=0, lt=0.05, validation_alias=_alias("fee"),
-                       description="Trading fee per side used by the backtest (0.001 = 0.1%).")
-    folds: int = Field(5, ge=2, le=20, validation_alias=_alias("folds"),
-                       description="Walk-forward folds for evaluation.")
-    entry_threshold: float = Field(0.5, gt=0, lt=1, validation_alias=_alias("entry_threshold"),
-                                   description="Backtest: go long while the predicted probability is at least this.")
-    training_interval: float = Field(3600.0, gt=0, validation_alias=_alias("training_interval"),
-                                     description="Seconds between retrains in `retrain --loop` (also 30m, 6h, 1d).")
+    symbol: str = Field(
+        "BTCUSDT", validation_alias=_alias("symbol"), description="Default trading pair for train/serve, e.g. BTCUSDT."
+    )
+    interval: str = Field(
+        "5m",
+        validation_alias=_alias("interval"),
+        description="Default candle interval (Binance spelling: 1m 5m 15m 1h 4h 1d ...).",
+    )
+    profile: ProfileName = Field(
+        "auto",
+        validation_alias=_alias("profile"),
+        description="Hardware profile for training: m1, m4, 8gb, 16gb or auto.",
+    )
+    lgbm_max_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        validation_alias=_alias("lgbm_max_memory_gb"),
+        description="Memory cap for training in GB; overrides the profile.",
+    )
+    lgbm_num_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        validation_alias=_alias("lgbm_num_threads"),
+        description="LightGBM threads for training; overrides the profile.",
+    )
+    label_horizon: int = Field(
+        6,
+        ge=1,
+        le=1000,
+        validation_alias=_alias("label_horizon"),
+        description="Label horizon N: candles ahead the return is measured over.",
+    )
+    label_threshold: float = Field(
+        0.002,
+        ge=0,
+        lt=1,
+        validation_alias=_alias("label_threshold"),
+        description="Label threshold theta: log return over N candles above it is 1.",
+    )
+    fee: float = Field(
+        0.001,
+        ge=0,
+        lt=0.05,
+        validation_alias=_alias("fee"),
+        description="Trading fee per side used by the backtest (0.001 = 0.1%).",
+    )
+    folds: int = Field(
+        5, ge=2, le=20, validation_alias=_alias("folds"), description="Walk-forward folds for evaluation."
+    )
+    entry_threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        validation_alias=_alias("entry_threshold"),
+        description="Backtest: go long while the predicted probability is at least this.",
+    )
+    training_interval: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias=_alias("training_interval"),
+        description="Seconds between retrains in `retrain --loop` (also 30m, 6h, 1d).",
+    )
     # --- serving ---------------------------------------------------------------------------------------
-    model_path: Path | None = Field(None, validation_alias=_alias("model_path"),
-                                    description="Serve this bundle folder directly instead of the registry's live one.")
-    model_type: BackendName = Field("lightgbm", validation_alias=_alias("model_type"),
-                                    description="Backend of MODEL_PATH: lightgbm, onnx or torch.")
-    host: str = Field("127.0.0.1", validation_alias=_alias("host"),
-                      description="Address `xylen serve` binds; non-loopback needs API keys.")
-    port: int = Field(8000, ge=1, le=65535, validation_alias=_alias("port"),
-                      description="Port `xylen serve` listens on.")
-    api_keys: str = Field("", validation_alias=_alias("api_keys"), repr=False,
-                          description="Comma-separated API keys accepted by the server (never logged).")
-    api_keys_file: Path | None = Field(None, validation_alias=_alias("api_keys_file"),
-                                       description="File of sha256-hashed API keys, one per line.")
-    allow_unauthenticated: bool = Field(False, validation_alias=_alias("allow_unauthenticated"),
-                                        description="Allow a non-loopback bind without API keys.")
-    max_body_bytes: int = Field(1_000_000, ge=1024, validation_alias=_alias("max_body_bytes"),
-                                description="Request bodies above this many bytes get 413.")
-    log_format: Literal["text", "json"] = Field("text", validation_alias=_alias("log_format"),
-                                                description="Log format: text or json.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias=_alias("log_level"),
-                                                                    description="Log level.")
+    model_path: Path | None = Field(
+        None,
+        validation_alias=_alias("model_path"),
+        description="Serve this bundle folder directly instead of the registry's live one.",
+    )
+    model_type: BackendName = Field(
+        "lightgbm", validation_alias=_alias("model_type"), description="Backend of MODEL_PATH: lightgbm, onnx or torch."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias=_alias("host"),
+        description="Address `xylen serve` binds; non-loopback needs API keys.",
+    )
+    port: int = Field(
+        8000, ge=1, le=65535, validation_alias=_alias("port"), description="Port `xylen serve` listens on."
+    )
+    api_keys: str = Field(
+        "",
+        validation_alias=_alias("api_keys"),
+        repr=False,
+        description="Comma-separated API keys accepted by the server (never logged).",
+    )
+    api_keys_file: Path | None = Field(
+        None, validation_alias=_alias("api_keys_file"), description="File of sha256-hashed API keys, one per line."
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        validation_alias=_alias("allow_unauthenticated"),
+        description="Allow a non-loopback bind without API keys.",
+    )
+    max_body_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        validation_alias=_alias("max_body_bytes"),
+        description="Request bodies above this many bytes get 413.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", validation_alias=_alias("log_format"), description="Log format: text or json."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias=_alias("log_level"), description="Log level."
+    )
     # --- collect ---------------------------------------------------------------------------------------
-    binance_base_url: str = Field("https://data-api.binance.vision", validation_alias=_alias("binance_base_url"),
-                                  description="Binance REST base URL (keyless market data by default).")
-    binance_ws_url: str = Field("wss://data-stream.binance.vision/ws", validation_alias=_alias("binance_ws_url"),
-                                description="Binance websocket base URL for kline streams.")
-    weight_budget_share: float = Field(0.5, gt=0, le=1, validation_alias=_alias("weight_budget_share"),
-                                       description="Share of Binance's 6000/min request weight the collector may use.")
+    binance_base_url: str = Field(
+        "https://data-api.binance.vision",
+        validation_alias=_alias("binance_base_url"),
+        description="Binance REST base URL (keyless market data by default).",
+    )
+    binance_ws_url: str = Field(
+        "wss://data-stream.binance.vision/ws",
+        validation_alias=_alias("binance_ws_url"),
+        description="Binance websocket base URL for kline streams.",
+    )
+    weight_budget_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        validation_alias=_alias("weight_budget_share"),
+        description="Share of Binance's 6000/min request weight the collector may use.",
+    )
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, _EnvSource(settings_cls), dotenv_settings, file_secret_settings
 
     @field_validator("symbol")
@@ -203,8 +287,10 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, overrides, env, env_file)) from None
     except UnicodeDecodeError:
-        raise ConfigError(f"Settings file {str(env_file)!r} is not UTF-8 text.",
-                          hint="rewrite it as KEY=value lines, see models.env.example.") from None
+        raise ConfigError(
+            f"Settings file {str(env_file)!r} is not UTF-8 text.",
+            hint="rewrite it as KEY=value lines, see models.env.example.",
+        ) from None
     finally:
         _ENVIRON.reset(token)
 
@@ -258,8 +344,9 @@ def _source(field: str, overrides: dict[str, Any], env: dict[str, str], file_val
     return Source("default", f"XYLEN_{field.upper()}")
 
 
-def explain(settings: Settings, overrides: dict[str, Any] | None = None,
-            environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def explain(
+    settings: Settings, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Each setting with its value and where it came from (for `xylen config`). Secrets are masked."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     env = dict(os.environ if environ is None else environ)
@@ -270,8 +357,16 @@ def explain(settings: Settings, overrides: dict[str, Any] | None = None,
         if name == "api_keys":
             value = f"<{len(settings.api_key_list())} key(s) set>" if value else ""
         src = _source(name, overrides, env, file_values)
-        rows.append({"setting": name, "env": _env_names(name), "value": value if value is None else str(value),
-                     "source": src.kind, "source_name": src.name, "description": info.description or ""})
+        rows.append(
+            {
+                "setting": name,
+                "env": _env_names(name),
+                "value": value if value is None else str(value),
+                "source": src.kind,
+                "source_name": src.name,
+                "description": info.description or "",
+            }
+        )
     return rows
 
 

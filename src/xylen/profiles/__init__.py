@@ -53,8 +53,9 @@ def auto_name(total_memory_bytes: int | None = None, system: str | None = None, 
     return "16gb" if mem_gb >= 15 else "8gb"
 
 
-def resolve(name: str, *, max_memory_gb: float | None = None, num_threads: int | None = None,
-            cpu_count: int | None = None) -> Profile:
+def resolve(
+    name: str, *, max_memory_gb: float | None = None, num_threads: int | None = None, cpu_count: int | None = None
+) -> Profile:
     """The profile to train with: `auto` resolved, the alpha's LGBM_* overrides applied, threads capped at cores."""
     chosen_by = "named"
     if name == "auto":

@@ -13,11 +13,11 @@ from xylen.core.candles import interval_ms
 
 @dataclass
 class Dataset:
-    open_time: np.ndarray   # (n,)
-    close: np.ndarray       # (n,)
-    X: np.ndarray           # (n, n_features); NaN where the lookback is incomplete
-    y: np.ndarray           # (n,) 1.0/0.0, NaN where the horizon runs past the data
-    valid: np.ndarray       # (n,) bool: full lookback and full horizon inside one gap-free segment
+    open_time: np.ndarray  # (n,)
+    close: np.ndarray  # (n,)
+    X: np.ndarray  # (n, n_features); NaN where the lookback is incomplete
+    y: np.ndarray  # (n,) 1.0/0.0, NaN where the horizon runs past the data
+    valid: np.ndarray  # (n,) bool: full lookback and full horizon inside one gap-free segment
     contiguous_next: np.ndarray  # (n,) bool: the next candle follows on the grid (for the backtest)
     step_ms: int
 
@@ -28,8 +28,9 @@ class Dataset:
 
 def arrays_of(df: pl.DataFrame) -> features.CandleArrays:
     return features.CandleArrays(
-        df["open_time"].to_numpy().astype(np.int64), *(df[c].to_numpy().astype(np.float64)
-                                                        for c in ("open", "high", "low", "close", "volume")))
+        df["open_time"].to_numpy().astype(np.int64),
+        *(df[c].to_numpy().astype(np.float64) for c in ("open", "high", "low", "close", "volume")),
+    )
 
 
 def segment_bounds(open_time: np.ndarray, step_ms: int) -> tuple[np.ndarray, np.ndarray]:

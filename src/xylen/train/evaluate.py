@@ -30,10 +30,18 @@ SEED = 42
 
 def lgb_params(profile: Profile) -> dict[str, Any]:
     return {
-        "objective": "binary", "metric": "binary_logloss", "learning_rate": profile.learning_rate,
-        "num_leaves": profile.num_leaves, "max_bin": profile.max_bin, "min_data_in_leaf": profile.min_data_in_leaf,
-        "feature_fraction": profile.feature_fraction, "num_threads": profile.threads, "seed": SEED,
-        "deterministic": True, "force_col_wise": True, "verbosity": -1,
+        "objective": "binary",
+        "metric": "binary_logloss",
+        "learning_rate": profile.learning_rate,
+        "num_leaves": profile.num_leaves,
+        "max_bin": profile.max_bin,
+        "min_data_in_leaf": profile.min_data_in_leaf,
+        "feature_fraction": profile.feature_fraction,
+        "num_threads": profile.threads,
+        "seed": SEED,
+        "deterministic": True,
+        "force_col_wise": True,
+        "verbosity": -1,
     }
 
 
@@ -43,7 +51,7 @@ class Fold:
     train_rows: int
     val_rows: int
     test_rows: int
-    test_first: int   # open_time of the first test row
+    test_first: int  # open_time of the first test row
     test_last: int
     purged: int
     auc: float
@@ -61,8 +69,8 @@ class Fold:
 @dataclass
 class Evaluation:
     folds: list[Fold]
-    test_index: np.ndarray          # row indices of all test rows, in time order
-    test_proba: np.ndarray          # model probability for each
+    test_index: np.ndarray  # row indices of all test rows, in time order
+    test_proba: np.ndarray  # model probability for each
     importance: dict[str, float] = field(default_factory=dict)
 
     def mean(self, attr: str) -> float:
@@ -76,36 +84,42 @@ def split(rows: np.ndarray, n_folds: int, horizon: int) -> list[tuple[np.ndarray
     chunk = n // (n_folds + 1)
     if chunk < MIN_TEST_ROWS or chunk * 1 < MIN_TRAIN_ROWS:
         need = max(MIN_TEST_ROWS, MIN_TRAIN_ROWS) * (n_folds + 1)
-        raise TrainingError(f"{n} usable rows are too few for {n_folds} walk-forward folds (about {need} needed).",
-                            hint="use more candles (a longer --data range, or `xylen collect --since ...`) or fewer "
-                                 "folds (XYLEN_FOLDS=3).")
+        raise TrainingError(
+            f"{n} usable rows are too few for {n_folds} walk-forward folds (about {need} needed).",
+            hint="use more candles (a longer --data range, or `xylen collect --since ...`) or fewer "
+            "folds (XYLEN_FOLDS=3).",
+        )
     out = []
     for k in range(1, n_folds + 1):
-        test = rows[k * chunk: (k + 1) * chunk if k < n_folds else n]
+        test = rows[k * chunk : (k + 1) * chunk if k < n_folds else n]
         before = rows[: k * chunk]
-        train = before[before + horizon < test[0]]           # purge: labels must not reach the test window
+        train = before[before + horizon < test[0]]  # purge: labels must not reach the test window
         purged = len(before) - len(train)
         n_val = max(int(len(train) * VAL_FRACTION), 50)
         val = train[-n_val:]
         fit = train[: len(train) - n_val]
-        fit = fit[fit + horizon < val[0]]                   # purge between fitted rows and validation slice
+        fit = fit[fit + horizon < val[0]]  # purge between fitted rows and validation slice
         if len(fit) < MIN_TRAIN_ROWS // 2:
-            raise TrainingError(f"Fold {k} has only {len(fit)} rows to fit on.",
-                                hint="use more candles or fewer folds.")
+            raise TrainingError(
+                f"Fold {k} has only {len(fit)} rows to fit on.", hint="use more candles or fewer folds."
+            )
         out.append((fit, val, test, purged))
     return out
 
 
-def _train(lgb: Any, params: dict[str, Any], full: Any, fit: np.ndarray, val: np.ndarray,
-           rounds: int, early: int) -> Any:
+def _train(
+    lgb: Any, params: dict[str, Any], full: Any, fit: np.ndarray, val: np.ndarray, rounds: int, early: int
+) -> Any:
     d_fit = full.subset(fit)
     d_val = full.subset(val)
-    return lgb.train(params, d_fit, num_boost_round=rounds, valid_sets=[d_val],
-                     callbacks=[lgb.early_stopping(early, verbose=False)])
+    return lgb.train(
+        params, d_fit, num_boost_round=rounds, valid_sets=[d_val], callbacks=[lgb.early_stopping(early, verbose=False)]
+    )
 
 
-def walk_forward(ds: Dataset, profile: Profile, n_folds: int, horizon: int,
-                 on_fold: Callable[[int, int], None] | None = None) -> Evaluation:
+def walk_forward(
+    ds: Dataset, profile: Profile, n_folds: int, horizon: int, on_fold: Callable[[int, int], None] | None = None
+) -> Evaluation:
     import lightgbm as lgb
 
     rows = ds.rows
@@ -118,12 +132,26 @@ def walk_forward(ds: Dataset, profile: Profile, n_folds: int, horizon: int,
     y_full = np.nan_to_num(ds.y, nan=0.0)
     X_full = ds.X
     # one binned Dataset per feature view, subset per fold: binning happens once, not 3 x K times
-    full = lgb.Dataset(X_full, label=y_full, feature_name=list(features.NAMES), params={"max_bin": profile.max_bin},
-                       free_raw_data=False).construct()
-    full_vol = lgb.Dataset(np.ascontiguousarray(X_full[:, vol_cols]), label=y_full,
-                           params={"max_bin": profile.max_bin}, free_raw_data=False).construct()
-    full_shuf = lgb.Dataset(X_full, label=np.nan_to_num(y_shuf, nan=0.0), reference=full,
-                            params={"max_bin": profile.max_bin}, free_raw_data=False).construct()
+    full = lgb.Dataset(
+        X_full,
+        label=y_full,
+        feature_name=list(features.NAMES),
+        params={"max_bin": profile.max_bin},
+        free_raw_data=False,
+    ).construct()
+    full_vol = lgb.Dataset(
+        np.ascontiguousarray(X_full[:, vol_cols]),
+        label=y_full,
+        params={"max_bin": profile.max_bin},
+        free_raw_data=False,
+    ).construct()
+    full_shuf = lgb.Dataset(
+        X_full,
+        label=np.nan_to_num(y_shuf, nan=0.0),
+        reference=full,
+        params={"max_bin": profile.max_bin},
+        free_raw_data=False,
+    ).construct()
     folds: list[Fold] = []
     test_idx, test_p = [], []
     gain = np.zeros(features.N_FEATURES)
@@ -131,9 +159,10 @@ def walk_forward(ds: Dataset, profile: Profile, n_folds: int, horizon: int,
         if on_fold:
             on_fold(k, n_folds)
         if len(np.unique(ds.y[fit])) < 2:
-            raise TrainingError(f"Fold {k}: every training label is {int(ds.y[fit][0])}.",
-                                hint="the threshold is too high or too low for this data; adjust "
-                                     "XYLEN_LABEL_THRESHOLD.")
+            raise TrainingError(
+                f"Fold {k}: every training label is {int(ds.y[fit][0])}.",
+                hint="the threshold is too high or too low for this data; adjust XYLEN_LABEL_THRESHOLD.",
+            )
         rounds, early = profile.num_boost_round, profile.early_stopping_rounds
         model = _train(lgb, params, full, fit, val, rounds, early)
         vol_model = _train(lgb, params, full_vol, fit, val, rounds, early)
@@ -144,15 +173,27 @@ def walk_forward(ds: Dataset, profile: Profile, n_folds: int, horizon: int,
         p_shuf = shuf_model.predict(X_test, num_iteration=shuf_model.best_iteration)
         base = float(ds.y[np.concatenate([fit, val])].mean())
         gain += model.feature_importance("gain", iteration=model.best_iteration)
-        folds.append(Fold(
-            index=k, train_rows=len(fit), val_rows=len(val), test_rows=len(test),
-            test_first=int(ds.open_time[test[0]]), test_last=int(ds.open_time[test[-1]]), purged=purged,
-            auc=metrics.auc(y_test, p), auc_volatility=metrics.auc(y_test, p_vol),
-            auc_shuffled=metrics.auc(y_test, p_shuf), logloss=metrics.logloss(y_test, p),
-            logloss_base=metrics.logloss(y_test, np.full(len(test), base)), brier=metrics.brier(y_test, p),
-            brier_base=metrics.brier(y_test, np.full(len(test), base)), base_rate=base,
-            test_positive_rate=float(y_test.mean()), best_iteration=int(model.best_iteration or rounds),
-        ))
+        folds.append(
+            Fold(
+                index=k,
+                train_rows=len(fit),
+                val_rows=len(val),
+                test_rows=len(test),
+                test_first=int(ds.open_time[test[0]]),
+                test_last=int(ds.open_time[test[-1]]),
+                purged=purged,
+                auc=metrics.auc(y_test, p),
+                auc_volatility=metrics.auc(y_test, p_vol),
+                auc_shuffled=metrics.auc(y_test, p_shuf),
+                logloss=metrics.logloss(y_test, p),
+                logloss_base=metrics.logloss(y_test, np.full(len(test), base)),
+                brier=metrics.brier(y_test, p),
+                brier_base=metrics.brier(y_test, np.full(len(test), base)),
+                base_rate=base,
+                test_positive_rate=float(y_test.mean()),
+                best_iteration=int(model.best_iteration or rounds),
+            )
+        )
         test_idx.append(test)
         test_p.append(p)
     total = gain.sum() or 1.0
@@ -174,9 +215,15 @@ class Backtest:
     entry_threshold: float
 
     def summary(self) -> dict[str, float | int]:
-        return {"total_return": self.total_return, "buy_hold_return": self.buy_hold_return, "trades": self.trades,
-                "exposure": self.exposure, "max_drawdown": self.max_drawdown, "fee_per_side": self.fee,
-                "entry_threshold": self.entry_threshold}
+        return {
+            "total_return": self.total_return,
+            "buy_hold_return": self.buy_hold_return,
+            "trades": self.trades,
+            "exposure": self.exposure,
+            "max_drawdown": self.max_drawdown,
+            "fee_per_side": self.fee,
+            "entry_threshold": self.entry_threshold,
+        }
 
 
 def backtest(ds: Dataset, ev: Evaluation, fee: float, entry_threshold: float) -> Backtest:
@@ -197,6 +244,15 @@ def backtest(ds: Dataset, ev: Evaluation, fee: float, entry_threshold: float) ->
     bh_final = bh[-1] * (1 - fee) ** 2
     peak = np.maximum.accumulate(equity)
     mdd = float(np.max(1.0 - equity / peak)) if len(equity) else 0.0
-    return Backtest(open_time=ds.open_time[idx], equity=equity, buy_hold=bh, total_return=float(equity[-1] - 1.0),
-                    buy_hold_return=float(bh_final - 1.0), trades=int((np.diff(np.concatenate(([0.0], pos))) > 0).sum()),
-                    exposure=float(pos.mean()), max_drawdown=mdd, fee=fee, entry_threshold=entry_threshold)
+    return Backtest(
+        open_time=ds.open_time[idx],
+        equity=equity,
+        buy_hold=bh,
+        total_return=float(equity[-1] - 1.0),
+        buy_hold_return=float(bh_final - 1.0),
+        trades=int((np.diff(np.concatenate(([0.0], pos))) > 0).sum()),
+        exposure=float(pos.mean()),
+        max_drawdown=mdd,
+        fee=fee,
+        entry_threshold=entry_threshold,
+    )

@@ -27,8 +27,8 @@ from xylen.train.dataset import build
 
 SAMPLE_FILE = "BTCUSDT-5m-2023.parquet"
 SAMPLE_SERIES = ("BTCUSDT", "5m")
-BASE_RSS_BYTES = 300 * 2**20      # python + numpy + polars + lightgbm + matplotlib, measured ~250 MB
-BYTES_PER_ROW = 1600              # features, fold subsets, LightGBM bins, transient windows (measured ~1.2 KB)
+BASE_RSS_BYTES = 300 * 2**20  # python + numpy + polars + lightgbm + matplotlib, measured ~250 MB
+BYTES_PER_ROW = 1600  # features, fold subsets, LightGBM bins, transient windows (measured ~1.2 KB)
 N_GOLDEN = 8
 
 Progress = Callable[[str, float], None]  # (step description, fraction done 0..1)
@@ -63,11 +63,24 @@ class TrainResult:
     peak_rss_mb: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "bundle": str(self.bundle), "promoted": self.promoted,
-                "symbol": self.symbol, "interval": self.interval, "source": self.source,
-                "rows_total": self.rows_total, "rows_used": self.rows_used, "metrics": self.metrics,
-                "folds": self.folds, "profile": self.profile, "report": str(self.report) if self.report else None,
-                "warnings": self.warnings, "seconds": round(self.seconds, 2), "peak_rss_mb": round(self.peak_rss_mb, 1)}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "bundle": str(self.bundle),
+            "promoted": self.promoted,
+            "symbol": self.symbol,
+            "interval": self.interval,
+            "source": self.source,
+            "rows_total": self.rows_total,
+            "rows_used": self.rows_used,
+            "metrics": self.metrics,
+            "folds": self.folds,
+            "profile": self.profile,
+            "report": str(self.report) if self.report else None,
+            "warnings": self.warnings,
+            "seconds": round(self.seconds, 2),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+        }
 
 
 def peak_rss_mb() -> float:
@@ -86,11 +99,14 @@ def load_candles(settings: Settings, opts: TrainOptions, warnings: list[str]) ->
         symbols = {r.symbol for r in reads if r.symbol}
         intervals = {r.interval for r in reads if r.interval}
         if len(symbols) > 1 and not opts.symbol:
-            raise DataError(f"The --data files hold several symbols: {sorted(symbols)}.",
-                            hint="train one series at a time, or pass --symbol to name it.")
+            raise DataError(
+                f"The --data files hold several symbols: {sorted(symbols)}.",
+                hint="train one series at a time, or pass --symbol to name it.",
+            )
         if len(intervals) > 1:
-            raise DataError(f"The --data files hold several intervals: {sorted(intervals)}.",
-                            hint="train one interval at a time.")
+            raise DataError(
+                f"The --data files hold several intervals: {sorted(intervals)}.", hint="train one interval at a time."
+            )
         df = combine(reads)
         interval = opts.interval or next(iter(intervals), None) or infer_interval(df)
         if interval is None:
@@ -107,12 +123,16 @@ def load_candles(settings: Settings, opts: TrainOptions, warnings: list[str]) ->
     if df.height:
         return df, symbol, interval, f"store {store.series_dir(symbol, interval)}"
     if (symbol, interval) == SAMPLE_SERIES:
-        warnings.append(f"No {symbol} {interval} candles in the store; trained on the bundled 2023 sample. "
-                        "Run `xylen collect` for current data.")
+        warnings.append(
+            f"No {symbol} {interval} candles in the store; trained on the bundled 2023 sample. "
+            "Run `xylen collect` for current data."
+        )
         return read_candles(sample_path()).frame, symbol, interval, f"bundled sample {SAMPLE_FILE}"
-    raise DataError(f"No {symbol} {interval} candles in the store {str(store.klines)!r}.",
-                    hint=f"collect them (`xylen collect --symbols {symbol} --intervals {interval} --once`) "
-                         "or pass files with --data.")
+    raise DataError(
+        f"No {symbol} {interval} candles in the store {str(store.klines)!r}.",
+        hint=f"collect them (`xylen collect --symbols {symbol} --intervals {interval} --once`) "
+        "or pass files with --data.",
+    )
 
 
 def cap_rows(n_rows: int, profile: Profile, step_ms: int) -> tuple[int, str | None]:
@@ -120,33 +140,41 @@ def cap_rows(n_rows: int, profile: Profile, step_ms: int) -> tuple[int, str | No
     window = int(profile.train_window_days * 86_400_000 // step_ms)
     by_memory = int((profile.memory_gb * 2**30 - BASE_RSS_BYTES) // BYTES_PER_ROW)
     if by_memory < 5_000:
-        raise TrainingError(f"A memory cap of {profile.memory_gb:g} GB leaves room for only {max(by_memory, 0)} rows.",
-                            hint="raise LGBM_MAX_MEMORY_GB (at least 0.5) or use a larger profile.")
+        raise TrainingError(
+            f"A memory cap of {profile.memory_gb:g} GB leaves room for only {max(by_memory, 0)} rows.",
+            hint="raise LGBM_MAX_MEMORY_GB (at least 0.5) or use a larger profile.",
+        )
     keep = min(n_rows, window, by_memory)
     reason = None
     if keep < n_rows:
-        reason = ("the memory cap" if by_memory < window else f"the profile's {profile.train_window_days}-day window")
+        reason = "the memory cap" if by_memory < window else f"the profile's {profile.train_window_days}-day window"
     return keep, reason
 
 
-def train(settings: Settings, opts: TrainOptions, profile: Profile | None = None,
-          progress: Progress | None = None) -> TrainResult:
+def train(
+    settings: Settings, opts: TrainOptions, profile: Profile | None = None, progress: Progress | None = None
+) -> TrainResult:
     t0 = time.perf_counter()
     say = progress or (lambda _s, _f: None)
     warnings: list[str] = []
-    profile = profile or resolve(settings.profile, max_memory_gb=settings.lgbm_max_memory_gb,
-                                 num_threads=settings.lgbm_num_threads)
+    profile = profile or resolve(
+        settings.profile, max_memory_gb=settings.lgbm_max_memory_gb, num_threads=settings.lgbm_num_threads
+    )
     spec = labels.LabelSpec(horizon=settings.label_horizon, threshold=settings.label_threshold)
     if spec.threshold < 2 * settings.fee:
-        warnings.append(f"The label threshold {spec.threshold:g} is below the round-trip fee {2 * settings.fee:g}: "
-                        "a positive label may still lose money.")
+        warnings.append(
+            f"The label threshold {spec.threshold:g} is below the round-trip fee {2 * settings.fee:g}: "
+            "a positive label may still lose money."
+        )
     say("Reading candles", 0.02)
     df, symbol, interval, source = load_candles(settings, opts, warnings)
     name = check_name(opts.name or model_name(symbol, interval))
     report = validate(df, interval, source)
     if report.gaps:
-        warnings.append(f"{len(report.gaps)} gap(s), {report.missing} missing candle(s) (largest after "
-                        f"{fmt_ts(max(report.gaps, key=lambda g: g[1])[0])}); windows spanning them are left out.")
+        warnings.append(
+            f"{len(report.gaps)} gap(s), {report.missing} missing candle(s) (largest after "
+            f"{fmt_ts(max(report.gaps, key=lambda g: g[1])[0])}); windows spanning them are left out."
+        )
     if report.zero_volume:
         warnings.append(f"{report.zero_volume} zero-volume candle(s) (exchange halts); kept as recorded.")
     keep, reason = cap_rows(df.height, profile, interval_ms(interval))
@@ -156,8 +184,11 @@ def train(settings: Settings, opts: TrainOptions, profile: Profile | None = None
     say("Computing features and labels", 0.08)
     ds = build(df, interval, spec)
     if ds.valid.sum() == 0:
-        raise TrainingError(f"No usable rows: {df.height} candles are fewer than the {features.MIN_CANDLES} of "
-                            f"lookback plus the {spec.horizon}-candle horizon.", hint="use more candles.")
+        raise TrainingError(
+            f"No usable rows: {df.height} candles are fewer than the {features.MIN_CANDLES} of "
+            f"lookback plus the {spec.horizon}-candle horizon.",
+            hint="use more candles.",
+        )
     folds = settings.folds
 
     def on_fold(k: int, n: int) -> None:
@@ -174,8 +205,13 @@ def train(settings: Settings, opts: TrainOptions, profile: Profile | None = None
     rounds = max(10, int(np.median(best)))
     params = evaluate.lgb_params(profile)
     params_final = {k: v for k, v in params.items() if k != "metric"}
-    booster = lgb.train(params_final, lgb.Dataset(ds.X[rows], label=ds.y[rows], feature_name=list(features.NAMES),
-                                                  params={"max_bin": profile.max_bin}), num_boost_round=rounds)
+    booster = lgb.train(
+        params_final,
+        lgb.Dataset(
+            ds.X[rows], label=ds.y[rows], feature_name=list(features.NAMES), params={"max_bin": profile.max_bin}
+        ),
+        num_boost_round=rounds,
+    )
     registry = Registry(settings.models_dir)
     say("Writing the bundle and report", 0.9)
     peak = peak_rss_mb()
@@ -186,22 +222,44 @@ def train(settings: Settings, opts: TrainOptions, profile: Profile | None = None
         golden_rows = ds.X[rows[np.linspace(0, len(rows) - 1, N_GOLDEN).astype(int)]]
         golden_out = booster.predict(golden_rows, num_threads=1)
         last = int(rows[-1])
-        window = np.column_stack([ds.open_time[last - features.LOOKBACK: last + 1].astype(np.float64),
-                                  *(df[c].to_numpy()[last - features.LOOKBACK: last + 1]
-                                    for c in ("open", "high", "low", "close", "volume"))])
-        window_out = float(booster.predict(features.last_row(features.CandleArrays.from_matrix(window)).reshape(1, -1),
-                                           num_threads=1)[0])
+        window = np.column_stack(
+            [
+                ds.open_time[last - features.LOOKBACK : last + 1].astype(np.float64),
+                *(
+                    df[c].to_numpy()[last - features.LOOKBACK : last + 1]
+                    for c in ("open", "high", "low", "close", "volume")
+                ),
+            ]
+        )
+        window_out = float(
+            booster.predict(features.last_row(features.CandleArrays.from_matrix(window)).reshape(1, -1), num_threads=1)[
+                0
+            ]
+        )
         manifest = new_manifest(
-            name=name, version="v0000", backend="lightgbm", artifact=artifact_info(model_file),
+            name=name,
+            version="v0000",
+            backend="lightgbm",
+            artifact=artifact_info(model_file),
             feature_set={"version": features.VERSION, "names": list(features.NAMES)},
-            label=spec.to_dict() | {"description": spec.describe()}, symbol=symbol, interval=interval,
-            training_window=TrainingWindow(first_open_time=int(ds.open_time[rows[0]]),
-                                           last_open_time=int(ds.open_time[rows[-1]]), rows=len(rows)),
-            profile=profile.to_dict(), params=params_final | {"num_boost_round": rounds},
-            metrics=metrics | {"folds": [f.__dict__ for f in ev.folds], "importance": ev.importance,
-                               "data_source": source, "warnings": warnings},
-            golden=Golden(rows=golden_rows.tolist(), outputs=golden_out.tolist(), window=window.tolist(),
-                          window_output=window_out),
+            label=spec.to_dict() | {"description": spec.describe()},
+            symbol=symbol,
+            interval=interval,
+            training_window=TrainingWindow(
+                first_open_time=int(ds.open_time[rows[0]]), last_open_time=int(ds.open_time[rows[-1]]), rows=len(rows)
+            ),
+            profile=profile.to_dict(),
+            params=params_final | {"num_boost_round": rounds},
+            metrics=metrics
+            | {
+                "folds": [f.__dict__ for f in ev.folds],
+                "importance": ev.importance,
+                "data_source": source,
+                "warnings": warnings,
+            },
+            golden=Golden(
+                rows=golden_rows.tolist(), outputs=golden_out.tolist(), window=window.tolist(), window_output=window_out
+            ),
         )
         write_manifest(staging, manifest)
         load_bundle(staging)  # verify what we wrote exactly as a server would, before anyone can see it
@@ -214,11 +272,22 @@ def train(settings: Settings, opts: TrainOptions, profile: Profile | None = None
         registry.promote(name, version)
     say("Done", 1.0)
     return TrainResult(
-        name=name, version=version, bundle=bundle_dir, promoted=opts.promote, symbol=symbol, interval=interval,
-        source=source, rows_total=df.height, rows_used=len(rows), metrics=metrics,
-        folds=[f.__dict__ for f in ev.folds], profile=profile.to_dict(),
-        report=bundle_dir / report_path.name if report_path else None, warnings=warnings,
-        seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(),
+        name=name,
+        version=version,
+        bundle=bundle_dir,
+        promoted=opts.promote,
+        symbol=symbol,
+        interval=interval,
+        source=source,
+        rows_total=df.height,
+        rows_used=len(rows),
+        metrics=metrics,
+        folds=[f.__dict__ for f in ev.folds],
+        profile=profile.to_dict(),
+        report=bundle_dir / report_path.name if report_path else None,
+        warnings=warnings,
+        seconds=time.perf_counter() - t0,
+        peak_rss_mb=peak_rss_mb(),
     )
 
 
@@ -226,11 +295,15 @@ def summarize(ev: evaluate.Evaluation, bt: evaluate.Backtest) -> dict[str, Any]:
     auc = ev.mean("auc")
     auc_vol = ev.mean("auc_volatility")
     return {
-        "auc_mean": auc, "auc_volatility_mean": auc_vol, "auc_shuffled_mean": ev.mean("auc_shuffled"),
-        "auc_edge_vs_volatility": auc - auc_vol, "logloss_mean": ev.mean("logloss"),
-        "logloss_base_mean": ev.mean("logloss_base"), "brier_mean": ev.mean("brier"),
-        "brier_base_mean": ev.mean("brier_base"), "base_rate_mean": ev.mean("base_rate"),
-        "n_folds": len(ev.folds), "backtest": bt.summary(),
+        "auc_mean": auc,
+        "auc_volatility_mean": auc_vol,
+        "auc_shuffled_mean": ev.mean("auc_shuffled"),
+        "auc_edge_vs_volatility": auc - auc_vol,
+        "logloss_mean": ev.mean("logloss"),
+        "logloss_base_mean": ev.mean("logloss_base"),
+        "brier_mean": ev.mean("brier"),
+        "brier_base_mean": ev.mean("brier_base"),
+        "base_rate_mean": ev.mean("base_rate"),
+        "n_folds": len(ev.folds),
+        "backtest": bt.summary(),
     }
-
-

@@ -52,8 +52,13 @@ def _figures(ev: Evaluation, bt: Backtest) -> dict[str, bytes]:
     # 2. equity curve vs buy-and-hold over the out-of-sample windows
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     when = [datetime.fromtimestamp(t / 1000, tz=timezone.utc) for t in bt.open_time]
-    ax.plot(when, bt.equity, label=f"model, long if p >= {bt.entry_threshold:g} ({bt.total_return:+.1%})",
-            color="#2563eb", lw=1.2)
+    ax.plot(
+        when,
+        bt.equity,
+        label=f"model, long if p >= {bt.entry_threshold:g} ({bt.total_return:+.1%})",
+        color="#2563eb",
+        lw=1.2,
+    )
     ax.plot(when, bt.buy_hold, label=f"buy and hold ({bt.buy_hold_return:+.1%})", color="#6b7280", lw=1.0)
     ax.set_ylabel("equity (start = 1)")
     ax.set_title(f"Out-of-sample backtest, {bt.fee:.2%} fee per side, {bt.trades} trades")
@@ -72,58 +77,104 @@ def _figures(ev: Evaluation, bt: Backtest) -> dict[str, bytes]:
     return out
 
 
+_CSS = (
+    "body{font:14px/1.45 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#111}"
+    "table{border-collapse:collapse;margin:.5rem 0 1.5rem}"
+    "td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}"
+    "th{background:#f3f4f6}td:first-child{text-align:left}img{max-width:100%}.v{font-weight:600}"
+)
+
+
 def _table(rows: list[list[str]], head: list[str]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(folder: Path, manifest: Manifest, ev: Evaluation, bt: Backtest, ds: Dataset,
-                 warnings: list[str]) -> Path:
+def write_report(
+    folder: Path, manifest: Manifest, ev: Evaluation, bt: Backtest, ds: Dataset, warnings: list[str]
+) -> Path:
     figs = _figures(ev, bt)
     (folder / "report").mkdir(exist_ok=True)
     for name, data in figs.items():
         (folder / "report" / name).write_bytes(data)
     m = manifest.metrics
     edge = m["auc_edge_vs_volatility"]
-    verdict = ("The model beats the volatility-only baseline on average." if edge > 0.005 else
-               "The model does not beat the volatility-only baseline: it mostly knows how volatile the market is.")
+    verdict = (
+        "The model beats the volatility-only baseline on average."
+        if edge > 0.005
+        else "The model does not beat the volatility-only baseline: it mostly knows how volatile the market is."
+    )
     if m["auc_shuffled_mean"] > 0.53:
         verdict += " WARNING: the shuffled-label control scores above 0.53 -- suspect leakage."
-    summary = _table([
-        ["AUC, model", f"{m['auc_mean']:.4f}"],
-        ["AUC, volatility-only baseline", f"{m['auc_volatility_mean']:.4f}"],
-        ["AUC, shuffled-label control", f"{m['auc_shuffled_mean']:.4f}"],
-        ["edge over volatility baseline", f"{edge:+.4f}"],
-        ["log-loss (base rate)", f"{m['logloss_mean']:.4f} ({m['logloss_base_mean']:.4f})"],
-        ["Brier (base rate)", f"{m['brier_mean']:.4f} ({m['brier_base_mean']:.4f})"],
-        ["backtest return (buy and hold)", f"{bt.total_return:+.2%} ({bt.buy_hold_return:+.2%})"],
-        ["trades / exposure / max drawdown", f"{bt.trades} / {bt.exposure:.1%} / {bt.max_drawdown:.1%}"],
-    ], ["metric", "value"])
-    folds = _table([[str(f.index), f"{fmt_ts(f.test_first)} .. {fmt_ts(f.test_last)}", str(f.train_rows),
-                     str(f.test_rows), str(f.purged), f"{f.auc:.4f}", f"{f.auc_volatility:.4f}",
-                     f"{f.auc_shuffled:.4f}", f"{f.logloss:.4f}", f"{f.logloss_base:.4f}", str(f.best_iteration)]
-                    for f in ev.folds],
-                   ["fold", "test window", "fit rows", "test rows", "purged", "AUC", "AUC vol", "AUC shuffled",
-                    "log-loss", "base log-loss", "trees"])
-    imgs = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></figure>'
-                   for n, d in figs.items())
+    summary = _table(
+        [
+            ["AUC, model", f"{m['auc_mean']:.4f}"],
+            ["AUC, volatility-only baseline", f"{m['auc_volatility_mean']:.4f}"],
+            ["AUC, shuffled-label control", f"{m['auc_shuffled_mean']:.4f}"],
+            ["edge over volatility baseline", f"{edge:+.4f}"],
+            ["log-loss (base rate)", f"{m['logloss_mean']:.4f} ({m['logloss_base_mean']:.4f})"],
+            ["Brier (base rate)", f"{m['brier_mean']:.4f} ({m['brier_base_mean']:.4f})"],
+            ["backtest return (buy and hold)", f"{bt.total_return:+.2%} ({bt.buy_hold_return:+.2%})"],
+            ["trades / exposure / max drawdown", f"{bt.trades} / {bt.exposure:.1%} / {bt.max_drawdown:.1%}"],
+        ],
+        ["metric", "value"],
+    )
+    folds = _table(
+        [
+            [
+                str(f.index),
+                f"{fmt_ts(f.test_first)} .. {fmt_ts(f.test_last)}",
+                str(f.train_rows),
+                str(f.test_rows),
+                str(f.purged),
+                f"{f.auc:.4f}",
+                f"{f.auc_volatility:.4f}",
+                f"{f.auc_shuffled:.4f}",
+                f"{f.logloss:.4f}",
+                f"{f.logloss_base:.4f}",
+                str(f.best_iteration),
+            ]
+            for f in ev.folds
+        ],
+        [
+            "fold",
+            "test window",
+            "fit rows",
+            "test rows",
+            "purged",
+            "AUC",
+            "AUC vol",
+            "AUC shuffled",
+            "log-loss",
+            "base log-loss",
+            "trees",
+        ],
+    )
+    imgs = "".join(
+        f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></figure>'
+        for n, d in figs.items()
+    )
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
     tw = manifest.training_window
+    esc = html.escape
+    window = f"{fmt_ts(tw.first_open_time)} .. {fmt_ts(tw.last_open_time)} ({tw.rows} rows)" if tw else "?"
+    about = (
+        f"{esc(manifest.symbol or '')} {esc(manifest.interval or '')}, "
+        f"label: {esc(str(manifest.label.get('description', '')))}; training window {window}; "
+        f"profile {esc(str(manifest.profile.get('name')))}; feature set {esc(manifest.feature_set.version)}; "
+        f"created {esc(manifest.created_at)}."
+    )
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>xylen report: {html.escape(manifest.name)} {html.escape(manifest.version)}</title>
-<style>body{{font:14px/1.45 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#111}}
-table{{border-collapse:collapse;margin:.5rem 0 1.5rem}}td,th{{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}}
-th{{background:#f3f4f6}}td:first-child{{text-align:left}}img{{max-width:100%}}.v{{font-weight:600}}</style></head><body>
-<h1>{html.escape(manifest.name)} <small>{html.escape(manifest.version)}</small></h1>
-<p>{html.escape(manifest.symbol or '')} {html.escape(manifest.interval or '')}, label: {html.escape(str(manifest.label.get('description', '')))};
-training window {fmt_ts(tw.first_open_time) if tw else '?'} .. {fmt_ts(tw.last_open_time) if tw else '?'} ({tw.rows if tw else '?'} rows);
-profile {html.escape(str(manifest.profile.get('name')))}; feature set {html.escape(manifest.feature_set.version)}; created {html.escape(manifest.created_at)}.</p>
-<p class="v">{html.escape(verdict)}</p>
+<title>xylen report: {esc(manifest.name)} {esc(manifest.version)}</title><style>{_CSS}</style></head><body>
+<h1>{esc(manifest.name)} <small>{esc(manifest.version)}</small></h1>
+<p>{about}</p>
+<p class="v">{esc(verdict)}</p>
 {summary}{imgs}<h2>Folds</h2>{folds}
-<h2>Notes</h2><ul>{warn or '<li>none</li>'}</ul>
-<p>Walk-forward: each test window is preceded by purged rows (labels that would overlap it); early stopping uses a purged validation slice
-at the end of each training window. AUC near 0.5 is a coin flip; the shuffled-label control must sit there.</p>
+<h2>Notes</h2><ul>{warn or "<li>none</li>"}</ul>
+<p>Walk-forward: each test window is preceded by purged rows (labels that would overlap it); early stopping
+uses a purged validation slice at the end of each training window. AUC near 0.5 is a coin flip; the
+shuffled-label control must sit there.</p>
 </body></html>"""
     path = folder / "report.html"
     path.write_text(doc, encoding="utf-8")
