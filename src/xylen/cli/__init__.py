@@ -97,8 +97,10 @@ def run(fn: Callable[[], T]) -> T:
 
 def _register() -> None:
     from xylen.cli import (  # noqa: F401  (each module adds its commands to `app`)
+        collect,  # noqa: F401
         config,
         models,
+        serve,  # noqa: F401
         train,
     )
     from xylen.cli import models_io  # noqa: F401  (`xylen models export|import`)

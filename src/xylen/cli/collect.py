@@ -1,0 +1,160 @@
+"""`xylen collect`: Binance candles into the local store (backfill, follow live, status, import, export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from xylen.cli import app, err, handled, out, settings_from
+
+collect_app = typer.Typer(
+    help="Collect Binance candles into the store: backfill by REST, then follow live by websocket.\n\n"
+         "Example: xylen collect --symbols BTCUSDT,ETHUSDT --intervals 5m,1h --since 2024-01-01",
+    invoke_without_command=True)
+app.add_typer(collect_app, name="collect")
+
+
+def _json(obj: object) -> None:
+    import orjson
+
+    typer.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode())
+
+
+class _Bars:
+    """Rich progress bars on stderr, one per series."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=err, transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, symbol: str, interval: str, done: int, total: int) -> None:
+        key = f"{symbol} {interval}"
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(key, total=max(total, 1))
+        self.progress.update(self.tasks[key], completed=done if total else 1, total=max(total, 1))
+
+
+@collect_app.callback()
+def collect_cmd(
+    ctx: typer.Context,
+    symbols: str = typer.Option(None, "--symbols", "-s", help="Comma-separated pairs, e.g. BTCUSDT,ETHUSDT "
+                                "(default: the symbol setting)."),
+    intervals: str = typer.Option(None, "--intervals", "-i", help="Comma-separated intervals, e.g. 5m,1h "
+                                  "(default: the interval setting)."),
+    since: str = typer.Option(None, "--since", help="Start here instead of after the last stored candle: "
+                              "2024-01-01, 2024-01-01T12:00 (UTC) or epoch ms. Empty series default to a year back."),
+    until: str = typer.Option(None, "--until", help="Stop at this time (exclusive) and exit; same formats as --since."),
+    once: bool = typer.Option(False, "--once", help="Backfill up to now and exit (for cron) instead of following live."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print one summary line."),
+    as_json: bool = typer.Option(False, "--json", help="No progress bars; print a JSON summary."),
+) -> None:
+    """Backfill each series from its last stored candle (or --since), then follow live until SIGTERM/Ctrl-C.
+
+    Example: xylen collect --symbols BTCUSDT,ETHUSDT --intervals 5m,1h --once
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with handled():
+        from xylen.collect.runner import (CollectOptions, collect, parse_intervals, parse_symbols, parse_time,
+                                          stop_on_signals)
+
+        settings = settings_from(ctx)
+        opts = CollectOptions(parse_symbols(symbols or settings.symbol), parse_intervals(intervals or settings.interval),
+                              parse_time(since, "--since"), parse_time(until, "--until"), once)
+        bars = None if (quiet or as_json) else _Bars()
+        with stop_on_signals() as should_stop:
+            if bars is not None:
+                with bars.progress:
+                    result = collect(settings, opts, progress=bars, should_stop=should_stop)
+            else:
+                result = collect(settings, opts, should_stop=should_stop)
+        if as_json:
+            _json(result.to_dict())
+        else:
+            (err if not quiet else out).print(result.line())
+        if result.interrupted:
+            raise typer.Exit(130)
+
+
+@collect_app.command("status")
+def status_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """Per stored series: first and last candle, rows, gaps, known gaps (no trading), lag behind now.
+
+    Example: xylen collect status --json
+    """
+    with handled():
+        import time
+
+        from xylen.collect.status import rows_for_table, status
+        from xylen.core.store import Store
+
+        store = Store(settings_from(ctx).data_dir)
+        summaries = status(store, int(time.time() * 1000))
+        if as_json:
+            _json([s.to_dict() for s in summaries])
+            return
+        if not summaries:
+            out.print(f"The store {store.klines} is empty. Fill it: xylen collect --symbols BTCUSDT --intervals 5m --once")
+            return
+        from rich.table import Table
+
+        rows = rows_for_table(summaries)
+        t = Table()
+        for col in rows[0]:
+            t.add_column(col)
+        for r in rows:
+            t.add_row(*r.values())
+        out.print(t)
+
+
+@collect_app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    paths: list[Path] = typer.Argument(..., help="Files: data.binance.vision .zip (a .CHECKSUM beside it is "
+                                       "verified) or .csv, freqtrade .feather/.parquet, .jsonl."),
+    symbol: str = typer.Option(None, "--symbol", help="Pair, when the file name does not say (BTCUSDT-5m-2024-01.zip does)."),
+    interval: str = typer.Option(None, "--interval", help="Interval, when neither the name nor the candles say."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Import candle files into the store; all are checked before any is written. Duplicates are merged.
+
+    Example: xylen collect import BTCUSDT-5m-2024-01.zip BTCUSDT-5m-2024-02.zip
+    """
+    with handled():
+        from xylen.collect.archive import import_files
+        from xylen.core.store import Store
+
+        result = import_files(Store(settings_from(ctx).data_dir), paths, symbol=symbol, interval=interval)
+        if as_json:
+            _json(result.to_dict())
+        else:
+            out.print(result.line())
+
+
+@collect_app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    symbol: str = typer.Option(..., "--symbol", help="Pair, e.g. BTCUSDT."),
+    interval: str = typer.Option(..., "--interval", help="Interval, e.g. 5m."),
+    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl, csv or parquet."),
+    out_path: Path = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
+) -> None:
+    """Export one stored series as JSONL, CSV or Parquet.
+
+    Example: xylen collect export --symbol BTCUSDT --interval 5m --format csv --out btc-5m.csv
+    """
+    with handled():
+        from xylen.collect.archive import export_series
+        from xylen.core.errors import ConfigError
+        from xylen.core.store import Store
+
+        if fmt not in ("jsonl", "csv", "parquet"):
+            raise ConfigError(f"--format {fmt!r} is unknown.", hint="use jsonl, csv or parquet.")
+        n = export_series(Store(settings_from(ctx).data_dir), symbol, interval, fmt, out_path)  # type: ignore[arg-type]
+        if out_path is not None:
+            err.print(f"exported {n} candles to {out_path}")

@@ -1,0 +1,106 @@
+"""`xylen collect import` and `export`: candle files in and out of the store.
+
+Import reads every file first (data.binance.vision zips with their .CHECKSUM, 12-column CSVs with ms or
+µs timestamps and with or without a header, freqtrade feather/parquet, JSONL) and validates it; only when
+all of them are good is anything appended, so one bad file leaves the store untouched. Duplicates inside
+or across the files are not an error: the store deduplicates on open_time.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import orjson
+import polars as pl
+
+from xylen.core.candles import INTERVAL_MS, infer_interval, read_candles, validate
+from xylen.core.errors import ConfigError, DataError
+from xylen.core.store import Store
+
+ExportFormat = Literal["jsonl", "csv", "parquet"]
+
+
+@dataclass
+class ImportResult:
+    files: list[dict[str, Any]] = field(default_factory=list)
+    added: int = 0
+    duplicates: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"added": self.added, "duplicates": self.duplicates, "files": self.files}
+
+    def line(self) -> str:
+        return f"import: {len(self.files)} file(s), {self.added} new candles, {self.duplicates} already stored"
+
+
+def import_files(store: Store, paths: list[Path], *, symbol: str | None = None,
+                 interval: str | None = None) -> ImportResult:
+    """Read and validate every file, then append them all. Raises DataError/ConfigError before any write."""
+    if not paths:
+        raise ConfigError("No file to import.", hint="pass files, e.g. xylen collect import BTCUSDT-5m-2024-01.zip.")
+    if interval is not None and interval not in INTERVAL_MS:
+        raise ConfigError(f"Interval {interval!r} is not one xylen can store.", hint=f"use one of: {' '.join(INTERVAL_MS)}.")
+    batches: dict[tuple[str, str], list[pl.DataFrame]] = {}
+    result = ImportResult()
+    for p in paths:
+        read = read_candles(p, interval=interval, symbol=symbol.upper() if symbol else None)
+        df = read.frame.unique(subset="open_time", keep="last").sort("open_time")
+        iv = read.interval or infer_interval(df)
+        if iv is None:
+            raise DataError(f"Cannot tell the interval of {str(p)!r} from its name or its candles.",
+                            hint="pass --interval, e.g. --interval 5m.")
+        if read.symbol is None:
+            raise DataError(f"Cannot tell the symbol of {str(p)!r} from its name.",
+                            hint="pass --symbol, e.g. --symbol BTCUSDT, or name the file like BTCUSDT-5m-2024-01.zip.")
+        if read.frame["close_time"].null_count() == df.height:
+            df = df.with_columns((pl.col("open_time") + INTERVAL_MS[iv] - 1).alias("close_time"))
+        report = validate(df, iv, str(p))
+        dupes = read.frame.height - df.height
+        batches.setdefault((read.symbol, iv), []).append(df)
+        result.files.append({"file": str(p), "symbol": read.symbol, "interval": iv, "rows": df.height,
+                             "duplicates_in_file": dupes, "gaps": len(report.gaps), "notes": read.notes})
+    for (sym, iv), frames in batches.items():
+        result.added += store.append(sym, iv, pl.concat(frames)).added
+    # rows already stored, or repeated inside or across the files
+    result.duplicates = sum(f["rows"] + f["duplicates_in_file"] for f in result.files) - result.added
+    return result
+
+
+def export_series(store: Store, symbol: str, interval: str, fmt: ExportFormat, out: Path | None,
+                  *, stdout: BinaryIO | None = None) -> int:
+    """Write one series as JSONL, CSV (Binance column order, with a header) or Parquet. Returns rows."""
+    symbol = symbol.upper()
+    if interval not in INTERVAL_MS:
+        raise ConfigError(f"Interval {interval!r} is not one xylen can store.", hint=f"use one of: {' '.join(INTERVAL_MS)}.")
+    df = store.read(symbol, interval)
+    if df.height == 0:
+        known = ", ".join(f"{s} {i}" for s, i in store.series()) or "none"
+        raise DataError(f"The store has no {symbol} {interval} candles (stored series: {known}).",
+                        hint=f"collect them first: xylen collect --symbols {symbol} --intervals {interval} --once.")
+    buf = io.BytesIO()
+    if fmt == "jsonl":
+        buf.write(b"".join(orjson.dumps(r) + b"\n" for r in df.iter_rows(named=True)))
+    elif fmt == "csv":
+        df.write_csv(buf)
+    elif fmt == "parquet":
+        df.write_parquet(buf, compression="zstd")
+    else:
+        raise ConfigError(f"Export format {fmt!r} is unknown.", hint="use jsonl, csv or parquet.")
+    data = buf.getvalue()
+    if out is None:
+        target = stdout or sys.stdout.buffer
+        target.write(data)
+        target.flush()
+    else:
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"Cannot write {str(out)!r}: {exc.strerror}.", hint="pick a writable --out path.") from None
+    return df.height

@@ -1,0 +1,188 @@
+"""`xylen collect` as one Python call: check the options, backfill every series, then follow live or stop.
+
+Everything here is callable without the CLI; time (``clock``, ``sleep``) and progress reporting are
+arguments. Bad options raise ConfigError before anything touches the network or the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from xylen.collect.backfill import Progress, SeriesResult, backfill_series
+from xylen.collect.governor import Governor, wall_clock_ms
+from xylen.collect.rest import Rest, make_client
+from xylen.core.candles import INTERVAL_MS
+from xylen.core.errors import ConfigError
+from xylen.core.settings import Settings
+from xylen.core.store import Store
+
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
+
+
+def parse_symbols(value: str | list[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
+    out = [s.strip().upper() for s in items if s.strip()]
+    if not out:
+        raise ConfigError("No symbol given.", hint="pass --symbols BTCUSDT,ETHUSDT.")
+    for s in out:
+        if not _SYMBOL.match(s):
+            raise ConfigError(f"Symbol {s!r} is not a Binance spot symbol.",
+                              hint="use letters and digits only, e.g. BTCUSDT (not BTC/USDT or BTC-USDT).")
+    return list(dict.fromkeys(out))
+
+
+def parse_intervals(value: str | list[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
+    out = [s.strip() for s in items if s.strip()]
+    if not out:
+        raise ConfigError("No interval given.", hint="pass --intervals 5m,1h.")
+    for iv in out:
+        if iv not in INTERVAL_MS:
+            raise ConfigError(f"Interval {iv!r} is not a Binance interval xylen can store.",
+                              hint=f"use one of: {' '.join(INTERVAL_MS)} (1M, a calendar month, is not supported).")
+    return list(dict.fromkeys(out))
+
+
+def parse_time(value: str | None, option: str) -> int | None:
+    """--since/--until: a date (2024-01-01), an ISO time (2024-01-01T12:00, UTC unless it says otherwise)
+    or epoch milliseconds."""
+    if value is None:
+        return None
+    v = value.strip()
+    if v.isdigit():
+        return int(v)
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{option} {value!r} is not a date.",
+                          hint=f"use YYYY-MM-DD (e.g. {option} 2024-01-01), an ISO time like 2024-01-01T12:00, "
+                               "or epoch milliseconds.") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass
+class CollectOptions:
+    symbols: list[str]
+    intervals: list[str]
+    since: int | None = None
+    until: int | None = None
+    once: bool = False
+
+    @property
+    def series(self) -> list[tuple[str, str]]:
+        return [(s, i) for s in self.symbols for i in self.intervals]
+
+
+@dataclass
+class CollectResult:
+    series: list[SeriesResult] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    waited_s: float = 0.0
+    max_used_weight: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def added(self) -> int:
+        return sum(s.added for s in self.series)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"added": self.added, "requests": self.requests, "retries": self.retries,
+                "rate_limited": self.rate_limited, "waited_s": round(self.waited_s, 3),
+                "max_used_weight": self.max_used_weight, "interrupted": self.interrupted,
+                "seconds": round(self.seconds, 3), "series": [s.to_dict() for s in self.series]}
+
+    def line(self) -> str:
+        n = len(self.series)
+        return (f"collect: {self.added} new candles in {n} series, {self.requests} requests "
+                f"({self.retries} retries, {self.rate_limited} rate-limited), {self.seconds:.1f}s"
+                + (", interrupted" if self.interrupted else ""))
+
+
+def make_rest(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms,
+              sleep: Callable[[float], None] = time.sleep, timeout_s: float = 10.0) -> Rest:
+    gov = Governor(settings.weight_budget_share, clock=clock, sleep=sleep)
+    return Rest(make_client(settings.binance_base_url, timeout_s), gov)
+
+
+def collect(settings: Settings, opts: CollectOptions, *, rest: Rest | None = None,
+            clock: Callable[[], int] = wall_clock_ms, progress: Progress | None = None,
+            should_stop: Callable[[], bool] = lambda: False) -> CollectResult:
+    """Backfill every series up to ``clock()`` (or ``until``). Follow live afterwards unless ``once``/``until``."""
+    if opts.since is not None and opts.until is not None and opts.since >= opts.until:
+        raise ConfigError(f"--since ({opts.since}) is not before --until ({opts.until}).",
+                          hint="swap them or pick a later --until.")
+    started = time.monotonic()
+    store = Store(settings.data_dir)
+    store.clean_temp()
+    rest = rest or make_rest(settings, clock=clock)
+    result = CollectResult()
+    try:
+        rest.check_symbols(opts.symbols)  # -1121 for any unknown symbol, before anything is stored
+        for symbol, interval in opts.series:
+            if should_stop():
+                result.interrupted = True
+                break
+            result.series.append(backfill_series(rest, store, symbol, interval, clock(), since=opts.since,
+                                                 until=opts.until, progress=progress, should_stop=should_stop))
+        if not (opts.once or opts.until is not None or result.interrupted):
+            follow(settings, opts, rest, store, clock, should_stop)
+    finally:
+        st = rest.governor.stats
+        result.requests, result.retries, result.rate_limited = st.calls, st.retries, st.rate_limited + st.banned
+        result.waited_s, result.max_used_weight = st.waited_s, st.max_used_weight
+        result.seconds = time.monotonic() - started
+        rest.close()
+    return result
+
+
+def follow(settings: Settings, opts: CollectOptions, rest: Rest, store: Store, clock: Callable[[], int],
+           should_stop: Callable[[], bool]) -> None:
+    from xylen.collect.follow import Follower
+
+    follower = Follower(rest, store, opts.series, settings.binance_ws_url, clock)
+    watcher = threading.Thread(target=_stop_when, args=(should_stop, follower), daemon=True)
+    watcher.start()
+    asyncio.run(follower.run())
+    if follower.errors:
+        raise follower.errors[0]
+
+
+def _stop_when(should_stop: Callable[[], bool], follower: Any) -> None:
+    while not should_stop():
+        time.sleep(0.2)
+    follower.stop()
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """SIGTERM/SIGINT ask for a clean stop (checked between pages); a second one interrupts at once.
+    Store writes are atomic either way: nothing is left half-written."""
+    flag = threading.Event()
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield flag.is_set
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
