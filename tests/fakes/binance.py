@@ -23,7 +23,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,15 @@ from tests.fakes.faults import BAN_MSG, LIMIT_MSG, Fault, Faults
 from tests.fakes.klines import FakeClock, Row, load_series
 from tests.fakes.market import WEIGHTS, ApiError, Market
 
-__all__ = ["FakeBinance", "FakeClock", "Fault", "Faults", "ServedRequest", "load_series"]
+__all__ = [
+    "FakeBinance",
+    "FakeClock",
+    "Fault",
+    "Faults",
+    "ServedRequest",
+    "load_series",
+    "python_binance_client",
+]
 
 WEIGHT_WINDOW_MS = 60_000
 _START_TIMEOUT_S = 10.0
@@ -114,9 +122,7 @@ class FakeBinance:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"fake-binance:{self.port}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"fake-binance:{self.port}", daemon=True)
         self._thread.start()
         try:
             self._call(self._start(sock), timeout=_START_TIMEOUT_S)
@@ -295,9 +301,7 @@ class FakeBinance:
             headers=hdrs,
         )
 
-    def _record(
-        self, request: web.Request, status: int, weight: int, used: int, now: int, fault: Fault | None
-    ) -> None:
+    def _record(self, request: web.Request, status: int, weight: int, used: int, now: int, fault: Fault | None) -> None:
         entry = ServedRequest(
             request.path, dict(request.query), status, weight, used, now, fault.kind if fault else None
         )
@@ -320,9 +324,7 @@ class FakeBinance:
         if early is not None:  # inside a Retry-After window or banned: 418
             retry_after, until = early
             ban = {"code": -1003, "msg": BAN_MSG.format(until=until)}
-            return self._respond(
-                request, 418, ban, weight, used, now, None, {"Retry-After": str(retry_after)}
-            )
+            return self._respond(request, 418, ban, weight, used, now, None, {"Retry-After": str(retry_after)})
 
         fault = self.faults.take(path, params.get("symbol"), now)
         if fault is not None and fault.kind == "status":
@@ -330,9 +332,7 @@ class FakeBinance:
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
                 self._arm_backoff(fault.status, now, fault.retry_after)
-            return self._respond(
-                request, fault.status, fault.error_body(now), weight, used, now, fault, headers
-            )
+            return self._respond(request, fault.status, fault.error_body(now), weight, used, now, fault, headers)
         if fault is not None and fault.kind in ("timeout", "reset"):
             self._record(request, 0, weight, used, now, fault)  # status 0: never answered
             if fault.kind == "timeout":
@@ -347,9 +347,7 @@ class FakeBinance:
             retry_after = self._seconds_until_under_limit(now)
             self._arm_backoff(429, now, retry_after)
             limited = {"code": -1003, "msg": LIMIT_MSG.format(limit=self.weight_limit)}
-            return self._respond(
-                request, 429, limited, weight, used, now, None, {"Retry-After": str(retry_after)}
-            )
+            return self._respond(request, 429, limited, weight, used, now, None, {"Retry-After": str(retry_after)})
 
         try:
             body = self.market.answer(path, params, now, self.weight_limit)
@@ -357,9 +355,7 @@ class FakeBinance:
             return self._respond(request, err.status, err.body(), weight, used, now, fault)
         if fault is not None and fault.kind == "duplicate" and isinstance(body, list):
             body = [
-                r
-                for i, row in enumerate(body)
-                for r in ([row, row] if i % fault.every == fault.every - 1 else [row])
+                r for i, row in enumerate(body) for r in ([row, row] if i % fault.every == fault.every - 1 else [row])
             ]
         if fault is not None and fault.kind == "out_of_order" and isinstance(body, list):
             body = list(body)
@@ -451,17 +447,13 @@ class FakeBinance:
 
     async def _broadcast(self, stream: str, events: list[dict[str, Any]]) -> int:
         with self._subs_changed:
-            targets = [
-                (ws, combined) for ws, (streams, combined, _) in self._sockets.items() if stream in streams
-            ]
+            targets = [(ws, combined) for ws, (streams, combined, _) in self._sockets.items() if stream in streams]
         delivered = 0
         for ws, combined in targets:
             try:
                 for event in events:
                     await ws.send_str(
-                        json.dumps(
-                            {"stream": stream, "data": event} if combined else event, separators=(",", ":")
-                        )
+                        json.dumps({"stream": stream, "data": event} if combined else event, separators=(",", ":"))
                     )
                 delivered += 1
             except ConnectionError:
@@ -475,3 +467,42 @@ class FakeBinance:
             if transport is not None:
                 transport.abort()
         return len(transports)
+
+
+@contextlib.contextmanager
+def python_binance_client(fake: FakeBinance, **kwargs: Any) -> Iterator[Any]:
+    """A real ``binance.client.Client`` pointed at ``fake``, closed afterwards.
+
+    python-binance's constructor calls ``asyncio.get_event_loop()``, which outside a running
+    loop creates one for the thread and never closes it (a ResourceWarning at the next
+    ``asyncio.run``); this closes that loop too.
+
+    Example:
+        with FakeBinance(series, clock) as fake, python_binance_client(fake) as client:
+            client.get_klines(symbol="BTCUSDT", interval="1h")
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # its websockets imports
+        from binance.client import Client
+
+    before = _thread_loop()
+    client = Client(ping=False, **kwargs)
+    client.API_URL = fake.base_url + "/api"
+    try:
+        yield client
+    finally:
+        client.close_connection()
+        current = _thread_loop()
+        # close only a loop that Client itself created for this thread
+        created = before is None and current is not None and getattr(client, "loop", None) is current
+        if created and current is not None and not current.is_running():
+            asyncio.set_event_loop(None)
+            current.close()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop | None:
+    """The thread's current event loop without creating one (None if unknown)."""
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    return getattr(local, "_loop", None)

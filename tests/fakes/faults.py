@@ -174,9 +174,7 @@ class Faults:
         with self._lock:
             self._items.clear()
 
-    def take(
-        self, path: str, symbol: str | None, now_ms: int, kinds: tuple[str, ...] = KINDS
-    ) -> Fault | None:
+    def take(self, path: str, symbol: str | None, now_ms: int, kinds: tuple[str, ...] = KINDS) -> Fault | None:
         """The first matching fault of one of ``kinds``, counted as fired (server side)."""
         with self._lock:
             for fault in self._items:

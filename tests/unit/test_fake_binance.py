@@ -21,7 +21,7 @@ with warnings.catch_warnings():
     from binance.client import Client
     from binance.exceptions import BinanceAPIException, BinanceRequestException
 
-from tests.fakes import FakeBinance, FakeClock, as_array, load_series
+from tests.fakes import FakeBinance, FakeClock, as_array, load_series, python_binance_client
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BTC_1H_2022 = DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz"
@@ -58,10 +58,8 @@ def fake(btc: list[list], eth_sol: dict, clock: FakeClock) -> Iterator[FakeBinan
 
 @pytest.fixture
 def client(fake: FakeBinance) -> Iterator[Client]:
-    c = Client(ping=False)
-    c.API_URL = fake.base_url + "/api"
-    yield c
-    c.close_connection()
+    with python_binance_client(fake) as c:
+        yield c
 
 
 def api_error(call) -> BinanceAPIException:
@@ -188,9 +186,10 @@ def test_used_weight_header_rolls_over_one_minute(
 def test_weight_budget_answers_429_then_bans_a_client_that_ignores_it(
     btc: list[list], clock: FakeClock
 ) -> None:
-    with FakeBinance({("BTCUSDT", "1h"): btc}, now_ms=clock, weight_limit=5) as fake:
-        c = Client(ping=False)
-        c.API_URL = fake.base_url + "/api"
+    with (
+        FakeBinance({("BTCUSDT", "1h"): btc}, now_ms=clock, weight_limit=5) as fake,
+        python_binance_client(fake) as c,
+    ):
         c.get_klines(symbol="BTCUSDT", interval="1h", limit=1)
         c.get_klines(symbol="BTCUSDT", interval="1h", limit=1)
         err = api_error(lambda: c.get_klines(symbol="BTCUSDT", interval="1h", limit=1))
@@ -204,7 +203,6 @@ def test_weight_budget_answers_429_then_bans_a_client_that_ignores_it(
         assert fake.requests_during_backoff == 1
         clock.advance(120_000)
         assert c.ping() == {}
-        c.close_connection()
 
 
 # --------------------------------------------------------------------------- faults
@@ -301,9 +299,10 @@ def test_duplicated_and_out_of_order_rows(fake: FakeBinance, client: Client, btc
 
 def test_missing_range_is_never_served(btc: list[list], clock: FakeClock) -> None:
     gap = (btc[20][0], btc[25][0])  # five hours of "maintenance"
-    with FakeBinance({("BTCUSDT", "1h"): btc}, now_ms=clock, missing=[gap]) as fake:
-        c = Client(ping=False)
-        c.API_URL = fake.base_url + "/api"
+    with (
+        FakeBinance({("BTCUSDT", "1h"): btc}, now_ms=clock, missing=[gap]) as fake,
+        python_binance_client(fake) as c,
+    ):
         assert c.get_klines(symbol="BTCUSDT", interval="1h", startTime=gap[0], endTime=gap[1] - 1) == []
         assert (
             c.get_klines(symbol="BTCUSDT", interval="1h", startTime=btc[18][0], limit=4)
@@ -315,7 +314,6 @@ def test_missing_range_is_never_served(btc: list[list], clock: FakeClock) -> Non
         )
         with pytest.raises(KeyError):
             fake.push_candle("BTCUSDT", "1h", btc[22][0])
-        c.close_connection()
 
 
 # --------------------------------------------------------------------------- websocket
@@ -429,11 +427,11 @@ def test_server_stops_cleanly(btc: list[list]) -> None:
     with FakeBinance({("BTCUSDT", "1h"): btc}, now_ms=FakeClock(btc[-1][0])) as fake:
         port = fake.port
         fake.faults.timeout(hold_s=10.0)
-        c = Client(ping=False, requests_params={"timeout": 0.1})
-        c.API_URL = fake.base_url + "/api"
-        with pytest.raises(requests.exceptions.Timeout):
+        with (
+            python_binance_client(fake, requests_params={"timeout": 0.1}) as c,
+            pytest.raises(requests.exceptions.Timeout),
+        ):
             c.get_klines(symbol="BTCUSDT", interval="1h")
-        c.close_connection()
         started = time.monotonic()
     assert time.monotonic() - started < 2.0  # a held request does not delay shutdown
     assert set(threading.enumerate()) <= threads_before
