@@ -42,7 +42,7 @@ def _figures(ev: Evaluation, bt: Backtest) -> dict[str, bytes]:
     ax.axhline(0.5, color="black", lw=0.8, ls="--")
     lo = min(0.45, *(f.auc_shuffled for f in ev.folds), *(f.auc for f in ev.folds))
     hi = max(0.6, *(f.auc for f in ev.folds), *(f.auc_volatility for f in ev.folds))
-    ax.set_ylim(lo - 0.02, hi + 0.02)
+    ax.set_ylim(lo - 0.02, hi + 0.06)  # headroom for the legend above the bars
     ax.set_xticks(k, [f"fold {f.index}\n{fmt_ts(f.test_first)[:10]}" for f in ev.folds], fontsize=8)
     ax.set_ylabel("out-of-sample AUC")
     ax.set_title("Walk-forward AUC per fold")
