@@ -258,7 +258,10 @@ def train(
                 "warnings": warnings,
             },
             golden=Golden(
-                rows=golden_rows.tolist(), outputs=golden_out.tolist(), window=window.tolist(), window_output=window_out
+                rows=golden_rows.tolist(),
+                outputs=np.asarray(golden_out).tolist(),
+                window=window.tolist(),
+                window_output=window_out,
             ),
         )
         write_manifest(staging, manifest)

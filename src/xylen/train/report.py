@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ def _figures(ev: Evaluation, bt: Backtest) -> dict[str, bytes]:
 
     # 2. equity curve vs buy-and-hold over the out-of-sample windows
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    when = [datetime.fromtimestamp(t / 1000, tz=timezone.utc) for t in bt.open_time]
+    when = np.asarray(bt.open_time, dtype="datetime64[ms]")
     ax.plot(
         when,
         bt.equity,
@@ -117,6 +116,7 @@ def write_report(
             ["Brier (base rate)", f"{m['brier_mean']:.4f} ({m['brier_base_mean']:.4f})"],
             ["backtest return (buy and hold)", f"{bt.total_return:+.2%} ({bt.buy_hold_return:+.2%})"],
             ["trades / exposure / max drawdown", f"{bt.trades} / {bt.exposure:.1%} / {bt.max_drawdown:.1%}"],
+            ["peak memory while training", f"{m.get('peak_rss_mb', float('nan')):.0f} MB"],
         ],
         ["metric", "value"],
     )
