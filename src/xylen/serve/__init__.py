@@ -1,0 +1,1 @@
+"""`xylen serve`: the inference server (app factory, routes, decoding, hot swap, auth, metrics)."""

@@ -1,0 +1,244 @@
+"""The live models and their hot swap.
+
+``ModelHolder.live`` is one dict ``{name: Live}`` that is replaced, never mutated: a request reads it once
+and keeps the ``Live`` it got, so a swap never changes a model under a request in flight. One watcher thread
+polls each model's CURRENT.json (stat, then contents) and swaps in a new version only after a child process
+has verified it (serve/verify.py), the server has loaded it, and a warm-up prediction has run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xylen.core.bundle import ModelBundle, load_bundle
+from xylen.core.errors import XylenError
+from xylen.core.registry import POINTER, Pointer, Registry
+from xylen.serve.fastrow import RowPredictor, row_predictor
+
+log = logging.getLogger("xylen.serve")
+
+VERIFY_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Live:
+    """One loaded, verified, warm model version. Immutable: a swap makes a new one."""
+
+    name: str
+    version: str
+    bundle: ModelBundle
+    predict_row: RowPredictor
+    predict_path: str
+    loaded_at: float  # time.time()
+
+    @property
+    def computes_features(self) -> bool:
+        return self.bundle.computes_features
+
+
+def verify_in_child(folder: Path, timeout: float = VERIFY_TIMEOUT_S) -> str | None:
+    """None when the bundle verified in a child process; else the reason it was refused."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "xylen.serve.verify", str(folder)], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return f"verification of {folder} took longer than {timeout:.0f} s"
+    if proc.returncode == 0:
+        return None
+    if proc.returncode < 0:
+        return f"loading {folder} killed the verifier with signal {-proc.returncode} (corrupt model file)"
+    lines = (proc.stderr or "").strip().splitlines()
+    return lines[-1] if lines else f"the verifier exited with code {proc.returncode}"
+
+
+def load_live(name: str | None, folder: Path) -> Live:
+    """Load + warm in this process (after verify_in_child said it is safe). ``name`` defaults to the manifest's."""
+    bundle = load_bundle(folder, check_golden=True, num_threads=1)
+    name = name or bundle.name
+    predict_row, how = row_predictor(bundle)
+    warm = np.zeros(bundle.num_feature())
+    for _ in range(3):  # first calls allocate LightGBM's buffers; pay that here, not in a request
+        predict_row(warm)
+    return Live(name=name, version=bundle.version, bundle=bundle, predict_row=predict_row, predict_path=how,
+                loaded_at=time.time())
+
+
+@dataclass
+class SwapEvents:
+    """Callbacks for metrics; the holder knows nothing about Prometheus."""
+
+    accepted: Callable[[Live], None] = lambda live: None
+    refused: Callable[[str, str, str], None] = lambda name, version, reason: None
+
+
+class ModelHolder:
+    def __init__(self, registry: Registry | None, names: list[str] | None = None, *,
+                 model_path: Path | None = None, default: str | None = None,
+                 verify: Callable[[Path], str | None] = verify_in_child, events: SwapEvents | None = None) -> None:
+        self.registry = registry
+        self.model_path = model_path
+        self.fixed_names = list(names or [])
+        self.default_hint = default
+        self.verify = verify
+        self.events = events or SwapEvents()
+        self.live: dict[str, Live] = {}  # replaced, never mutated
+        self.problems: dict[str, str] = {}
+        self.refused: dict[str, tuple[str, str, str]] = {}
+        self._seen: dict[str, tuple[int, int, int]] = {}
+        self._lock = threading.Lock()  # writers only: the watcher and an admin rollback
+        self.started = False
+        self.draining = False
+
+    # -- reading (any thread) ------------------------------------------------------------------------------
+    def expected(self) -> list[str]:
+        if self.model_path is not None:
+            return list(self.live) or ["(MODEL_PATH)"]
+        if self.fixed_names:
+            return self.fixed_names
+        return self.registry.names() if self.registry else []
+
+    def default(self) -> Live | None:
+        live = self.live
+        if self.default_hint in live:
+            return live[self.default_hint]
+        for n in self.fixed_names:
+            if n in live:
+                return live[n]
+        return live[min(live)] if live else None
+
+    def not_ready_reason(self) -> str | None:
+        if self.draining:
+            return "shutting down"
+        if not self.started:
+            return "loading models"
+        expected = self.expected()
+        if not expected:
+            return (f"no models in {self.registry.root if self.registry else '?'}; train one with `xylen train`")
+        live = self.live
+        missing = [n for n in expected if n not in live]
+        if missing:
+            n = missing[0]
+            return f"model {n!r} is not loaded: {self.problems.get(n, 'loading')}"
+        return None
+
+    # -- writing (watcher thread) --------------------------------------------------------------------------
+    def load_all(self) -> None:
+        if self.model_path is not None:
+            self._load_path(self.model_path)
+        else:
+            self.poll()
+        self.started = True
+
+    def _load_path(self, folder: Path) -> None:
+        reason = self.verify(folder)
+        try:
+            if reason is None:
+                self._publish(load_live(None, folder))
+                return
+        except XylenError as exc:
+            reason = exc.message
+        self.problems["(MODEL_PATH)"] = reason or "unknown"
+        log.error("MODEL_PATH %s refused: %s", folder, reason)
+
+    def poll(self) -> None:
+        """One pass over the registry: swap in every model whose CURRENT changed to a good version."""
+        if self.registry is None:
+            return
+        for name in self.expected():
+            try:
+                self._poll_one(name)
+            except Exception as exc:  # never let one model's trouble stop the watcher
+                log.exception("watching %s failed: %s", name, exc)
+
+    def _poll_one(self, name: str) -> None:
+        assert self.registry is not None
+        path = self.registry.root / name / POINTER
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self.problems.setdefault(name, f"no live version; promote one with `xylen models promote {name} vNNNN`")
+            return
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._seen.get(name) == key:
+            return
+        try:
+            ptr = self.registry.current(name)
+        except XylenError as exc:
+            self.problems[name] = exc.message
+            return  # a half-visible pointer cannot happen (rename), so this is a bad pointer: wait for the next
+        self._seen[name] = key
+        if ptr is None:
+            return
+        self.consider(name, ptr)
+
+    def consider(self, name: str, ptr: Pointer) -> bool:
+        """Verify, load, warm and swap in ``ptr``'s version unless it is live already or was refused."""
+        ident = (ptr.version, ptr.sha256, ptr.promoted_at)
+        current = self.live.get(name)
+        if current is not None and current.version == ptr.version and \
+                current.bundle.manifest.artifact.sha256 == ptr.sha256:
+            return True
+        if self.refused.get(name) == ident:
+            return False  # refused once; not retried until CURRENT changes again
+        assert self.registry is not None
+        folder = self.registry.path(name, ptr.version)
+        t0 = time.perf_counter()
+        reason = self.verify(folder)
+        live = None
+        if reason is None:
+            try:
+                live = load_live(name, folder)
+                if live.bundle.manifest.artifact.sha256 != ptr.sha256:
+                    reason = (f"CURRENT.json names sha256 {ptr.sha256[:12]}... but {ptr.version}'s artifact has "
+                              f"{live.bundle.manifest.artifact.sha256[:12]}...; promote it again")
+                    live = None
+            except XylenError as exc:
+                reason = exc.message
+        if live is None:
+            self.refused[name] = ident
+            if current is None:
+                self.problems[name] = f"{ptr.version} refused: {reason}"
+            log.error("refused %s %s (keeping %s): %s", name, ptr.version,
+                      current.version if current else "nothing", reason)
+            self.events.refused(name, ptr.version, reason or "unknown")
+            return False
+        self._publish(live)
+        log.info("%s: now serving %s (was %s; verified+loaded in %.2f s, %s)", name, live.version,
+                 current.version if current else "none", time.perf_counter() - t0, live.predict_path)
+        return True
+
+    def _publish(self, live: Live) -> None:
+        with self._lock:
+            # rebinding, not mutating: requests in flight keep the dict (and Live) they already read
+            self.live = {**self.live, live.name: live}
+            self.problems.pop(live.name, None)
+            self.refused.pop(live.name, None)
+        self.events.accepted(live)
+
+    # -- the watcher -----------------------------------------------------------------------------------------
+    def start_watching(self, interval: float = 0.5) -> threading.Event:
+        stop = threading.Event()
+
+        def run() -> None:
+            try:
+                self.load_all()
+            except Exception:
+                log.exception("initial model load failed")
+                self.started = True
+            if self.model_path is not None:
+                return  # MODEL_PATH serves one folder as it is
+            while not stop.wait(interval):
+                self.poll()
+
+        threading.Thread(target=run, name="xylen-model-watcher", daemon=True).start()
+        return stop

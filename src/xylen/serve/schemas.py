@@ -1,0 +1,118 @@
+"""Pydantic models that DOCUMENT the HTTP bodies (OpenAPI at /docs). The hot path never parses with them:
+serve/decode.py reads orjson values directly (pydantic parsing costs 1.6x requests/s here)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from xylen.core import features
+
+CANDLES_DOC = (f"At least {features.MIN_CANDLES} candles, oldest first, unique open_time. Each is a Binance 12-field "
+               "array [open_time, open, high, low, close, volume, close_time, quote_volume, trades, taker_buy_base, "
+               "taker_buy_quote, ignore] (numbers or numeric strings) or an object with open_time|t, open|o, high|h, "
+               "low|l, close|c, volume|v. The prediction is for the LAST candle.")
+
+
+class PredictBody(BaseModel):
+    """POST /predict. Send `candles` (models trained by xylen) or `features` (models trained elsewhere)."""
+
+    symbol: str | None = Field(None, examples=["BTCUSDT"], description="Routes to model <symbol>-<timeframe>.")
+    timeframe: str | None = Field(None, examples=["5m"], description="Binance interval, e.g. 5m.")
+    candles: list[list[float | str] | dict[str, float | str]] | None = Field(
+        None, min_length=features.MIN_CANDLES, description=CANDLES_DOC)
+    features: list[float | None] | dict[str, float | None] | None = Field(
+        None, description="Feature vector in the model's order, or {name: value} (see GET /v2/models/<name>).")
+    indicators: dict[str, Any] = Field(default_factory=dict, description="Accepted and ignored (alpha compat).")
+    meta: dict[str, Any] = Field(default_factory=dict, description="Accepted and ignored (alpha compat).")
+
+
+class PredictResponse(BaseModel):
+    prediction: Literal[0, 1] = Field(description="1 if probability >= 0.5 else 0.")
+    confidence: float = Field(description="Probability of the predicted class.", examples=[0.85])
+    model_version: str = Field(examples=["v0003"])
+    model: str = Field(examples=["btcusdt-5m"])
+    probability: float = Field(description="Probability of class 1.")
+    feature_set: str = Field(examples=[features.VERSION])
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What is wrong, naming the field, and the fix.")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    uptime_seconds: float
+    memory_usage_mb: float
+    model_loaded: bool
+    model_type: str | None
+    model_version: str | None = None
+    reason: str | None = None
+
+
+class ModelRow(BaseModel):
+    name: str
+    version: str
+    backend: str
+    feature_set: str
+    n_features: int
+    loaded_at: float
+    predict_path: str
+
+
+class V2Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Literal["FP32", "FP64"]
+    data: list[Any] = Field(description="Row-major values, flat or nested.")
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    """Open Inference Protocol v2 (KServe v2) REST inference request; one input of shape [N, n_features]."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor] = Field(min_length=1, max_length=1)
+    outputs: list[dict[str, Any]] | None = None
+
+
+class V2OutTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float]
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[V2OutTensor]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in (
+        (400, "Malformed JSON or wrong content type."), (401, "Missing or wrong API key."),
+        (413, "Body larger than max_body_bytes."), (422, "A field is missing or invalid; the message names it."),
+        (503, "No model loaded yet (see /health/ready)."))
+}
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` inlined, for ``openapi_extra`` request bodies."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]

@@ -1,0 +1,23 @@
+"""What every route needs, bundled once per app (no module globals)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from xylen.core.settings import Settings
+from xylen.serve.auth import KeyRing
+from xylen.serve.holder import ModelHolder
+from xylen.serve.metrics import Metrics
+
+
+@dataclass
+class ServeState:
+    settings: Settings
+    holder: ModelHolder
+    metrics: Metrics
+    keys: KeyRing
+    started_at: float = field(default_factory=time.monotonic)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
