@@ -34,7 +34,7 @@ or `X-API-Key: <key>` when the server has API keys."""
 
 
 def create_app(settings: Settings, *, names: list[str] | None = None, model_path: Path | None = None,
-               watch_interval: float = 0.5, verify: Callable[[Path], str | None] = verify_in_child,
+               watch_interval: float = 0.25, verify: Callable[[Path], str | None] = verify_in_child,
                keys: KeyRing | None = None) -> Gate:
     """Build the server for ``settings``: every registry model (or ``names``), or the one bundle ``model_path``."""
     metrics = Metrics()
