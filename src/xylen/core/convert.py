@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version as version_of
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,7 @@ def export_onnx(
             golden=Golden(rows=g.rows, outputs=golden_out.tolist(), window=g.window, window_output=window_out),
             source={"name": name, "version": version, "backend": "lightgbm", "sha256": m.artifact.sha256},
             conversion={
-                "tool": _onnxmltools_version(),
+                "tool": f"onnxmltools {version_of('onnxmltools')}",
                 "seconds": round(seconds_convert, 3),
                 "max_abs_diff": diff,
                 "check_rows": len(X),
@@ -279,12 +280,6 @@ def export_onnx(
         out=out,
         notes=[f"converted in {seconds_convert:.2f} s"],
     )
-
-
-def _onnxmltools_version() -> str:
-    import onnxmltools
-
-    return f"onnxmltools {onnxmltools.__version__}"
 
 
 # -- importing external models ----------------------------------------------------------------------------
