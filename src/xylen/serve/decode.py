@@ -96,15 +96,15 @@ def decode_candles(raw: Any) -> features.CandleArrays:
 
 def _matrix(raw: list[Any]) -> np.ndarray:
     """An (n, 6) float64 matrix: open_time, open, high, low, close, volume."""
-    first = raw[0]
-    if isinstance(first, list):
-        try:
-            # the fast path: numeric strings and numbers alike, in C
-            m = np.array([r[:6] for r in raw], dtype=_FLOAT)
-            if m.ndim == 2 and m.shape[1] == 6:
-                return m
-        except (ValueError, TypeError, IndexError):
-            pass  # locate the bad field for the message below
+    if all(type(r) is list for r in raw):
+        # the fast path: one flat list, numeric strings and numbers alike parsed in C; every row gave 6 values
+        # exactly when the total is 6n (r[:6] caps each row), else a row is short: locate it below
+        flat = [x for r in raw for x in r[:6]]
+        if len(flat) == 6 * len(raw):
+            try:
+                return np.array(flat, dtype=_FLOAT).reshape(-1, 6)
+            except (ValueError, TypeError):
+                pass  # a bad value: locate it for the message below
     return np.array([_row(i, r) for i, r in enumerate(raw)], dtype=_FLOAT)
 
 

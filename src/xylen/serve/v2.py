@@ -76,17 +76,21 @@ async def version_metadata(request: Request, name: str, version: str) -> Respons
     return json_response(_metadata(_live(state_of(request), name, version)))
 
 
-@router.get("/models/{name}/ready")
+@router.get("/models/{name}/ready", responses=schemas.ERRORS)
 async def model_ready(request: Request, name: str) -> Response:
-    ok = name in state_of(request).holder.live
-    return json_response({"name": name[:64], "ready": ok}, 200 if ok else 503)
+    """200 when the model is loaded; 503 while a configured model loads; 404 for an unknown name."""
+    st = state_of(request)
+    if name not in st.holder.live:
+        if name in st.holder.expected():
+            return json_response({"name": name, "ready": False}, 503)
+        _live(st, name)  # raises the 404 naming the known models
+    return json_response({"name": name, "ready": True})
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", responses=schemas.ERRORS)
 async def version_ready(request: Request, name: str, version: str) -> Response:
-    live = state_of(request).holder.live.get(name)
-    ok = live is not None and live.version == version
-    return json_response({"name": name[:64], "ready": ok}, 200 if ok else 503)
+    live = _live(state_of(request), name, version)
+    return json_response({"name": live.name, "version": live.version, "ready": True})
 
 
 _INFER_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
