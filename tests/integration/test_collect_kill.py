@@ -34,7 +34,7 @@ def check_store(store: Store) -> dict[str, int]:
         t = df["open_time"]
         assert t.is_unique().all(), f"duplicates in {sym} {iv}"
         assert (t.diff().drop_nulls() == HOUR).all(), f"hole in {sym} {iv}"
-        assert t[0] == 1704067200000
+        assert t[0] == 1704067200000, (sym, t[0])
         rows[sym] = df.height
     return rows
 
@@ -61,7 +61,7 @@ def test_kill_9_during_backfill_never_corrupts_the_store(tmp_path: Path) -> None
                 proc.wait(10)
                 killed += 1
             out, err = proc.communicate()
-            assert proc.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
+            assert proc.returncode in (0, -signal.SIGKILL), (proc.returncode, err.decode()[-2000:])
             check_store(store)
             if finished:  # complete: start over so later kills land in the middle again
                 for f in store.klines.rglob("*.parquet"):
