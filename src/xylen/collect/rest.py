@@ -85,9 +85,18 @@ class Rest:
         """One exchangeInfo call; an unknown symbol becomes the exchange's -1121 as a clear error."""
         import orjson
 
-        what = "exchange info"
-        self._run(lambda: self.client._get("exchangeInfo", data={"symbols": orjson.dumps(symbols).decode()}),
-                  what, EXCHANGE_INFO_WEIGHT)
+        def info(names: list[str]) -> Any:
+            return self._run(lambda: self.client._get("exchangeInfo", data={"symbols": orjson.dumps(names).decode()}),
+                             f"symbol {','.join(names)}", EXCHANGE_INFO_WEIGHT)
+
+        try:
+            info(symbols)
+        except ExchangeError as exc:
+            if "-1121" not in exc.message or len(symbols) == 1:
+                raise
+            for s in symbols:  # which one? (only on this failure path: 20 weight each)
+                info([s])
+            raise
 
     def close(self) -> None:
         self.client.close_connection()
@@ -95,7 +104,7 @@ class Rest:
 
 def _final(exc: Any, what: str) -> ExchangeError:
     if exc.code == -1121:
-        return ExchangeError(f"Binance does not know the symbol in {what!r}: {exc.message} (code -1121).",
+        return ExchangeError(f"Binance does not know the {what!r}: {exc.message} (code -1121).",
                              hint="use the exchange's spelling, e.g. BTCUSDT (no slash, no dash); "
                                   "see https://api.binance.com/api/v3/exchangeInfo for the list.")
     if exc.code == -1120:

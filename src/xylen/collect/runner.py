@@ -140,6 +140,7 @@ def collect(settings: Settings, opts: CollectOptions, *, rest: Rest | None = Non
                                                  until=opts.until, progress=progress, should_stop=should_stop))
         if not (opts.once or opts.until is not None or result.interrupted):
             follow(settings, opts, rest, store, clock, should_stop)
+            result.interrupted = should_stop()
     finally:
         st = rest.governor.stats
         result.requests, result.retries, result.rate_limited = st.calls, st.retries, st.rate_limited + st.banned
