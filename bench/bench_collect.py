@@ -25,16 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
-
 from tests.fakes import FakeBinance, FakeClock  # noqa: E402
+
 from xylen.collect import CollectOptions, collect, import_files, make_rest  # noqa: E402
 from xylen.core.candles import read_candles  # noqa: E402
 from xylen.core.settings import load_settings  # noqa: E402
 from xylen.core.store import Store  # noqa: E402
 from xylen.train.pipeline import sample_path  # noqa: E402
 
-ONE_M = [ROOT / "tests" / "data" / "spot_ohlcv_feather" / "NIC-project-team_TradingStrategyGA" / "BTC_USDT-1m.feather",
-         Path("/work/shared/data/spot_ohlcv_feather/NIC-project-team_TradingStrategyGA/BTC_USDT-1m.feather")]
+ONE_M = [
+    ROOT / "tests" / "data" / "spot_ohlcv_feather" / "NIC-project-team_TradingStrategyGA" / "BTC_USDT-1m.feather",
+    Path("/work/shared/data/spot_ohlcv_feather/NIC-project-team_TradingStrategyGA/BTC_USDT-1m.feather"),
+]
 
 
 def bench_backfill() -> None:
@@ -49,8 +51,10 @@ def bench_backfill() -> None:
         res = collect(settings, CollectOptions(["BTCUSDT"], ["5m"], since=first, once=True), rest=rest, clock=clock)
         wall = time.perf_counter() - t
         stored = Store(Path(home) / "data").read("BTCUSDT", "5m").height
-    print(f"backfill BTCUSDT 5m one year: {stored} candles stored, {res.requests} requests, "
-          f"max used weight {res.max_used_weight}, {wall:.2f} s wall (target <= 10 s)")
+    print(
+        f"backfill BTCUSDT 5m one year: {stored} candles stored, {res.requests} requests, "
+        f"max used weight {res.max_used_weight}, {wall:.2f} s wall (target <= 10 s)"
+    )
 
 
 def bench_import() -> None:
@@ -62,12 +66,17 @@ def bench_import() -> None:
     n, month = base.height, 31 * 1440
     start = 1704067200000  # 2024-01-01
     reps = -(-month // n)
-    frames = [base.with_columns(pl.Series("open_time", [start + (k * n + i) * 60_000 for i in range(n)]))
-              for k in range(reps)]
+    frames = [
+        base.with_columns(pl.Series("open_time", [start + (k * n + i) * 60_000 for i in range(n)])) for k in range(reps)
+    ]
     df = pl.concat(frames).head(month).with_columns((pl.col("open_time") + 59_999).alias("close_time"))
-    df = df.with_columns(pl.col("quote_volume").fill_null(0.0), pl.col("trades").fill_null(0),
-                         pl.col("taker_buy_base").fill_null(0.0), pl.col("taker_buy_quote").fill_null(0.0),
-                         pl.lit(0).alias("ignore"))
+    df = df.with_columns(
+        pl.col("quote_volume").fill_null(0.0),
+        pl.col("trades").fill_null(0),
+        pl.col("taker_buy_base").fill_null(0.0),
+        pl.col("taker_buy_quote").fill_null(0.0),
+        pl.lit(0).alias("ignore"),
+    )
     with tempfile.TemporaryDirectory() as d:
         buf = io.BytesIO()
         df.write_csv(buf, include_header=False)
@@ -79,8 +88,10 @@ def bench_import() -> None:
         t = time.perf_counter()
         res = import_files(store, [z])
         wall = time.perf_counter() - t
-    print(f"import one month of 1m ({df.height} rows, {src.name} x{reps} with shifted times, zip + CHECKSUM): "
-          f"{res.added} added, {wall:.3f} s (target <= 1 s)")
+    print(
+        f"import one month of 1m ({df.height} rows, {src.name} x{reps} with shifted times, zip + CHECKSUM): "
+        f"{res.added} added, {wall:.3f} s (target <= 1 s)"
+    )
 
 
 if __name__ == "__main__":

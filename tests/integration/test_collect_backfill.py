@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -29,7 +28,7 @@ def _four_hourly(rows: list[list]) -> list[list]:
     """Real 4h candles built from the real 1h ones (for a second interval per symbol)."""
     out = []
     for i in range(0, len(rows) - 3, 4):
-        grp = rows[i:i + 4]
+        grp = rows[i : i + 4]
         if grp[0][0] % (4 * HOUR):
             continue
         o, c = grp[0][1], grp[-1][4]
@@ -56,17 +55,31 @@ def clock(market: dict) -> FakeClock:
 
 
 def settings_for(home: Path, fake: FakeBinance, share: float = 0.5):  # type: ignore[no-untyped-def]
-    return load_settings({"home": home, "binance_base_url": fake.base_url, "binance_ws_url": fake.ws_url,
-                          "weight_budget_share": share}, environ={})
+    return load_settings(
+        {"home": home, "binance_base_url": fake.base_url, "binance_ws_url": fake.ws_url, "weight_budget_share": share},
+        environ={},
+    )
 
 
-def run_collect(home: Path, fake: FakeBinance, clock: FakeClock, *, share: float = 0.5, seed: int = 0,
-                timeout_s: float = 10.0, **opts: object):  # type: ignore[no-untyped-def]
+def run_collect(
+    home: Path,
+    fake: FakeBinance,
+    clock: FakeClock,
+    *,
+    share: float = 0.5,
+    seed: int = 0,
+    timeout_s: float = 10.0,
+    **opts: object,
+):  # type: ignore[no-untyped-def]
     settings = settings_for(home, fake, share)
     rest = make_rest(settings, clock=clock, sleep=lambda s: clock.advance(int(s * 1000)), timeout_s=timeout_s)
     rest.governor.rng = random.Random(seed)
-    o = CollectOptions(list(opts.pop("symbols", SYMBOLS)), list(opts.pop("intervals", ["1h", "4h"])),  # type: ignore[call-overload]
-                       since=opts.pop("since", START), once=True)  # type: ignore[arg-type]
+    o = CollectOptions(
+        list(opts.pop("symbols", SYMBOLS)),
+        list(opts.pop("intervals", ["1h", "4h"])),  # type: ignore[call-overload]
+        since=opts.pop("since", START),
+        once=True,
+    )  # type: ignore[arg-type]
     return collect(settings, o, rest=rest, clock=clock)
 
 
@@ -130,9 +143,15 @@ def test_used_weight_stays_under_the_configured_cap(tmp_path: Path, market: dict
         result = run_collect(tmp_path, fake, clock, share=share, since=START)
         # page size 1000 would make this too easy: also page with limit=100
         store = Store(tmp_path / "small")
-        backfill_series(make_rest(settings_for(tmp_path, fake, share), clock=clock,
-                                  sleep=lambda s: clock.advance(int(s * 1000))),
-                        store, "BTCUSDT", "1h", clock(), since=START, limit=100)
+        backfill_series(
+            make_rest(settings_for(tmp_path, fake, share), clock=clock, sleep=lambda s: clock.advance(int(s * 1000))),
+            store,
+            "BTCUSDT",
+            "1h",
+            clock(),
+            since=START,
+            limit=100,
+        )
         assert fake.max_used_weight <= 20, fake.max_used_weight
         assert max(r.used_weight for r in fake.requests) <= 20
         assert len(fake.requests) >= 25
@@ -166,7 +185,8 @@ def test_gaps_are_fetched_once_and_recorded_as_known(tmp_path: Path, market: dic
 
 
 def test_unknown_symbol_is_a_clear_exchange_error_and_the_store_is_untouched(
-        tmp_path: Path, market: dict, clock: FakeClock) -> None:
+    tmp_path: Path, market: dict, clock: FakeClock
+) -> None:
     with FakeBinance(market, now_ms=clock) as fake, pytest.raises(ExchangeError, match="NOPEUSDT.*-1121") as info:
         run_collect(tmp_path, fake, clock, symbols=["BTCUSDT", "NOPEUSDT"])
     assert "NOPEUSDT" in info.value.message or "symbol" in info.value.message

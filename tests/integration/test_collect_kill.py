@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -40,15 +39,33 @@ def check_store(store: Store) -> dict[str, int]:
 
 
 def test_kill_9_during_backfill_never_corrupts_the_store(tmp_path: Path) -> None:
-    series = {(s, "1h"): load_series(FEATHER / f"{s[:-4]}_USDT-1h.feather", "1h")[:4000]
-              for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")}
+    series = {
+        (s, "1h"): load_series(FEATHER / f"{s[:-4]}_USDT-1h.feather", "1h")[:4000]
+        for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    }
     rng = random.Random(20240101)
     store = Store(tmp_path / "data")
     with FakeBinance(series) as fake:  # real clock: all of these 2024 candles are closed
-        env = {**os.environ, "XYLEN_HOME": str(tmp_path), "XYLEN_BINANCE_BASE_URL": fake.base_url,
-               "XYLEN_BINANCE_WS_URL": fake.ws_url}
-        cmd = [sys.executable, "-m", "xylen", "collect", "--symbols", "BTCUSDT,ETHUSDT,SOLUSDT",
-               "--intervals", "1h", "--since", "2024-01-01", "--once", "--quiet"]
+        env = {
+            **os.environ,
+            "XYLEN_HOME": str(tmp_path),
+            "XYLEN_BINANCE_BASE_URL": fake.base_url,
+            "XYLEN_BINANCE_WS_URL": fake.ws_url,
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "xylen",
+            "collect",
+            "--symbols",
+            "BTCUSDT,ETHUSDT,SOLUSDT",
+            "--intervals",
+            "1h",
+            "--since",
+            "2024-01-01",
+            "--once",
+            "--quiet",
+        ]
         killed = finished = 0
         for _ in range(CYCLES):
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -71,6 +88,6 @@ def test_kill_9_during_backfill_never_corrupts_the_store(tmp_path: Path) -> None
         done = subprocess.run(cmd, env=env, capture_output=True, timeout=60)
         assert done.returncode == 0, done.stderr.decode()[-2000:]
     rows = check_store(store)
-    assert rows == {s: 4000 for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")}
+    assert rows == dict.fromkeys(("BTCUSDT", "ETHUSDT", "SOLUSDT"), 4000)
     assert killed >= CYCLES // 2, killed
     assert list(store.tmp.glob("*.tmp")) == []  # temp files of killed writers are swept by the next run

@@ -65,7 +65,9 @@ def test_import_archives_feather_and_jsonl_then_export(tmp_path: Path) -> None:
     # export round trip in every format
     for fmt in ("jsonl", "csv", "parquet"):
         out = tmp_path / f"btc.{fmt}"
-        r = cli(tmp_path / "home", "export", "--symbol", "BTCUSDT", "--interval", "1h", "--format", fmt, "--out", str(out))
+        r = cli(
+            tmp_path / "home", "export", "--symbol", "BTCUSDT", "--interval", "1h", "--format", fmt, "--out", str(out)
+        )
         assert r.exit_code == 0, r.output
         back = {"jsonl": pl.read_ndjson, "csv": pl.read_csv, "parquet": pl.read_parquet}[fmt](out)
         assert back.height == 744 and back["open_time"].to_list() == store.read("BTCUSDT", "1h")["open_time"].to_list()
@@ -85,17 +87,21 @@ def test_status_json_and_table(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "BTCUSDT" in r.stdout and "744" in r.stdout and "2022-01-31" in r.stdout
 
 
-@pytest.mark.parametrize(("args", "code", "quoted"), [
-    (["--symbols", "BTC/USDT", "--once"], 2, "'BTC/USDT'"),
-    (["--symbols", "BTCUSDT", "--intervals", "7m", "--once"], 2, "'7m'"),
-    (["--symbols", "BTCUSDT", "--since", "2024-13-45", "--once"], 2, "'2024-13-45'"),
-    (["--symbols", "BTCUSDT", "--since", "2024-02-01", "--until", "2024-01-01"], 2, "--since"),
-    (["import", "/nope/BTCUSDT-1h.zip"], 3, "'/nope/BTCUSDT-1h.zip'"),
-    (["export", "--symbol", "BTCUSDT", "--interval", "1h"], 3, "BTCUSDT 1h"),
-    (["export", "--symbol", "BTCUSDT", "--interval", "1h", "--format", "xml"], 2, "'xml'"),
-])
-def test_bad_input_is_one_clear_message_and_no_traceback(tmp_path: Path, args: list[str], code: int,
-                                                         quoted: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "code", "quoted"),
+    [
+        (["--symbols", "BTC/USDT", "--once"], 2, "'BTC/USDT'"),
+        (["--symbols", "BTCUSDT", "--intervals", "7m", "--once"], 2, "'7m'"),
+        (["--symbols", "BTCUSDT", "--since", "2024-13-45", "--once"], 2, "'2024-13-45'"),
+        (["--symbols", "BTCUSDT", "--since", "2024-02-01", "--until", "2024-01-01"], 2, "--since"),
+        (["import", "/nope/BTCUSDT-1h.zip"], 3, "'/nope/BTCUSDT-1h.zip'"),
+        (["export", "--symbol", "BTCUSDT", "--interval", "1h"], 3, "BTCUSDT 1h"),
+        (["export", "--symbol", "BTCUSDT", "--interval", "1h", "--format", "xml"], 2, "'xml'"),
+    ],
+)
+def test_bad_input_is_one_clear_message_and_no_traceback(
+    tmp_path: Path, args: list[str], code: int, quoted: str
+) -> None:
     r = cli(tmp_path / "home", *args)
     assert r.exit_code == code, r.output
     assert quoted in r.stderr and "hint:" in r.stderr and "Traceback" not in r.output

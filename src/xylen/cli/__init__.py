@@ -100,10 +100,10 @@ def _register() -> None:
         collect,  # noqa: F401
         config,
         models,
+        models_io,  # noqa: F401  (`xylen models export|import`)
         serve,  # noqa: F401
         train,
     )
-    from xylen.cli import models_io  # noqa: F401  (`xylen models export|import`)
 
 
 _register()

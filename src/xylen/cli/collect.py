@@ -11,8 +11,9 @@ from xylen.cli import app, err, handled, out, settings_from
 
 collect_app = typer.Typer(
     help="Collect Binance candles into the store: backfill by REST, then follow live by websocket.\n\n"
-         "Example: xylen collect --symbols BTCUSDT,ETHUSDT --intervals 5m,1h --since 2024-01-01",
-    invoke_without_command=True)
+    "Example: xylen collect --symbols BTCUSDT,ETHUSDT --intervals 5m,1h --since 2024-01-01",
+    invoke_without_command=True,
+)
 app.add_typer(collect_app, name="collect")
 
 
@@ -28,8 +29,14 @@ class _Bars:
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=err, transient=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
         self.tasks: dict[str, Any] = {}
 
     def __call__(self, symbol: str, interval: str, done: int, total: int) -> None:
@@ -42,14 +49,22 @@ class _Bars:
 @collect_app.callback()
 def collect_cmd(
     ctx: typer.Context,
-    symbols: str = typer.Option(None, "--symbols", "-s", help="Comma-separated pairs, e.g. BTCUSDT,ETHUSDT "
-                                "(default: the symbol setting)."),
-    intervals: str = typer.Option(None, "--intervals", "-i", help="Comma-separated intervals, e.g. 5m,1h "
-                                  "(default: the interval setting)."),
-    since: str = typer.Option(None, "--since", help="Start here instead of after the last stored candle: "
-                              "2024-01-01, 2024-01-01T12:00 (UTC) or epoch ms. Empty series default to a year back."),
+    symbols: str = typer.Option(
+        None, "--symbols", "-s", help="Comma-separated pairs, e.g. BTCUSDT,ETHUSDT (default: the symbol setting)."
+    ),
+    intervals: str = typer.Option(
+        None, "--intervals", "-i", help="Comma-separated intervals, e.g. 5m,1h (default: the interval setting)."
+    ),
+    since: str = typer.Option(
+        None,
+        "--since",
+        help="Start here instead of after the last stored candle: "
+        "2024-01-01, 2024-01-01T12:00 (UTC) or epoch ms. Empty series default to a year back.",
+    ),
     until: str = typer.Option(None, "--until", help="Stop at this time (exclusive) and exit; same formats as --since."),
-    once: bool = typer.Option(False, "--once", help="Backfill up to now and exit (for cron) instead of following live."),
+    once: bool = typer.Option(
+        False, "--once", help="Backfill up to now and exit (for cron) instead of following live."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print one summary line."),
     as_json: bool = typer.Option(False, "--json", help="No progress bars; print a JSON summary."),
 ) -> None:
@@ -60,12 +75,23 @@ def collect_cmd(
     if ctx.invoked_subcommand is not None:
         return
     with handled():
-        from xylen.collect.runner import (CollectOptions, collect, parse_intervals, parse_symbols, parse_time,
-                                          stop_on_signals)
+        from xylen.collect.runner import (
+            CollectOptions,
+            collect,
+            parse_intervals,
+            parse_symbols,
+            parse_time,
+            stop_on_signals,
+        )
 
         settings = settings_from(ctx)
-        opts = CollectOptions(parse_symbols(symbols or settings.symbol), parse_intervals(intervals or settings.interval),
-                              parse_time(since, "--since"), parse_time(until, "--until"), once)
+        opts = CollectOptions(
+            parse_symbols(symbols or settings.symbol),
+            parse_intervals(intervals or settings.interval),
+            parse_time(since, "--since"),
+            parse_time(until, "--until"),
+            once,
+        )
         bars = None if (quiet or as_json) else _Bars()
         with stop_on_signals() as should_stop:
             if bars is not None:
@@ -82,7 +108,9 @@ def collect_cmd(
 
 
 @collect_app.command("status")
-def status_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+def status_cmd(
+    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")
+) -> None:
     """Per stored series: first and last candle, rows, gaps, known gaps (no trading), lag behind now.
 
     Example: xylen collect status --json
@@ -99,7 +127,9 @@ def status_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json",
             _json([s.to_dict() for s in summaries])
             return
         if not summaries:
-            out.print(f"The store {store.klines} is empty. Fill it: xylen collect --symbols BTCUSDT --intervals 5m --once")
+            out.print(
+                f"The store {store.klines} is empty. Fill it: xylen collect --symbols BTCUSDT --intervals 5m --once"
+            )
             return
         from rich.table import Table
 
@@ -115,9 +145,14 @@ def status_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json",
 @collect_app.command("import")
 def import_cmd(
     ctx: typer.Context,
-    paths: list[Path] = typer.Argument(..., help="Files: data.binance.vision .zip (a .CHECKSUM beside it is "
-                                       "verified) or .csv, freqtrade .feather/.parquet, .jsonl."),
-    symbol: str = typer.Option(None, "--symbol", help="Pair, when the file name does not say (BTCUSDT-5m-2024-01.zip does)."),
+    paths: list[Path] = typer.Argument(
+        ...,
+        help="Files: data.binance.vision .zip (a .CHECKSUM beside it is "
+        "verified) or .csv, freqtrade .feather/.parquet, .jsonl.",
+    ),
+    symbol: str = typer.Option(
+        None, "--symbol", help="Pair, when the file name does not say (BTCUSDT-5m-2024-01.zip does)."
+    ),
     interval: str = typer.Option(None, "--interval", help="Interval, when neither the name nor the candles say."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:

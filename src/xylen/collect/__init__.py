@@ -7,5 +7,15 @@ from xylen.collect.governor import Governor
 from xylen.collect.runner import CollectOptions, CollectResult, collect, make_rest
 from xylen.collect.status import status
 
-__all__ = ["CollectOptions", "CollectResult", "Governor", "backfill_series", "collect", "export_series",
-           "import_files", "make_rest", "plan", "status"]
+__all__ = [
+    "CollectOptions",
+    "CollectResult",
+    "Governor",
+    "backfill_series",
+    "collect",
+    "export_series",
+    "import_files",
+    "make_rest",
+    "plan",
+    "status",
+]

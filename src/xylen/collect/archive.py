@@ -37,13 +37,16 @@ class ImportResult:
         return f"import: {len(self.files)} file(s), {self.added} new candles, {self.duplicates} already stored"
 
 
-def import_files(store: Store, paths: list[Path], *, symbol: str | None = None,
-                 interval: str | None = None) -> ImportResult:
+def import_files(
+    store: Store, paths: list[Path], *, symbol: str | None = None, interval: str | None = None
+) -> ImportResult:
     """Read and validate every file, then append them all. Raises DataError/ConfigError before any write."""
     if not paths:
         raise ConfigError("No file to import.", hint="pass files, e.g. xylen collect import BTCUSDT-5m-2024-01.zip.")
     if interval is not None and interval not in INTERVAL_MS:
-        raise ConfigError(f"Interval {interval!r} is not one xylen can store.", hint=f"use one of: {' '.join(INTERVAL_MS)}.")
+        raise ConfigError(
+            f"Interval {interval!r} is not one xylen can store.", hint=f"use one of: {' '.join(INTERVAL_MS)}."
+        )
     batches: dict[tuple[str, str], list[pl.DataFrame]] = {}
     result = ImportResult()
     for p in paths:
@@ -51,18 +54,31 @@ def import_files(store: Store, paths: list[Path], *, symbol: str | None = None,
         df = read.frame.unique(subset="open_time", keep="last").sort("open_time")
         iv = read.interval or infer_interval(df)
         if iv is None:
-            raise DataError(f"Cannot tell the interval of {str(p)!r} from its name or its candles.",
-                            hint="pass --interval, e.g. --interval 5m.")
+            raise DataError(
+                f"Cannot tell the interval of {str(p)!r} from its name or its candles.",
+                hint="pass --interval, e.g. --interval 5m.",
+            )
         if read.symbol is None:
-            raise DataError(f"Cannot tell the symbol of {str(p)!r} from its name.",
-                            hint="pass --symbol, e.g. --symbol BTCUSDT, or name the file like BTCUSDT-5m-2024-01.zip.")
+            raise DataError(
+                f"Cannot tell the symbol of {str(p)!r} from its name.",
+                hint="pass --symbol, e.g. --symbol BTCUSDT, or name the file like BTCUSDT-5m-2024-01.zip.",
+            )
         if read.frame["close_time"].null_count() == df.height:
             df = df.with_columns((pl.col("open_time") + INTERVAL_MS[iv] - 1).alias("close_time"))
         report = validate(df, iv, str(p))
         dupes = read.frame.height - df.height
         batches.setdefault((read.symbol, iv), []).append(df)
-        result.files.append({"file": str(p), "symbol": read.symbol, "interval": iv, "rows": df.height,
-                             "duplicates_in_file": dupes, "gaps": len(report.gaps), "notes": read.notes})
+        result.files.append(
+            {
+                "file": str(p),
+                "symbol": read.symbol,
+                "interval": iv,
+                "rows": df.height,
+                "duplicates_in_file": dupes,
+                "gaps": len(report.gaps),
+                "notes": read.notes,
+            }
+        )
     for (sym, iv), frames in batches.items():
         result.added += store.append(sym, iv, pl.concat(frames)).added
     # rows already stored, or repeated inside or across the files
@@ -70,17 +86,22 @@ def import_files(store: Store, paths: list[Path], *, symbol: str | None = None,
     return result
 
 
-def export_series(store: Store, symbol: str, interval: str, fmt: ExportFormat, out: Path | None,
-                  *, stdout: BinaryIO | None = None) -> int:
+def export_series(
+    store: Store, symbol: str, interval: str, fmt: ExportFormat, out: Path | None, *, stdout: BinaryIO | None = None
+) -> int:
     """Write one series as JSONL, CSV (Binance column order, with a header) or Parquet. Returns rows."""
     symbol = symbol.upper()
     if interval not in INTERVAL_MS:
-        raise ConfigError(f"Interval {interval!r} is not one xylen can store.", hint=f"use one of: {' '.join(INTERVAL_MS)}.")
+        raise ConfigError(
+            f"Interval {interval!r} is not one xylen can store.", hint=f"use one of: {' '.join(INTERVAL_MS)}."
+        )
     df = store.read(symbol, interval)
     if df.height == 0:
         known = ", ".join(f"{s} {i}" for s, i in store.series()) or "none"
-        raise DataError(f"The store has no {symbol} {interval} candles (stored series: {known}).",
-                        hint=f"collect them first: xylen collect --symbols {symbol} --intervals {interval} --once.")
+        raise DataError(
+            f"The store has no {symbol} {interval} candles (stored series: {known}).",
+            hint=f"collect them first: xylen collect --symbols {symbol} --intervals {interval} --once.",
+        )
     buf = io.BytesIO()
     if fmt == "jsonl":
         buf.write(b"".join(orjson.dumps(r) + b"\n" for r in df.iter_rows(named=True)))
@@ -102,5 +123,7 @@ def export_series(store: Store, symbol: str, interval: str, fmt: ExportFormat, o
             tmp.replace(out)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise ConfigError(f"Cannot write {str(out)!r}: {exc.strerror}.", hint="pick a writable --out path.") from None
+            raise ConfigError(
+                f"Cannot write {str(out)!r}: {exc.strerror}.", hint="pick a writable --out path."
+            ) from None
     return df.height

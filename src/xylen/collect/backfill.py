@@ -35,12 +35,19 @@ class SeriesResult:
     new_known_gaps: list[tuple[int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
-        return {"symbol": self.symbol, "interval": self.interval, "fetched": self.fetched, "added": self.added,
-                "requests": self.requests, "new_known_gaps": [list(g) for g in self.new_known_gaps]}
+        return {
+            "symbol": self.symbol,
+            "interval": self.interval,
+            "fetched": self.fetched,
+            "added": self.added,
+            "requests": self.requests,
+            "new_known_gaps": [list(g) for g in self.new_known_gaps],
+        }
 
 
-def plan(store: Store, symbol: str, interval: str, now: int, since: int | None = None,
-         until: int | None = None) -> list[tuple[int, int, bool]]:
+def plan(
+    store: Store, symbol: str, interval: str, now: int, since: int | None = None, until: int | None = None
+) -> list[tuple[int, int, bool]]:
     """Ranges [start, end) of open_time to fetch, oldest first, each with ``tail``: True for the range after
     the newest stored candle (open on the right: the exchange may simply not have published more yet)."""
     step = interval_ms(interval)
@@ -70,10 +77,19 @@ def plan(store: Store, symbol: str, interval: str, now: int, since: int | None =
     return [(max(a, lo), min(b, end), tail) for a, b, tail in ranges if min(b, end) > max(a, lo)]
 
 
-def backfill_series(rest: Rest, store: Store, symbol: str, interval: str, now: int, *,
-                    since: int | None = None, until: int | None = None,
-                    progress: Progress | None = None, should_stop: Callable[[], bool] = lambda: False,
-                    limit: int = PAGE_LIMIT) -> SeriesResult:
+def backfill_series(
+    rest: Rest,
+    store: Store,
+    symbol: str,
+    interval: str,
+    now: int,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    limit: int = PAGE_LIMIT,
+) -> SeriesResult:
     """Fetch every planned range of one series and append it; record holes the exchange has no data for."""
     step = interval_ms(interval)
     result = SeriesResult(symbol, interval)
@@ -91,8 +107,9 @@ def backfill_series(rest: Rest, store: Store, symbol: str, interval: str, now: i
                 break
             rows = rest.klines(symbol, interval, cursor, b - 1, limit)
             result.requests += 1
-            df = rows_to_frame(rows).filter((pl.col("open_time") >= cursor) & (pl.col("open_time") < b)
-                                            & (pl.col("close_time") < now))
+            df = rows_to_frame(rows).filter(
+                (pl.col("open_time") >= cursor) & (pl.col("open_time") < b) & (pl.col("close_time") < now)
+            )
             if df.height == 0:
                 break  # the exchange has nothing in [cursor, b) up to now
             result.added += store.append(symbol, interval, df).added

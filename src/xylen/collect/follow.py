@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -47,10 +48,20 @@ class FollowStats:
 class Follower:
     """Follow ``series`` until :meth:`stop`. ``run()`` is a coroutine; ``stop()`` may be called from any thread."""
 
-    def __init__(self, rest: Rest, store: Store, series: list[tuple[str, str]], ws_url: str,
-                 clock: Callable[[], int], *, tick_s: float = 1.0, grace_ms: int | None = None,
-                 reconnect_s: float = 1.0, max_reconnect_s: float = 60.0,
-                 max_connection_s: float = MAX_CONNECTION_S) -> None:
+    def __init__(
+        self,
+        rest: Rest,
+        store: Store,
+        series: list[tuple[str, str]],
+        ws_url: str,
+        clock: Callable[[], int],
+        *,
+        tick_s: float = 1.0,
+        grace_ms: int | None = None,
+        reconnect_s: float = 1.0,
+        max_reconnect_s: float = 60.0,
+        max_connection_s: float = MAX_CONNECTION_S,
+    ) -> None:
         self.rest, self.store, self.series = rest, store, series
         self.ws_url = ws_url.rstrip("/")
         self.clock = clock
@@ -87,7 +98,9 @@ class Follower:
             for t in tasks:
                 t.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
-            self.errors += [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+            self.errors += [
+                r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+            ]
 
     # ------------------------------------------------------------------ one series
     async def _follow(self, symbol: str, interval: str) -> None:
@@ -145,8 +158,11 @@ class Follower:
             self.stats.ignored_open += 1  # the still-open candle: only closed candles are stored
             return
         row = record_to_row(k)
-        df = pl.DataFrame({c: [v] for c, v in zip(COLUMNS, row)}).with_columns(
-            [pl.col(c).fill_nan(None) for c in COLUMNS[6:]]).cast(SCHEMA)  # type: ignore[arg-type]
+        df = (
+            pl.DataFrame({c: [v] for c, v in zip(COLUMNS, row)})
+            .with_columns([pl.col(c).fill_nan(None) for c in COLUMNS[6:]])
+            .cast(SCHEMA)
+        )  # type: ignore[arg-type]
         await asyncio.to_thread(self.store.append, symbol, interval, df)
         key = f"{symbol} {interval}"
         self.stats.stored[key] += 1
@@ -170,8 +186,15 @@ class Follower:
         assert self._rest_lock is not None
         async with self._rest_lock:  # one REST call at a time: one session, one budget
             try:
-                await asyncio.to_thread(backfill_series, self.rest, self.store, symbol, interval, self.clock(),
-                                        should_stop=self._stopped_early.is_set)
+                await asyncio.to_thread(
+                    backfill_series,
+                    self.rest,
+                    self.store,
+                    symbol,
+                    interval,
+                    self.clock(),
+                    should_stop=self._stopped_early.is_set,
+                )
                 self.stats.backfills[key] += 1
             except ExchangeTemporaryError as exc:
                 log.warning("%s: REST backfill failed for now: %s", key, exc.message)
@@ -181,7 +204,5 @@ class Follower:
 
     async def _sleep(self, seconds: float) -> None:
         assert self._stop is not None
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):  # the normal way out: nobody asked us to stop
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass

@@ -147,7 +147,7 @@ class Governor:
 
     def backoff_s(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^attempt)], never below a tenth of the ceiling."""
-        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** attempt)
+        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
         return ceiling * (0.1 + 0.9 * self.rng.random())
 
     # ------------------------------------------------------------------ calls
@@ -168,7 +168,8 @@ class Governor:
                     raise ExchangeTemporaryError(
                         f"Binance {kind} this IP for {exc.retry_after:.0f}s while fetching {what}.",
                         retry_after=exc.retry_after,
-                        hint="wait until the ban ends, and lower XYLEN_WEIGHT_BUDGET_SHARE if other tools share this IP.",
+                        hint="wait until the ban ends, and lower XYLEN_WEIGHT_BUDGET_SHARE if other tools "
+                        "share this IP.",
                     ) from None
                 # not counted as a failed attempt: the window is the exchange telling us exactly when
             except Retryable as exc:
@@ -182,7 +183,7 @@ class Governor:
                     raise ExchangeTemporaryError(
                         f"Binance kept failing while fetching {what}: {exc} ({attempt} attempts).",
                         hint="check XYLEN_BINANCE_BASE_URL and the network, then run the command again; "
-                             "what was stored so far is kept.",
+                        "what was stored so far is kept.",
                     ) from None
                 self._wait(self.backoff_s(attempt), f"{what}: {exc}; retry {attempt}/{self.max_attempts - 1}")
 

@@ -68,8 +68,9 @@ class Rest:
 
         return self.governor.call(attempt, weight=KLINES_WEIGHT if weight is None else weight, what=what)
 
-    def klines(self, symbol: str, interval: str, start: int, end: int | None = None,
-               limit: int = PAGE_LIMIT) -> list[list[Any]]:
+    def klines(
+        self, symbol: str, interval: str, start: int, end: int | None = None, limit: int = PAGE_LIMIT
+    ) -> list[list[Any]]:
         """One page: up to ``limit`` candles with open_time in [start, end] (Binance's endTime is inclusive)."""
         params: dict[str, Any] = {"symbol": symbol, "interval": interval, "startTime": start, "limit": limit}
         if end is not None:
@@ -77,8 +78,10 @@ class Rest:
         what = f"{symbol} {interval} klines"
         rows = self._run(lambda: self.client.get_klines(**params), what, KLINES_WEIGHT)
         if not isinstance(rows, list):
-            raise ExchangeError(f"Binance answered {what} with {str(rows)[:80]!r} instead of a list.",
-                                hint="check that XYLEN_BINANCE_BASE_URL points at a Binance spot API.")
+            raise ExchangeError(
+                f"Binance answered {what} with {str(rows)[:80]!r} instead of a list.",
+                hint="check that XYLEN_BINANCE_BASE_URL points at a Binance spot API.",
+            )
         return rows
 
     def check_symbols(self, symbols: list[str]) -> None:
@@ -86,8 +89,11 @@ class Rest:
         import orjson
 
         def info(names: list[str]) -> Any:
-            return self._run(lambda: self.client._get("exchangeInfo", data={"symbols": orjson.dumps(names).decode()}),
-                             f"symbol {','.join(names)}", EXCHANGE_INFO_WEIGHT)
+            return self._run(
+                lambda: self.client._get("exchangeInfo", data={"symbols": orjson.dumps(names).decode()}),
+                f"symbol {','.join(names)}",
+                EXCHANGE_INFO_WEIGHT,
+            )
 
         try:
             info(symbols)
@@ -104,14 +110,20 @@ class Rest:
 
 def _final(exc: Any, what: str) -> ExchangeError:
     if exc.code == -1121:
-        return ExchangeError(f"Binance does not know the {what!r}: {exc.message} (code -1121).",
-                             hint="use the exchange's spelling, e.g. BTCUSDT (no slash, no dash); "
-                                  "see https://api.binance.com/api/v3/exchangeInfo for the list.")
+        return ExchangeError(
+            f"Binance does not know the {what!r}: {exc.message} (code -1121).",
+            hint="use the exchange's spelling, e.g. BTCUSDT (no slash, no dash); "
+            "see https://api.binance.com/api/v3/exchangeInfo for the list.",
+        )
     if exc.code == -1120:
-        return ExchangeError(f"Binance rejected the interval in {what!r}: {exc.message} (code -1120).",
-                             hint="use one of 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w.")
-    return ExchangeError(f"Binance refused {what}: HTTP {exc.status_code} code {exc.code}: {exc.message}",
-                         hint="check XYLEN_BINANCE_BASE_URL and the options; this answer will not change on retry.")
+        return ExchangeError(
+            f"Binance rejected the interval in {what!r}: {exc.message} (code -1120).",
+            hint="use one of 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w.",
+        )
+    return ExchangeError(
+        f"Binance refused {what}: HTTP {exc.status_code} code {exc.code}: {exc.message}",
+        hint="check XYLEN_BINANCE_BASE_URL and the options; this answer will not change on retry.",
+    )
 
 
 def rows_to_frame(rows: list[list[Any]]) -> pl.DataFrame:

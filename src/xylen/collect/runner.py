@@ -35,8 +35,10 @@ def parse_symbols(value: str | list[str]) -> list[str]:
         raise ConfigError("No symbol given.", hint="pass --symbols BTCUSDT,ETHUSDT.")
     for s in out:
         if not _SYMBOL.match(s):
-            raise ConfigError(f"Symbol {s!r} is not a Binance spot symbol.",
-                              hint="use letters and digits only, e.g. BTCUSDT (not BTC/USDT or BTC-USDT).")
+            raise ConfigError(
+                f"Symbol {s!r} is not a Binance spot symbol.",
+                hint="use letters and digits only, e.g. BTCUSDT (not BTC/USDT or BTC-USDT).",
+            )
     return list(dict.fromkeys(out))
 
 
@@ -47,8 +49,10 @@ def parse_intervals(value: str | list[str]) -> list[str]:
         raise ConfigError("No interval given.", hint="pass --intervals 5m,1h.")
     for iv in out:
         if iv not in INTERVAL_MS:
-            raise ConfigError(f"Interval {iv!r} is not a Binance interval xylen can store.",
-                              hint=f"use one of: {' '.join(INTERVAL_MS)} (1M, a calendar month, is not supported).")
+            raise ConfigError(
+                f"Interval {iv!r} is not a Binance interval xylen can store.",
+                hint=f"use one of: {' '.join(INTERVAL_MS)} (1M, a calendar month, is not supported).",
+            )
     return list(dict.fromkeys(out))
 
 
@@ -63,9 +67,11 @@ def parse_time(value: str | None, option: str) -> int | None:
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
-        raise ConfigError(f"{option} {value!r} is not a date.",
-                          hint=f"use YYYY-MM-DD (e.g. {option} 2024-01-01), an ISO time like 2024-01-01T12:00, "
-                               "or epoch milliseconds.") from None
+        raise ConfigError(
+            f"{option} {value!r} is not a date.",
+            hint=f"use YYYY-MM-DD (e.g. {option} 2024-01-01), an ISO time like 2024-01-01T12:00, "
+            "or epoch milliseconds.",
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp() * 1000)
@@ -100,31 +106,52 @@ class CollectResult:
         return sum(s.added for s in self.series)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"added": self.added, "requests": self.requests, "retries": self.retries,
-                "rate_limited": self.rate_limited, "waited_s": round(self.waited_s, 3),
-                "max_used_weight": self.max_used_weight, "interrupted": self.interrupted,
-                "seconds": round(self.seconds, 3), "series": [s.to_dict() for s in self.series]}
+        return {
+            "added": self.added,
+            "requests": self.requests,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "waited_s": round(self.waited_s, 3),
+            "max_used_weight": self.max_used_weight,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+            "series": [s.to_dict() for s in self.series],
+        }
 
     def line(self) -> str:
         n = len(self.series)
-        return (f"collect: {self.added} new candles in {n} series, {self.requests} requests "
-                f"({self.retries} retries, {self.rate_limited} rate-limited), {self.seconds:.1f}s"
-                + (", interrupted" if self.interrupted else ""))
+        return (
+            f"collect: {self.added} new candles in {n} series, {self.requests} requests "
+            f"({self.retries} retries, {self.rate_limited} rate-limited), {self.seconds:.1f}s"
+            + (", interrupted" if self.interrupted else "")
+        )
 
 
-def make_rest(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms,
-              sleep: Callable[[float], None] = time.sleep, timeout_s: float = 10.0) -> Rest:
+def make_rest(
+    settings: Settings,
+    *,
+    clock: Callable[[], int] = wall_clock_ms,
+    sleep: Callable[[float], None] = time.sleep,
+    timeout_s: float = 10.0,
+) -> Rest:
     gov = Governor(settings.weight_budget_share, clock=clock, sleep=sleep)
     return Rest(make_client(settings.binance_base_url, timeout_s), gov)
 
 
-def collect(settings: Settings, opts: CollectOptions, *, rest: Rest | None = None,
-            clock: Callable[[], int] = wall_clock_ms, progress: Progress | None = None,
-            should_stop: Callable[[], bool] = lambda: False) -> CollectResult:
+def collect(
+    settings: Settings,
+    opts: CollectOptions,
+    *,
+    rest: Rest | None = None,
+    clock: Callable[[], int] = wall_clock_ms,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> CollectResult:
     """Backfill every series up to ``clock()`` (or ``until``). Follow live afterwards unless ``once``/``until``."""
     if opts.since is not None and opts.until is not None and opts.since >= opts.until:
-        raise ConfigError(f"--since ({opts.since}) is not before --until ({opts.until}).",
-                          hint="swap them or pick a later --until.")
+        raise ConfigError(
+            f"--since ({opts.since}) is not before --until ({opts.until}).", hint="swap them or pick a later --until."
+        )
     started = time.monotonic()
     store = Store(settings.data_dir)
     store.clean_temp()
@@ -136,8 +163,19 @@ def collect(settings: Settings, opts: CollectOptions, *, rest: Rest | None = Non
             if should_stop():
                 result.interrupted = True
                 break
-            result.series.append(backfill_series(rest, store, symbol, interval, clock(), since=opts.since,
-                                                 until=opts.until, progress=progress, should_stop=should_stop))
+            result.series.append(
+                backfill_series(
+                    rest,
+                    store,
+                    symbol,
+                    interval,
+                    clock(),
+                    since=opts.since,
+                    until=opts.until,
+                    progress=progress,
+                    should_stop=should_stop,
+                )
+            )
         if not (opts.once or opts.until is not None or result.interrupted):
             follow(settings, opts, rest, store, clock, should_stop)
             result.interrupted = should_stop()
@@ -150,8 +188,14 @@ def collect(settings: Settings, opts: CollectOptions, *, rest: Rest | None = Non
     return result
 
 
-def follow(settings: Settings, opts: CollectOptions, rest: Rest, store: Store, clock: Callable[[], int],
-           should_stop: Callable[[], bool]) -> None:
+def follow(
+    settings: Settings,
+    opts: CollectOptions,
+    rest: Rest,
+    store: Store,
+    clock: Callable[[], int],
+    should_stop: Callable[[], bool],
+) -> None:
     from xylen.collect.follow import Follower
 
     follower = Follower(rest, store, opts.series, settings.binance_ws_url, clock)

@@ -32,13 +32,15 @@ def rows_for_table(summaries: list[SeriesSummary]) -> list[dict[str, Any]]:
     for s in summaries:
         step = interval_ms(s.interval)
         known_missing = sum((b - a) // step for a, b in s.known_gaps)
-        out.append({
-            "series": f"{s.symbol} {s.interval}",
-            "first": fmt_ts(s.first) if s.first is not None else "-",
-            "last": fmt_ts(s.last) if s.last is not None else "-",
-            "rows": f"{s.rows:,}",
-            "gaps": f"{len(s.gaps)} ({s.missing} candles)" if s.gaps else "0",
-            "known gaps": f"{len(s.known_gaps)} ({known_missing} candles)" if s.known_gaps else "0",
-            "lag": lag_text(s.lag_ms),
-        })
+        out.append(
+            {
+                "series": f"{s.symbol} {s.interval}",
+                "first": fmt_ts(s.first) if s.first is not None else "-",
+                "last": fmt_ts(s.last) if s.last is not None else "-",
+                "rows": f"{s.rows:,}",
+                "gaps": f"{len(s.gaps)} ({s.missing} candles)" if s.gaps else "0",
+                "known gaps": f"{len(s.known_gaps)} ({known_missing} candles)" if s.known_gaps else "0",
+                "lag": lag_text(s.lag_ms),
+            }
+        )
     return out

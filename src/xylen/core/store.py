@@ -57,9 +57,17 @@ class SeriesSummary:
         return sum(n for _, n in self.gaps)
 
     def to_dict(self) -> dict[str, object]:
-        return {"symbol": self.symbol, "interval": self.interval, "rows": self.rows, "first": self.first,
-                "last": self.last, "gaps": [list(g) for g in self.gaps], "missing": self.missing,
-                "known_gaps": [list(g) for g in self.known_gaps], "lag_ms": self.lag_ms}
+        return {
+            "symbol": self.symbol,
+            "interval": self.interval,
+            "rows": self.rows,
+            "first": self.first,
+            "last": self.last,
+            "gaps": [list(g) for g in self.gaps],
+            "missing": self.missing,
+            "known_gaps": [list(g) for g in self.known_gaps],
+            "lag_ms": self.lag_ms,
+        }
 
 
 class Store:
@@ -96,8 +104,10 @@ class Store:
             try:
                 frames.append(pl.read_parquet(f).select(list(COLUMNS)).cast(SCHEMA))  # type: ignore[arg-type]
             except (pl.exceptions.PolarsError, OSError) as exc:
-                raise DataError(f"Store file {str(f)!r} is unreadable: {str(exc).splitlines()[0][:200]}",
-                                hint="delete that month's file and backfill it again with `xylen collect --once`.") from None
+                raise DataError(
+                    f"Store file {str(f)!r} is unreadable: {str(exc).splitlines()[0][:200]}",
+                    hint="delete that month's file and backfill it again with `xylen collect --once`.",
+                ) from None
         if not frames:
             return empty_frame()
         df = pl.concat(frames).sort("open_time")
@@ -126,8 +136,10 @@ class Store:
         step = interval_ms(interval)
         df = df.select(list(COLUMNS)).cast(SCHEMA)  # type: ignore[arg-type]
         if ((df["open_time"] % step) != 0).any():
-            raise DataError(f"Candles for {symbol} {interval} are off the {interval} grid.",
-                            hint="check the interval of the data being stored.")
+            raise DataError(
+                f"Candles for {symbol} {interval} are off the {interval} grid.",
+                hint="check the interval of the data being stored.",
+            )
         df = df.unique(subset="open_time", keep="last", maintain_order=True)
         with self.lock(symbol, interval):
             self._merge(symbol, interval, df, result)
@@ -166,8 +178,10 @@ class Store:
                 raise
             fsync_dir(path.parent)
         except PermissionError as exc:
-            raise ConfigError(f"Cannot write to the store {str(self.root)!r}: {exc.strerror}.",
-                              hint="set XYLEN_HOME to a writable folder or fix its permissions.") from None
+            raise ConfigError(
+                f"Cannot write to the store {str(self.root)!r}: {exc.strerror}.",
+                hint="set XYLEN_HOME to a writable folder or fix its permissions.",
+            ) from None
 
     @contextlib.contextmanager
     def lock(self, symbol: str, interval: str) -> Iterator[None]:
@@ -176,8 +190,10 @@ class Store:
             self.meta.mkdir(parents=True, exist_ok=True)
             fh = open(self.meta / f"{symbol}-{interval}.lock", "a+b")  # noqa: SIM115
         except PermissionError as exc:
-            raise ConfigError(f"Cannot write to the store {str(self.root)!r}: {exc.strerror}.",
-                              hint="set XYLEN_HOME to a writable folder or fix its permissions.") from None
+            raise ConfigError(
+                f"Cannot write to the store {str(self.root)!r}: {exc.strerror}.",
+                hint="set XYLEN_HOME to a writable folder or fix its permissions.",
+            ) from None
         with fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
@@ -228,7 +244,11 @@ class Store:
         if df.height == 0:
             return SeriesSummary(symbol, interval, 0, None, None, [], None, known)
         t = df["open_time"].to_numpy()
-        gaps = [(before, n) for before, n in find_gaps(t, step) if not _covered(before + step, before + (n + 1) * step, known)]
+        gaps = [
+            (before, n)
+            for before, n in find_gaps(t, step)
+            if not _covered(before + step, before + (n + 1) * step, known)
+        ]
         now_ms = now_ms if now_ms is not None else int(datetime.now(timezone.utc).timestamp() * 1000)
         lag = max(0, now_ms - (int(t[-1]) + step))  # since the last stored candle closed
         return SeriesSummary(symbol, interval, df.height, int(t[0]), int(t[-1]), gaps, lag, known)
