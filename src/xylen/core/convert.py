@@ -109,6 +109,31 @@ def _reference_nodes(tree: dict[str, Any]) -> dict[int, tuple[Any, ...]]:
     return nodes
 
 
+# LightGBM reads |x| <= kZeroThreshold (1e-35f, as a double) as exactly 0.0 when it predicts from a dense row.
+_LGB_ZERO_THRESHOLD = float(np.float32(1e-35))
+
+
+def _zero_tiny_inputs(model: Any, tree_node: Any, helper: Any, numpy_helper: Any) -> None:
+    """Put LightGBM's input rule in front of the trees: where |x| <= 1e-35, use 0.0 (NaN stays NaN)."""
+    src = tree_node.input[0]
+    zeroed = f"{src}_lgb_zeroed"
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(_LGB_ZERO_THRESHOLD), name="lgb_zero_threshold"),
+            numpy_helper.from_array(np.array(0.0), name="lgb_zero"),
+        ]
+    )
+    pre = [
+        helper.make_node("Abs", [src], [f"{src}_abs"]),
+        helper.make_node("Greater", [f"{src}_abs", "lgb_zero_threshold"], [f"{src}_kept"]),  # opset 9: no LessOrEqual
+        helper.make_node("Where", [f"{src}_kept", src, "lgb_zero"], [zeroed]),
+    ]
+    tree_node.input[0] = zeroed
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(pre + nodes)
+
+
 def booster_to_onnx(booster: Any) -> Any:
     """An exact ONNX model (float64 input ``input``, output ``probabilities``) of a binary LightGBM booster."""
     import onnx
@@ -166,6 +191,7 @@ def booster_to_onnx(booster: Any) -> Any:
     for op in model.opset_import:
         if op.domain == "ai.onnx.ml":
             op.version = max(op.version, 3)  # *_as_tensor attributes need ai.onnx.ml opset 3
+    _zero_tiny_inputs(model, node, helper, numpy_helper)
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
     onnx.checker.check_model(model)
     return model
