@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -21,7 +22,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DATA = Path(__file__).resolve().parents[1] / "data"
 FEATHER = DATA / "spot_ohlcv_feather" / "imsatoshi_GeneTrader_2024"
 HOUR = 3_600_000
-CYCLES = 20
+KILLS = 20  # the issue asks for at least 20 kill -9 + restart cycles
+MAX_CYCLES = 60
 
 
 def check_store(store: Store) -> dict[str, int]:
@@ -66,28 +68,35 @@ def test_kill_9_during_backfill_never_corrupts_the_store(tmp_path: Path) -> None
             "--once",
             "--quiet",
         ]
-        killed = finished = 0
-        for _ in range(CYCLES):
+        # time one clean run on this machine, so kill points land inside a run however fast or loaded it is
+        t0 = time.monotonic()
+        subprocess.run(cmd, env=env, capture_output=True, timeout=60, check=True)
+        full = time.monotonic() - t0
+        for f in store.klines.rglob("*.parquet"):
+            f.unlink()
+        killed = cycles = 0
+        while killed < KILLS and cycles < MAX_CYCLES:
+            cycles += 1
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            delay = rng.uniform(0.35, 1.1)  # a whole run takes ~1 s (0.5 s of it interpreter + imports)
+            delay = rng.uniform(0.3, 0.95) * full  # the first ~half of a run is interpreter start + imports
             try:
                 proc.wait(timeout=delay)
-                finished += 1
+                finished = True
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
                 killed += 1
+                finished = False
             out, err = proc.communicate()
             assert proc.returncode in (0, -signal.SIGKILL), (proc.returncode, err.decode()[-2000:])
             check_store(store)
             if finished:  # complete: start over so later kills land in the middle again
                 for f in store.klines.rglob("*.parquet"):
                     f.unlink()
-                finished = 0
         # a last, uninterrupted run completes the store
         done = subprocess.run(cmd, env=env, capture_output=True, timeout=60)
         assert done.returncode == 0, done.stderr.decode()[-2000:]
     rows = check_store(store)
     assert rows == dict.fromkeys(("BTCUSDT", "ETHUSDT", "SOLUSDT"), 4000)
-    assert killed >= CYCLES // 2, killed
+    assert killed >= KILLS, f"only {killed} of {cycles} runs were killed mid-way (a clean run took {full:.2f} s)"
     assert list(store.tmp.glob("*.tmp")) == []  # temp files of killed writers are swept by the next run
