@@ -23,7 +23,8 @@ def serve_cmd(
     model: list[str] = typer.Option([], "--model", "-m", help="Serve only these models (repeat). Default: every "
                                     "model in the registry; the first is the default for /predict."),
     model_path: Path = typer.Option(None, "--model-path", help="Serve this one bundle folder (MODEL_PATH)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (1 is best on small machines)."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes on one socket, each with its own models "
+                                "(1 is best on 2 cores: a second doubles memory without adding throughput)."),
     log_format: LogFormat = typer.Option(None, "--log-format", help="Log format: text (default) or json."),
     allow_unauthenticated: bool = typer.Option(None, "--allow-unauthenticated", help="Allow a non-loopback "
                                                "--host without API keys (e.g. behind an authenticating proxy)."),

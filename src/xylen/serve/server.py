@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+import orjson
 import uvicorn
 
 from xylen.core.errors import ConfigError
@@ -16,6 +19,9 @@ from xylen.core.settings import Settings
 from xylen.serve.imports import block_heavy_imports
 
 log = logging.getLogger("xylen.serve")
+# --workers N: the parent hands its resolved settings to each worker process through this variable
+WORKER_ENV = "XYLEN_SERVE_WORKER_CONFIG"
+
 
 @dataclass
 class ServeOptions:
@@ -40,19 +46,70 @@ def serve(settings: Settings, opts: ServeOptions) -> None:
         log.warning("already imported before the server started: %s", ", ".join(already))
     from xylen.serve.app import create_app
 
-    app = create_app(settings, names=opts.names or None, model_path=opts.model_path, keys=keys)
     http, loop = _fastest()
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, http=http, loop=loop,
-                            access_log=False, log_config=None, lifespan="on", timeout_graceful_shutdown=30,
-                            server_header=False, date_header=False)
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "http": http,
+        "loop": loop,
+        "access_log": False,
+        "log_config": None,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 30,
+        "server_header": False,
+        "date_header": False,
+    }
     if opts.workers > 1:
-        log.warning("--workers %d: running 1 worker; on this design a second worker doubles memory and hot-swap "
-                    "work without adding throughput (see DESIGN.md). Run replicas behind a proxy instead.",
-                    opts.workers)
+        _serve_workers(settings, opts, common)
+        return
+    app = create_app(settings, names=opts.names or None, model_path=opts.model_path, keys=keys)
+    config = uvicorn.Config(app, workers=1, **common)
     server = _DrainingServer(config, app.state.holder, opts.drain_seconds)
-    log.info("serving on http://%s:%d (%s keys, %s/%s)", settings.host, settings.port,
-             len(keys) if keys.enabled else "no", http, loop)
+    log.info(
+        "serving on http://%s:%d (%s keys, %s/%s)",
+        settings.host,
+        settings.port,
+        len(keys) if keys.enabled else "no",
+        http,
+        loop,
+    )
     server.run()
+
+
+def _serve_workers(settings: Settings, opts: ServeOptions, common: dict[str, Any]) -> None:
+    """N uvicorn worker processes on one socket, each with its own models and hot-swap watcher.
+
+    On 2 cores one worker is faster and half the memory (DESIGN.md); more help on machines with more cores.
+    SIGTERM is uvicorn's: each worker stops accepting, finishes requests in flight and exits.
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[WORKER_ENV] = orjson.dumps(
+        {
+            "settings": settings.model_dump(mode="json"),
+            "names": opts.names,
+            "model_path": str(opts.model_path) if opts.model_path else None,
+        }
+    ).decode()
+    config = uvicorn.Config("xylen.serve.server:worker_app", factory=True, workers=opts.workers, **common)
+    log.info("serving on http://%s:%d with %d worker processes", settings.host, settings.port, opts.workers)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+def worker_app() -> Any:
+    """uvicorn factory run inside each worker process of `xylen serve --workers N`."""
+    from xylen.serve.app import create_app
+    from xylen.serve.auth import KeyRing
+    from xylen.serve.logs import configure
+
+    payload = orjson.loads(os.environ[WORKER_ENV])
+    settings = Settings(**payload["settings"])
+    configure(settings.log_format, settings.log_level)
+    block_heavy_imports()
+    model_path = Path(payload["model_path"]) if payload["model_path"] else None
+    return create_app(
+        settings, names=payload["names"] or None, model_path=model_path, keys=KeyRing.from_settings(settings)
+    )
 
 
 def _fastest() -> tuple[str, str]:
