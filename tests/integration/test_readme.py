@@ -1,4 +1,5 @@
-"""The README's two commands: the first runs the main job on the bundled sample, the second runs the tests."""
+"""The README's two commands: the first trains on the bundled sample and serves it (and the curl call shown next
+to it works against that server); the second runs the tests."""
 
 from __future__ import annotations
 
@@ -6,52 +7,63 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.conftest import free_port, wait_for
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-README = Path(__file__).parents[2] / "README.md"
+ROOT = Path(__file__).parents[2]
+README = ROOT / "README.md"
 
 
-def _two_commands() -> list[str]:
-    text = README.read_text()
-    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
-    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", section, flags=re.S)][:2]
+def _blocks() -> list[str]:
+    section = README.read_text().split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", section, flags=re.S)]
 
 
 def test_the_two_commands_are_at_the_top():
-    setup, tests = _two_commands()
+    setup, curl, tests = _blocks()
     assert setup.startswith("pip install . &&")
+    assert curl.startswith("curl ")
     assert tests == "pip install -e '.[dev]' && python -m pytest"
-    assert "python -m pytest" in (Path(__file__).parents[2] / ".ci" / "run").read_text()
+    assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_first_command_runs_the_main_job_on_the_bundled_sample(tmp_path):
-    """Run the xylen steps of the first command (the install step is what this environment already did)."""
-    setup, _ = _two_commands()
-    steps = [shlex.split(s.strip()) for s in setup.split("&&")[1:]]
-    assert steps and steps[0][0] == "xylen"
-    env = {**os.environ, "XYLEN_HOME": str(tmp_path)}
-    for argv in steps:
-        if argv[1] == "serve":  # long-running; the serve tests start it as a subprocess
-            help_out = subprocess.run(
-                [sys.executable, "-m", "xylen", *argv[1:], "--help"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert help_out.returncode == 0, help_out.stderr
-            continue
-        out = subprocess.run(
-            [sys.executable, "-m", "xylen", *argv[1:], "--json"], env=env, capture_output=True, text=True, timeout=300
+def test_first_command_trains_serves_and_answers_the_curl_call(tmp_path):
+    """Run the xylen step of the first command (pip install is what this environment already did)."""
+    setup, curl, _ = _blocks()
+    (step,) = [shlex.split(s) for s in setup.split("&&")[1:]]
+    assert step[:2] == ["xylen", "serve"]
+    port = free_port()
+    env = {**os.environ, "XYLEN_HOME": str(tmp_path), "XYLEN_PORT": str(port)}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xylen", *step[1:]], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
         )
-        assert out.returncode == 0, out.stderr
-        result = json.loads(out.stdout)
-        assert result["source"].startswith("bundled sample")
-        assert result["rows_used"] > 100_000
-        assert result["promoted"] is True
-        assert (tmp_path / "models" / "btcusdt-5m" / "CURRENT.json").exists()
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200,
+            timeout=180,
+            what="training on the bundled sample, then a ready server",
+        )
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert "edge over the volatility-only baseline" in log.read_text()
+        argv = [a.replace("localhost:8000", f"127.0.0.1:{port}") for a in shlex.split(curl)]
+        answer = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+        body = json.loads(answer.stdout)
+        assert body["prediction"] in (0, 1)
+        assert 0.5 <= body["confidence"] <= 1.0
+        assert body["model_version"] == "v0001"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from xylen.cli import app, err, handled, out, settings_from
+
+if TYPE_CHECKING:
+    from xylen.core.settings import Settings
+    from xylen.train import TrainOptions
 
 
 class ProfileChoice(str, Enum):
@@ -53,9 +58,6 @@ def train_cmd(
     Example: xylen train --profile 8gb --data BTCUSDT-5m-2024-01.zip --data BTCUSDT-5m-2024-02.zip
     """
     with handled():
-        from xylen.profiles import resolve
-        from xylen.train import TrainOptions, train
-
         settings = settings_from(
             ctx,
             profile=profile.value if profile else None,
@@ -65,29 +67,38 @@ def train_cmd(
             label_threshold=threshold,
             folds=folds,
         )
-        prof = resolve(
-            settings.profile, max_memory_gb=settings.lgbm_max_memory_gb, num_threads=settings.lgbm_num_threads
-        )
+        from xylen.train import TrainOptions
+
         opts = TrainOptions(data=data, symbol=symbol, interval=interval, name=name, promote=promote)
-        if as_json:
-            result = train(settings, opts, prof)
-            import orjson
+        run_training(settings, opts, as_json=as_json)
 
-            typer.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        err.print(
-            f"profile [bold]{prof.name}[/] ({prof.chosen_by}): {prof.threads} threads, {prof.memory_gb:g} GB cap, "
-            f"{prof.num_leaves} leaves, max_bin {prof.max_bin}, up to {prof.num_boost_round} trees",
-            markup=True,
-        )
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True
-        ) as bar:
-            task = bar.add_task("Starting", total=1.0)
-            result = train(settings, opts, prof, progress=lambda s, f: bar.update(task, description=s, completed=f))
-        _print_summary(result)
+def run_training(settings: Settings, opts: TrainOptions | None = None, *, as_json: bool = False) -> None:
+    """Train with a rich progress bar (or quietly for --json) and print the summary."""
+    from xylen.profiles import resolve
+    from xylen.train import TrainOptions, train
+
+    prof = resolve(settings.profile, max_memory_gb=settings.lgbm_max_memory_gb, num_threads=settings.lgbm_num_threads)
+    opts = opts or TrainOptions()
+    if as_json:
+        import orjson
+
+        result = train(settings, opts, prof)
+        typer.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err.print(
+        f"profile [bold]{prof.name}[/] ({prof.chosen_by}): {prof.threads} threads, {prof.memory_gb:g} GB cap, "
+        f"{prof.num_leaves} leaves, max_bin {prof.max_bin}, up to {prof.num_boost_round} trees",
+        markup=True,
+    )
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task("Starting", total=1.0)
+        result = train(settings, opts, prof, progress=lambda s, f: bar.update(task, description=s, completed=f))
+    _print_summary(result)
 
 
 def _print_summary(r: object) -> None:
