@@ -35,9 +35,13 @@ def build(home: Path) -> None:
     from xylen.core.registry import Registry
     from xylen.serve.testing import build_bundle
 
+    from xylen.core import features
+
     reg = Registry(home / "models")
-    if reg.current(MODEL) is not None and reg.manifest(MODEL, reg.current(MODEL).version).params.get(
-            "num_boost_round") == 500:
+    live = reg.current(MODEL)
+    manifest = reg.manifest(MODEL, live.version) if live is not None else None
+    if manifest is not None and manifest.params.get("num_boost_round") == 500 and (
+            manifest.feature_set.version == features.VERSION):
         print(f"model: reusing {reg.current_path(MODEL)}")
         return
     t = time.perf_counter()
@@ -171,7 +175,8 @@ def python_load(port: int, body: bytes, connections: int, seconds: float) -> dic
             "rps": len(a) / wall, "errors": float(len(errors)), "requests": float(len(a))}
 
 
-def wrk_load(port: int, body: bytes, connections: int, seconds: float) -> dict[str, float] | None:
+def wrk_load(port: int, body: bytes, connections: int, seconds: float,
+             path: str = "/predict") -> dict[str, float] | None:
     wrk = shutil.which("wrk")
     if not wrk:
         return None
@@ -188,7 +193,7 @@ done = function(summary, latency, requests)
 end
 """)
         out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s", str(script),
-                              f"http://127.0.0.1:{port}/predict"], capture_output=True, text=True, check=True).stdout
+                              f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("XY "))
     p50, p99, n, err, dur = line.split()[1:]
     return {"p50_ms": float(p50), "p99_ms": float(p99), "rps": int(n) / float(dur), "errors": float(err),

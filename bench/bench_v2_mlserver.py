@@ -250,6 +250,22 @@ async def drive(port: int, body: bytes, seconds: float, concurrency: int, warmup
     }
 
 
+def drive_wrk(port: int, body: bytes, seconds: float, concurrency: int) -> dict[str, Any]:
+    """The same load with wrk (one thread): a first request for the answer, a warm-up second, then the run."""
+    import urllib.request
+
+    from bench_predict import wrk_load  # same folder: python puts bench/ first on sys.path
+
+    url = f"http://127.0.0.1:{port}/v2/models/{NAME}/infer"
+    req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        first = json.loads(r.read())
+    wrk_load(port, body, concurrency, 1, path=f"/v2/models/{NAME}/infer")
+    res = wrk_load(port, body, concurrency, seconds, path=f"/v2/models/{NAME}/infer")
+    assert res is not None
+    return res | {"errors": int(res["errors"]), "requests": int(res["requests"]), "first_response": first}
+
+
 def output_value(resp: Any) -> float | None:
     try:
         data = resp["outputs"][0]["data"]
@@ -268,6 +284,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["mlserver", "xylen"])
     ap.add_argument("--rebuild", action="store_true", help="retrain the model and rewrite both folders")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk" if shutil.which("wrk") else "aiohttp",
+                    help="load generator (default: wrk when installed: C, so the client does not steal the CPU "
+                         "the servers need; aiohttp otherwise)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     home, row = build_model(args.rebuild)
@@ -284,7 +303,10 @@ def main() -> None:
             t0 = time.perf_counter()
             srv.wait_ready()
             ready_s = time.perf_counter() - t0
-            res = asyncio.run(drive(srv.port, body, args.seconds, args.concurrency, args.warmup))
+            if args.client == "wrk":
+                res = drive_wrk(srv.port, body, args.seconds, args.concurrency)
+            else:
+                res = asyncio.run(drive(srv.port, body, args.seconds, args.concurrency, args.warmup))
         finally:
             srv.stop()
         res |= {
@@ -295,7 +317,7 @@ def main() -> None:
         results[label] = res
     print(
         f"\nPOST /v2/models/{NAME}/infer, 1 FP32 row x {len(row)} features, {ROUNDS} trees x {LEAVES} leaves, "
-        f"concurrency {args.concurrency}, {args.seconds:g} s, {os.cpu_count()} CPUs"
+        f"concurrency {args.concurrency}, {args.seconds:g} s, {os.cpu_count()} CPUs, client {args.client}"
     )
     print(
         f"{'server':10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'peak RSS MB':>12} {'ready s':>8}"

@@ -18,6 +18,7 @@ from xylen.serve.auth import presented_key
 from xylen.serve.decode import RequestError
 from xylen.serve.predict import predict
 from xylen.serve.state import ServeState
+from xylen.serve.v2 import infer_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,9 +27,27 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_ROUTES = frozenset({"/health/live", "/livez", "/v2/health/live"})
-_EXACT = frozenset({"/predict", "/health", "/health/live", "/livez", "/health/ready", "/readyz", "/metrics",
-                    "/retrain", "/models", "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models", "/docs",
-                    "/openapi.json", "/docs/oauth2-redirect", "/redoc"})
+_EXACT = frozenset(
+    {
+        "/predict",
+        "/health",
+        "/health/live",
+        "/livez",
+        "/health/ready",
+        "/readyz",
+        "/metrics",
+        "/retrain",
+        "/models",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models",
+        "/docs",
+        "/openapi.json",
+        "/docs/oauth2-redirect",
+        "/redoc",
+    }
+)
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _JSON_TYPES = (b"application/json", b"application/cloudevents+json", b"text/json")
 
@@ -49,8 +68,13 @@ def route_of(path: str) -> str:
 
 
 async def send_bytes(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*(headers or _JSON_HEADERS), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*(headers or _JSON_HEADERS), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -79,10 +103,14 @@ class Gate:
             await send(msg)
 
         try:
-            if self.state.keys.enabled and route not in OPEN_ROUTES and \
-                    not self.state.keys.check(presented_key(scope["headers"])):
-                raise RequestError(401, "Missing or wrong API key; send 'Authorization: Bearer <key>' or "
-                                        "'X-API-Key: <key>'.")
+            if (
+                self.state.keys.enabled
+                and route not in OPEN_ROUTES
+                and not self.state.keys.check(presented_key(scope["headers"]))
+            ):
+                raise RequestError(
+                    401, "Missing or wrong API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+                )
             method = scope["method"]
             if method in ("GET", "HEAD", "OPTIONS", "DELETE"):
                 await self.app(scope, receive, tracked)
@@ -90,8 +118,13 @@ class Gate:
             body = await self._body(scope, receive)
             if body:
                 _check_json(scope)
-            if route == "/predict" and method == "POST":
-                out = predict(self.state, body)
+            if method == "POST" and route in _FAST_POST:
+                # the two hot routes skip FastAPI's routing; their documented FastAPI routes call the same code
+                if route == "/predict":
+                    out = predict(self.state, body)
+                else:
+                    name, version = _infer_target(scope["path"])
+                    out = orjson.dumps(infer_body(self.state, name, version, body), option=orjson.OPT_SERIALIZE_NUMPY)
                 status = 200
                 await send_bytes(send, 200, out)
                 return
@@ -112,8 +145,11 @@ class Gate:
                 except ValueError:
                     raise RequestError(400, "The Content-Length header is not a number.") from None
                 if declared > limit:
-                    raise RequestError(413, f"The request body is {declared} bytes; the limit is {limit} "
-                                            "(max_body_bytes). Send fewer candles (100 is plenty).")
+                    raise RequestError(
+                        413,
+                        f"The request body is {declared} bytes; the limit is {limit} "
+                        "(max_body_bytes). Send fewer candles (100 is plenty).",
+                    )
         chunks = []
         size = 0
         more = True
@@ -124,19 +160,38 @@ class Gate:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise RequestError(413, f"The request body exceeds the limit of {limit} bytes (max_body_bytes). "
-                                        "Send fewer candles (100 is plenty).")
+                raise RequestError(
+                    413,
+                    f"The request body exceeds the limit of {limit} bytes (max_body_bytes). "
+                    "Send fewer candles (100 is plenty).",
+                )
             chunks.append(chunk)
             more = msg.get("more_body", False)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_FAST_POST = frozenset({"/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"})
+
+
+def _infer_target(path: str) -> tuple[str, str | None]:
+    """(name, version) of /v2/models/{name}[/versions/{version}]/infer."""
+    parts = path.split("/")  # "", "v2", "models", name, ["versions", version,] "infer"
+    if len(parts) == 7 and parts[4] == "versions":
+        return parts[3], parts[5]
+    if len(parts) == 5:
+        return parts[3], None
+    raise RequestError(404, f"No such route {path[:80]!r}; use POST /v2/models/<name>/infer.")
 
 
 def _check_json(scope: Scope) -> None:
     for name, value in scope["headers"]:
         if name == b"content-type":
             if value.split(b";", 1)[0].strip().lower() not in _JSON_TYPES:
-                raise RequestError(415, f"Content-Type {value[:60].decode('latin-1')!r} is not JSON; send "
-                                        "'Content-Type: application/json'.")
+                raise RequestError(
+                    415,
+                    f"Content-Type {value[:60].decode('latin-1')!r} is not JSON; send "
+                    "'Content-Type: application/json'.",
+                )
             return
 
 
