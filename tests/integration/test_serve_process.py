@@ -96,6 +96,29 @@ def test_auth(served: Served, body: dict[str, Any]) -> None:
     assert KEY not in served.output()
 
 
+def test_standard_v2_client_library(served: Served) -> None:
+    """tritonclient, a standard Open Inference Protocol v2 client, calls /v2 unchanged (JSON tensors)."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    from xylen.core.bundle import load_bundle
+
+    bundle = load_bundle(Registry(served.home / "models").current_path(MODEL))
+    X = np.array(bundle.manifest.golden.rows, dtype=np.float64)
+    client = httpclient.InferenceServerClient(served.url.removeprefix("http://"))
+    try:
+        assert client.is_server_live()
+        assert client.is_server_ready(headers=AUTH)
+        assert client.is_model_ready(MODEL, headers=AUTH)
+        meta = client.get_model_metadata(MODEL, headers=AUTH)
+        assert meta["inputs"][0]["shape"] == [-1, bundle.num_feature()]
+        inp = httpclient.InferInput("features", list(X.shape), "FP64")
+        inp.set_data_from_numpy(X, binary_data=False)
+        out = httpclient.InferRequestedOutput("probability", binary_data=False)
+        result = client.infer(MODEL, [inp], outputs=[out], headers=AUTH)
+        np.testing.assert_allclose(result.as_numpy("probability"), bundle.manifest.golden.outputs, rtol=0, atol=1e-12)
+    finally:
+        client.close()
+
+
 @dataclass
 class Load:
     url: str
