@@ -65,6 +65,17 @@ def test_duckdb_reads_the_store(tmp_path: Path, btc: pl.DataFrame) -> None:
     assert duckdb.sql(q).fetchall() == [("BTCUSDT", "1h", 744, btc["open_time"][0])]
 
 
+def test_dask_reads_the_store(tmp_path: Path, btc: pl.DataFrame) -> None:
+    dd = pytest.importorskip("dask.dataframe")
+    store = Store(tmp_path)
+    store.append("BTCUSDT", "1h", btc)
+    store.append("ETHUSDT", "1h", btc.head(10))
+    df = dd.read_parquet(str(store.klines), dataset={"partitioning": "hive"}).compute()
+    counts = df.groupby(df["symbol"].astype(str))["open_time"].count().to_dict()
+    assert counts == {"BTCUSDT": 744, "ETHUSDT": 10}
+    assert {"interval", "year", "month"} <= set(df.columns)
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, btc: pl.DataFrame,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(tmp_path)
