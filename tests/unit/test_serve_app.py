@@ -112,10 +112,10 @@ def _bad_bodies(body: dict[str, Any]) -> list[tuple[str, bytes, str]]:
         ("duplicate", orjson.dumps(body | {"candles": dup}), "repeats"),
         ("NaN price", orjson.dumps(body | {"candles": nan}), "not finite"),
         ("negative price", orjson.dumps(body | {"candles": neg}), "greater than 0"),
-        ("string price", orjson.dumps(body | {"candles": word}), "candles[5].high"),
+        ("string price", orjson.dumps(body | {"candles": word}), "candles[5]: field 'high' value 'abc'"),
         ("number as symbol", orjson.dumps(body | {"symbol": 5}), "'symbol'"),
         ("bad timeframe", orjson.dumps(body | {"timeframe": "7m"}), "'timeframe'"),
-        ("short array", orjson.dumps(body | {"candles": [[1, 2, 3]] * 60}), "candles[0] has 3 field(s)"),
+        ("short array", orjson.dumps(body | {"candles": [[1, 2, 3]] * 60}), "candles[0]: a candle array has 3 fields"),
         ("object lacks close", orjson.dumps({"candles": [{"t": 1, "o": 1, "h": 1, "l": 1, "v": 1}] * 60}),
          "lacks 'close'"),
         ("infinite volume", orjson.dumps({"candles": [[i, 1, 1, 1, 1, 1e309] for i in range(60)]}).replace(

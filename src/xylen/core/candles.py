@@ -28,6 +28,7 @@ from xylen.core.schema import (  # noqa: F401  re-exported; they live polars-fre
     INTERVAL_MS,
     OHLCV,
     PRICE_COLUMNS,
+    record_to_row,
 )
 
 SCHEMA: dict[str, Any] = {
@@ -303,62 +304,6 @@ def _read_jsonl(p: Path) -> tuple[pl.DataFrame, int]:
     df = pl.DataFrame({c: arr[:, j] for j, c in enumerate(COLUMNS)})
     df = df.with_columns([pl.col(c).fill_nan(None) for c in EXTRA_COLUMNS])
     return _normalize_times(_conform(df))
-
-
-def record_to_row(rec: Any) -> list[float]:
-    """One candle (12-field array or object with any accepted field spelling) -> 11 floats (NaN = unknown)."""
-    if isinstance(rec, (list, tuple)):
-        if len(rec) < 6:
-            raise DataError(
-                f"a candle array has {len(rec)} fields; Binance arrays have 12 "
-                "[open_time, open, high, low, close, volume, close_time, ...].",
-                hint="send at least 6.",
-            )
-        vals = list(rec[:11]) + [None] * (11 - min(len(rec), 11))
-    elif isinstance(rec, dict):
-        vals = []
-        for name in COLUMNS:
-            v = None
-            for alias in FIELD_ALIASES[name]:
-                if alias in rec:
-                    v = rec[alias]
-                    break
-            if v is None and name in ("open_time", *OHLCV):
-                raise DataError(
-                    f"a candle object lacks {name!r} (also accepted: {', '.join(FIELD_ALIASES[name][1:])}).",
-                    hint=f"add it; got keys {sorted(rec)[:12]}.",
-                )
-            vals.append(v)
-    else:
-        raise DataError(
-            f"a candle must be an array or an object, got {type(rec).__name__} {str(rec)[:40]!r}.",
-            hint="send Binance 12-field arrays or objects with open_time/open/high/low/close/volume.",
-        )
-    out = []
-    for name, v in zip(COLUMNS, vals):
-        if v is None:
-            out.append(float("nan"))
-            continue
-        try:
-            out.append(float(v))
-        except (TypeError, ValueError):
-            raise DataError(
-                f"field {name!r} value {str(v)[:40]!r} is not a number.",
-                hint="prices, volumes and times must be numbers or numeric strings.",
-            ) from None
-    if isinstance(vals[0], str) and not str(vals[0]).strip().lstrip("-").isdigit():
-        out[0] = _parse_time(vals[0])
-    return out
-
-
-def _parse_time(v: str) -> float:
-    try:
-        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000
-    except ValueError:
-        raise DataError(
-            f"time {v!r} is neither epoch milliseconds nor ISO 8601.",
-            hint="send open_time as an integer in ms like 1704067200000.",
-        ) from None
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,14 +1,32 @@
-"""The candle schema as plain constants (no polars): what a server needs without the readers.
+"""The candle schema as plain constants and the one-candle decoder (no polars): what a server needs without
+the readers.
 
 ``xylen.core.candles`` re-exports these; the serving process imports this module alone so polars stays unloaded.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
+from xylen.core.errors import DataError
+
 INTERVAL_MS: dict[str, int] = {
-    "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
-    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
-    "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000,
+    "1s": 1_000,
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+    "2h": 7_200_000,
+    "4h": 14_400_000,
+    "6h": 21_600_000,
+    "8h": 28_800_000,
+    "12h": 43_200_000,
+    "1d": 86_400_000,
+    "3d": 259_200_000,
+    "1w": 604_800_000,
 }
 """Fixed-length Binance intervals. ``1M`` (calendar month) is not supported: its length varies."""
 
@@ -20,7 +38,75 @@ COLUMNS = ("open_time", *OHLCV, *EXTRA_COLUMNS)
 # Object candles: every accepted spelling of each field (Binance websocket letters, long names, freqtrade).
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "open_time": ("open_time", "t", "timestamp", "time", "date"),
-    "open": ("open", "o"), "high": ("high", "h"), "low": ("low", "l"), "close": ("close", "c"),
-    "volume": ("volume", "v"), "close_time": ("close_time", "T"), "quote_volume": ("quote_volume", "q"),
-    "trades": ("trades", "n"), "taker_buy_base": ("taker_buy_base", "V"), "taker_buy_quote": ("taker_buy_quote", "Q"),
+    "open": ("open", "o"),
+    "high": ("high", "h"),
+    "low": ("low", "l"),
+    "close": ("close", "c"),
+    "volume": ("volume", "v"),
+    "close_time": ("close_time", "T"),
+    "quote_volume": ("quote_volume", "q"),
+    "trades": ("trades", "n"),
+    "taker_buy_base": ("taker_buy_base", "V"),
+    "taker_buy_quote": ("taker_buy_quote", "Q"),
 }
+
+
+def record_to_row(rec: Any) -> list[float]:
+    """One candle (12-field array or object with any accepted field spelling) -> 11 floats (NaN = unknown)."""
+    if isinstance(rec, (list, tuple)):
+        if len(rec) < 6:
+            raise DataError(
+                f"a candle array has {len(rec)} fields; Binance arrays have 12 "
+                "[open_time, open, high, low, close, volume, close_time, ...].",
+                hint="send at least 6.",
+            )
+        vals = list(rec[:11]) + [None] * (11 - min(len(rec), 11))
+    elif isinstance(rec, dict):
+        vals = []
+        for name in COLUMNS:
+            v = None
+            for alias in FIELD_ALIASES[name]:
+                if alias in rec:
+                    v = rec[alias]
+                    break
+            if v is None and name in ("open_time", *OHLCV):
+                raise DataError(
+                    f"a candle object lacks {name!r} (also accepted: {', '.join(FIELD_ALIASES[name][1:])}).",
+                    hint=f"add it; got keys {sorted(rec)[:12]}.",
+                )
+            vals.append(v)
+    else:
+        raise DataError(
+            f"a candle must be an array or an object, got {type(rec).__name__} {str(rec)[:40]!r}.",
+            hint="send Binance 12-field arrays or objects with open_time/open/high/low/close/volume.",
+        )
+    out = []
+    for name, v in zip(COLUMNS, vals):
+        if v is None:
+            out.append(float("nan"))
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise DataError(
+                f"field {name!r} is {type(v).__name__} {str(v)[:40]!r}, not a number.",
+                hint="prices, volumes and times must be numbers or numeric strings.",
+            )
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise DataError(
+                f"field {name!r} value {str(v)[:40]!r} is not a number.",
+                hint="prices, volumes and times must be numbers or numeric strings.",
+            ) from None
+    if isinstance(vals[0], str) and not str(vals[0]).strip().lstrip("-").isdigit():
+        out[0] = _parse_time(vals[0])
+    return out
+
+
+def _parse_time(v: str) -> float:
+    try:
+        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000
+    except ValueError:
+        raise DataError(
+            f"time {v!r} is neither epoch milliseconds nor ISO 8601.",
+            hint="send open_time as an integer in ms like 1704067200000.",
+        ) from None

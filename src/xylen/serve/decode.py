@@ -14,7 +14,8 @@ import numpy as np
 import orjson
 
 from xylen.core import features
-from xylen.core.schema import FIELD_ALIASES, INTERVAL_MS
+from xylen.core.errors import DataError
+from xylen.core.schema import INTERVAL_MS, record_to_row
 
 MICROS_THRESHOLD = 10**13  # epoch ms stays below this until 2286; epoch µs is above (Binance archives since 2025)
 _OHLCV_FIELDS = ("open_time", "open", "high", "low", "close", "volume")
@@ -40,15 +41,21 @@ class PredictRequest:
 
 def loads_object(body: bytes) -> dict[str, Any]:
     if not body:
-        raise RequestError(400, "The request body is empty; send a JSON object like "
-                                '{"symbol": "BTCUSDT", "timeframe": "5m", "candles": [...]}.')
+        raise RequestError(
+            400,
+            "The request body is empty; send a JSON object like "
+            '{"symbol": "BTCUSDT", "timeframe": "5m", "candles": [...]}.',
+        )
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise RequestError(400, f"The request body is not valid JSON ({exc}); send a JSON object.") from None
     if not isinstance(obj, dict):
-        raise RequestError(400, f"The request body is a JSON {type(obj).__name__}; send a JSON object "
-                                'like {"symbol": "BTCUSDT", "timeframe": "5m", "candles": [...]}.')
+        raise RequestError(
+            400,
+            f"The request body is a JSON {type(obj).__name__}; send a JSON object "
+            'like {"symbol": "BTCUSDT", "timeframe": "5m", "candles": [...]}.',
+        )
     return obj
 
 
@@ -56,8 +63,11 @@ def _opt_str(obj: dict[str, Any], key: str) -> str | None:
     v = obj.get(key)
     if v is None or isinstance(v, str):
         return v
-    raise RequestError(422, f"Field {key!r} must be a string like {'BTCUSDT' if key == 'symbol' else '5m'}, "
-                            f"got {type(v).__name__} {str(v)[:40]!r}.")
+    raise RequestError(
+        422,
+        f"Field {key!r} must be a string like {'BTCUSDT' if key == 'symbol' else '5m'}, "
+        f"got {type(v).__name__} {str(v)[:40]!r}.",
+    )
 
 
 def decode_predict(body: bytes) -> PredictRequest:
@@ -66,17 +76,21 @@ def decode_predict(body: bytes) -> PredictRequest:
     symbol = _opt_str(obj, "symbol")
     timeframe = _opt_str(obj, "timeframe")
     if timeframe is not None and timeframe not in INTERVAL_MS:
-        raise RequestError(422, f"Field 'timeframe' {timeframe[:20]!r} is not a Binance interval; use one of "
-                                f"{' '.join(INTERVAL_MS)}.")
+        raise RequestError(
+            422, f"Field 'timeframe' {timeframe[:20]!r} is not a Binance interval; use one of {' '.join(INTERVAL_MS)}."
+        )
     for key in ("indicators", "meta"):
         if obj.get(key) is not None and not isinstance(obj[key], dict):
             raise RequestError(422, f"Field {key!r} must be a JSON object (or left out).")
     raw = obj.get("candles")
     if raw is None:
         if obj.get("features") is None:
-            raise RequestError(422, "Field 'candles' is missing; send at least "
-                                    f"{features.MIN_CANDLES} candles (Binance 12-field arrays or objects), "
-                                    "or 'features' for a model trained elsewhere.")
+            raise RequestError(
+                422,
+                "Field 'candles' is missing; send at least "
+                f"{features.MIN_CANDLES} candles (Binance 12-field arrays or objects), "
+                "or 'features' for a model trained elsewhere.",
+            )
         return PredictRequest(symbol, timeframe, None, obj["features"])
     return PredictRequest(symbol, timeframe, decode_candles(raw), obj.get("features"))
 
@@ -86,9 +100,12 @@ def decode_candles(raw: Any) -> features.CandleArrays:
         raise RequestError(422, f"Field 'candles' must be a list of candles, got {type(raw).__name__}.")
     n = len(raw)
     if n < features.MIN_CANDLES:
-        raise RequestError(422, f"Field 'candles' has {n} candle(s); the features need at least "
-                                f"{features.MIN_CANDLES} (the last one plus {features.LOOKBACK} before it). "
-                                f"Send {features.MIN_CANDLES} or more, oldest first.")
+        raise RequestError(
+            422,
+            f"Field 'candles' has {n} candle(s); the features need at least "
+            f"{features.MIN_CANDLES} (the last one plus {features.LOOKBACK} before it). "
+            f"Send {features.MIN_CANDLES} or more, oldest first.",
+        )
     m = _matrix(raw)
     _check(m)
     return features.CandleArrays.from_matrix(m)
@@ -109,42 +126,19 @@ def _matrix(raw: list[Any]) -> np.ndarray:
 
 
 def _row(i: int, rec: Any) -> list[float]:
-    if isinstance(rec, list):
-        if len(rec) < 6:
-            raise RequestError(422, f"candles[{i}] has {len(rec)} field(s); send Binance arrays "
-                                    "[open_time, open, high, low, close, volume, ...] (at least 6 fields).")
-        vals = rec[:6]
-    elif isinstance(rec, dict):
-        vals = []
-        for name in _OHLCV_FIELDS:
-            for alias in FIELD_ALIASES[name]:
-                if alias in rec:
-                    vals.append(rec[alias])
-                    break
-            else:
-                raise RequestError(422, f"candles[{i}] lacks {name!r} (also accepted: "
-                                        f"{', '.join(FIELD_ALIASES[name][1:])}); add it.")
-    else:
-        raise RequestError(422, f"candles[{i}] is a {type(rec).__name__}; send a Binance 12-field array "
-                                "or an object with open_time, open, high, low, close, volume.")
-    out = []
-    for name, v in zip(_OHLCV_FIELDS, vals):
-        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-            raise RequestError(422, f"candles[{i}].{name} is {type(v).__name__} {str(v)[:30]!r}; "
-                                    "send a number or a numeric string.")
-        try:
-            out.append(float(v))
-        except ValueError:
-            raise RequestError(422, f"candles[{i}].{name} {str(v)[:30]!r} is not a number; "
-                                    "send a number or a numeric string.") from None
-    return out
+    """The slow path (objects, or a bad value somewhere): the core's one-candle decoder, messages prefixed."""
+    try:
+        return record_to_row(rec)[:6]
+    except DataError as exc:
+        raise RequestError(422, f"candles[{i}]: {exc.message}" + (f" Fix: {exc.hint}" if exc.hint else "")) from None
 
 
 def _check(m: np.ndarray) -> None:
     if not np.isfinite(m).all():
         i, j = (int(x) for x in np.argwhere(~np.isfinite(m))[0])
-        raise RequestError(422, f"candles[{i}].{_OHLCV_FIELDS[j]} is not finite ({m[i, j]}); "
-                                "send real numbers (no NaN or infinity).")
+        raise RequestError(
+            422, f"candles[{i}].{_OHLCV_FIELDS[j]} is not finite ({m[i, j]}); send real numbers (no NaN or infinity)."
+        )
     t = m[:, 0]
     if (t < 0).any() or (t >= 2**62).any():
         i = int(np.argmax((t < 0) | (t >= 2**62)))
@@ -155,8 +149,9 @@ def _check(m: np.ndarray) -> None:
     prices = m[:, 1:5]
     if (prices <= 0).any():
         i, j = (int(x) for x in np.argwhere(prices <= 0)[0])
-        raise RequestError(422, f"candles[{i}].{_OHLCV_FIELDS[j + 1]} is {prices[i, j]}; prices must be "
-                                "greater than 0.")
+        raise RequestError(
+            422, f"candles[{i}].{_OHLCV_FIELDS[j + 1]} is {prices[i, j]}; prices must be greater than 0."
+        )
     if (m[:, 5] < 0).any():
         i = int(np.argmax(m[:, 5] < 0))
         raise RequestError(422, f"candles[{i}].volume is {m[i, 5]}; volume must be 0 or more.")
@@ -164,14 +159,18 @@ def _check(m: np.ndarray) -> None:
     if (dt <= 0).any():
         i = int(np.argmax(dt <= 0)) + 1
         what = "repeats" if dt[i - 1] == 0 else "is earlier than"
-        raise RequestError(422, f"candles[{i}].open_time {what} candles[{i - 1}]'s; send unique candles "
-                                "sorted oldest first.")
+        raise RequestError(
+            422, f"candles[{i}].open_time {what} candles[{i - 1}]'s; send unique candles sorted oldest first."
+        )
     hi, lo = m[:, 2], m[:, 3]
     bad = (hi < np.maximum(m[:, 1], m[:, 4])) | (lo > np.minimum(m[:, 1], m[:, 4]))
     if bad.any():
         i = int(np.argmax(bad))
-        raise RequestError(422, f"candles[{i}] has high {hi[i]} / low {lo[i]} outside its open and close; "
-                                "send candles as the exchange reports them.")
+        raise RequestError(
+            422,
+            f"candles[{i}] has high {hi[i]} / low {lo[i]} outside its open and close; "
+            "send candles as the exchange reports them.",
+        )
 
 
 def feature_vector(raw: Any, names: list[str]) -> np.ndarray:
@@ -180,12 +179,18 @@ def feature_vector(raw: Any, names: list[str]) -> np.ndarray:
     if isinstance(raw, dict):
         missing = [k for k in names if k not in raw]
         if missing:
-            raise RequestError(422, f"Field 'features' lacks {len(missing)} of the model's {n} features "
-                                    f"(first: {missing[0]!r}); send every name the model lists.")
+            raise RequestError(
+                422,
+                f"Field 'features' lacks {len(missing)} of the model's {n} features "
+                f"(first: {missing[0]!r}); send every name the model lists.",
+            )
         extra = [k for k in raw if k not in set(names)]
         if extra:
-            raise RequestError(422, f"Field 'features' has unknown feature {str(extra[0])[:40]!r}; the model "
-                                    f"takes {n} named features (see GET /v2/models/<name>).")
+            raise RequestError(
+                422,
+                f"Field 'features' has unknown feature {str(extra[0])[:40]!r}; the model "
+                f"takes {n} named features (see GET /v2/models/<name>).",
+            )
         raw = [raw[k] for k in names]
     if not isinstance(raw, list):
         raise RequestError(422, "Field 'features' must be a list of numbers or an object {name: number}.")
