@@ -30,19 +30,20 @@ def test_two_workers_serve_and_stop_on_sigterm(home_copy: Path, candle_window: n
         )
     url = f"http://127.0.0.1:{port}"
     try:
+        # each worker loads its models after it starts accepting (readiness says 503 meanwhile): wait for both
         wait_for(
-            lambda: proc.poll() is not None or httpx.get(f"{url}/health/ready").status_code == 200,
+            lambda: proc.poll() is not None or log.read_text().count("btcusdt-5m: now serving v0001") == 2,
             timeout=30,
-            what="two workers to become ready",
+            what="both workers to load the model",
         )
         assert proc.poll() is None, log.read_text()
         body = {"symbol": "BTCUSDT", "timeframe": "5m", "candles": binance_rows(candle_window)}
         with httpx.Client() as client:
-            answers = {client.post(f"{url}/predict", json=body).json()["probability"] for _ in range(40)}
+            replies = [client.post(f"{url}/predict", json=body) for _ in range(40)]
+        assert [r.status_code for r in replies] == [200] * 40, [r.text for r in replies if r.status_code != 200]
+        answers = {r.json()["probability"] for r in replies}
         assert len(answers) == 1  # every worker serves the same live model
-        text = log.read_text()
-        assert text.count("Started server process") == 2
-        assert text.count("btcusdt-5m: now serving v0001") == 2
+        assert log.read_text().count("Started server process") == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
