@@ -49,8 +49,13 @@ class Live:
 def verify_in_child(folder: Path, timeout: float = VERIFY_TIMEOUT_S) -> str | None:
     """None when the bundle verified in a child process; else the reason it was refused."""
     try:
-        proc = subprocess.run([sys.executable, "-m", "xylen.serve.verify", str(folder)], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "xylen.serve.verify", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return f"verification of {folder} took longer than {timeout:.0f} s"
     if proc.returncode == 0:
@@ -69,8 +74,14 @@ def load_live(name: str | None, folder: Path) -> Live:
     warm = np.zeros(bundle.num_feature())
     for _ in range(3):  # first calls allocate LightGBM's buffers; pay that here, not in a request
         predict_row(warm)
-    return Live(name=name, version=bundle.version, bundle=bundle, predict_row=predict_row, predict_path=how,
-                loaded_at=time.time())
+    return Live(
+        name=name,
+        version=bundle.version,
+        bundle=bundle,
+        predict_row=predict_row,
+        predict_path=how,
+        loaded_at=time.time(),
+    )
 
 
 @dataclass
@@ -82,9 +93,16 @@ class SwapEvents:
 
 
 class ModelHolder:
-    def __init__(self, registry: Registry | None, names: list[str] | None = None, *,
-                 model_path: Path | None = None, default: str | None = None,
-                 verify: Callable[[Path], str | None] = verify_in_child, events: SwapEvents | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry | None,
+        names: list[str] | None = None,
+        *,
+        model_path: Path | None = None,
+        default: str | None = None,
+        verify: Callable[[Path], str | None] = verify_in_child,
+        events: SwapEvents | None = None,
+    ) -> None:
         self.registry = registry
         self.model_path = model_path
         self.fixed_names = list(names or [])
@@ -123,7 +141,7 @@ class ModelHolder:
             return "loading models"
         expected = self.expected()
         if not expected:
-            return (f"no models in {self.registry.root if self.registry else '?'}; train one with `xylen train`")
+            return f"no models in {self.registry.root if self.registry else '?'}; train one with `xylen train`"
         live = self.live
         missing = [n for n in expected if n not in live]
         if missing:
@@ -137,6 +155,12 @@ class ModelHolder:
             self._load_path(self.model_path)
         else:
             self.poll()
+            if not self.expected():
+                log.warning(
+                    "no models in %s yet: readiness answers 503 and /predict 503 until one is promoted "
+                    "(`xylen train`); it is picked up within a second",
+                    self.registry.root if self.registry else "?",
+                )
         self.started = True
 
     def _load_path(self, folder: Path) -> None:
@@ -185,8 +209,11 @@ class ModelHolder:
         """Verify, load, warm and swap in ``ptr``'s version unless it is live already or was refused."""
         ident = (ptr.version, ptr.sha256, ptr.promoted_at)
         current = self.live.get(name)
-        if current is not None and current.version == ptr.version and \
-                current.bundle.manifest.artifact.sha256 == ptr.sha256:
+        if (
+            current is not None
+            and current.version == ptr.version
+            and current.bundle.manifest.artifact.sha256 == ptr.sha256
+        ):
             return True
         if self.refused.get(name) == ident:
             return False  # refused once; not retried until CURRENT changes again
@@ -199,8 +226,10 @@ class ModelHolder:
             try:
                 live = load_live(name, folder)
                 if live.bundle.manifest.artifact.sha256 != ptr.sha256:
-                    reason = (f"CURRENT.json names sha256 {ptr.sha256[:12]}... but {ptr.version}'s artifact has "
-                              f"{live.bundle.manifest.artifact.sha256[:12]}...; promote it again")
+                    reason = (
+                        f"CURRENT.json names sha256 {ptr.sha256[:12]}... but {ptr.version}'s artifact has "
+                        f"{live.bundle.manifest.artifact.sha256[:12]}...; promote it again"
+                    )
                     live = None
             except XylenError as exc:
                 reason = exc.message
@@ -208,13 +237,20 @@ class ModelHolder:
             self.refused[name] = ident
             if current is None:
                 self.problems[name] = f"{ptr.version} refused: {reason}"
-            log.error("refused %s %s (keeping %s): %s", name, ptr.version,
-                      current.version if current else "nothing", reason)
+            log.error(
+                "refused %s %s (keeping %s): %s", name, ptr.version, current.version if current else "nothing", reason
+            )
             self.events.refused(name, ptr.version, reason or "unknown")
             return False
         self._publish(live)
-        log.info("%s: now serving %s (was %s; verified+loaded in %.2f s, %s)", name, live.version,
-                 current.version if current else "none", time.perf_counter() - t0, live.predict_path)
+        log.info(
+            "%s: now serving %s (was %s; verified+loaded in %.2f s, %s)",
+            name,
+            live.version,
+            current.version if current else "none",
+            time.perf_counter() - t0,
+            live.predict_path,
+        )
         return True
 
     def _publish(self, live: Live) -> None:

@@ -39,13 +39,17 @@ def load_predictor(backend: str, artifact: Path, **options: Any) -> Predictor:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"The {backend} backend needs {exc.name!r}, which is not installed.",
-                          hint=f"pip install '{EXTRAS[backend]}'.") from None
+        raise ConfigError(
+            f"The {backend} backend needs {exc.name!r}, which is not installed.",
+            hint=f"pip install '{EXTRAS[backend]}'.",
+        ) from None
     cls = getattr(module, attr)
     try:
         return cls(artifact, **options)  # type: ignore[no-any-return]
     except BundleError:
         raise
     except Exception as exc:  # a backend library's own load error: the artifact is unusable
-        raise BundleError(f"{backend} could not load {str(artifact)!r}: {str(exc).splitlines()[0][:300]}",
-                          hint="the model file is corrupt or not a {backend} model; replace it or roll back.") from None
+        raise BundleError(
+            f"{backend} could not load {str(artifact)!r}: {str(exc).splitlines()[0][:300]}",
+            hint=f"the model file is corrupt or not a {backend} model; replace it or roll back.",
+        ) from None
