@@ -161,8 +161,8 @@ class Follower:
         df = (
             pl.DataFrame({c: [v] for c, v in zip(COLUMNS, row)})
             .with_columns([pl.col(c).fill_nan(None) for c in COLUMNS[6:]])
-            .cast(SCHEMA)
-        )  # type: ignore[arg-type]
+            .cast(SCHEMA)  # type: ignore[arg-type]
+        )
         await asyncio.to_thread(self.store.append, symbol, interval, df)
         key = f"{symbol} {interval}"
         self.stats.stored[key] += 1

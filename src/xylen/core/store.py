@@ -84,7 +84,7 @@ class Store:
         return self.series_dir(symbol, interval) / f"year={year}" / f"month={month:02d}" / FILE_NAME
 
     def series(self) -> list[tuple[str, str]]:
-        out = []
+        out: list[tuple[str, str]] = []
         if not self.klines.is_dir():
             return out
         for sdir in sorted(self.klines.glob("symbol=*")):

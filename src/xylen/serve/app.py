@@ -41,7 +41,7 @@ def create_app(settings: Settings, *, names: list[str] | None = None, model_path
     model_path = model_path or settings.model_path
     registry = None if model_path else Registry(settings.models_dir)
     holder = ModelHolder(registry, names, model_path=model_path,
-                         default=(names or [None])[0] or model_name(settings.symbol, settings.interval),
+                         default=names[0] if names else model_name(settings.symbol, settings.interval),
                          verify=verify, events=metrics.events())
     state = ServeState(settings=settings, holder=holder, metrics=metrics,
                        keys=keys if keys is not None else KeyRing.from_settings(settings))

@@ -33,7 +33,8 @@ class LightGBMFastRow:
         self._free = lib.LGBM_FastConfigFree
         self._handle = ctypes.c_void_p()
         init = lib.LGBM_BoosterPredictForMatSingleRowFastInit
-        rc = init(booster._handle, ctypes.c_int(_C_API_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(-1),
+        handle = booster._handle  # type: ignore[attr-defined]
+        rc = init(handle, ctypes.c_int(_C_API_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(-1),
                   ctypes.c_int(_C_API_DTYPE_FLOAT64), ctypes.c_int32(n_features), ctypes.c_char_p(b"num_threads=1"),
                   ctypes.byref(self._handle))
         if rc != 0:

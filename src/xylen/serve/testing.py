@@ -74,7 +74,7 @@ def build_bundle(registry: Registry, name: str = "btcusdt-5m", *, rounds: int = 
         g_rows = Xt[np.linspace(0, len(idx) - 1, 8).astype(int)]
         last = int(idx[-1])
         window = window_matrix(c, last, features.MIN_CANDLES)
-        golden = Golden(rows=g_rows.tolist(), outputs=booster.predict(g_rows, num_threads=1).tolist())
+        golden = Golden(rows=g_rows.tolist(), outputs=np.asarray(booster.predict(g_rows, num_threads=1)).tolist())
         if n_features is None:
             golden.window = window.tolist()
             golden.window_output = float(booster.predict(

@@ -37,7 +37,7 @@ def manifest_output(artifact: Path) -> OutputKind:
         raise BundleError(
             f"Manifest beside {str(artifact)!r} has output {kind!r}.", hint=f"use one of: {', '.join(OUTPUT_KINDS)}."
         )
-    return kind  # type: ignore[no-any-return]
+    return kind  # type: ignore[no-any-return,return-value]
 
 
 def to_probability(y: np.ndarray, output: OutputKind, source: str) -> np.ndarray:
