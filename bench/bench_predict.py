@@ -32,10 +32,9 @@ MODEL = "btcusdt-5m"
 
 
 def build(home: Path) -> None:
+    from xylen.core import features
     from xylen.core.registry import Registry
     from xylen.serve.testing import build_bundle
-
-    from xylen.core import features
 
     reg = Registry(home / "models")
     live = reg.current(MODEL)

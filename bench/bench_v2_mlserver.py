@@ -46,63 +46,22 @@ def free_port() -> int:
 
 def build_model(rebuild: bool) -> tuple[Path, list[float]]:
     """Train (or reuse) the 500-tree model; write the xylen bundle and the MLServer folder. Returns (home, row)."""
+    from xylen.core import features
+
     home, ml = WORK / "home", WORK / "mlserver"
-    row_file = WORK / "row.json"
+    row_file = WORK / f"row-{features.VERSION}.json"  # a new feature set rebuilds the model
     if not rebuild and row_file.exists() and (ml / NAME / "model.txt").exists() and (home / "models" / NAME).exists():
         return home, json.loads(row_file.read_text())
-    import lightgbm as lgb
-
-    from xylen.core import features, labels
-    from xylen.core.bundle import Golden, artifact_info, load_bundle, new_manifest, write_manifest
-    from xylen.core.candles import read_candles
-    from xylen.core.registry import Registry
-    from xylen.train.pipeline import sample_path
-
     shutil.rmtree(WORK, ignore_errors=True)
-    df = read_candles(sample_path()).frame
-    cols = ("open_time", "open", "high", "low", "close", "volume")
-    m = np.column_stack([df[k].to_numpy().astype(np.float64) for k in cols])
-    c = features.CandleArrays.from_matrix(m)
-    X = features.frame(c)
-    spec = labels.LabelSpec(horizon=6, threshold=0.002)
-    lc = np.log(c.close)
-    fwd = np.full(len(lc), np.nan)
-    fwd[: -spec.horizon] = lc[spec.horizon :] - lc[: -spec.horizon]
-    ok = np.isfinite(fwd) & np.all(np.isfinite(X), axis=1)
-    y = (fwd[ok] > spec.threshold).astype(int)
-    t0 = time.perf_counter()
-    params = {"objective": "binary", "num_leaves": LEAVES, "learning_rate": 0.05, "verbose": -1, "seed": 7}
-    booster = lgb.train(params, lgb.Dataset(X[ok], y, feature_name=list(features.NAMES)), num_boost_round=ROUNDS)
-    print(f"trained {booster.num_trees()} trees on {int(ok.sum())} rows in {time.perf_counter() - t0:.1f} s")
+    from xylen.core.registry import Registry
+    from xylen.serve.testing import build_bundle, sample_arrays, window_matrix
+
     reg = Registry(home / "models")
-    with reg.stage(NAME) as st:
-        booster.save_model(str(st / "model.txt"))
-        golden = X[ok][np.linspace(0, int(ok.sum()) - 1, 8).astype(int)]
-        window = m[-features.MIN_CANDLES :]
-        last = features.last_row(features.CandleArrays.from_matrix(window)).reshape(1, -1)
-        write_manifest(
-            st,
-            new_manifest(
-                name=NAME,
-                version="v0000",
-                backend="lightgbm",
-                artifact=artifact_info(st / "model.txt"),
-                feature_set={"version": features.VERSION, "names": list(features.NAMES)},
-                label=spec.to_dict(),
-                symbol="BTCUSDT",
-                interval="5m",
-                params=params | {"num_boost_round": ROUNDS},
-                golden=Golden(
-                    rows=golden.tolist(),
-                    outputs=booster.predict(golden, num_threads=1).tolist(),
-                    window=window.tolist(),
-                    window_output=float(booster.predict(last, num_threads=1)[0]),
-                ),
-            ),
-        )
-        load_bundle(st)
-        version = reg.publish(NAME, st)
-    reg.promote(NAME, version)
+    t0 = time.perf_counter()
+    version = build_bundle(reg, NAME, rounds=ROUNDS, leaves=LEAVES, rows=0)  # the whole sample, promoted
+    print(f"trained {ROUNDS} trees x {LEAVES} leaves on the full sample in {time.perf_counter() - t0:.1f} s")
+    c = sample_arrays()
+    last = features.last_row(features.CandleArrays.from_matrix(window_matrix(c, len(c) - 1, features.MIN_CANDLES)))
     folder = ml / NAME
     folder.mkdir(parents=True)
     shutil.copyfile(reg.path(NAME, version) / "model.txt", folder / "model.txt")  # a copy: symlinks are ignored
@@ -116,7 +75,7 @@ def build_model(rebuild: bool) -> tuple[Path, list[float]]:
             indent=2,
         )
     )
-    row = [float(v) for v in last[0].astype(np.float32)]
+    row = [float(v) for v in last.astype(np.float32)]
     row_file.write_text(json.dumps(row))
     return home, row
 

@@ -125,38 +125,28 @@ def test_unwritable_home(tmp_path):
     assert r.exit_code == 2 and "XYLEN_HOME" in r.output
 
 
+CSV_GZ = DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz"
+
+
 def _trunc(d):
     p = d / "BTCUSDT-1h-2022-01.csv.gz"
-    p.write_bytes(
-        (DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz").read_bytes()[:4000]
-    )
+    p.write_bytes(CSV_GZ.read_bytes()[:4000])
+    return p
+
+
+def _csv_from_lines(d, pick):
+    lines = gzip.decompress(CSV_GZ.read_bytes()).decode().splitlines()
+    p = d / "BTCUSDT-1h-2022-01.csv"
+    p.write_text("\n".join(pick(lines)) + "\n")
     return p
 
 
 def _dupes(d):
-    lines = (
-        gzip.decompress(
-            (DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz").read_bytes()
-        )
-        .decode()
-        .splitlines()
-    )
-    p = d / "BTCUSDT-1h-2022-01.csv"
-    p.write_text("\n".join(lines[:300] + lines[299:]) + "\n")
-    return p
+    return _csv_from_lines(d, lambda lines: lines[:300] + lines[299:])
 
 
 def _short(d):
-    lines = (
-        gzip.decompress(
-            (DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022-01.csv.gz").read_bytes()
-        )
-        .decode()
-        .splitlines()
-    )
-    p = d / "BTCUSDT-1h-2022-01.csv"
-    p.write_text("\n".join(lines[:400]) + "\n")
-    return p
+    return _csv_from_lines(d, lambda lines: lines[:400])
 
 
 def test_every_command_has_help_with_an_example():
