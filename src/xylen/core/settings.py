@@ -140,7 +140,7 @@ class Settings(BaseSettings):
         3600.0,
         gt=0,
         validation_alias=_alias("training_interval"),
-        description="Seconds between retrains in `retrain --loop` (also 30m, 6h, 1d).",
+        description="Seconds between retrains (also 30m, 6h, 1d); for `xylen retrain --loop`, which is not built yet.",
     )
     # --- serving ---------------------------------------------------------------------------------------
     model_path: Path | None = Field(
