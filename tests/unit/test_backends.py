@@ -85,6 +85,28 @@ def test_onnx_equals_booster_on_real_rows(booster, tmp_path):
     assert np.max(np.abs(pred.predict(X) - booster.predict(X, num_threads=1))) < 1e-6
 
 
+def test_onnx_keeps_lightgbm_rules_for_nan_and_near_zero(booster, tmp_path):
+    """Regressions Hypothesis found: an all-NaN row (NaN must stay NaN where a split tracks missing values) and
+    values within LightGBM's zero threshold (|x| <= 1e-35f reads as 0.0), on ours and a third-party model."""
+    import lightgbm as lgb
+
+    tiny = float(np.float32(1e-35))
+    for b in (booster, lgb.Booster(model_file=str(DEVOPS))):
+        pred = onnx_predictor(b, tmp_path)
+        n = b.num_feature()
+        X = np.array(
+            [
+                np.full(n, np.nan),
+                np.full(n, -tiny),
+                np.full(n, tiny),
+                np.full(n, np.nextafter(tiny, 1.0)),
+                np.zeros(n),
+                np.full(n, -0.0),
+            ]
+        )
+        np.testing.assert_allclose(pred.predict(X), b.predict(X, num_threads=1), rtol=0, atol=1e-6)
+
+
 def test_onnx_equals_booster_on_hypothesis_rows(booster, tmp_path):
     pred = onnx_predictor(booster, tmp_path)
     specials = _thresholds(booster)

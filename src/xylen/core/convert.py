@@ -119,14 +119,15 @@ def _zero_tiny_inputs(model: Any, tree_node: Any, helper: Any, numpy_helper: Any
     zeroed = f"{src}_lgb_zeroed"
     model.graph.initializer.extend(
         [
-            numpy_helper.from_array(np.array(_LGB_ZERO_THRESHOLD), name="lgb_zero_threshold"),
+            # |x| < nextafter(t) is |x| <= t (opset 9 has no LessOrEqual), and is False for NaN, which stays NaN
+            numpy_helper.from_array(np.array(np.nextafter(_LGB_ZERO_THRESHOLD, np.inf)), name="lgb_zero_below"),
             numpy_helper.from_array(np.array(0.0), name="lgb_zero"),
         ]
     )
     pre = [
         helper.make_node("Abs", [src], [f"{src}_abs"]),
-        helper.make_node("Greater", [f"{src}_abs", "lgb_zero_threshold"], [f"{src}_kept"]),  # opset 9: no LessOrEqual
-        helper.make_node("Where", [f"{src}_kept", src, "lgb_zero"], [zeroed]),
+        helper.make_node("Less", [f"{src}_abs", "lgb_zero_below"], [f"{src}_tiny"]),
+        helper.make_node("Where", [f"{src}_tiny", "lgb_zero", src], [zeroed]),
     ]
     tree_node.input[0] = zeroed
     nodes = list(model.graph.node)
