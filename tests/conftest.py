@@ -3,6 +3,7 @@ polling with a deadline, and free loopback ports."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
@@ -12,6 +13,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# CI replays the same generated examples on every run (a landing must not hinge on a lucky draw); locally
+# Hypothesis explores new ones each run and keeps failures in .hypothesis/ to replay them.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 T = TypeVar("T")
 
