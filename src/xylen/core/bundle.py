@@ -249,14 +249,10 @@ def load_bundle(folder: str | Path, *, check_golden: bool = True, num_threads: i
     art = verify_artifact(folder, manifest)
     if manifest.backend == "lightgbm":
         options: dict[str, Any] = {"num_threads": num_threads}
-    else:  # onnx/torch: how to read the model's output ("probability" or "logit"), recorded at import
-        output = (manifest.model_extra or {}).get("output", "probability")
-        if output not in ("probability", "logit"):
-            raise BundleError(
-                f"Bundle {str(folder)!r}: manifest output {output!r} is not understood.",
-                hint="use 'probability' or 'logit' (re-import with --output).",
-            )
-        options = {"output": output}
+    else:
+        # onnx/torch: how to read the model's output ("probability" or "logit"), recorded at import; the
+        # backend validates it
+        options = {"output": (manifest.model_extra or {}).get("output", "probability")}
     predictor = load_predictor(manifest.backend, art, **options)
     if predictor.num_feature() != len(manifest.feature_set.names):
         raise BundleError(

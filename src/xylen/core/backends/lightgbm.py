@@ -18,8 +18,10 @@ class LightGBMPredictor:
         text = Path(artifact).read_text(encoding="utf-8", errors="strict")
         if not text.startswith("tree") or "end of trees" not in text:
             # a truncated text model can abort the process inside LightGBM instead of raising
-            raise BundleError(f"{str(artifact)!r} is not a complete LightGBM text model.",
-                              hint="it is truncated or not a LightGBM model.txt; replace it.")
+            raise BundleError(
+                f"{str(artifact)!r} is not a complete LightGBM text model.",
+                hint="it is truncated or not a LightGBM model.txt; replace it.",
+            )
         self.booster = lgb.Booster(model_str=text)
         self._num_threads = num_threads
         self._n = self.booster.num_feature()

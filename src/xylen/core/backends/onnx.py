@@ -24,20 +24,13 @@ OUTPUT_KINDS = ("probability", "logit")
 _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
 
-def manifest_output(artifact: Path) -> OutputKind:
-    """The ``output`` convention recorded in the manifest beside an artifact (``probability`` if absent)."""
-    import orjson
-
-    try:
-        raw = orjson.loads((Path(artifact).parent / "manifest.json").read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return "probability"
-    kind = raw.get("output", "probability") if isinstance(raw, dict) else "probability"
+def check_output(kind: str, artifact: Path) -> OutputKind:
+    """The manifest's ``output`` convention, validated."""
     if kind not in OUTPUT_KINDS:
         raise BundleError(
-            f"Manifest beside {str(artifact)!r} has output {kind!r}.", hint=f"use one of: {', '.join(OUTPUT_KINDS)}."
+            f"The manifest of {str(artifact)!r} has output {kind!r}.", hint=f"use one of: {', '.join(OUTPUT_KINDS)}."
         )
-    return kind  # type: ignore[no-any-return,return-value]
+    return kind  # type: ignore[return-value]
 
 
 def to_probability(y: np.ndarray, output: OutputKind, source: str) -> np.ndarray:
@@ -60,7 +53,7 @@ def to_probability(y: np.ndarray, output: OutputKind, source: str) -> np.ndarray
 class OnnxPredictor:
     backend = "onnx"
 
-    def __init__(self, artifact: Path, output: OutputKind | None = None, **_: Any) -> None:
+    def __init__(self, artifact: Path, output: str = "probability", **_: Any) -> None:
         import onnxruntime as ort  # lazy: only ONNX servers pay for it
 
         opts = ort.SessionOptions()
@@ -69,7 +62,7 @@ class OnnxPredictor:
         opts.log_severity_level = 3
         self.artifact = Path(artifact)
         self.session = ort.InferenceSession(str(artifact), sess_options=opts, providers=["CPUExecutionProvider"])
-        self.output: OutputKind = output or manifest_output(self.artifact)
+        self.output: OutputKind = check_output(output, self.artifact)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise BundleError(

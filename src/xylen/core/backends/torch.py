@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from xylen.core.backends.onnx import OutputKind, manifest_output, to_probability
+from xylen.core.backends.onnx import OutputKind, check_output, to_probability
 from xylen.core.errors import BundleError
 
 ArchiveKind = Literal["torchscript", "export"]
@@ -54,13 +54,13 @@ def _one_thread(torch: Any) -> None:
 class TorchPredictor:
     backend = "torch"
 
-    def __init__(self, artifact: Path, output: OutputKind | None = None, **_: Any) -> None:
+    def __init__(self, artifact: Path, output: str = "probability", **_: Any) -> None:
         import torch  # lazy: ~200 MB RSS, paid only by torch servers
 
         _one_thread(torch)
         self.artifact = Path(artifact)
         self.kind = archive_kind(self.artifact)
-        self.output: OutputKind = output or manifest_output(self.artifact)
+        self.output: OutputKind = check_output(output, self.artifact)
         self._torch = torch
         self._width: int | None = None
         if self.kind == "torchscript":
