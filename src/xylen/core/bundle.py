@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +82,18 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def make_golden(predict: Callable[[np.ndarray], Any], rows: np.ndarray, window: np.ndarray | None = None) -> Golden:
+    """Golden rows with the outputs ``predict`` gives them, and -- for a model on this feature set -- a candle
+    window (open_time, o, h, l, c, v) with the probability for its last candle (features + model)."""
+    outputs = np.asarray(predict(rows), dtype=np.float64).tolist()
+    if window is None:
+        return Golden(rows=rows.tolist(), outputs=outputs)
+    last = features.last_row(features.CandleArrays.from_matrix(window)).reshape(1, -1)
+    return Golden(
+        rows=rows.tolist(), outputs=outputs, window=window.tolist(), window_output=float(np.asarray(predict(last))[0])
+    )
 
 
 def now_iso() -> str:

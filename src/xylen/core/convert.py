@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from xylen.core.backends import load_predictor
-from xylen.core.bundle import Golden, artifact_info, load_bundle, new_manifest, write_manifest
+from xylen.core.bundle import Golden, artifact_info, load_bundle, make_golden, new_manifest, write_manifest
 from xylen.core.errors import BundleError, ConfigError, DataError
 from xylen.core.registry import Registry, check_name
 
@@ -250,18 +250,7 @@ def export_onnx(
                 f"on {len(X)} check rows.",
                 hint="nothing was written; serve the lightgbm bundle.",
             )
-        golden_out = onnx_pred.predict(golden)
-        window_out = None
-        if g.window is not None:
-            from xylen.core import features
-
-            window_out = float(
-                onnx_pred.predict(
-                    features.last_row(
-                        features.CandleArrays.from_matrix(np.asarray(g.window, dtype=np.float64))
-                    ).reshape(1, -1)
-                )[0]
-            )
+        new_golden = make_golden(onnx_pred.predict, golden, None if g.window is None else np.asarray(g.window))
         m = src.manifest
         manifest = new_manifest(
             name=target,
@@ -277,7 +266,7 @@ def export_onnx(
             params=m.params,
             metrics=m.metrics,
             output="probability",
-            golden=Golden(rows=g.rows, outputs=golden_out.tolist(), window=g.window, window_output=window_out),
+            golden=new_golden,
             source={"name": name, "version": version, "backend": "lightgbm", "sha256": m.artifact.sha256},
             conversion={
                 "tool": f"onnxmltools {version_of('onnxmltools')}",

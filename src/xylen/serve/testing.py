@@ -15,10 +15,10 @@ import numpy as np
 
 from xylen.core import features, labels
 from xylen.core.bundle import (
-    Golden,
     Manifest,
     TrainingWindow,
     artifact_info,
+    make_golden,
     new_manifest,
     now_iso,
     read_manifest,
@@ -43,13 +43,21 @@ def sample_arrays(rows: int | None = None) -> features.CandleArrays:
 def window_matrix(c: features.CandleArrays, end: int, n: int) -> np.ndarray:
     """Rows ``end-n+1 .. end`` as an (n, 6) matrix: open_time, o, h, l, c, v."""
     s = slice(end - n + 1, end + 1)
-    return np.column_stack([c.open_time[s].astype(np.float64), c.open[s], c.high[s], c.low[s], c.close[s],
-                            c.volume[s]])
+    return np.column_stack([c.open_time[s].astype(np.float64), c.open[s], c.high[s], c.low[s], c.close[s], c.volume[s]])
 
 
-def build_bundle(registry: Registry, name: str = "btcusdt-5m", *, rounds: int = 40, leaves: int = 15,
-                 rows: int = 4000, seed: int = 0, promote: bool = True, n_features: int | None = None,
-                 candles: features.CandleArrays | None = None) -> str:
+def build_bundle(
+    registry: Registry,
+    name: str = "btcusdt-5m",
+    *,
+    rounds: int = 40,
+    leaves: int = 15,
+    rows: int = 4000,
+    seed: int = 0,
+    promote: bool = True,
+    n_features: int | None = None,
+    candles: features.CandleArrays | None = None,
+) -> str:
     """Train ``rounds`` x ``leaves`` on the last ``rows`` sample candles, publish, optionally promote.
 
     ``n_features`` < N_FEATURES trains on the first n features but still names all of them in the manifest
@@ -64,9 +72,19 @@ def build_bundle(registry: Registry, name: str = "btcusdt-5m", *, rounds: int = 
     ok = ~np.isnan(y) & ~np.isnan(X).any(axis=1)
     idx = np.flatnonzero(ok)
     Xt = X[idx] if n_features is None else X[idx][:, :n_features]
-    params = {"objective": "binary", "num_leaves": leaves, "learning_rate": 0.05, "min_data_in_leaf": 20,
-              "verbose": -1, "num_threads": 2, "seed": seed, "deterministic": True, "bagging_seed": seed,
-              "feature_fraction": 0.9, "feature_fraction_seed": seed}
+    params = {
+        "objective": "binary",
+        "num_leaves": leaves,
+        "learning_rate": 0.05,
+        "min_data_in_leaf": 20,
+        "verbose": -1,
+        "num_threads": 2,
+        "seed": seed,
+        "deterministic": True,
+        "bagging_seed": seed,
+        "feature_fraction": 0.9,
+        "feature_fraction_seed": seed,
+    }
     booster = lgb.train(params, lgb.Dataset(Xt, label=y[idx]), num_boost_round=rounds)
     with registry.stage(name) as staging:
         model_file = staging / "model.txt"
@@ -74,18 +92,23 @@ def build_bundle(registry: Registry, name: str = "btcusdt-5m", *, rounds: int = 
         g_rows = Xt[np.linspace(0, len(idx) - 1, 8).astype(int)]
         last = int(idx[-1])
         window = window_matrix(c, last, features.MIN_CANDLES)
-        golden = Golden(rows=g_rows.tolist(), outputs=np.asarray(booster.predict(g_rows, num_threads=1)).tolist())
-        if n_features is None:
-            golden.window = window.tolist()
-            golden.window_output = float(booster.predict(
-                features.last_row(features.CandleArrays.from_matrix(window)).reshape(1, -1), num_threads=1)[0])
+        predict = lambda X: booster.predict(X, num_threads=1)  # noqa: E731
+        golden = make_golden(predict, g_rows, window if n_features is None else None)
         manifest = new_manifest(
-            name=name, version="v0000", backend="lightgbm", artifact=artifact_info(model_file),
+            name=name,
+            version="v0000",
+            backend="lightgbm",
+            artifact=artifact_info(model_file),
             feature_set={"version": features.VERSION, "names": list(features.NAMES)},
-            label=spec.to_dict(), symbol="BTCUSDT", interval="5m",
-            training_window=TrainingWindow(first_open_time=int(c.open_time[idx[0]]),
-                                           last_open_time=int(c.open_time[idx[-1]]), rows=len(idx)),
-            params=params | {"num_boost_round": rounds}, golden=golden)
+            label=spec.to_dict(),
+            symbol="BTCUSDT",
+            interval="5m",
+            training_window=TrainingWindow(
+                first_open_time=int(c.open_time[idx[0]]), last_open_time=int(c.open_time[idx[-1]]), rows=len(idx)
+            ),
+            params=params | {"num_boost_round": rounds},
+            golden=golden,
+        )
         write_manifest(staging, manifest)
         version = registry.publish(name, staging)
     if promote:

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from xylen.core import features, labels
-from xylen.core.bundle import Golden, TrainingWindow, artifact_info, load_bundle, new_manifest, write_manifest
+from xylen.core.bundle import TrainingWindow, artifact_info, load_bundle, make_golden, new_manifest, write_manifest
 from xylen.core.candles import ReadResult, combine, fmt_ts, infer_interval, interval_ms, read_candles, validate
 from xylen.core.errors import DataError, TrainingError
 from xylen.core.registry import Registry, check_name, model_name
@@ -220,7 +220,6 @@ def train(
         model_file = staging / "model.txt"
         booster.save_model(str(model_file))
         golden_rows = ds.X[rows[np.linspace(0, len(rows) - 1, N_GOLDEN).astype(int)]]
-        golden_out = booster.predict(golden_rows, num_threads=1)
         last = int(rows[-1])
         window = np.column_stack(
             [
@@ -229,11 +228,6 @@ def train(
                     df[c].to_numpy()[last - features.LOOKBACK : last + 1]
                     for c in ("open", "high", "low", "close", "volume")
                 ),
-            ]
-        )
-        window_out = float(
-            booster.predict(features.last_row(features.CandleArrays.from_matrix(window)).reshape(1, -1), num_threads=1)[
-                0
             ]
         )
         manifest = new_manifest(
@@ -257,12 +251,7 @@ def train(
                 "data_source": source,
                 "warnings": warnings,
             },
-            golden=Golden(
-                rows=golden_rows.tolist(),
-                outputs=np.asarray(golden_out).tolist(),
-                window=window.tolist(),
-                window_output=window_out,
-            ),
+            golden=make_golden(lambda X: booster.predict(X, num_threads=1), golden_rows, window),
         )
         write_manifest(staging, manifest)
         load_bundle(staging)  # verify what we wrote exactly as a server would, before anyone can see it
