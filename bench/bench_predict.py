@@ -27,14 +27,17 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.builders: the test bundle writer
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "btcusdt-5m"
 
 
 def build(home: Path) -> None:
+    from tests.builders import build_bundle
+
     from xylen.core import features
     from xylen.core.registry import Registry
-    from xylen.serve.testing import build_bundle
 
     reg = Registry(home / "models")
     live = reg.current(MODEL)
@@ -49,7 +52,7 @@ def build(home: Path) -> None:
 
 
 def request_body() -> bytes:
-    from xylen.serve.testing import sample_arrays, window_matrix
+    from tests.builders import sample_arrays, window_matrix
 
     c = sample_arrays(500)
     w = window_matrix(c, len(c) - 1, 100)

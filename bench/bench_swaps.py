@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.builders: the test bundle writer
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import free_port, request_body  # noqa: E402
 
@@ -42,8 +44,9 @@ def main() -> None:
     ap.add_argument("--corrupt", type=int, default=20)
     ap.add_argument("--rate", type=float, default=250.0)
     args = ap.parse_args()
+    from tests.builders import build_bundle, publish_corrupt, sample_arrays
+
     from xylen.core.registry import Registry
-    from xylen.serve.testing import build_bundle, publish_corrupt, sample_arrays
 
     home = Path(tempfile.mkdtemp(prefix="xylen-swaps-"))
     reg = Registry(home / "models")

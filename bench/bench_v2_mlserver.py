@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.builders: the test bundle writer
+
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "out" / "v2-mlserver"  # bench/out/ is git-ignored
 VENV = HERE / ".venv-mlserver"
@@ -53,8 +55,9 @@ def build_model(rebuild: bool) -> tuple[Path, list[float]]:
     if not rebuild and row_file.exists() and (ml / NAME / "model.txt").exists() and (home / "models" / NAME).exists():
         return home, json.loads(row_file.read_text())
     shutil.rmtree(WORK, ignore_errors=True)
+    from tests.builders import build_bundle, sample_arrays, window_matrix
+
     from xylen.core.registry import Registry
-    from xylen.serve.testing import build_bundle, sample_arrays, window_matrix
 
     reg = Registry(home / "models")
     t0 = time.perf_counter()

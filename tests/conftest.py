@@ -50,7 +50,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def sample_candles() -> Any:
     """The last 3000 candles of the bundled BTCUSDT 5m sample as CandleArrays."""
-    from xylen.serve.testing import sample_arrays
+    from tests.builders import sample_arrays
 
     return sample_arrays(3000)
 
@@ -64,7 +64,7 @@ def binance_rows(m: np.ndarray) -> list[list[Any]]:
 @pytest.fixture(scope="session")
 def candle_window(sample_candles: Any) -> np.ndarray:
     """100 consecutive real candles (open_time, o, h, l, c, v) ending at the sample's last candle."""
-    from xylen.serve.testing import window_matrix
+    from tests.builders import window_matrix
 
     return window_matrix(sample_candles, len(sample_candles) - 1, 100)
 
@@ -75,8 +75,8 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Read-only for tests: copy it (``home_copy``) before promoting anything.
     """
+    from tests.builders import build_bundle
     from xylen.core.registry import Registry
-    from xylen.serve.testing import build_bundle
 
     home = tmp_path_factory.mktemp("xylen-home")
     build_bundle(Registry(home / "models"), "btcusdt-5m", rounds=40, rows=4000)

@@ -17,9 +17,9 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.builders import build_bundle, publish_corrupt
 from tests.conftest import binance_rows, free_port, wait_for
 from xylen.core.registry import Registry
-from xylen.serve.testing import build_bundle, publish_corrupt
 
 pytestmark = pytest.mark.integration
 KEY = "test-key-not-secret"

@@ -59,7 +59,7 @@ def test_predict_matches_the_offline_bundle_prediction(client: Any, body: dict[s
 
 
 def test_predict_on_many_real_windows_equals_offline(client: Any, trained_home: Path, sample_candles: Any) -> None:
-    from xylen.serve.testing import window_matrix
+    from tests.builders import window_matrix
 
     bundle = load_bundle(Registry(trained_home / "models").current_path(MODEL))
     for end in range(200, len(sample_candles), 397):

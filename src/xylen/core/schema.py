@@ -10,25 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from xylen.core.errors import DataError
-
-INTERVAL_MS: dict[str, int] = {
-    "1s": 1_000,
-    "1m": 60_000,
-    "3m": 180_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": 3_600_000,
-    "2h": 7_200_000,
-    "4h": 14_400_000,
-    "6h": 21_600_000,
-    "8h": 28_800_000,
-    "12h": 43_200_000,
-    "1d": 86_400_000,
-    "3d": 259_200_000,
-    "1w": 604_800_000,
-}
-"""Fixed-length Binance intervals. ``1M`` (calendar month) is not supported: its length varies."""
+from xylen.core.intervals import INTERVAL_MS, INTERVALS  # noqa: E402,F401  (re-exported)
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 OHLCV = ("open", "high", "low", "close", "volume")

@@ -18,11 +18,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xylen import __version__
 from xylen.core.registry import Registry, model_name
 from xylen.core.settings import Settings
+from xylen.core.verify import verify_in_child
 from xylen.serve import routes, v2
 from xylen.serve.auth import KeyRing
 from xylen.serve.decode import RequestError
 from xylen.serve.gate import Gate, error_bytes
-from xylen.serve.holder import ModelHolder, verify_in_child
+from xylen.serve.holder import ModelHolder
 from xylen.serve.metrics import Metrics
 from xylen.serve.state import ServeState
 

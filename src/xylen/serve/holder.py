@@ -3,15 +3,13 @@
 ``ModelHolder.live`` is one dict ``{name: Live}`` that is replaced, never mutated: a request reads it once
 and keeps the ``Live`` it got, so a swap never changes a model under a request in flight. One watcher thread
 polls each model's CURRENT.json (stat, then contents) and swaps in a new version only after a child process
-has verified it (serve/verify.py), the server has loaded it, and a warm-up prediction has run.
+has verified it (core/verify.py), the server has loaded it, and a warm-up prediction has run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +21,10 @@ import numpy as np
 from xylen.core.bundle import ModelBundle, load_bundle
 from xylen.core.errors import XylenError
 from xylen.core.registry import POINTER, Pointer, Registry
+from xylen.core.verify import verify_in_child
 from xylen.serve.fastrow import RowPredictor, row_predictor
 
 log = logging.getLogger("xylen.serve")
-
-VERIFY_TIMEOUT_S = 60.0
-
 
 @dataclass(frozen=True)
 class Live:
@@ -44,26 +40,6 @@ class Live:
     @property
     def computes_features(self) -> bool:
         return self.bundle.computes_features
-
-
-def verify_in_child(folder: Path, timeout: float = VERIFY_TIMEOUT_S) -> str | None:
-    """None when the bundle verified in a child process; else the reason it was refused."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "xylen.serve.verify", str(folder)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"verification of {folder} took longer than {timeout:.0f} s"
-    if proc.returncode == 0:
-        return None
-    if proc.returncode < 0:
-        return f"loading {folder} killed the verifier with signal {-proc.returncode} (corrupt model file)"
-    lines = (proc.stderr or "").strip().splitlines()
-    return lines[-1] if lines else f"the verifier exited with code {proc.returncode}"
 
 
 def load_live(name: str | None, folder: Path) -> Live:

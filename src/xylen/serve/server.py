@@ -15,8 +15,8 @@ import orjson
 import uvicorn
 
 from xylen.core.errors import ConfigError
+from xylen.core.imports import block_heavy_imports
 from xylen.core.settings import Settings
-from xylen.serve.imports import block_heavy_imports
 
 log = logging.getLogger("xylen.serve")
 # --workers N: the parent hands its resolved settings to each worker process through this variable

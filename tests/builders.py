@@ -3,7 +3,7 @@
 Not the training pipeline (no walk-forward, no report): a fixed number of rounds on a slice, written through
 the registry with a complete manifest (golden rows + golden candle window), so servers verify it exactly like a
 trained one. Also writes the corrupt candidates the hot-swap tests and bench/bench_swaps.py promote.
-Never imported by the server.
+Lives in tests/ (not the wheel): it writes CURRENT pointers without checks, and needs the training code.
 """
 
 from __future__ import annotations

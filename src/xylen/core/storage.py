@@ -1,0 +1,318 @@
+"""The storage seam: every write of the candle store and of the model registry goes through one of these calls.
+
+The interface is the one an object store offers, so that S3-compatible storage can stand behind it later
+(the scale issue) with no change to the store or the registry:
+
+* ``put_new(key, data)`` creates an immutable object, and fails if the key exists (S3: ``If-None-Match: *``);
+* ``swap(key, data, expect)`` replaces an object only if it still is the version the writer read: a
+  compare-and-swap on an opaque version token (S3: ``If-Match: <ETag>``; ``expect=None``: must not exist yet);
+* ``read`` / ``read_versioned`` / ``list`` / ``delete``;
+* ``publish_tree(folder, prefix)`` makes a whole folder of files visible under ``prefix`` at once, or not at
+  all if ``prefix`` is taken (S3: upload the files, then ``put_new`` the folder's commit marker last).
+
+No caller relies on rename, append or a file lock. ``LocalStorage`` implements the calls on a POSIX disk:
+temp file + fsync + rename (+ fsync of the folder), ``link`` for create-only, and a short ``flock`` around
+the compare step of ``swap`` only. Temp files live in ``<root>/.tmp`` and locks in ``<root>/.locks``, outside
+every listed prefix, so a directory scan of the data (polars, DuckDB, dask) never meets a stray file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from xylen.core.errors import ConfigError, XylenError
+
+TMP_DIR = ".tmp"
+LOCK_DIR = ".locks"
+_HIDDEN = (TMP_DIR, LOCK_DIR)
+
+
+class Conflict(XylenError):
+    """A compare-and-swap lost: the object changed since the writer read it. Re-read and decide again."""
+
+    exit_code = 4
+
+    def __init__(self, key: str, expected: str | None, found: str | None) -> None:
+        self.key = key
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"{key!r} changed while it was being updated (another writer got there first).",
+            hint="re-read it and retry; nothing was overwritten.",
+        )
+
+
+class Missing(XylenError):
+    """The object does not exist."""
+
+    exit_code = 4
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"{key!r} does not exist.")
+
+
+@dataclass(frozen=True)
+class Versioned:
+    data: bytes
+    token: str  # opaque version: the local file's identity, or an object store's ETag
+
+
+class Storage(Protocol):
+    """What the store and the registry may ask of the place they keep their bytes."""
+
+    def read(self, key: str) -> bytes: ...
+    def read_versioned(self, key: str) -> Versioned | None: ...
+    def token(self, key: str) -> str | None: ...
+    def put_new(self, key: str, data: bytes) -> bool: ...
+    def swap(self, key: str, data: bytes, expect: str | None) -> str: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def delete(self, key: str) -> None: ...
+    def publish_tree(self, folder: Path, prefix: str) -> bool: ...
+    def local_path(self, key: str) -> Path | None: ...
+
+
+def check_key(key: str) -> str:
+    """Keys are relative POSIX paths without '.', '..' or empty parts: nothing can name a file outside."""
+    parts = PurePosixPath(key).parts
+    if (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or any(p in ("", ".", "..") for p in key.split("/"))
+        or (parts and parts[0] in _HIDDEN)
+    ):
+        raise ConfigError(f"Storage key {key[:120]!r} is not allowed.", hint="this is a bug in the caller; report it.")
+    return key
+
+
+def storage_error(exc: OSError, where: Path | str) -> XylenError:
+    """An OSError as what it is: a permission problem, a full disk, or another I/O failure, naming the path."""
+    what = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exhausted",
+    }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    fix = (
+        "free some space (old model versions: `xylen models list`) and run it again."
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "set XYLEN_HOME to a writable folder or fix its permissions."
+    )
+    return ConfigError(f"Cannot write to {str(where)!r}: {what}.", hint=fix)
+
+
+class LocalStorage:
+    """``Storage`` on a local POSIX file system rooted at ``root``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def local_path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.local_path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise Missing(key) from None
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        try:
+            with open(self.local_path(key), "rb") as fh:
+                data = fh.read()
+            return Versioned(data, _token(data))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def token(self, key: str) -> str | None:
+        got = self.read_versioned(key)
+        return None if got is None else got.token
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys (files) under ``prefix``, sorted; temp files and locks are never listed."""
+        base = self.root / check_key(prefix) if prefix else self.root
+        if not base.is_dir():
+            return [prefix] if prefix and base.is_file() else []
+        out = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            if Path(dirpath) == self.root:
+                dirnames[:] = [d for d in dirnames if d not in _HIDDEN]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for f in filenames:
+                out.append(f if rel == "." else f"{rel}/{f}")
+        return sorted(out)
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` unless it exists (then False). Readers see nothing or all of it."""
+        path = self.local_path(key)
+        tmp = self._write_temp(data, path)
+        try:
+            try:
+                os.link(tmp, path)  # atomic create-if-absent
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                    raise storage_error(exc, path) from None
+                with self._locked(key):  # a file system without hard links
+                    if path.exists():
+                        return False
+                    os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def swap(self, key: str, data: bytes, expect: str | None) -> str:
+        """Replace ``key`` only if its token is still ``expect`` (None: only if absent). Raises Conflict."""
+        path = self.local_path(key)
+        tmp = self._write_temp(data, path)
+        try:
+            with self._locked(key):
+                found = self.token(key)
+                if found != expect:
+                    raise Conflict(key, expect, found)
+                try:
+                    os.replace(tmp, path)
+                except OSError as exc:
+                    raise storage_error(exc, path) from None
+            _fsync_dir(path.parent)
+            return _token(data)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def delete(self, key: str) -> None:
+        path = self.local_path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except IsADirectoryError:
+            raise ConfigError(f"{str(path)!r} is a folder, not an object.", hint="remove it by hand.") from None
+        except OSError as exc:
+            raise storage_error(exc, path) from None
+        _fsync_dir(path.parent)
+
+    def publish_tree(self, folder: Path, prefix: str) -> bool:
+        """Make every file of ``folder`` visible under ``prefix`` at once; False (folder kept) if ``prefix`` exists.
+
+        Local: one directory rename after fsyncing every file, under the prefix's lock so that an empty folder
+        at ``prefix`` can never be silently replaced.
+        """
+        target = self.local_path(prefix)
+        try:
+            for f in folder.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+                _fsync_dir(d)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked(prefix):
+                if target.exists():
+                    return False
+                os.rename(folder, target)
+        except OSError as exc:
+            raise storage_error(exc, target) from None
+        _fsync_dir(target.parent)
+        return True
+
+    def temp_dir(self) -> Path:
+        """A private folder on the same file system, for building a tree to ``publish_tree``."""
+        d = self.root / TMP_DIR / f"{os.getpid()}-{uuid.uuid4().hex}.d"
+        try:
+            d.mkdir(parents=True)
+        except OSError as exc:
+            raise storage_error(exc, self.root) from None
+        return d
+
+    def clean_temp(self) -> int:
+        """Remove temp files and folders left by writers that died (their renames never happened)."""
+        import shutil
+
+        n = 0
+        tmp = self.root / TMP_DIR
+        if not tmp.is_dir():
+            return 0
+        for f in tmp.iterdir():
+            pid = f.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                if f.is_dir():
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    # -- internals -----------------------------------------------------------------------------------------
+    def _write_temp(self, data: bytes, target: Path) -> Path:
+        tmp = self.root / TMP_DIR / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error(exc, target) from None
+        return tmp
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        """A short cross-process lock on one key: only around a compare step, never held by readers."""
+        d = self.root / LOCK_DIR
+        name = hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fh = open(d / name, "a+b")  # noqa: SIM115
+        except OSError as exc:
+            raise storage_error(exc, d) from None
+        with fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _token(data: bytes) -> str:
+    # the content's hash (an object store's ETag is one too): file identities (inode, mtime) can repeat after a
+    # delete within one timestamp tick, and equal contents make a compare-and-swap's decision equally valid
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
