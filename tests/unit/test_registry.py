@@ -13,9 +13,18 @@ from tests.helpers import ETH_1H, train_small
 from xylen.core import registry as registry_mod
 from xylen.core.bundle import load_bundle, read_manifest, sha256_file
 from xylen.core.errors import BundleError
-from xylen.core.registry import Registry
+from xylen.core.registry import POINTER, Registry
 
 pytestmark = pytest.mark.unit
+
+
+def verify_here(folder):
+    """The child-process verifier's checks, in this process (fast; these tests are about the registry's writes)."""
+    try:
+        load_bundle(folder)
+    except BundleError as exc:
+        return exc.message
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +108,7 @@ class Crash(Exception):
 
 def test_interrupted_writes_leave_current_complete(home, monkeypatch):
     """Crash at every filesystem step of publish + promote: CURRENT always names a complete, verified bundle."""
-    reg = Registry(home / "models")
+    reg = Registry(home / "models", verify=verify_here)
     name = "btcusdt-1h"
     before = reg.current(name)
     template = reg.path(name, "v0002")
@@ -117,10 +126,13 @@ def test_interrupted_writes_leave_current_complete(home, monkeypatch):
         return wrapper
 
     crash_at = 10**9
-    monkeypatch.setattr(registry_mod.os, "replace", counting(real_replace))
-    monkeypatch.setattr(registry_mod.os, "rename", counting(real_rename))
-    monkeypatch.setattr(registry_mod.os, "fsync", counting(real_fsync))
     from xylen.core import bundle as bundle_mod
+    from xylen.core import storage as storage_mod
+
+    monkeypatch.setattr(storage_mod.os, "replace", counting(real_replace))
+    monkeypatch.setattr(storage_mod.os, "rename", counting(real_rename))
+    monkeypatch.setattr(storage_mod.os, "link", counting(os.link))
+    monkeypatch.setattr(storage_mod.os, "fsync", counting(real_fsync))
 
     monkeypatch.setattr(bundle_mod.os, "replace", counting(real_replace))
     monkeypatch.setattr(bundle_mod.os, "fsync", counting(real_fsync))
@@ -145,7 +157,11 @@ def test_interrupted_writes_leave_current_complete(home, monkeypatch):
         assert ptr is not None
         bundle = load_bundle(reg.path(name, ptr.version))  # complete and hash-verified
         assert bundle.manifest.artifact.sha256 == ptr.sha256
-        assert not [p for p in (home / "models" / name).iterdir() if p.name.startswith(".staging-")]
+        assert not [p for p in (home / "models" / name).iterdir() if not p.name.startswith("v") and p.name != POINTER]
+        assert reg.versions(name) == sorted(reg.versions(name))
+        for v in reg.versions(name):  # every visible version is complete
+            load_bundle(reg.path(name, v))
+    assert not list((home / "models" / ".tmp").iterdir())  # staging folders of failed writes are removed
     assert before is not None
 
 
@@ -155,6 +171,123 @@ def test_unwritable_registry_is_a_config_error(tmp_path):
     not_a_dir = tmp_path / "home-is-a-file"
     not_a_dir.write_text("oops")
     reg = Registry(not_a_dir / "models")
-    with pytest.raises(ConfigError, match="Cannot write to the model registry") as exc, reg.stage("x"):
+    with pytest.raises(ConfigError, match="Cannot write to") as exc, reg.stage("x"):
         pass
     assert "XYLEN_HOME" in exc.value.hint
+
+
+@pytest.mark.parametrize("bad", ["../other/v0001", "v0001/../../x", "V0001", "v1", "latest", "", "v0001 "])
+def test_only_versions_of_that_model_can_be_promoted(home, bad):
+    reg = Registry(home / "models", verify=verify_here)
+    before = (home / "models" / "btcusdt-1h" / POINTER).read_bytes()
+    with pytest.raises(BundleError, match="is not a version of model"):
+        reg.promote("btcusdt-1h", bad)
+    assert (home / "models" / "btcusdt-1h" / POINTER).read_bytes() == before
+
+
+def test_promote_cli_refuses_a_path_as_version(home):
+    from typer.testing import CliRunner
+
+    from xylen.cli import app
+
+    before = (home / "models" / "btcusdt-1h" / POINTER).read_bytes()
+    res = CliRunner().invoke(app, ["--home", str(home), "models", "promote", "btcusdt-1h", "../other/v0001"])
+    assert res.exit_code == 4, res.output
+    assert "is not a version of model" in res.output
+    assert (home / "models" / "btcusdt-1h" / POINTER).read_bytes() == before
+
+
+def test_promote_verifies_in_a_child_process(home):
+    """A truncated model whose manifest hash matches the damage passes the hash check; only loading it tells.
+    Registry.promote runs that check itself (the CLI, HTTP rollback and trainers share it)."""
+    from tests.builders import publish_corrupt
+
+    reg = Registry(home / "models")  # the real child-process verifier
+    before = reg.current("btcusdt-1h")
+    bad = publish_corrupt(reg, "btcusdt-1h", "truncated")  # publishes and points CURRENT at it behind our back
+    (home / "models" / "btcusdt-1h" / POINTER).write_bytes(before.to_json())  # undo the pointer
+    with pytest.raises(BundleError, match="failed verification"):
+        reg.promote("btcusdt-1h", bad)
+    assert reg.current("btcusdt-1h") == before
+    assert reg.promote("btcusdt-1h", "v0001").version == "v0001"  # a good one goes through the same check
+
+
+def test_conditional_promotion_refuses_when_live_changed(home):
+    reg = Registry(home / "models", verify=verify_here)
+    assert reg.current("btcusdt-1h").version == "v0002"
+    with pytest.raises(registry_mod.PromotionConflict, match="v0002 is live now, not v0001"):
+        reg.promote("btcusdt-1h", "v0001", expect_live="v0001")
+    assert reg.promote("btcusdt-1h", "v0001", expect_live="v0002").version == "v0001"
+
+
+def test_publish_reports_a_full_disk_as_such(home, monkeypatch):
+    import errno
+
+    from xylen.core import storage as storage_mod
+    from xylen.core.errors import ConfigError
+
+    reg = Registry(home / "models", verify=verify_here)
+    real = storage_mod.os.rename
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with reg.stage("btcusdt-1h") as staging:
+        for f in reg.path("btcusdt-1h", "v0001").iterdir():
+            if f.is_file():
+                shutil.copy(f, staging / f.name)
+        monkeypatch.setattr(storage_mod.os, "rename", full)
+        with pytest.raises(ConfigError, match="the disk is full"):
+            reg.publish("btcusdt-1h", staging)
+        monkeypatch.setattr(storage_mod.os, "rename", real)
+    assert reg.versions("btcusdt-1h") == ["v0001", "v0002"]
+
+
+def _copies(reg: Registry, name: str, n: int) -> list[str]:
+    out = []
+    for _ in range(n):
+        with reg.stage(name) as staging:
+            for f in reg.path(name, "v0001").iterdir():
+                if f.is_file():
+                    shutil.copy(f, staging / f.name)
+            out.append(reg.publish(name, staging))
+    return out
+
+
+def _promote_each(root: str, versions: list[str]) -> None:
+    reg = Registry(root, verify=verify_here)
+    for v in versions:
+        reg.promote("btcusdt-1h", v)
+
+
+def _rollback_n(root: str, n: int) -> None:
+    reg = Registry(root, verify=verify_here)
+    for _ in range(n):
+        reg.rollback("btcusdt-1h")
+
+
+def _run_both(target, args_a, args_b) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args) for args in (args_a, args_b)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_two_processes_promoting_and_rolling_back_keep_the_whole_history(home):
+    """Without a compare-and-swap on CURRENT, two writers kept 22 of 41 history entries."""
+    root = str(home / "models")
+    reg = Registry(root, verify=verify_here)
+    new = _copies(reg, "btcusdt-1h", 40)
+    before = reg.current("btcusdt-1h")
+    _run_both(_promote_each, (root, new[:20]), (root, new[20:]))
+    ptr = reg.current("btcusdt-1h")
+    assert len(ptr.history) == 40 + len(before.history)  # one entry per promotion: the version it replaced
+    assert set(ptr.history) | {ptr.version} == set(new) | {before.version, *before.history}
+    _run_both(_rollback_n, (root, 10), (root, 10))
+    after = reg.current("btcusdt-1h")
+    assert after.version == ptr.history[19] and after.history == ptr.history[20:]

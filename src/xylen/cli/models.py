@@ -127,13 +127,9 @@ def promote_cmd(
     Example: xylen models promote btcusdt-5m v0003
     """
     with handled():
-        from xylen.core.bundle import load_bundle
-
         reg = _registry(ctx)
         name = reg.resolve_name(name)
-        reg.manifest(name, version)
-        load_bundle(reg.path(name, version))  # refuse a broken version before it goes live
-        ptr = reg.promote(name, version)
+        ptr = reg.promote(name, version)  # verified first (in a child process): a broken version never goes live
         out.print(f"{name}: {ptr.version} is live (previous: {ptr.history[0] if ptr.history else 'none'})")
 
 

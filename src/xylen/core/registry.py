@@ -1,36 +1,43 @@
-"""The model registry: immutable bundle folders per model name, and an atomically replaced CURRENT pointer.
+"""The model registry: immutable bundle folders per model name, and a CURRENT pointer per model.
 
 Layout (under XYLEN_HOME/models)::
 
     btcusdt-5m/v0001/{model.txt, manifest.json, report.html, report/*.png}
     btcusdt-5m/CURRENT.json     {"version": "v0002", "sha256": "...", "promoted_at": "...", "history": ["v0001"]}
-    btcusdt-5m/.staging-*/      a bundle being written; never listed, removed on failure
+    .tmp/<pid>-<id>.d/          a bundle being written; never listed, removed on failure or by the next writer
 
-A bundle becomes visible only by one directory rename, and goes live only by one file rename (temp +
-fsync + rename), so an interrupted write at any point leaves CURRENT naming a complete, verified bundle.
+Every write goes through the storage seam (core/storage.py): a bundle becomes visible as a whole
+(``publish_tree``: one directory rename here) under the next free version number, and CURRENT changes only by a
+compare-and-swap on the pointer that the writer read, so concurrent writers (two `xylen models promote`, a trainer and
+an HTTP rollback) never lose each other's history: the loser re-reads and tries again. ``promote`` and ``rollback``
+verify the target version in a child process first (size, sha256, trial load, golden predictions): the CLI, the
+HTTP rollback and the trainers share that one rule. An interrupted write at any point leaves CURRENT naming a
+complete, verified bundle.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from xylen.core.bundle import Manifest, fsync_dir, now_iso, read_manifest, verify_artifact, write_durably
+from xylen.core.bundle import Manifest, now_iso, read_manifest, verify_artifact, write_durably
 from xylen.core.errors import BundleError, ConfigError
+from xylen.core.storage import Conflict, LocalStorage
 
 POINTER = "CURRENT.json"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 HISTORY_LIMIT = 50
+_CAS_RETRIES = 200
+
+Verifier = Callable[[Path], "str | None"]  # None: the bundle is good; else the reason it is not
 
 
 def model_name(symbol: str, interval: str) -> str:
@@ -38,12 +45,22 @@ def model_name(symbol: str, interval: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(
-            f"Model name {name!r} is not allowed.",
+            f"Model name {str(name)[:80]!r} is not allowed.",
             hint="use lowercase letters, digits, '.', '_' and '-', like btcusdt-5m.",
         )
     return name
+
+
+def check_version(name: str, version: str) -> str:
+    """``version`` if it names a version folder of a model (v0001, v0002, ...); nothing else can reach the disk."""
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        raise BundleError(
+            f"{str(version)[:80]!r} is not a version of model {name!r}.",
+            hint=f"versions look like v0003; see `xylen models list {name}`.",
+        )
+    return version
 
 
 @dataclass(frozen=True)
@@ -67,9 +84,21 @@ class Pointer:
         )
 
 
+class PromotionConflict(BundleError):
+    """A conditional promotion lost: another writer changed the live version after the caller compared against it."""
+
+
+def _verify_default(folder: Path) -> str | None:
+    from xylen.core.verify import verify_in_child
+
+    return verify_in_child(folder)
+
+
 class Registry:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, verify: Verifier | None = None) -> None:
         self.root = Path(root)
+        self.storage = LocalStorage(self.root)
+        self._verify = verify or _verify_default
 
     # -- reading -------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -81,8 +110,12 @@ class Registry:
             if p.is_dir() and _NAME_RE.match(p.name) and (self.versions(p.name) or (p / POINTER).exists())
         )
 
+    def live_names(self) -> list[str]:
+        """Models that have a live version (a CURRENT pointer)."""
+        return [n for n in self.names() if (self.root / n / POINTER).exists()]
+
     def versions(self, name: str) -> list[str]:
-        folder = self.root / name
+        folder = self.root / check_name(name)
         if not folder.is_dir():
             return []
         return sorted(
@@ -90,26 +123,34 @@ class Registry:
         )
 
     def path(self, name: str, version: str) -> Path:
-        return self.root / name / version
+        return self.root / check_name(name) / check_version(name, version)
 
-    def current(self, name: str) -> Pointer | None:
-        path = self.root / name / POINTER
+    def _pointer_key(self, name: str) -> str:
+        return f"{check_name(name)}/{POINTER}"
+
+    def _read_pointer(self, name: str) -> tuple[Pointer | None, str | None]:
+        """The pointer and the token a compare-and-swap must expect (None, None when there is none)."""
+        got = self.storage.read_versioned(self._pointer_key(name))
+        if got is None:
+            return None, None
         try:
-            raw = orjson.loads(path.read_bytes())
-            return Pointer(
+            raw = orjson.loads(got.data)
+            ptr = Pointer(
                 name=name,
-                version=str(raw["version"]),
+                version=check_version(name, str(raw["version"])),
                 sha256=str(raw["sha256"]),
                 promoted_at=str(raw.get("promoted_at", "")),
-                history=tuple(raw.get("history", ())),
+                history=tuple(str(v) for v in raw.get("history", ())),
             )
-        except FileNotFoundError:
-            return None
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, BundleError) as exc:
             raise BundleError(
-                f"{str(path)!r} is unreadable ({exc}).",
+                f"{str(self.root / name / POINTER)!r} is unreadable ({exc}).",
                 hint=f"promote a version again: `xylen models promote {name} vNNNN`.",
             ) from None
+        return ptr, got.token
+
+    def current(self, name: str) -> Pointer | None:
+        return self._read_pointer(name)[0]
 
     def current_path(self, name: str) -> Path:
         ptr = self.current(name)
@@ -135,7 +176,7 @@ class Registry:
         if name:
             if name not in names:
                 raise BundleError(
-                    f"No model named {name!r} in {str(self.root)!r} (known: {', '.join(names) or 'none'}).",
+                    f"No model named {name[:80]!r} in {str(self.root)!r} (known: {', '.join(names) or 'none'}).",
                     hint="see `xylen models list`, or train one with `xylen train`.",
                 )
             return name
@@ -148,17 +189,15 @@ class Registry:
     # -- writing -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[Path]:
-        """A hidden folder to build a bundle in; removed if the block fails."""
+        """A private folder to build a bundle in (invisible to every reader); removed if the block fails."""
         check_name(name)
-        parent = self.root / name
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
-        except OSError as exc:
+        if self.root.exists() and not self.root.is_dir():
             raise ConfigError(
-                f"Cannot write to the model registry {str(self.root)!r}: {exc.strerror}.",
+                f"Cannot write to the model registry {str(self.root)!r}: it is not a folder.",
                 hint="set XYLEN_HOME to a writable folder or fix its permissions.",
-            ) from None
+            )
+        self.storage.clean_temp()  # leftovers of writers that were killed
+        staging = self.storage.temp_dir()
         try:
             yield staging
         finally:
@@ -166,66 +205,94 @@ class Registry:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def publish(self, name: str, staging: Path) -> str:
-        """Make a staged bundle visible as the next version (one directory rename). Returns the version."""
-        for f in staging.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        fsync_dir(staging)
-        for _ in range(100):
+        """Make a staged bundle visible as the next free version, all files at once. Returns the version."""
+        check_name(name)
+        manifest_path = staging / "manifest.json"
+        data = orjson.loads(manifest_path.read_bytes())
+        for _ in range(_CAS_RETRIES):
             existing = self.versions(name)
             version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
-            manifest_path = staging / "manifest.json"
-            data = orjson.loads(manifest_path.read_bytes())
             if data.get("version") != version:
                 data["version"] = version
                 write_durably(manifest_path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
-            target = self.path(name, version)
-            try:
-                os.rename(staging, target)  # fails if another writer took this number first
-            except OSError:
-                continue
-            fsync_dir(target.parent)
-            return version
-        raise BundleError(f"Could not allocate a version for {name!r}.", hint="another writer is racing; retry.")
+            # False only when another writer took this number first: then take the next one
+            if self.storage.publish_tree(staging, f"{name}/{version}"):
+                return version
+        raise BundleError(
+            f"Could not allocate a version for {name!r} after {_CAS_RETRIES} tries.",
+            hint="many writers are publishing at once; retry.",
+        )
 
-    def promote(self, name: str, version: str, *, now: str | None = None) -> Pointer:
-        """Point CURRENT at ``version`` after verifying its manifest and artifact hash."""
+    def verify(self, name: str, version: str) -> Manifest:
+        """Check ``version`` as a server would before it may go live: manifest, size, sha256, and (in a child
+        process, which a corrupt model file may crash) a trial load with the golden predictions."""
         folder = self.path(name, version)
         manifest = self.manifest(name, version)
         verify_artifact(folder, manifest)
-        old = self.current(name)
-        history: tuple[str, ...] = ()
-        if old is not None and old.version != version:
-            history = (old.version, *old.history)[:HISTORY_LIMIT]
-        elif old is not None:
-            history = old.history
-        ptr = Pointer(
-            name=name, version=version, sha256=manifest.artifact.sha256, promoted_at=now or now_iso(), history=history
-        )
-        write_durably(self.root / name / POINTER, ptr.to_json())
-        return ptr
+        reason = self._verify(folder)
+        if reason is not None:
+            raise BundleError(
+                f"Model {name!r} {version} failed verification: {reason}",
+                hint="it cannot go live; keep the current version, or retrain.",
+            )
+        return manifest
+
+    def promote(
+        self, name: str, version: str, *, now: str | None = None, expect_live: str | None | bool = True
+    ) -> Pointer:
+        """Verify ``version``, then make it live by a compare-and-swap of CURRENT (retried on a concurrent write).
+
+        ``expect_live``: True promotes whatever is live now; a version string (or None for "nothing live")
+        promotes only if that is still the live version, else raises PromotionConflict -- a trainer that gated its
+        candidate against v0007 must not replace a v0008 that someone promoted meanwhile.
+        """
+        manifest = self.verify(name, version)
+
+        def change(old: Pointer | None) -> Pointer:
+            live = old.version if old else None
+            if expect_live is not True and live != expect_live:
+                raise PromotionConflict(
+                    f"Model {name!r}: {live or 'nothing'} is live now, not {expect_live or 'nothing'}; "
+                    f"{version} was not promoted.",
+                    hint="another writer promoted a version meanwhile; compare against it and try again.",
+                )
+            history: tuple[str, ...] = old.history if old else ()
+            if old is not None and old.version != version:
+                history = (old.version, *old.history)[:HISTORY_LIMIT]
+            return Pointer(name, version, manifest.artifact.sha256, now or now_iso(), history)
+
+        return self._swap_pointer(name, change)
 
     def rollback(self, name: str, *, now: str | None = None) -> Pointer:
-        """Make the previous live version live again, in one step."""
-        old = self.current(name)
-        if old is None or not old.history:
-            raise BundleError(
-                f"Model {name!r} has no previous live version to roll back to.",
-                hint=f"promote a specific version: `xylen models promote {name} vNNNN`.",
-            )
-        target, rest = old.history[0], old.history[1:]
-        folder = self.path(name, target)
-        verify_artifact(folder, self.manifest(name, target))
-        ptr = Pointer(
-            name=name,
-            version=target,
-            sha256=self.manifest(name, target).artifact.sha256,
-            promoted_at=now or now_iso(),
-            history=rest,
+        """Make the previous live version live again, in one step (verified first, like a promotion)."""
+        checked: dict[str, Manifest] = {}
+
+        def change(old: Pointer | None) -> Pointer:
+            if old is None or not old.history:
+                raise BundleError(
+                    f"Model {name!r} has no previous live version to roll back to.",
+                    hint=f"promote a specific version: `xylen models promote {name} vNNNN`.",
+                )
+            target, rest = old.history[0], old.history[1:]
+            if target not in checked:
+                checked[target] = self.verify(name, target)
+            return Pointer(name, target, checked[target].artifact.sha256, now or now_iso(), rest)
+
+        return self._swap_pointer(name, change)
+
+    def _swap_pointer(self, name: str, change: Callable[[Pointer | None], Pointer]) -> Pointer:
+        for _ in range(_CAS_RETRIES):
+            old, token = self._read_pointer(name)
+            new = change(old)
+            try:
+                self.storage.swap(self._pointer_key(name), new.to_json(), token)
+            except Conflict:
+                continue  # someone else wrote CURRENT between our read and our write: decide again on theirs
+            return new
+        raise BundleError(
+            f"Could not update {name!r}'s CURRENT.json after {_CAS_RETRIES} tries.",
+            hint="many writers are changing it at once; retry.",
         )
-        write_durably(self.root / name / POINTER, ptr.to_json())
-        return ptr
 
     def summary(self, name: str) -> list[dict[str, Any]]:
         live = self.current(name)

@@ -266,9 +266,11 @@ class LocalStorage:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-        except OSError as exc:
+        except BaseException as exc:  # failed or interrupted: no temp file outlives the write
             tmp.unlink(missing_ok=True)
-            raise storage_error(exc, target) from None
+            if isinstance(exc, OSError):
+                raise storage_error(exc, target) from None
+            raise
         return tmp
 
     @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -101,7 +102,8 @@ async def rollback(request: Request, name: str) -> Response:
     if reg is None or name not in st.holder.live:
         raise RequestError(404, f"No live model named {name[:64]!r}; see GET /models.")
     try:
-        ptr = reg.rollback(name)
+        # verified in a child process first (~0.4 s): off the event loop, so requests keep flowing meanwhile
+        ptr = await asyncio.to_thread(reg.rollback, name)
     except XylenError as exc:
         raise RequestError(409, exc.message) from None
     return json_response({"name": name, "version": ptr.version, "status": "rolled back; swapping in"})
