@@ -91,3 +91,54 @@ def test_profiles_auto_and_overrides():
         assert prof.num_leaves > 1 and prof.memory_gb > 0 and prof.train_window_days > 0
     with pytest.raises(ConfigError, match="Unknown profile '9gb'"):
         profiles.load("9gb")
+
+
+def test_only_xylen_and_alpha_names_count(tmp_path, monkeypatch):
+    """A bare SYMBOL or HOME in the environment is not a setting (HOME made a bare Settings() use $HOME itself)."""
+    env = {"XYLEN_HOME": str(tmp_path), "SYMBOL": "ETHUSDT", "INTERVAL": "1h", "FOLDS": "9", "API_KEYS": "k"}
+    s = load_settings({}, environ=env)
+    assert (s.symbol, s.interval, s.folds, s.api_keys) == ("BTCUSDT", "5m", 5, "")
+    (tmp_path / "models.env").write_text("SYMBOL=ETHUSDT\nPROFILE=m4\n")
+    s = load_settings({}, environ=env)
+    assert (s.symbol, s.profile) == ("BTCUSDT", "auto")
+    assert unknown_env_file_keys(s) == ["PROFILE", "SYMBOL"]
+    monkeypatch.setenv("HOME", str(tmp_path / "somebody"))
+    monkeypatch.delenv("XYLEN_HOME", raising=False)
+    monkeypatch.setenv("SYMBOL", "ETHUSDT")
+    bare = Settings()
+    assert bare.home == tmp_path / "somebody" / ".xylen" and bare.symbol == "BTCUSDT"
+
+
+@pytest.mark.parametrize("where", ["env", "models.env"])
+def test_xylen_name_beats_the_alpha_name_and_config_says_so(tmp_path, where):
+    """With XYLEN_PORT and PORT both set, XYLEN_PORT wins, and `xylen config` reports that value with that source."""
+    lines = {"XYLEN_PORT": "7001", "PORT": "7002"}
+    env = {"XYLEN_HOME": str(tmp_path)}
+    if where == "env":
+        env |= lines
+    else:
+        (tmp_path / "models.env").write_text("PORT=7002\nXYLEN_PORT=7001\n")
+    s = load_settings({}, environ=env)
+    assert s.port == 7001
+    row = next(r for r in explain(s, {}, env) if r["setting"] == "port")
+    assert (row["value"], row["source"], row["source_name"]) == ("7001", where, "XYLEN_PORT")
+    # the environment beats models.env whatever the spelling
+    (tmp_path / "models.env").write_text("XYLEN_PORT=7003\n")
+    s = load_settings({}, environ={"XYLEN_HOME": str(tmp_path), "PORT": "7004"})
+    row = next(r for r in explain(s, {}, {"PORT": "7004"}) if r["setting"] == "port")
+    assert s.port == 7004 and (row["source"], row["source_name"]) == ("env", "PORT")
+
+
+def test_config_command_reports_the_value_in_use(tmp_path):
+    from typer.testing import CliRunner
+
+    from xylen.cli import app
+
+    res = CliRunner().invoke(
+        app, ["--home", str(tmp_path), "config", "--json"], env={"XYLEN_PORT": "7001", "PORT": "7002"}
+    )
+    assert res.exit_code == 0, res.output
+    import orjson
+
+    port = next(r for r in orjson.loads(res.stdout)["settings"] if r["setting"] == "port")
+    assert (port["value"], port["source_name"]) == ("7001", "XYLEN_PORT")

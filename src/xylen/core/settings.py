@@ -1,6 +1,7 @@
 """One Settings object for every command.
 
-Precedence: CLI flag > environment (XYLEN_*, or the alpha's bare names) > XYLEN_HOME/models.env > default.
+Precedence: CLI flag > environment > XYLEN_HOME/models.env > default. In the environment and in models.env a
+setting is read from XYLEN_<NAME>, else from the alpha's name (MODEL_PATH, PORT, ...); no other name counts.
 Core code receives a ``Settings``; it never reads ``os.environ`` itself.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,7 @@ from typing import Any, Literal
 
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
-from pydantic_settings.sources.utils import parse_env_vars
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from xylen.core.errors import ConfigError
 
@@ -46,16 +46,50 @@ def _alias(field: str) -> AliasChoices:
     return AliasChoices(field, *names)
 
 
-# The environment a load_settings() call resolves against (tests pass their own instead of os.environ).
+# The environment and the settings file a load_settings() call resolves against (tests pass their own
+# environment instead of os.environ; a bare Settings() reads os.environ and no file).
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("xylen_environ", default=None)
+_ENV_FILE: ContextVar[Path | None] = ContextVar("xylen_env_file", default=None)
 
 
-class _EnvSource(EnvSettingsSource):
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        env = _ENVIRON.get()
-        return parse_env_vars(
-            os.environ if env is None else env, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
+def lookup(field: str, values: Mapping[str, str | None]) -> tuple[str, str] | None:
+    """(name, value) of ``field`` in ``values``: XYLEN_<FIELD> first, then the alpha's name; names are matched
+    without regard to case. Nothing else counts: a bare SYMBOL or HOME in the environment is not a setting."""
+    upper = {k.upper(): v for k, v in values.items() if v is not None}
+    for name in _env_names(field):
+        if name in upper:
+            return name, str(upper[name])
+    return None
+
+
+class _NamedSource(PydanticBaseSettingsSource):
+    """Settings from one mapping of variable names (the environment, or models.env), resolved by ``lookup``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: Callable[[], Mapping[str, str | None]]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # unused: __call__ does it all
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = self._values()
+        out: dict[str, Any] = {}
+        for field in self.settings_cls.model_fields:
+            found = lookup(field, values)
+            if found is not None:
+                out[field] = found[1]
+        return out
+
+
+def _environment() -> Mapping[str, str | None]:
+    env = _ENVIRON.get()
+    return os.environ if env is None else env
+
+
+def _settings_file() -> Mapping[str, str | None]:
+    path = _ENV_FILE.get()
+    return _read_env_file(path) if path is not None else {}
 
 
 def default_home() -> Path:
@@ -213,7 +247,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, _EnvSource(settings_cls), dotenv_settings, file_secret_settings
+        # CLI flag > environment > models.env > default; within each, XYLEN_<NAME> before the alpha's name
+        return init_settings, _NamedSource(settings_cls, _environment), _NamedSource(settings_cls, _settings_file)
 
     @field_validator("symbol")
     @classmethod
@@ -280,10 +315,11 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     home = _resolve_home(overrides, env)
     env_file = home / "models.env"
     token = _ENVIRON.set(env)
+    file_token = _ENV_FILE.set(env_file if env_file.is_file() else None)
     try:
         if env_file.exists() and not os.access(env_file, os.R_OK):
             raise ConfigError(f"Cannot read settings file {str(env_file)!r}.", hint="fix its permissions (chmod 600).")
-        return Settings(_env_file=env_file if env_file.is_file() else None, **(overrides | {"home": home}))  # type: ignore[call-arg]
+        return Settings(**(overrides | {"home": home}))
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, overrides, env, env_file)) from None
     except UnicodeDecodeError:
@@ -293,6 +329,7 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
         ) from None
     finally:
         _ENVIRON.reset(token)
+        _ENV_FILE.reset(file_token)
 
 
 def _format_validation(exc: ValidationError, overrides: dict[str, Any], env: dict[str, str], env_file: Path) -> str:
@@ -332,15 +369,15 @@ def _read_env_file(env_file: Path) -> dict[str, str | None]:
 
 
 def _source(field: str, overrides: dict[str, Any], env: dict[str, str], file_values: dict[str, str | None]) -> Source:
+    """Where ``field``'s value came from: the same ``lookup`` the settings sources use, in the same order."""
     if field in overrides:
         return Source("cli", field)
-    upper_env = {k.upper(): v for k, v in env.items()}
-    for name in _env_names(field):
-        if name in upper_env:
-            return Source("env", name)
-    for name in _env_names(field):
-        if name in file_values:
-            return Source("models.env", name)
+    found = lookup(field, env)
+    if found is not None:
+        return Source("env", found[0])
+    found = lookup(field, file_values)
+    if found is not None:
+        return Source("models.env", found[0])
     return Source("default", f"XYLEN_{field.upper()}")
 
 
