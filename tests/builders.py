@@ -57,6 +57,8 @@ def build_bundle(
     promote: bool = True,
     n_features: int | None = None,
     candles: features.CandleArrays | None = None,
+    symbol: str = "BTCUSDT",
+    interval: str = "5m",
 ) -> str:
     """Train ``rounds`` x ``leaves`` on the last ``rows`` sample candles, publish, optionally promote.
 
@@ -101,8 +103,8 @@ def build_bundle(
             artifact=artifact_info(model_file),
             feature_set={"version": features.VERSION, "names": list(features.NAMES)},
             label=spec.to_dict(),
-            symbol="BTCUSDT",
-            interval="5m",
+            symbol=symbol,
+            interval=interval,
             training_window=TrainingWindow(
                 first_open_time=int(c.open_time[idx[0]]), last_open_time=int(c.open_time[idx[-1]]), rows=len(idx)
             ),
