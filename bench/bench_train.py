@@ -1,6 +1,7 @@
 """Training and feature benchmarks: prints figures, with baselines measured in the same run.
 
-    python bench/bench_train.py [--profile 8gb] [--repeat 1]
+    python bench/bench_train.py [--profile 8gb]
+    python bench/bench_train.py --contention 2     # the OpenMP wait-policy measurement behind train/threads.py
 
 Figures:
 - feature set over the bundled sample (~105k candles), and a naive per-window loop as the baseline
@@ -8,6 +9,8 @@ Figures:
 - features of the last candle of a 100-candle window (the serving path), p50/p99 in µs;
 - a full `xylen train --profile 8gb` on the bundled sample (walk-forward evaluation included): wall seconds and
   peak RSS of the training process, next to a single plain LightGBM fit on the same rows as the baseline.
+- with --contention N: the same training beside N busy processes, with 1 and 2 threads and OpenMP's active
+  (spinning) and passive wait policies; the 1-thread run is the baseline.
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ import numpy as np
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="8gb")
+    ap.add_argument("--contention", type=int, default=None, help="busy processes beside the trainer")
     args = ap.parse_args()
+    if args.contention is not None:
+        contention(args.profile, args.contention)
+        return
 
     from xylen.core import features
     from xylen.core.candles import read_candles
@@ -107,6 +114,33 @@ def main() -> None:
         f"  baseline, one plain LightGBM fit of 100 trees on all rows: {one:.2f} s "
         f"-> the full train costs {wall / one:.1f} such fits"
     )
+
+
+def _train_seconds(profile: str, threads: int, policy: str) -> float:
+    env = {**os.environ, "LGBM_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": policy}
+    with tempfile.TemporaryDirectory() as home:
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "xylen", "--home", home, "train", "--profile", profile, "--json", "--no-promote"],
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        return time.perf_counter() - t
+
+
+def contention(profile: str, busy: int) -> None:
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        base = _train_seconds(profile, 1, "PASSIVE")
+        print(f"xylen train --profile {profile} beside {busy} busy process(es), {os.cpu_count()} cores:")
+        print(f"  1 thread, passive (baseline): {base:.1f} s")
+        for threads, policy in ((2, "ACTIVE"), (2, "PASSIVE"), (1, "ACTIVE")):
+            t = _train_seconds(profile, threads, policy)
+            print(f"  {threads} threads, {policy.lower():7s}: {t:.1f} s = {t / base:.2f}x the baseline")
+    finally:
+        for h in hogs:
+            h.kill()
 
 
 if __name__ == "__main__":

@@ -73,3 +73,35 @@ def test_memory_cap_cuts_the_window():
     assert keep < 365 * 288 and reason == "the memory cap"
     with pytest.raises(TrainingError, match="leaves room for only"):
         cap_rows(1000, replace(prof, memory_gb=0.3), 300_000)
+
+
+def test_each_fold_is_binned_on_its_own_training_rows(monkeypatch):
+    """LightGBM's bin edges come from the rows a Dataset is built on: no fold may be binned with rows that come
+    after its training window (the test window's distribution would leak into training)."""
+    import lightgbm as lgb
+
+    from xylen.core import features, labels
+    from xylen.train.dataset import Dataset
+
+    rng = np.random.default_rng(0)
+    n = 3_000
+    X = rng.normal(size=(n, features.N_FEATURES))
+    y = (rng.random(n) < 0.3).astype(float)
+    ds = Dataset(np.arange(n, dtype=np.int64) * 300_000, np.ones(n), X, y, np.ones(n, bool), np.ones(n, bool), 300_000)
+    built: list[tuple[int, bool]] = []
+    real = lgb.Dataset
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, data, *args, **kwargs):
+            built.append((len(data), kwargs.get("reference") is not None))
+            super().__init__(data, *args, **kwargs)
+
+    monkeypatch.setattr(lgb, "Dataset", Recording)
+    from dataclasses import replace
+
+    prof = replace(load("8gb"), num_boost_round=5, early_stopping_rounds=2, threads=1)
+    ev = evaluate.walk_forward(ds, prof, 3, labels.LabelSpec().horizon)
+    splits = evaluate.split(ds.rows, 3, labels.LabelSpec().horizon)
+    binned = [rows for rows, has_ref in built if not has_ref]  # Datasets that compute their own bin edges
+    assert binned and max(binned) <= max(len(fit) for fit, *_ in splits) < n
+    assert len(ev.folds) == 3

@@ -89,7 +89,8 @@ def run_training(settings: Settings, opts: TrainOptions | None = None, *, as_jso
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     err.print(
-        f"profile [bold]{prof.name}[/] ({prof.chosen_by}): {prof.threads} threads, {prof.memory_gb:g} GB cap, "
+        f"profile [bold]{prof.name}[/] ({prof.chosen_by}): {prof.threads} thread{'s' if prof.threads != 1 else ''}, "
+        f"{prof.memory_gb:g} GB cap, "
         f"{prof.num_leaves} leaves, max_bin {prof.max_bin}, up to {prof.num_boost_round} trees",
         markup=True,
     )

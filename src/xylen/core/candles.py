@@ -20,12 +20,14 @@ import numpy as np
 import orjson
 import polars as pl
 
+from xylen.core import intervals
 from xylen.core.errors import DataError
 from xylen.core.schema import (  # noqa: F401  re-exported; they live polars-free for the server
     COLUMNS,
     EXTRA_COLUMNS,
     FIELD_ALIASES,
     INTERVAL_MS,
+    INTERVALS,
     OHLCV,
     PRICE_COLUMNS,
     record_to_row,
@@ -48,10 +50,16 @@ MICROS_THRESHOLD = 10**13  # an epoch in ms stays below this until the year 2286
 
 
 def interval_ms(interval: str) -> int:
+    """The fixed length of a candle. ``1M`` has none: grids go through :mod:`xylen.core.intervals`."""
     try:
         return INTERVAL_MS[interval]
     except KeyError:
-        raise DataError(f"Unknown interval {interval!r}.", hint=f"use one of: {' '.join(INTERVAL_MS)}.") from None
+        if interval in INTERVALS:
+            raise DataError(
+                f"Interval {interval!r} (a calendar month) has no fixed length.",
+                hint="this step does not support 1M candles yet; use 1w or shorter.",
+            ) from None
+        raise DataError(f"Unknown interval {interval!r}.", hint=f"use one of: {' '.join(INTERVALS)}.") from None
 
 
 def fmt_ts(ms: int | float) -> str:
@@ -86,7 +94,7 @@ def infer_series(path: Path) -> tuple[str | None, str | None]:
     if not m:
         return None, None
     iv = m.group("iv")
-    return m.group("sym").replace("_", "").upper(), (iv if iv in INTERVAL_MS else None)
+    return m.group("sym").replace("_", "").upper(), (iv if iv in INTERVALS else None)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -152,7 +160,8 @@ def read_candles(path: str | Path, *, interval: str | None = None, symbol: str |
     if df.height == 0:
         raise DataError(f"{str(p)!r} holds no candles.", hint="check that it is the right file and not empty.")
     if interval and df["close_time"].null_count() == df.height:
-        df = df.with_columns((pl.col("open_time") + interval_ms(interval) - 1).alias("close_time"))
+        closes = intervals.next_opens(df["open_time"].to_numpy(), intervals.check(interval)) - 1
+        df = df.with_columns(pl.Series("close_time", closes))
     return ReadResult(frame=df, source=str(p), symbol=symbol or sym, interval=interval, notes=notes)
 
 
@@ -324,7 +333,7 @@ class ValidationReport:
 
 def validate(df: pl.DataFrame, interval: str, source: str) -> ValidationReport:
     """Check a candle frame; raises DataError naming the row and value. Gaps are reported, never filled."""
-    step = interval_ms(interval)
+    intervals.check(interval)
     if df.height == 0:
         raise DataError(f"{source}: no candles.", hint="point --data at a file with candles, or run `xylen collect`.")
     t = df["open_time"].to_numpy()
@@ -357,7 +366,7 @@ def validate(df: pl.DataFrame, interval: str, source: str) -> ValidationReport:
             f"high={float(h[i])} low={float(lo[i])} close={float(c[i])}.",
             hint="high must be >= open, close and low; fix or drop that row.",
         )
-    off = (t % step) != 0
+    off = ~intervals.aligned(t, interval)
     if off.any():
         i = int(off.argmax())
         raise DataError(
@@ -378,8 +387,7 @@ def validate(df: pl.DataFrame, interval: str, source: str) -> ValidationReport:
             f"row {i + 1} ({fmt_ts(t[i])}).",
             hint="sort the file by open_time.",
         )
-    gap_idx = np.flatnonzero(d != step)
-    gaps = [(int(t[i]), int(d[i] // step) - 1) for i in gap_idx]
+    gaps = intervals.gaps(t, interval)
     zero = int((df["volume"].to_numpy() == 0).sum())
     return ValidationReport(
         rows=df.height, first=int(t[0]), last=int(t[-1]), interval=interval, gaps=gaps, zero_volume=zero
@@ -387,13 +395,30 @@ def validate(df: pl.DataFrame, interval: str, source: str) -> ValidationReport:
 
 
 def infer_interval(df: pl.DataFrame) -> str | None:
-    t = df["open_time"].to_numpy()
-    if len(t) < 2:
-        return None
-    d = int(np.median(np.diff(t)))
-    return next((k for k, v in INTERVAL_MS.items() if v == d), None)
+    """The interval of sorted candles from their spacing (weeks and calendar months included), or None."""
+    return intervals.infer(df["open_time"].to_numpy())
 
 
-def combine(results: Sequence[ReadResult]) -> pl.DataFrame:
-    """Concatenate several reads of one series (e.g. monthly archives), sorted by open_time."""
-    return pl.concat([r.frame for r in results], how="vertical").sort("open_time")
+def combine(results: Sequence[ReadResult]) -> tuple[pl.DataFrame, int]:
+    """Several reads of one series (monthly archives, overlapping exports) as one frame sorted by open_time, and
+    how many repeated candles were merged. The one rule of `xylen train --data` and `xylen collect import`: a
+    candle that appears more than once with the same open, high, low, close and volume is kept once (the copy
+    with the most known extra columns); the same open_time with different values is refused, naming both places.
+    """
+    frames = [r.frame.with_columns(pl.lit(i, dtype=pl.Int32).alias("_src"), pl.int_range(pl.len()).alias("_row"))
+              for i, r in enumerate(results)]
+    df = pl.concat(frames, how="vertical")
+    extras = pl.sum_horizontal(*(pl.col(c).is_not_null().cast(pl.Int32) for c in EXTRA_COLUMNS))
+    df = df.with_columns(extras.alias("_known")).sort(["open_time", "_known"], descending=[False, True])
+    distinct = df.unique(subset=["open_time", *OHLCV], keep="first", maintain_order=True)
+    clash = distinct.filter(pl.col("open_time").is_duplicated())
+    if clash.height:
+        a, b = clash.row(0, named=True), clash.row(1, named=True)
+        where = [f"{results[x['_src']].source} row {x['_row'] + 1}" for x in (a, b)]
+        raise DataError(
+            f"Two different candles open at {fmt_ts(a['open_time'])}: {where[0]} says close {a['close']}, "
+            f"{where[1]} says close {b['close']}.",
+            hint="the files disagree about the same candle; drop the wrong file or fix that row.",
+        )
+    out = distinct.drop("_src", "_row", "_known")
+    return out, df.height - out.height

@@ -204,8 +204,12 @@ class Registry:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def publish(self, name: str, staging: Path) -> str:
-        """Make a staged bundle visible as the next free version, all files at once. Returns the version."""
+    def publish(self, name: str, staging: Path, finalize: Callable[[Path, str], None] | None = None) -> str:
+        """Make a staged bundle visible as the next free version, all files at once. Returns the version.
+
+        ``finalize(staging, version)`` runs once the version number is chosen, before the files become visible
+        (again, with the next number, if another writer took that one first): files that name the version,
+        like the report, are written there."""
         check_name(name)
         manifest_path = staging / "manifest.json"
         data = orjson.loads(manifest_path.read_bytes())
@@ -215,6 +219,8 @@ class Registry:
             if data.get("version") != version:
                 data["version"] = version
                 write_durably(manifest_path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+            if finalize is not None:
+                finalize(staging, version)
             # False only when another writer took this number first: then take the next one
             if self.storage.publish_tree(staging, f"{name}/{version}"):
                 return version

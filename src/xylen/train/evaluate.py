@@ -107,11 +107,26 @@ def split(rows: np.ndarray, n_folds: int, horizon: int) -> list[tuple[np.ndarray
     return out
 
 
-def _train(
-    lgb: Any, params: dict[str, Any], full: Any, fit: np.ndarray, val: np.ndarray, rounds: int, early: int
-) -> Any:
-    d_fit = full.subset(fit)
-    d_val = full.subset(val)
+def _fold_data(
+    lgb: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    fit: np.ndarray,
+    val: np.ndarray,
+    max_bin: int,
+    names: list[str] | None = None,
+    reference: Any = None,
+) -> tuple[Any, Any]:
+    """Datasets of one fold, binned on that fold's fitted rows only: bin edges computed over every row would let
+    the test window's distribution into training."""
+    d_fit = lgb.Dataset(
+        X[fit], label=y[fit], feature_name=names or "auto", params={"max_bin": max_bin}, reference=reference
+    )
+    return d_fit, lgb.Dataset(X[val], label=y[val], reference=d_fit)
+
+
+def _train(lgb: Any, params: dict[str, Any], data: tuple[Any, Any], rounds: int, early: int) -> Any:
+    d_fit, d_val = data
     return lgb.train(
         params, d_fit, num_boost_round=rounds, valid_sets=[d_val], callbacks=[lgb.early_stopping(early, verbose=False)]
     )
@@ -130,28 +145,10 @@ def walk_forward(
     y_shuf = ds.y.copy()
     y_shuf[rows] = rng.permutation(ds.y[rows])
     y_full = np.nan_to_num(ds.y, nan=0.0)
+    y_shuf = np.nan_to_num(y_shuf, nan=0.0)
     X_full = ds.X
-    # one binned Dataset per feature view, subset per fold: binning happens once, not 3 x K times
-    full = lgb.Dataset(
-        X_full,
-        label=y_full,
-        feature_name=list(features.NAMES),
-        params={"max_bin": profile.max_bin},
-        free_raw_data=False,
-    ).construct()
-    full_vol = lgb.Dataset(
-        np.ascontiguousarray(X_full[:, vol_cols]),
-        label=y_full,
-        params={"max_bin": profile.max_bin},
-        free_raw_data=False,
-    ).construct()
-    full_shuf = lgb.Dataset(
-        X_full,
-        label=np.nan_to_num(y_shuf, nan=0.0),
-        reference=full,
-        params={"max_bin": profile.max_bin},
-        free_raw_data=False,
-    ).construct()
+    X_vol = np.ascontiguousarray(X_full[:, vol_cols])
+    names = list(features.NAMES)
     folds: list[Fold] = []
     test_idx, test_p = [], []
     gain = np.zeros(features.N_FEATURES)
@@ -164,12 +161,15 @@ def walk_forward(
                 hint="the threshold is too high or too low for this data; adjust XYLEN_LABEL_THRESHOLD.",
             )
         rounds, early = profile.num_boost_round, profile.early_stopping_rounds
-        model = _train(lgb, params, full, fit, val, rounds, early)
-        vol_model = _train(lgb, params, full_vol, fit, val, rounds, early)
-        shuf_model = _train(lgb, params, full_shuf, fit, val, rounds, early)
+        data = _fold_data(lgb, X_full, y_full, fit, val, profile.max_bin, names)
+        model = _train(lgb, params, data, rounds, early)
+        vol_model = _train(lgb, params, _fold_data(lgb, X_vol, y_full, fit, val, profile.max_bin), rounds, early)
+        # the control reuses the fold's bins (same rows, same X): only the labels differ
+        shuf_data = _fold_data(lgb, X_full, y_shuf, fit, val, profile.max_bin, names, reference=data[0])
+        shuf_model = _train(lgb, params, shuf_data, rounds, early)
         X_test, y_test = X_full[test], ds.y[test]
         p = model.predict(X_test, num_iteration=model.best_iteration)
-        p_vol = vol_model.predict(X_test[:, vol_cols], num_iteration=vol_model.best_iteration)
+        p_vol = vol_model.predict(X_vol[test], num_iteration=vol_model.best_iteration)
         p_shuf = shuf_model.predict(X_test, num_iteration=shuf_model.best_iteration)
         base = float(ds.y[np.concatenate([fit, val])].mean())
         gain += model.feature_importance("gain", iteration=model.best_iteration)

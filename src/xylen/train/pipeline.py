@@ -6,7 +6,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources as ir
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,13 @@ from xylen.core.bundle import TrainingWindow, artifact_info, load_bundle, make_g
 from xylen.core.candles import ReadResult, combine, fmt_ts, infer_interval, interval_ms, read_candles, validate
 from xylen.core.errors import DataError, TrainingError
 from xylen.core.registry import Registry, check_name, model_name
+from xylen.core.schema import normalize_symbol
 from xylen.core.settings import Settings
 from xylen.core.store import Store
 from xylen.profiles import Profile, resolve
 from xylen.train import evaluate
 from xylen.train.dataset import build
+from xylen.train.threads import training_threads
 
 SAMPLE_FILE = "BTCUSDT-5m-2023.parquet"
 SAMPLE_SERIES = ("BTCUSDT", "5m")
@@ -107,16 +109,18 @@ def load_candles(settings: Settings, opts: TrainOptions, warnings: list[str]) ->
             raise DataError(
                 f"The --data files hold several intervals: {sorted(intervals)}.", hint="train one interval at a time."
             )
-        df = combine(reads)
+        df, merged = combine(reads)
+        if merged:
+            warnings.append(f"{merged} candle(s) appeared more than once across or within the files; kept once.")
         interval = opts.interval or next(iter(intervals), None) or infer_interval(df)
         if interval is None:
             raise DataError(f"Cannot tell the interval of {[str(p) for p in opts.data]}.", hint="pass --interval 5m.")
-        symbol = opts.symbol or next(iter(symbols), None) or settings.symbol
+        symbol = normalize_symbol(opts.symbol or next(iter(symbols), None) or settings.symbol)
         for r in reads:
             warnings += [f"{Path(r.source).name}: {n}" for n in r.notes]
         source = ", ".join(str(p) for p in opts.data)
         return df, symbol, interval, source
-    symbol = opts.symbol or settings.symbol
+    symbol = normalize_symbol(opts.symbol) if opts.symbol else settings.symbol
     interval = opts.interval or settings.interval
     store = Store(settings.data_dir)
     df = store.read(symbol, interval)
@@ -160,6 +164,10 @@ def train(
     profile = profile or resolve(
         settings.profile, max_memory_gb=settings.lgbm_max_memory_gb, num_threads=settings.lgbm_num_threads
     )
+    threads, why = training_threads(profile.threads)
+    if why:
+        warnings.append(why)
+        profile = replace(profile, threads=threads)
     spec = labels.LabelSpec(horizon=settings.label_horizon, threshold=settings.label_threshold)
     if spec.threshold < 2 * settings.fee:
         warnings.append(
@@ -257,8 +265,10 @@ def train(
         load_bundle(staging)  # verify what we wrote exactly as a server would, before anyone can see it
         from xylen.train.report import write_report
 
-        report_path = write_report(staging, manifest, ev, bt, ds, warnings)
-        version = registry.publish(name, staging)
+        def finalize(folder: Path, version: str) -> None:  # the report names the version publish chose
+            write_report(folder, manifest.model_copy(update={"version": version}), ev, bt, ds, warnings)
+
+        version = registry.publish(name, staging, finalize)
     bundle_dir = registry.path(name, version)
     if opts.promote:
         registry.promote(name, version)
@@ -276,7 +286,7 @@ def train(
         metrics=metrics,
         folds=[f.__dict__ for f in ev.folds],
         profile=profile.to_dict(),
-        report=bundle_dir / report_path.name if report_path else None,
+        report=bundle_dir / "report.html",
         warnings=warnings,
         seconds=time.perf_counter() - t0,
         peak_rss_mb=peak_rss_mb(),
