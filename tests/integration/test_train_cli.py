@@ -97,7 +97,7 @@ def _snapshot(home):
         (None, ["--profile", "9gb"], 2, "'9gb' is not one of"),
         (lambda d: d / "missing.csv", [], 3, "does not exist"),
         (lambda d: _trunc(d), [], 3, "corrupt or truncated"),
-        (lambda d: _dupes(d), [], 3, "duplicate candle"),
+        (lambda d: _clash(d), [], 3, "Two different candles open at 2022-01-13 11:00 UTC"),
         (lambda d: _short(d), [], 5, "too few for 2 walk-forward folds"),
         (None, ["--data", str(BTC_1H), "--threshold", "0.9"], 5, "every training label is 0"),
         (None, ["--symbol", "ETHUSDT"], 3, "No ETHUSDT 5m candles in the store"),
@@ -141,8 +141,50 @@ def _csv_from_lines(d, pick):
     return p
 
 
-def _dupes(d):
-    return _csv_from_lines(d, lambda lines: lines[:300] + lines[299:])
+def _clash(d):
+    """Row 300 repeated with another close price: two different candles for one open time."""
+
+    def pick(lines):
+        row = lines[300].split(",")
+        row[4] = str(float(row[4]) + 1)
+        return lines[:301] + [",".join(row)] + lines[301:]
+
+    return _csv_from_lines(d, pick)
+
+
+def test_overlapping_data_files_are_merged_by_the_rule_import_uses(tmp_path):
+    """Two exports that overlap (the same candles in both) train like one file; the note says how many merged."""
+    from xylen.core.candles import read_candles
+
+    df = read_candles(BTC_1H).frame
+    a, b = tmp_path / "BTCUSDT-1h-a.parquet", tmp_path / "BTCUSDT-1h-b.parquet"
+    df.head(5000).write_parquet(a)
+    df.slice(4000).write_parquet(b)  # rows 4000-4999 are in both
+    r = xylen(tmp_path, "train", "--profile", "8gb", "--data", str(a), "--data", str(b), "--json")
+    assert r.exit_code == 0, r.output
+    res = orjson.loads(r.stdout)
+    assert res["rows_total"] == df.height
+    assert any("1000 candle(s) appeared more than once" in w for w in res["warnings"]), res["warnings"]
+
+
+def test_report_title_names_the_published_version(home):
+    for v in ("v0001", "v0002"):
+        if not (home / "models" / "btcusdt-1h" / v).exists():
+            assert xylen(home, "train", "--profile", "8gb", "--data", str(BTC_1H), "--no-promote").exit_code == 0
+        html = (home / "models" / "btcusdt-1h" / v / "report.html").read_text()
+        assert f"<title>xylen report: btcusdt-1h {v}</title>" in html
+
+
+def test_symbol_is_normalised_before_the_store_is_read(tmp_path):
+    from xylen.core.candles import read_candles
+    from xylen.core.store import Store
+
+    Store(tmp_path / "data").append("BTCUSDT", "1h", read_candles(BTC_1H).frame)
+    r = xylen(tmp_path, "train", "--profile", "8gb", "--symbol", " btcusdt ", "--interval", "1h", "--json")
+    assert r.exit_code == 0, r.output
+    assert orjson.loads(r.stdout)["source"].startswith("store")
+    r = xylen(tmp_path, "train", "--profile", "8gb", "--symbol", "../../evil", "--interval", "1h")
+    assert r.exit_code == 2 and "'../../evil'" in r.output
 
 
 def _short(d):
