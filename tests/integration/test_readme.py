@@ -15,6 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from tests.conftest import free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,8 +36,12 @@ def test_the_two_commands_are_at_the_top():
     setup, curl, tests = _blocks()
     assert setup.startswith("pip install . &&")
     assert curl.startswith("curl ")
-    assert tests == "pip install -e '.[dev]' && python -m pytest"
-    assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
+    assert tests == "pip install torch==2.13.0 && pip install -e '.[dev]' && python -m pytest"
+    ci = (ROOT / ".ci" / "run").read_text()
+    for step in tests.split(" && "):  # CI runs the README's test command, step by step
+        assert step.replace("pip install", "python -m pip install --quiet").replace("python -m python", "python") in ci
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert any(d.replace(" ", "").startswith("xylen[onnx,torch]") for d in dev)  # so no ONNX or torch test skips
 
 
 def test_first_command_trains_serves_and_answers_the_curl_call(tmp_path):
