@@ -5,7 +5,8 @@ everything before it is training data. The last ``horizon`` rows before each tes
 (their labels look into it), the tail of the training data is an early-stopping validation slice, purged
 from the rows fitted on in the same way. Three models are trained on the same folds: the model on every
 feature, the same learner on volatility features alone, and the model on shuffled labels (a control that
-must score AUC ~0.5; if it does not, something leaks).
+must score AUC ~0.5: it checks that predictions are scored against the right labels; it cannot see a feature
+that reads the future -- that is what the no-look-ahead property test of core/features.py guards).
 """
 
 from __future__ import annotations

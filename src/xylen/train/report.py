@@ -105,7 +105,7 @@ def write_report(
         else "The model does not beat the volatility-only baseline: it mostly knows how volatile the market is."
     )
     if m["auc_shuffled_mean"] > 0.53:
-        verdict += " WARNING: the shuffled-label control scores above 0.53 -- suspect leakage."
+        verdict += " WARNING: the shuffled-label control scores above 0.53 -- the evaluation itself is suspect."
     summary = _table(
         [
             ["AUC, model", f"{m['auc_mean']:.4f}"],
@@ -174,7 +174,8 @@ def write_report(
 <h2>Notes</h2><ul>{warn or "<li>none</li>"}</ul>
 <p>Walk-forward: each test window is preceded by purged rows (labels that would overlap it); early stopping
 uses a purged validation slice at the end of each training window. AUC near 0.5 is a coin flip; the
-shuffled-label control must sit there.</p>
+shuffled-label control must sit there (it checks the scoring, not the features: a feature that reads the future
+would not move it).</p>
 </body></html>"""
     path = folder / "report.html"
     path.write_text(doc, encoding="utf-8")
