@@ -21,6 +21,7 @@ from xylen import __version__
 from xylen.core import features
 from xylen.core.backends import Predictor, load_predictor
 from xylen.core.errors import BundleError
+from xylen.core.storage import fsync_dir
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -138,19 +139,6 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def verify_artifact(folder: Path, manifest: Manifest) -> Path:

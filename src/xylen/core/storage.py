@@ -172,7 +172,7 @@ class LocalStorage:
                     if path.exists():
                         return False
                     os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return True
         finally:
             tmp.unlink(missing_ok=True)
@@ -190,7 +190,7 @@ class LocalStorage:
                     os.replace(tmp, path)
                 except OSError as exc:
                     raise storage_error(exc, path) from None
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return _token(data)
         finally:
             tmp.unlink(missing_ok=True)
@@ -203,7 +203,7 @@ class LocalStorage:
             raise ConfigError(f"{str(path)!r} is a folder, not an object.", hint="remove it by hand.") from None
         except OSError as exc:
             raise storage_error(exc, path) from None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def publish_tree(self, folder: Path, prefix: str) -> bool:
         """Make every file of ``folder`` visible under ``prefix`` at once; False (folder kept) if ``prefix`` exists.
@@ -218,7 +218,7 @@ class LocalStorage:
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
             for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-                _fsync_dir(d)
+                fsync_dir(d)
             target.parent.mkdir(parents=True, exist_ok=True)
             with self._locked(prefix):
                 if target.exists():
@@ -226,7 +226,7 @@ class LocalStorage:
                 os.rename(folder, target)
         except OSError as exc:
             raise storage_error(exc, target) from None
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return True
 
     def temp_dir(self) -> Path:
@@ -297,7 +297,8 @@ def _token(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder so that a rename or unlink in it survives a power cut (best effort where unsupported)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
