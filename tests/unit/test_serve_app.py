@@ -28,7 +28,7 @@ MODEL = "btcusdt-5m"
 
 def open_client(home: Path, **kwargs: Any) -> Any:
     settings = load_settings({"home": home}, environ={})
-    return TestClient(create_app(settings, **kwargs))
+    return TestClient(create_app(settings, **kwargs), base_url="http://127.0.0.1")  # a loopback Host
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,9 @@ def test_features_payload_list_and_mapping(client: Any, candle_window: np.ndarra
     assert r.status_code == 422 and str(features.N_FEATURES) in r.json()["error"]
 
 
-def test_unknown_symbol_routes_to_the_default_model(client: Any, body: dict[str, Any]) -> None:
-    r = client.post("/predict", json=body | {"symbol": "ETHUSDT"})
-    assert r.status_code == 200 and r.json()["model"] == MODEL
+def test_a_symbol_without_a_model_is_404_naming_the_live_ones(client: Any, body: dict[str, Any]) -> None:
+    r = client.post("/predict", json=body | {"symbol": "ETHUSDT"})  # no default configured: no other model answers
+    assert r.status_code == 404 and MODEL in r.json()["error"] and "xylen train --symbol ETHUSDT" in r.json()["error"]
 
 
 def _bad_bodies(body: dict[str, Any]) -> list[tuple[str, bytes, str]]:
@@ -155,7 +155,7 @@ def test_health_shapes(client: Any) -> None:
 
 
 def test_retrain_is_honestly_not_implemented(client: Any) -> None:
-    r = client.post("/retrain")
+    r = client.post("/retrain", json={})
     assert r.status_code == 501 and "xylen train" in r.json()["error"]
 
 

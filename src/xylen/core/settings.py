@@ -180,10 +180,28 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(
         None,
         validation_alias=_alias("model_path"),
-        description="Serve this bundle folder directly instead of the registry's live one.",
+        description="Serve this one model instead of the registry: a bundle folder, or a bare model file "
+        "(LightGBM text, ONNX, TorchScript) whose features the requests send by name.",
     )
-    model_type: BackendName = Field(
-        "lightgbm", validation_alias=_alias("model_type"), description="Backend of MODEL_PATH: lightgbm, onnx or torch."
+    model_type: BackendName | None = Field(
+        None,
+        validation_alias=_alias("model_type"),
+        description="Backend the served models must have: lightgbm, onnx or torch; a model of another kind is "
+        "refused at start (exit 2). Unset: taken from the model file or bundle.",
+    )
+    default_model: str | None = Field(
+        None,
+        validation_alias=_alias("default_model"),
+        description="Model that answers /predict for a symbol without its own model (same timeframe only) and "
+        "requests without symbol/timeframe. Unset: only each series' own model answers.",
+    )
+    clock_skew: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        validation_alias=_alias("clock_skew"),
+        description="Seconds the server's clock may lag the exchange's: /predict drops a last candle that closes "
+        "later than now plus this (the still-open candle).",
     )
     host: str = Field(
         "127.0.0.1",
@@ -265,6 +283,15 @@ class Settings(BaseSettings):
 
         if v not in INTERVAL_MS:
             raise ValueError(f"use one of {' '.join(INTERVAL_MS)}")
+        return v
+
+    @field_validator("default_model", mode="before")
+    @classmethod
+    def _default_model(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip() or None  # XYLEN_DEFAULT_MODEL= (empty) means unset
+            if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", v):
+                raise ValueError("a model name is lowercase letters, digits, '.', '_' and '-', like btcusdt-5m")
         return v
 
     @field_validator("training_interval", mode="before")

@@ -7,6 +7,7 @@ No model is loaded at import time or by this function: the lifespan starts the w
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -16,7 +17,10 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xylen import __version__
-from xylen.core.registry import Registry, model_name
+from xylen.core.bundle import read_manifest, verify_artifact
+from xylen.core.errors import BundleError, ConfigError, XylenError
+from xylen.core.rawmodel import resolve_backend
+from xylen.core.registry import Registry
 from xylen.core.settings import Settings
 from xylen.core.verify import verify_in_child
 from xylen.serve import routes, v2
@@ -29,23 +33,28 @@ from xylen.serve.state import ServeState
 
 DESCRIPTION = """Trading signals from the registry's live models, hot-swapped without downtime.
 
-`POST /predict` takes the alpha's body (candles as Binance arrays or objects) and answers for the last candle.
+`POST /predict` takes the alpha's body (candles as Binance arrays or objects) and answers for the last closed
+candle with the model of its symbol and timeframe, or the configured default model for the same timeframe, else
+404 (a still-open last candle is dropped and `notes` says so).
 `/v2/...` speaks the Open Inference Protocol v2 (KServe) on feature matrices. Send `Authorization: Bearer <key>`
 or `X-API-Key: <key>` when the server has API keys."""
 
 
 def create_app(settings: Settings, *, names: list[str] | None = None, model_path: Path | None = None,
                watch_interval: float = 0.25, verify: Callable[[Path], str | None] = verify_in_child,
-               keys: KeyRing | None = None) -> Gate:
-    """Build the server for ``settings``: every registry model (or ``names``), or the one bundle ``model_path``."""
+               keys: KeyRing | None = None, clock: Callable[[], float] = time.time) -> Gate:
+    """Build the server for ``settings``: every registry model with a live version (or ``names``), or the one
+    model at ``model_path`` (a bundle folder or a bare model file). ``clock`` (epoch seconds) decides which
+    candle is still open."""
     metrics = Metrics()
     model_path = model_path or settings.model_path
     registry = None if model_path else Registry(settings.models_dir)
-    holder = ModelHolder(registry, names, model_path=model_path,
-                         default=names[0] if names else model_name(settings.symbol, settings.interval),
-                         verify=verify, events=metrics.events())
+    # only an explicit choice is a default: XYLEN_DEFAULT_MODEL, else the first --model (MODEL_PATH: its model)
+    default = settings.default_model or (names[0] if names else None)
+    holder = ModelHolder(registry, names, model_path=model_path, default=None if model_path else default,
+                         backend=settings.model_type, verify=verify, events=metrics.events())
     state = ServeState(settings=settings, holder=holder, metrics=metrics,
-                       keys=keys if keys is not None else KeyRing.from_settings(settings))
+                       keys=keys if keys is not None else KeyRing.from_settings(settings), clock=clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -80,3 +89,49 @@ def create_app(settings: Settings, *, names: list[str] | None = None, model_path
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     return Gate(app, state)
+
+
+def check_models(settings: Settings, names: list[str], model_path: Path | None) -> None:
+    """What `xylen serve` refuses before it starts, instead of serving 503s: a MODEL_PATH that is not a model
+    (BundleError, exit 4), a MODEL_TYPE that contradicts the model, a default model outside ``--model`` (exit 2)."""
+    if model_path is not None:
+        if not model_path.exists():
+            raise BundleError(
+                f"MODEL_PATH {str(model_path)!r} does not exist.",
+                hint="point it at a bundle folder (models/<name>/vNNNN) or a model file (LightGBM text, ONNX, "
+                "TorchScript).",
+            )
+        if model_path.is_file():
+            resolve_backend(model_path, settings.model_type)
+            return
+        manifest = read_manifest(model_path)
+        verify_artifact(model_path, manifest)
+        _same_backend(settings.model_type, manifest.backend, f"the bundle {str(model_path)!r}")
+        return
+    if settings.default_model and names and settings.default_model not in names:
+        raise ConfigError(
+            f"XYLEN_DEFAULT_MODEL is {settings.default_model!r}, which is not among --model {', '.join(names)}.",
+            hint=f"add --model {settings.default_model}, or unset XYLEN_DEFAULT_MODEL (the first --model is the "
+            "default).",
+        )
+    if settings.model_type is None:
+        return
+    registry = Registry(settings.models_dir)
+    for name in names or registry.live_names():
+        try:
+            ptr = registry.current(name)
+            backend = registry.manifest(name, ptr.version).backend if ptr else None
+        except XylenError:
+            continue  # a broken pointer or bundle is the watcher's to refuse (and readiness's to report)
+        if backend is not None:
+            _same_backend(settings.model_type, backend, f"model {name!r} {ptr.version if ptr else ''}")
+
+
+def _same_backend(model_type: str | None, backend: str, what: str) -> None:
+    if model_type is not None and backend != model_type:
+        raise ConfigError(
+            f"MODEL_TYPE is {model_type!r} but {what} is a {backend} model.",
+            hint=f"set MODEL_TYPE={backend}, leave MODEL_TYPE unset (each model's own backend is used), or serve "
+            "only models of that backend with --model.",
+        )
+

@@ -3,23 +3,34 @@
 Pydantic models describe these bodies for OpenAPI only (serve/schemas.py); parsing them with pydantic costs
 1.6x requests/s here, so the hot path reads plain orjson values and checks what it needs by hand. Every failure
 is a ``RequestError`` whose message names the field and the fix; the gate turns it into a JSON 4xx.
+
+Two steps: ``decode_predict`` checks what needs no model (JSON shape, numbers, OHLC sanity, sorted unique
+times, the time unit); ``closed_window`` then checks the candles against the model that will answer (its
+interval, the still-open candle, gaps inside the feature window).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import orjson
 
-from xylen.core import features
+from xylen.core import features, intervals
 from xylen.core.errors import DataError
-from xylen.core.schema import INTERVAL_MS, record_to_row
+from xylen.core.schema import INTERVALS, record_to_row
 
-MICROS_THRESHOLD = 10**13  # epoch ms stays below this until 2286; epoch µs is above (Binance archives since 2025)
+# Epoch times are read by magnitude. Seconds stay below 1e11 until the year 5138, while milliseconds passed it
+# in 1973; microseconds (Binance archives since 2025) passed 1e14 in 1973, nanoseconds 1e17. So every
+# candle from 1973 to 5138 has exactly one reading; nanoseconds are refused (a float64 cannot hold them exactly).
+SECONDS_BELOW = 10**11
+MICROS_FROM = 10**14
+NANOS_FROM = 10**17
 _OHLCV_FIELDS = ("open_time", "open", "high", "low", "close", "volume")
 _FLOAT = np.float64
+_LIST_NAMES = 12  # missing feature names quoted in a 422 before "and N more"
 
 
 class RequestError(Exception):
@@ -35,8 +46,9 @@ class RequestError(Exception):
 class PredictRequest:
     symbol: str | None
     timeframe: str | None
-    candles: features.CandleArrays | None
+    candles: Any  # the JSON value, decoded by ``decode_candles`` only for a model that computes features from it
     features: Any  # list of numbers or {name: number}; checked against the model's names by the route
+    indicators: dict[str, Any] | None  # the alpha's {name: value}: the features of a model trained elsewhere
 
 
 def loads_object(body: bytes) -> dict[str, Any]:
@@ -71,31 +83,36 @@ def _opt_str(obj: dict[str, Any], key: str) -> str | None:
 
 
 def decode_predict(body: bytes) -> PredictRequest:
-    """Parse a /predict body. Candles are validated; a ``features`` payload is passed on unchecked."""
+    """Parse a /predict body. Candles and ``features`` are checked once the model that answers is known."""
     obj = loads_object(body)
     symbol = _opt_str(obj, "symbol")
-    timeframe = _opt_str(obj, "timeframe")
-    if timeframe is not None and timeframe not in INTERVAL_MS:
+    if symbol is not None and not (symbol.isascii() and symbol.isalnum() and 2 <= len(symbol) <= 20):
         raise RequestError(
-            422, f"Field 'timeframe' {timeframe[:20]!r} is not a Binance interval; use one of {' '.join(INTERVAL_MS)}."
+            422, f"Field 'symbol' {symbol[:40]!r} is not a Binance symbol; send letters and digits like BTCUSDT."
+        )
+    timeframe = _opt_str(obj, "timeframe")
+    if timeframe is not None and timeframe not in INTERVALS:
+        raise RequestError(
+            422, f"Field 'timeframe' {timeframe[:20]!r} is not a Binance interval; use one of {' '.join(INTERVALS)}."
         )
     for key in ("indicators", "meta"):
         if obj.get(key) is not None and not isinstance(obj[key], dict):
             raise RequestError(422, f"Field {key!r} must be a JSON object (or left out).")
+    indicators = obj.get("indicators") or None
     raw = obj.get("candles")
-    if raw is None:
-        if obj.get("features") is None:
-            raise RequestError(
-                422,
-                "Field 'candles' is missing; send at least "
-                f"{features.MIN_CANDLES} candles (Binance 12-field arrays or objects), "
-                "or 'features' for a model trained elsewhere.",
-            )
-        return PredictRequest(symbol, timeframe, None, obj["features"])
-    return PredictRequest(symbol, timeframe, decode_candles(raw), obj.get("features"))
+    if raw is None and obj.get("features") is None and indicators is None:
+        raise RequestError(
+            422,
+            "Field 'candles' is missing; send at least "
+            f"{features.MIN_CANDLES} candles (Binance 12-field arrays or objects), "
+            "or 'indicators'/'features' for a model trained elsewhere.",
+        )
+    return PredictRequest(symbol, timeframe, raw, obj.get("features"), indicators)
 
 
-def decode_candles(raw: Any) -> features.CandleArrays:
+def decode_candles(raw: Any) -> tuple[features.CandleArrays, float | None]:
+    """Candles (sorted, unique, open_time in ms, values checked) and the last one's close_time if it was sent.
+    Not yet checked against a model: ``closed_window`` does that."""
     if not isinstance(raw, list):
         raise RequestError(422, f"Field 'candles' must be a list of candles, got {type(raw).__name__}.")
     n = len(raw)
@@ -108,7 +125,7 @@ def decode_candles(raw: Any) -> features.CandleArrays:
         )
     m = _matrix(raw)
     _check(m)
-    return features.CandleArrays.from_matrix(m)
+    return features.CandleArrays.from_matrix(m), _sent_close_time(raw[-1], n - 1)
 
 
 def _matrix(raw: list[Any]) -> np.ndarray:
@@ -140,12 +157,8 @@ def _check(m: np.ndarray) -> None:
             422, f"candles[{i}].{_OHLCV_FIELDS[j]} is not finite ({m[i, j]}); send real numbers (no NaN or infinity)."
         )
     t = m[:, 0]
-    if (t < 0).any() or (t >= 2**62).any():
-        i = int(np.argmax((t < 0) | (t >= 2**62)))
-        raise RequestError(422, f"candles[{i}].open_time {t[i]:.0f} is not an epoch time in milliseconds.")
-    micro = t > MICROS_THRESHOLD
-    if micro.any():
-        m[micro, 0] = np.floor_divide(t[micro], 1000)
+    if t.min() < SECONDS_BELOW or t.max() >= MICROS_FROM:  # not all milliseconds: read each by its magnitude
+        _to_ms(t)
     prices = m[:, 1:5]
     if (prices <= 0).any():
         i, j = (int(x) for x in np.argwhere(prices <= 0)[0])
@@ -173,29 +186,159 @@ def _check(m: np.ndarray) -> None:
         )
 
 
-def feature_vector(raw: Any, names: list[str]) -> np.ndarray:
-    """A ``features`` payload (list in manifest order, or {name: value}) -> a (n_features,) float64 row."""
+def feature_vector(raw: Any, names: list[str], field: str = "features") -> np.ndarray:
+    """The features of a model that does not compute its own -> a (n_features,) float64 row.
+
+    ``features``: a list in the model's order, or {name: value} with exactly the model's names. ``indicators``
+    (the alpha's field): {name: value}; other keys are ignored, because bots send every indicator they compute.
+    """
     n = len(names)
     if isinstance(raw, dict):
         missing = [k for k in names if k not in raw]
         if missing:
+            shown = ", ".join(repr(k[:40]) for k in missing[:_LIST_NAMES])
+            more = f" and {len(missing) - _LIST_NAMES} more" if len(missing) > _LIST_NAMES else ""
             raise RequestError(
                 422,
-                f"Field 'features' lacks {len(missing)} of the model's {n} features "
-                f"(first: {missing[0]!r}); send every name the model lists.",
+                f"Field {field!r} lacks {len(missing)} of the model's {n} features: {shown}{more}; send each by "
+                "name (GET /v2/models/<name> lists them).",
             )
-        extra = [k for k in raw if k not in set(names)]
-        if extra:
+        if field == "features" and len(raw) != n:
+            known = set(names)
+            extra = next(k for k in raw if k not in known)
             raise RequestError(
                 422,
-                f"Field 'features' has unknown feature {str(extra[0])[:40]!r}; the model "
+                f"Field 'features' has unknown feature {str(extra)[:40]!r}; the model "
                 f"takes {n} named features (see GET /v2/models/<name>).",
             )
         raw = [raw[k] for k in names]
     if not isinstance(raw, list):
-        raise RequestError(422, "Field 'features' must be a list of numbers or an object {name: number}.")
+        raise RequestError(422, f"Field {field!r} must be a list of numbers or an object {{name: number}}.")
     if len(raw) != n:
-        raise RequestError(422, f"Field 'features' has {len(raw)} value(s); the model expects {n}.")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in raw if v is not None):
-        raise RequestError(422, "Field 'features' must hold numbers (null for missing).")
+        raise RequestError(422, f"Field {field!r} has {len(raw)} value(s); the model expects {n}.")
+    for i, v in enumerate(raw):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise RequestError(
+                422, f"Field {field!r}: feature {names[i][:40]!r} is {str(v)[:40]!r}; send numbers (null for missing)."
+            )
     return np.array([np.nan if v is None else v for v in raw], dtype=_FLOAT)
+
+
+def _to_ms(t: np.ndarray) -> None:
+    """Open times in seconds, milliseconds or microseconds -> milliseconds, in place, each by its magnitude."""
+    bad = (t < 0) | (t >= NANOS_FROM)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RequestError(422, f"candles[{i}].open_time {t[i]:.0f} is {_unit_problem(t[i])}")
+    sec, micro = t < SECONDS_BELOW, t >= MICROS_FROM
+    t[sec] *= 1000
+    t[micro] = np.floor_divide(t[micro], 1000)
+
+
+def _unit_problem(x: float) -> str:
+    fix = "send epoch milliseconds like 1704067200000 (seconds and microseconds are recognised too)."
+    if x < 0:
+        return f"before 1970; {fix}"
+    return f"in nanoseconds or later than the year 5138; {fix}"
+
+
+def epoch_ms(x: float, what: str) -> float:
+    """One epoch time (seconds, milliseconds or microseconds, by magnitude) in milliseconds."""
+    if not np.isfinite(x):
+        raise RequestError(422, f"{what} {x!r} is not a time; send epoch milliseconds like 1704067200000.")
+    if x < 0 or x >= NANOS_FROM:
+        raise RequestError(422, f"{what} {x:.0f} is {_unit_problem(x)}")
+    if x < SECONDS_BELOW:
+        return x * 1000
+    return x // 1000 if x >= MICROS_FROM else x
+
+
+def _sent_close_time(rec: Any, i: int) -> float | None:
+    """The close_time a candle carries (array field 7, or close_time|T), in ms; None when it has none."""
+    if type(rec) is list:
+        v = rec[6] if len(rec) > 6 else None
+    elif isinstance(rec, dict):
+        v = rec.get("close_time", rec.get("T"))
+    else:
+        return None
+    if v is None:
+        return None
+    what = f"candles[{i}].close_time"
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise RequestError(
+            422, f"{what} is {type(v).__name__} {str(v)[:40]!r}; send epoch milliseconds or leave it out."
+        )
+    try:
+        x = float(v)
+    except ValueError:
+        raise RequestError(
+            422, f"{what} {str(v)[:40]!r} is not a number; send epoch milliseconds or leave it out."
+        ) from None
+    return epoch_ms(x, what)
+
+
+def iso(ms: float) -> str:
+    """An epoch time in ms as ISO 8601 UTC, for messages and notes."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def closed_window(
+    c: features.CandleArrays,
+    close_time: float | None,
+    interval: str | None,
+    now_ms: float,
+    skew_ms: float,
+    who: str,
+) -> tuple[features.CandleArrays, list[str]]:
+    """The candles the features read, checked against the model ``who`` that answers (its ``interval``).
+
+    The last candle is dropped, with a note, while it is still open: its close_time (if sent), else the next
+    open time, is later than ``now_ms + skew_ms``. Then the trailing MIN_CANDLES must be consecutive candles of
+    ``interval`` on its grid: training leaves windows with gaps out, so serving does not predict on them.
+    """
+    notes: list[str] = []
+    t = c.open_time
+    n = len(t)
+    limit = now_ms + skew_ms
+    if interval is not None or close_time is not None:
+        last = int(t[-1])
+        ends = close_time if close_time is not None else intervals.next_open(last, interval)  # type: ignore[arg-type]
+        if ends > limit:
+            n -= 1
+            notes.append(f"dropped the still-open candle opened at {iso(last)}")
+            if n and interval is not None and intervals.next_open(int(t[n - 1]), interval) > limit:
+                raise RequestError(
+                    422,
+                    f"candles[{n - 1}] (opened at {iso(t[n - 1])}) closes after the server's clock "
+                    f"({iso(now_ms)}) too; only the last candle may still be open. Check the bot's clock and "
+                    "that open_time is the candle's open time in epoch milliseconds.",
+                )
+    need = features.MIN_CANDLES
+    if n < need:
+        raise RequestError(
+            422,
+            f"After dropping the still-open candle, {n} closed candle(s) remain; the features need {need}. "
+            f"Send {need + 1} or more, oldest first.",
+        )
+    if interval is not None:
+        w = t[n - need : n]
+        ok = intervals.consecutive(w, interval)
+        if not ok.all():
+            j = int(np.argmin(ok)) + 1
+            i = n - need + j
+            raise RequestError(
+                422,
+                f"candles[{i}] opens at {iso(w[j])}, but the {interval} candle after candles[{i - 1}] "
+                f"({iso(w[j - 1])}) opens at {iso(intervals.next_open(int(w[j - 1]), interval))}: the last {need} "
+                f"candles must be consecutive {interval} candles without gaps ({who} is a {interval} model). "
+                f"Send consecutive {interval} candles, oldest first.",
+            )
+        if not intervals.aligned(w[-1:], interval)[0]:
+            raise RequestError(
+                422,
+                f"candles[{n - 1}].open_time {iso(w[-1])} is not on the {interval} grid ({who} is a {interval} "
+                "model); send the exchange's candles as they are.",
+            )
+    if n == len(t):
+        return c, notes
+    return features.CandleArrays(*(x[:n] for x in (t, c.open, c.high, c.low, c.close, c.volume))), notes

@@ -4,6 +4,10 @@
 and keeps the ``Live`` it got, so a swap never changes a model under a request in flight. One watcher thread
 polls each model's CURRENT.json (stat, then contents) and swaps in a new version only after a child process
 has verified it (core/verify.py), the server has loaded it, and a warm-up prediction has run.
+
+Which models are served: ``--model`` names, else every registry model with a live version (a CURRENT.json;
+a folder of versions never promoted is not served and does not hold readiness back), plus an explicitly set
+default model; or the one MODEL_PATH (a bundle folder or a bare model file).
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from xylen.core.bundle import ModelBundle, load_bundle
-from xylen.core.errors import XylenError
+from xylen.core.bundle import ModelBundle, load_bundle, read_manifest
+from xylen.core.errors import BundleError, XylenError
+from xylen.core.intervals import INTERVALS
+from xylen.core.rawmodel import load_raw, resolve_backend
 from xylen.core.registry import POINTER, Pointer, Registry
-from xylen.core.verify import verify_in_child
+from xylen.core.verify import verify_in_child, verify_raw_in_child
 from xylen.serve.fastrow import RowPredictor, row_predictor
 
 log = logging.getLogger("xylen.serve")
+MODEL_PATH = "(MODEL_PATH)"
+
 
 @dataclass(frozen=True)
 class Live:
@@ -36,6 +44,7 @@ class Live:
     predict_row: RowPredictor
     predict_path: str
     loaded_at: float  # time.time()
+    interval: str | None = None  # the candle interval it was trained on (manifest); None: a model from elsewhere
 
     @property
     def computes_features(self) -> bool:
@@ -45,7 +54,22 @@ class Live:
 def load_live(name: str | None, folder: Path) -> Live:
     """Load + warm in this process (after verify_in_child said it is safe). ``name`` defaults to the manifest's."""
     bundle = load_bundle(folder, check_golden=True, num_threads=1)
-    name = name or bundle.name
+    return _warm(name or bundle.name, bundle)
+
+
+def load_raw_live(path: Path, backend: str) -> Live:
+    """A bare model file (after verify_raw_in_child said it is safe), named after the file."""
+    bundle = load_raw(path, backend, num_threads=1)
+    return _warm(bundle.name, bundle)
+
+
+def _warm(name: str, bundle: ModelBundle) -> Live:
+    interval = bundle.manifest.interval
+    if interval is not None and interval not in INTERVALS:
+        raise BundleError(
+            f"Bundle {name} {bundle.version}: the manifest's interval {interval[:20]!r} is not a Binance interval.",
+            hint="the manifest is damaged; retrain or re-import the model.",
+        )
     predict_row, how = row_predictor(bundle)
     warm = np.zeros(bundle.num_feature())
     for _ in range(3):  # first calls allocate LightGBM's buffers; pay that here, not in a request
@@ -57,6 +81,7 @@ def load_live(name: str | None, folder: Path) -> Live:
         predict_row=predict_row,
         predict_path=how,
         loaded_at=time.time(),
+        interval=interval,
     )
 
 
@@ -76,16 +101,21 @@ class ModelHolder:
         *,
         model_path: Path | None = None,
         default: str | None = None,
+        backend: str | None = None,
         verify: Callable[[Path], str | None] = verify_in_child,
         events: SwapEvents | None = None,
     ) -> None:
         self.registry = registry
         self.model_path = model_path
         self.fixed_names = list(names or [])
-        self.default_hint = default
+        # the explicitly configured default model (XYLEN_DEFAULT_MODEL, the first --model, the MODEL_PATH model);
+        # None: a request is answered only by its own series' model, or by the only model served
+        self.default_name = default
+        self.backend = backend  # MODEL_TYPE: a version of another backend is refused
         self.verify = verify
         self.events = events or SwapEvents()
         self.live: dict[str, Live] = {}  # replaced, never mutated
+        self.served: tuple[str, ...] = ()  # expected() as of the last poll: read per request without disk I/O
         self.problems: dict[str, str] = {}
         self.refused: dict[str, tuple[str, str, str]] = {}
         self._seen: dict[str, tuple[int, int, int]] = {}
@@ -95,20 +125,25 @@ class ModelHolder:
 
     # -- reading (any thread) ------------------------------------------------------------------------------
     def expected(self) -> list[str]:
+        """The models this server must serve before it is ready."""
         if self.model_path is not None:
-            return list(self.live) or ["(MODEL_PATH)"]
-        if self.fixed_names:
-            return self.fixed_names
-        return self.registry.names() if self.registry else []
+            return list(self.live) or [MODEL_PATH]
+        registered = self.registry.live_names() if self.registry and not self.fixed_names else []
+        names = list(self.fixed_names) or registered
+        if self.default_name is not None and self.default_name not in names:
+            names.append(self.default_name)
+        return names
 
     def default(self) -> Live | None:
+        """The explicitly configured default model, when it is live."""
+        return self.live.get(self.default_name) if self.default_name is not None else None
+
+    def only(self) -> Live | None:
+        """The one model, when exactly one is served (and live)."""
         live = self.live
-        if self.default_hint in live:
-            return live[self.default_hint]
-        for n in self.fixed_names:
-            if n in live:
-                return live[n]
-        return live[min(live)] if live else None
+        if len(live) == 1 and len(self.served) <= 1:
+            return next(iter(live.values()))
+        return None
 
     def not_ready_reason(self) -> str | None:
         if self.draining:
@@ -117,7 +152,11 @@ class ModelHolder:
             return "loading models"
         expected = self.expected()
         if not expected:
-            return f"no models in {self.registry.root if self.registry else '?'}; train one with `xylen train`"
+            root = self.registry.root if self.registry else "?"
+            return (
+                f"no models with a live version in {root}; train one with `xylen train`, or make a version live "
+                "with `xylen models promote NAME VERSION`"
+            )
         live = self.live
         missing = [n for n in expected if n not in live]
         if missing:
@@ -131,30 +170,54 @@ class ModelHolder:
             self._load_path(self.model_path)
         else:
             self.poll()
-            if not self.expected():
+            if not self.served:
                 log.warning(
-                    "no models in %s yet: readiness answers 503 and /predict 503 until one is promoted "
-                    "(`xylen train`); it is picked up within a second",
+                    "no models with a live version in %s yet: readiness answers 503 and /predict 503 until one "
+                    "is promoted (`xylen train`); it is picked up within a second",
                     self.registry.root if self.registry else "?",
                 )
         self.started = True
 
-    def _load_path(self, folder: Path) -> None:
-        reason = self.verify(folder)
+    def _load_path(self, path: Path) -> None:
+        """MODEL_PATH: one bundle folder, or one bare model file (the alpha's trading_model.txt)."""
         try:
-            if reason is None:
-                self._publish(load_live(None, folder))
-                return
+            if path.is_file():
+                backend = resolve_backend(path, self.backend)
+                reason = verify_raw_in_child(path, backend)
+                if reason is None:
+                    self._publish_default(load_raw_live(path, backend))
+                    return
+            else:
+                reason = self._backend_problem(path) or self.verify(path)
+                if reason is None:
+                    self._publish_default(load_live(None, path))
+                    return
         except XylenError as exc:
             reason = exc.message
-        self.problems["(MODEL_PATH)"] = reason or "unknown"
-        log.error("MODEL_PATH %s refused: %s", folder, reason)
+        self.problems[MODEL_PATH] = reason or "unknown"
+        log.error("MODEL_PATH %s refused: %s", path, reason)
+
+    def _publish_default(self, live: Live) -> None:
+        self.default_name = live.name  # the one MODEL_PATH model answers every request (same timeframe only)
+        self._publish(live)
+        self.served = (live.name,)
+
+    def _backend_problem(self, folder: Path) -> str | None:
+        """Why MODEL_TYPE refuses the bundle in ``folder`` (None: it does not, or MODEL_TYPE is unset)."""
+        if self.backend is None:
+            return None
+        backend = read_manifest(folder).backend
+        if backend == self.backend:
+            return None
+        return f"its backend is {backend} but MODEL_TYPE is {self.backend}; unset MODEL_TYPE to serve it"
 
     def poll(self) -> None:
         """One pass over the registry: swap in every model whose CURRENT changed to a good version."""
         if self.registry is None:
             return
-        for name in self.expected():
+        names = self.expected()
+        self.served = tuple(names)
+        for name in names:
             try:
                 self._poll_one(name)
             except Exception as exc:  # never let one model's trouble stop the watcher
@@ -196,7 +259,10 @@ class ModelHolder:
         assert self.registry is not None
         folder = self.registry.path(name, ptr.version)
         t0 = time.perf_counter()
-        reason = self.verify(folder)
+        try:
+            reason = self._backend_problem(folder) or self.verify(folder)
+        except XylenError as exc:
+            reason = exc.message
         live = None
         if reason is None:
             try:

@@ -1,11 +1,26 @@
-"""POST /predict: body bytes -> signal bytes. No I/O, no imports, no logging; one counter per request."""
+"""POST /predict: body bytes -> signal bytes. No I/O, no imports, no logging; one counter per request.
+
+Routing: a request for (symbol, timeframe) is answered by that series' model ``<symbol lower>-<timeframe>``;
+without one, only by the explicitly configured default model (XYLEN_DEFAULT_MODEL, the first ``--model``, the
+MODEL_PATH model) and only when that model was trained on the same timeframe. A request without symbol and
+timeframe goes to the default, or to the only model served. Anything else is a 404 that names the live models
+and the command that adds the missing one: a model never answers for a series it does not know it is wrong for.
+"""
 
 from __future__ import annotations
 
 import orjson
 
 from xylen.core import features
-from xylen.serve.decode import RequestError, decode_predict, feature_vector
+from xylen.serve.decode import (
+    PredictRequest,
+    RequestError,
+    closed_window,
+    decode_candles,
+    decode_predict,
+    feature_vector,
+)
+from xylen.serve.holder import Live, ModelHolder
 from xylen.serve.state import ServeState
 
 
@@ -14,26 +29,98 @@ def predict(state: ServeState, body: bytes) -> bytes:
     req = decode_predict(body)
     holder = state.holder
     live_map = holder.live  # read once: a swap during this request does not change our model
-    live = None
-    if req.symbol is not None and req.timeframe is not None:
-        live = live_map.get(f"{req.symbol.lower()}-{req.timeframe}")
-    if live is None:
-        live = holder.default()
-    if live is None:
-        raise RequestError(503, f"No model is ready ({holder.not_ready_reason() or 'loading'}); retry shortly "
-                                "or see GET /health/ready.")
+    notes: list[str] = []
+    live = route(holder, live_map, req, notes)
     if req.candles is not None and live.computes_features:
-        row = features.last_row(req.candles)
+        candles, close_time = decode_candles(req.candles)
+        candles, dropped = closed_window(candles, close_time, live.interval or req.timeframe, state.clock() * 1000.0,
+                                         state.settings.clock_skew * 1000.0, f"model {live.name!r}")
+        row = features.last_row(candles)
+        notes += dropped
     elif req.features is not None:
         row = feature_vector(req.features, live.bundle.feature_names)
+    elif req.indicators is not None and not live.computes_features:
+        row = feature_vector(req.indicators, live.bundle.feature_names, "indicators")
+    elif live.computes_features:
+        raise RequestError(422, f"Model {live.name!r} computes its features from candles: send 'candles' (at least "
+                                f"{features.MIN_CANDLES}, oldest first), or 'features' with its "
+                                f"{live.bundle.num_feature()} values.")
     else:
         fs = live.bundle.manifest.feature_set.version
         raise RequestError(422, f"Model {live.name!r} {live.version} was trained on feature set {fs!r}, which this "
-                                f"server does not compute from candles ({features.VERSION!r}); send 'features' "
-                                f"with its {live.bundle.num_feature()} values instead.")
+                                f"server does not compute from candles ({features.VERSION!r}); send its "
+                                f"{live.bundle.num_feature()} features by name in 'indicators' "
+                                "({name: value}), or in 'features' (GET /v2/models/<name> lists them).")
     p = live.predict_row(row)
     cls = 1 if p >= 0.5 else 0
     state.metrics.predicted(live.name, cls)
     return orjson.dumps({"prediction": cls, "confidence": p if cls else 1.0 - p, "model_version": live.version,
                          "model": live.name, "probability": p,
-                         "feature_set": live.bundle.manifest.feature_set.version})
+                         "feature_set": live.bundle.manifest.feature_set.version, "notes": notes})
+
+
+def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, notes: list[str]) -> Live:
+    """The model that answers ``req`` (see the module docstring), or a RequestError saying why none does."""
+    symbol, timeframe = req.symbol, req.timeframe
+    if symbol is not None and timeframe is not None:
+        name = f"{symbol.lower()}-{timeframe}"
+        live = live_map.get(name)
+        if live is not None:
+            if live.interval is not None and live.interval != timeframe:
+                raise RequestError(422, f"Model {name!r} was trained on {live.interval} candles, but the request "
+                                        f"says timeframe {timeframe!r}; retrain it on {timeframe} candles "
+                                        f"(`xylen train --symbol {symbol.upper()} --interval {timeframe}`).")
+            return live
+        _not_loaded(holder, live_map, name)
+        default = _default(holder, live_map)
+        if default is not None and default.interval in (None, timeframe):
+            trained_on = default.bundle.manifest.symbol
+            if trained_on is not None and trained_on != symbol.upper():  # say so: the bot may not expect it
+                notes.append(f"no model for {symbol} {timeframe}: answered by the default model "
+                             f"{default.name!r} (trained on {trained_on})")
+            return default
+        raise RequestError(404, f"No model for {symbol} {timeframe} ({name!r})"
+                                f"{_default_says(default, timeframe)}; live: {_names(live_map)}. Train one: "
+                                f"`xylen train --symbol {symbol.upper()} --interval {timeframe}`, or set "
+                                "XYLEN_DEFAULT_MODEL to a model that may answer for other symbols.")
+    if not live_map:
+        _not_loaded(holder, live_map, None)
+    live = _default(holder, live_map) or holder.only()
+    if live is None:
+        raise RequestError(422, f"Several models are live ({_names(live_map)}) and none is the default: send "
+                                "'symbol' and 'timeframe' (e.g. \"BTCUSDT\", \"5m\") to choose one, or set "
+                                "XYLEN_DEFAULT_MODEL.")
+    if timeframe is not None and live.interval not in (None, timeframe):
+        raise RequestError(404, f"No model for timeframe {timeframe!r}: {live.name!r} is a {live.interval} model; "
+                                f"live: {_names(live_map)}. Send 'symbol' too, or train one with "
+                                f"`xylen train --symbol SYMBOL --interval {timeframe}`.")
+    return live
+
+
+def _default(holder: ModelHolder, live_map: dict[str, Live]) -> Live | None:
+    name = holder.default_name
+    if name is None:
+        return None
+    live = live_map.get(name)
+    if live is None:
+        _not_loaded(holder, live_map, name)
+    return live
+
+
+def _not_loaded(holder: ModelHolder, live_map: dict[str, Live], name: str | None) -> None:
+    """503 while the model a request needs is configured but not (yet) loaded; nothing for an unknown one."""
+    if live_map and (name is None or name not in holder.served):
+        return
+    reason = holder.problems.get(name, "loading") if name is not None and live_map else holder.not_ready_reason()
+    raise RequestError(503, f"No model is ready to answer ({reason or 'loading'}); retry shortly or see "
+                            "GET /health/ready.")
+
+
+def _default_says(default: Live | None, timeframe: str) -> str:
+    if default is None:
+        return " and no default model"
+    return f"; the default model {default.name!r} is a {default.interval} model and never answers for {timeframe}"
+
+
+def _names(live_map: dict[str, Live]) -> str:
+    return ", ".join(sorted(live_map)) or "none"

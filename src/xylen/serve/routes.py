@@ -33,9 +33,9 @@ def json_response(obj: Any, status: int = 200) -> Response:
              openapi_extra={"requestBody": {"required": True, "content": {
                  JSON: {"schema": schemas.PredictBody.model_json_schema()}}}})
 async def predict_route(request: Request) -> Response:
-    """Features of the last candle (the same code as training) -> the model of `<symbol>-<timeframe>`, else
-    the default model. Normally answered by the gate's fast path; this route documents it and serves it when
-    the app runs without the gate."""
+    """Features of the last closed candle (the same code as training) -> the model of `<symbol>-<timeframe>`;
+    without one, the configured default model if it has the same timeframe, else 404. Normally answered by the
+    gate's fast path; this route documents it and serves it when the app runs without the gate."""
     return Response(predict(state_of(request), await request.body()), media_type=JSON)
 
 
@@ -44,7 +44,8 @@ async def health(request: Request) -> Response:
     """The alpha's health shape; 503 while no model is ready or while shutting down."""
     st = state_of(request)
     reason = st.holder.not_ready_reason()
-    live = st.holder.default()
+    models = st.holder.live
+    live = st.holder.default() or st.holder.only() or (models[min(models)] if models else None)
     body = {"status": "unhealthy" if reason else "healthy", "uptime_seconds": round(st.uptime(), 3),
             "memory_usage_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "model_loaded": live is not None, "model_type": live.bundle.backend if live else None,

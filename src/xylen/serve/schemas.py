@@ -9,22 +9,35 @@ from pydantic import BaseModel, Field
 
 from xylen.core import features
 
-CANDLES_DOC = (f"At least {features.MIN_CANDLES} candles, oldest first, unique open_time. Each is a Binance 12-field "
-               "array [open_time, open, high, low, close, volume, close_time, quote_volume, trades, taker_buy_base, "
-               "taker_buy_quote, ignore] (numbers or numeric strings) or an object with open_time|t, open|o, high|h, "
-               "low|l, close|c, volume|v. The prediction is for the LAST candle.")
+CANDLES_DOC = (f"At least {features.MIN_CANDLES} closed candles, oldest first, unique open_time. Each is a Binance "
+               "12-field array [open_time, open, high, low, close, volume, close_time, quote_volume, trades, "
+               "taker_buy_base, taker_buy_quote, ignore] (numbers or numeric strings) or an object with open_time|t, "
+               "open|o, high|h, low|l, close|c, volume|v and optionally close_time|T. The prediction is for the LAST "
+               "closed candle. Times are epoch milliseconds; seconds (below 1e11) and microseconds (1e14 and above) "
+               "are recognised by their magnitude and converted, nanoseconds are refused. The last "
+               f"{features.MIN_CANDLES} candles must be consecutive candles of the model's interval (no gaps; 422 "
+               "names the row). A last candle that is still open -- its close_time, or else its next open time, is "
+               "later than the server's clock plus XYLEN_CLOCK_SKEW (default 2 s) -- is dropped and the response "
+               f"says so in `notes`; send {features.MIN_CANDLES + 1} candles when the last one may be open.")
 
 
 class PredictBody(BaseModel):
     """POST /predict. Send `candles` (models trained by xylen) or `features` (models trained elsewhere)."""
 
-    symbol: str | None = Field(None, examples=["BTCUSDT"], description="Routes to model <symbol>-<timeframe>.")
-    timeframe: str | None = Field(None, examples=["5m"], description="Binance interval, e.g. 5m.")
+    symbol: str | None = Field(None, examples=["BTCUSDT"], description=(
+        "With timeframe, routes to model <symbol lower>-<timeframe>; without one, the default model "
+        "(XYLEN_DEFAULT_MODEL, the first --model, MODEL_PATH) answers if it has the same timeframe, else 404. "
+        "Left out: the default model, or the only model served."))
+    timeframe: str | None = Field(None, examples=["5m"], description=(
+        "Binance interval, e.g. 5m. A model never answers for another timeframe than it was trained on."))
     candles: list[list[float | str] | dict[str, float | str]] | None = Field(
         None, min_length=features.MIN_CANDLES, description=CANDLES_DOC)
     features: list[float | None] | dict[str, float | None] | None = Field(
         None, description="Feature vector in the model's order, or {name: value} (see GET /v2/models/<name>).")
-    indicators: dict[str, Any] = Field(default_factory=dict, description="Accepted and ignored (alpha compat).")
+    indicators: dict[str, Any] = Field(default_factory=dict, description=(
+        "{name: value}: the features of a model trained elsewhere (a bare MODEL_PATH file, `xylen models "
+        "import`), by the model's feature names; other keys are ignored, a missing name is a 422 listing them. "
+        "Ignored by models that compute their features from candles."))
     meta: dict[str, Any] = Field(default_factory=dict, description="Accepted and ignored (alpha compat).")
 
 
@@ -35,6 +48,10 @@ class PredictResponse(BaseModel):
     model: str = Field(examples=["btcusdt-5m"])
     probability: float = Field(description="Probability of class 1.")
     feature_set: str = Field(examples=[features.VERSION])
+    notes: list[str] = Field(default_factory=list, description=(
+        "What the server did with the request besides predicting, e.g. \"dropped the still-open candle opened "
+        "at 2024-01-01T00:05:00Z\", or that the default model answered for another symbol."),
+        examples=[["dropped the still-open candle opened at 2024-01-01T00:05:00Z"]])
 
 
 class ErrorResponse(BaseModel):
@@ -95,6 +112,8 @@ class V2InferResponse(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
         (400, "Malformed JSON or wrong content type."), (401, "Missing or wrong API key."),
+        (404, "No such model, or no model for the request's symbol and timeframe (the message names the live "
+              "models and the `xylen train` command that adds one)."),
         (413, "Body larger than max_body_bytes."), (422, "A field is missing or invalid; the message names it."),
         (503, "No model loaded yet (see /health/ready)."))
 }

@@ -38,10 +38,9 @@ def serve(settings: Settings, opts: ServeOptions) -> None:
 
     keys = KeyRing.from_settings(settings)
     check_bind(settings.host, keys, settings.allow_unauthenticated)
-    if opts.model_path is not None:  # a wrong MODEL_PATH fails now (exit 4), not later as a 503
-        from xylen.core.bundle import read_manifest, verify_artifact
+    from xylen.serve.app import check_models
 
-        verify_artifact(opts.model_path, read_manifest(opts.model_path))
+    check_models(settings, opts.names, opts.model_path)  # a wrong MODEL_PATH/MODEL_TYPE fails now, not as 503s
     if opts.workers < 1:
         raise ConfigError(f"--workers {opts.workers} must be 1 or more.", hint="1 is best on 2 cores.")
     configure(settings.log_format, settings.log_level)

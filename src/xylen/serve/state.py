@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xylen.core.settings import Settings
@@ -17,6 +18,8 @@ class ServeState:
     holder: ModelHolder
     metrics: Metrics
     keys: KeyRing
+    # wall clock in epoch seconds: decides which candle is still open. An argument, so tests pass a fixed one.
+    clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.monotonic)
 
     def uptime(self) -> float:
