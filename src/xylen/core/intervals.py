@@ -80,6 +80,12 @@ def floor(t: int, interval: str) -> int:
     return (t - off) // step * step + off
 
 
+def ceil(t: int, interval: str) -> int:
+    """The first open time at or after instant ``t`` (ms)."""
+    start = floor(t, interval)
+    return start if start == t else next_open(start, interval)
+
+
 def next_open(t: int, interval: str) -> int:
     """The open time of the candle after the one opening at ``t``."""
     if check(interval) == MONTH:
@@ -144,6 +150,29 @@ def gaps(times: np.ndarray, interval: str) -> list[tuple[int, int]]:
     nxt = next_opens(t[:-1], interval)
     holes = np.flatnonzero(t[1:] != nxt)
     return [(int(t[i]), slots(int(nxt[i]), int(t[i + 1]), interval)) for i in holes]
+
+
+def holes(times: np.ndarray, interval: str) -> list[tuple[int, int]]:
+    """[start, end) of each run of missing open times between sorted, aligned open times (``end`` is stored)."""
+    t = np.asarray(times, dtype=np.int64)
+    if len(t) < 2:
+        return []
+    nxt = next_opens(t[:-1], interval)
+    return [(int(nxt[i]), int(t[i + 1])) for i in np.flatnonzero(t[1:] != nxt)]
+
+
+def infer(times: np.ndarray) -> str | None:
+    """The interval of sorted open times, from the median spacing (a calendar month: 28-31 days, aligned)."""
+    t = np.asarray(times, dtype=np.int64)
+    if len(t) < 2:
+        return None
+    d = int(np.median(np.diff(t)))
+    fixed = next((k for k, v in INTERVAL_MS.items() if v == d), None)
+    if fixed is not None:
+        return fixed
+    if 28 * DAY_MS <= d <= 31 * DAY_MS and bool(aligned(t, MONTH).all()):
+        return MONTH
+    return None
 
 
 def consecutive(times: np.ndarray, interval: str) -> np.ndarray:

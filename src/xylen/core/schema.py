@@ -92,3 +92,18 @@ def _parse_time(v: str) -> float:
             f"time {v!r} is neither epoch milliseconds nor ISO 8601.",
             hint="send open_time as an integer in ms like 1704067200000.",
         ) from None
+
+
+def normalize_symbol(value: str) -> str:
+    """A trading pair as the store and the registry spell it: stripped, upper case, letters and digits (2-20)."""
+    import re
+
+    sym = str(value).strip().upper()
+    if not re.fullmatch(r"[A-Z0-9]{2,20}", sym):
+        from xylen.core.errors import ConfigError
+
+        raise ConfigError(
+            f"Symbol {str(value)[:40]!r} is not a trading pair.",
+            hint="use letters and digits only, like BTCUSDT (no '/', '-' or path characters).",
+        )
+    return sym
