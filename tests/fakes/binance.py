@@ -2,7 +2,8 @@
 
 It replays real recorded candles, follows an injectable clock, counts request weight like
 Binance and misbehaves on request (429/418/5xx, timeouts, truncated bodies, duplicated or
-shuffled rows, maintenance gaps, dropped sockets). The real python-binance client talks to it::
+shuffled rows, transient empty pages, maintenance gaps, dropped sockets). The real
+python-binance client talks to it::
 
     with FakeBinance(series={("BTCUSDT", "1h"): rows}, now_ms=clock) as fake:
         client = Client(ping=False)
@@ -357,6 +358,8 @@ class FakeBinance:
             body = [
                 r for i, row in enumerate(body) for r in ([row, row] if i % fault.every == fault.every - 1 else [row])
             ]
+        if fault is not None and fault.kind == "empty" and isinstance(body, list):
+            body = []
         if fault is not None and fault.kind == "out_of_order" and isinstance(body, list):
             body = list(body)
             for i in range(0, len(body) - 1, 2):

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-FaultKind = Literal["status", "timeout", "reset", "truncate", "duplicate", "out_of_order"]
-KINDS: tuple[str, ...] = ("status", "timeout", "reset", "truncate", "duplicate", "out_of_order")
+FaultKind = Literal["status", "timeout", "reset", "truncate", "duplicate", "out_of_order", "empty"]
+KINDS: tuple[str, ...] = ("status", "timeout", "reset", "truncate", "duplicate", "out_of_order", "empty")
 
 LIMIT_MSG = (
     "Too much request weight used; current limit is {limit} request weight per 1 MINUTE. "
@@ -62,6 +62,7 @@ class Fault:
         ``truncate``      answer 200 with only the first half of the JSON body
         ``duplicate``     klines: repeat every ``every``-th row right after itself
         ``out_of_order``  klines: swap neighbouring rows (0<->1, 2<->3, ...)
+        ``empty``         klines: answer 200 ``[]`` although candles exist (a lagging replica, a glitch)
     path:   exact path or a prefix on a segment boundary (``/api`` matches every REST call,
             ``/ws`` every stream); ``"klines"`` means ``/api/v3/klines``; ``"*"`` matches all
     symbol: only requests (or streams) for this symbol
@@ -169,6 +170,10 @@ class Faults:
 
     def out_of_order(self, **match: object) -> Fault:
         return self.add("out_of_order", **match)  # type: ignore[arg-type]
+
+    def empty(self, **match: object) -> Fault:
+        """A transient empty page: 200 ``[]`` for a klines request that has candles."""
+        return self.add("empty", **match)  # type: ignore[arg-type]
 
     def clear(self) -> None:
         with self._lock:

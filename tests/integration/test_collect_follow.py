@@ -74,6 +74,7 @@ def test_only_closed_candles_are_stored(running: tuple, btc: list[list], clock: 
     df = store.read("BTCUSDT", "1h")
     assert df.height == 601 and df["open_time"].is_unique().all()
     assert df["volume"][-1] == float(btc[600][5])  # the closing values, not a partial update
+    assert any(f.name.startswith(f"tail-{btc[600][0]}-") for f in store.files("BTCUSDT", "1h"))  # not a rewrite
     assert follower.stats.ignored_open == 3
     # an update alone (still open) stores nothing
     fake.push_events("BTCUSDT", "1h", [fake.kline_event("BTCUSDT", "1h", btc[601][0], closed=False, fraction=0.5)])

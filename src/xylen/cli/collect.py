@@ -53,7 +53,11 @@ def collect_cmd(
         None, "--symbols", "-s", help="Comma-separated pairs, e.g. BTCUSDT,ETHUSDT (default: the symbol setting)."
     ),
     intervals: str = typer.Option(
-        None, "--intervals", "-i", help="Comma-separated intervals, e.g. 5m,1h (default: the interval setting)."
+        None,
+        "--intervals",
+        "-i",
+        help="Comma-separated Binance intervals, 1s to 1M (1w: Mondays, 1M: calendar months), e.g. 5m,1h "
+        "(default: the interval setting).",
     ),
     since: str = typer.Option(
         None,
@@ -111,7 +115,9 @@ def collect_cmd(
 def status_cmd(
     ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")
 ) -> None:
-    """Per stored series: first and last candle, rows, gaps, known gaps (no trading), lag behind now.
+    """Per stored series: first and last candle, rows, gaps, known gaps (no trading), lag behind now, and
+    unreadable files moved to quarantine with the command that fetches their candles again. Folds small
+    tail files into their month files first.
 
     Example: xylen collect status --json
     """
@@ -140,6 +146,9 @@ def status_cmd(
         for r in rows:
             t.add_row(*r.values())
         out.print(t)
+        for s in summaries:
+            for q in s.quarantined:
+                out.print(f"quarantined ({s.symbol} {s.interval}, unreadable): {q.file}\n  fix: {q.fix}")
 
 
 @collect_app.command("import")
@@ -151,9 +160,13 @@ def import_cmd(
         "verified) or .csv, freqtrade .feather/.parquet, .jsonl.",
     ),
     symbol: str = typer.Option(
-        None, "--symbol", help="Pair, when the file name does not say (BTCUSDT-5m-2024-01.zip does)."
+        None,
+        "--symbol",
+        help="Pair, when the file name does not say (BTCUSDT-5m-2024-01.zip does); btcusdt is read as BTCUSDT.",
     ),
-    interval: str = typer.Option(None, "--interval", help="Interval, when neither the name nor the candles say."),
+    interval: str = typer.Option(
+        None, "--interval", help="Interval (1s to 1M), when neither the name nor the candles say."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Import candle files into the store; all are checked before any is written. Duplicates are merged.

@@ -17,8 +17,10 @@ from typing import Any, BinaryIO, Literal
 import orjson
 import polars as pl
 
-from xylen.core.candles import INTERVAL_MS, infer_interval, read_candles, validate
+from xylen.core import intervals
+from xylen.core.candles import infer_interval, read_candles, validate
 from xylen.core.errors import ConfigError, DataError
+from xylen.core.schema import normalize_symbol
 from xylen.core.store import Store
 
 ExportFormat = Literal["jsonl", "csv", "parquet"]
@@ -43,14 +45,12 @@ def import_files(
     """Read and validate every file, then append them all. Raises DataError/ConfigError before any write."""
     if not paths:
         raise ConfigError("No file to import.", hint="pass files, e.g. xylen collect import BTCUSDT-5m-2024-01.zip.")
-    if interval is not None and interval not in INTERVAL_MS:
-        raise ConfigError(
-            f"Interval {interval!r} is not one xylen can store.", hint=f"use one of: {' '.join(INTERVAL_MS)}."
-        )
+    _check_interval(interval)
+    symbol = normalize_symbol(symbol) if symbol is not None else None
     batches: dict[tuple[str, str], list[pl.DataFrame]] = {}
     result = ImportResult()
     for p in paths:
-        read = read_candles(p, interval=interval, symbol=symbol.upper() if symbol else None)
+        read = read_candles(p, interval=interval, symbol=symbol)
         df = read.frame.unique(subset="open_time", keep="last").sort("open_time")
         iv = read.interval or infer_interval(df)
         if iv is None:
@@ -63,15 +63,17 @@ def import_files(
                 f"Cannot tell the symbol of {str(p)!r} from its name.",
                 hint="pass --symbol, e.g. --symbol BTCUSDT, or name the file like BTCUSDT-5m-2024-01.zip.",
             )
+        sym = normalize_symbol(read.symbol)
         if read.frame["close_time"].null_count() == df.height:
-            df = df.with_columns((pl.col("open_time") + INTERVAL_MS[iv] - 1).alias("close_time"))
+            closes = intervals.next_opens(df["open_time"].to_numpy(), iv) - 1
+            df = df.with_columns(pl.Series("close_time", closes))
         report = validate(df, iv, str(p))
         dupes = read.frame.height - df.height
-        batches.setdefault((read.symbol, iv), []).append(df)
+        batches.setdefault((sym, iv), []).append(df)
         result.files.append(
             {
                 "file": str(p),
-                "symbol": read.symbol,
+                "symbol": sym,
                 "interval": iv,
                 "rows": df.height,
                 "duplicates_in_file": dupes,
@@ -90,11 +92,8 @@ def export_series(
     store: Store, symbol: str, interval: str, fmt: ExportFormat, out: Path | None, *, stdout: BinaryIO | None = None
 ) -> int:
     """Write one series as JSONL, CSV (Binance column order, with a header) or Parquet. Returns rows."""
-    symbol = symbol.upper()
-    if interval not in INTERVAL_MS:
-        raise ConfigError(
-            f"Interval {interval!r} is not one xylen can store.", hint=f"use one of: {' '.join(INTERVAL_MS)}."
-        )
+    symbol = normalize_symbol(symbol)
+    _check_interval(interval)
     df = store.read(symbol, interval)
     if df.height == 0:
         known = ", ".join(f"{s} {i}" for s, i in store.series()) or "none"
@@ -127,3 +126,11 @@ def export_series(
                 f"Cannot write {str(out)!r}: {exc.strerror}.", hint="pick a writable --out path."
             ) from None
     return df.height
+
+
+def _check_interval(interval: str | None) -> None:
+    if interval is not None and interval not in intervals.INTERVALS:
+        raise ConfigError(
+            f"Interval {interval!r} is not a Binance interval.",
+            hint=f"use one of: {' '.join(intervals.INTERVALS)} (case matters: 1m is a minute, 1M a month).",
+        )

@@ -2,8 +2,9 @@
 
 What to fetch is computed from the store: everything after the last stored candle (or from ``since``),
 plus every hole between stored candles that is not a known gap. Holes the exchange answers with no
-candles (no trading, maintenance) are recorded as known gaps, so they are fetched once and never again,
-and are never filled with invented candles. Rows whose ``close_time >= now`` (the still-open candle)
+candles twice (no trading, maintenance) are recorded as known gaps, so they are fetched again only once
+and then never, and are never filled with invented candles. Grids come from :mod:`xylen.core.intervals`
+(weeks open on Mondays, months on the 1st). Rows whose ``close_time >= now`` (the still-open candle)
 are dropped. Each page is appended as it arrives: a kill at any point loses at most one page.
 """
 
@@ -16,8 +17,8 @@ import numpy as np
 import polars as pl
 
 from xylen.collect.rest import PAGE_LIMIT, Rest, rows_to_frame
-from xylen.core.candles import interval_ms
-from xylen.core.store import Store, find_gaps
+from xylen.core import intervals
+from xylen.core.store import Store
 
 DEFAULT_LOOKBACK_MS = 365 * 86_400_000  # an empty series without --since starts a year back
 
@@ -50,29 +51,25 @@ def plan(
 ) -> list[tuple[int, int, bool]]:
     """Ranges [start, end) of open_time to fetch, oldest first, each with ``tail``: True for the range after
     the newest stored candle (open on the right: the exchange may simply not have published more yet)."""
-    step = interval_ms(interval)
-    end = (now // step) * step  # a candle opening before this has closed (open + step - 1 < now)
+    end = intervals.floor(now, interval)  # a candle opening before this has closed (its next open <= now)
     if until is not None:
-        end = min(end, -(-until // step) * step)
+        end = min(end, intervals.ceil(until, interval))
     t = store.read(symbol, interval).get_column("open_time").to_numpy()
     known = store.known_gaps(symbol, interval)
-    start = since
-    if start is not None:
-        start = -(-start // step) * step  # first grid point at or after --since
+    start = None if since is None else intervals.ceil(since, interval)  # first grid point at or after --since
     ranges: list[tuple[int, int, bool]] = []
     if len(t) == 0:
         if start is None:
-            start = (end - DEFAULT_LOOKBACK_MS) // step * step
+            start = intervals.floor(end - DEFAULT_LOOKBACK_MS, interval)
         ranges.append((start, end, True))
     else:
         first, last = int(t[0]), int(t[-1])
         if start is not None and start < first:
             ranges.append((start, first, False))
-        for before, n in find_gaps(t, step):
-            a, b = before + step, before + (n + 1) * step
+        for a, b in intervals.holes(t, interval):
             if not any(x <= a and b <= y for x, y in known):
                 ranges.append((a, b, False))
-        ranges.append((max(last + step, start or 0), end, True))
+        ranges.append((max(intervals.next_open(last, interval), start or 0), end, True))
     lo = start if start is not None else -(2**62)
     return [(max(a, lo), min(b, end), tail) for a, b, tail in ranges if min(b, end) > max(a, lo)]
 
@@ -90,54 +87,98 @@ def backfill_series(
     should_stop: Callable[[], bool] = lambda: False,
     limit: int = PAGE_LIMIT,
 ) -> SeriesResult:
-    """Fetch every planned range of one series and append it; record holes the exchange has no data for."""
-    step = interval_ms(interval)
+    """Fetch every planned range of one series and append it; record holes the exchange has no data for.
+
+    A hole becomes a known gap only when a second request for it also comes back empty: one empty answer
+    (a glitch, a lagging replica) must not hide candles for ever."""
     result = SeriesResult(symbol, interval)
     ranges = plan(store, symbol, interval, now, since, until)
     result.ranges = [(a, b) for a, b, _ in ranges]
-    total = sum((b - a) // step for a, b, _ in ranges)
-    done = 0
-    if progress:
-        progress(symbol, interval, 0, total)
+    pager = _Pager(rest, store, symbol, interval, now, limit, result, should_stop, progress)
+    pager.total = sum(intervals.slots(a, b, interval) for a, b, _ in ranges)
+    pager.report(0)
     for a, b, tail in ranges:  # a non-tail range ends at a stored candle: a hole up to b is a real hole
-        cursor, got, complete = a, [], True
-        while cursor < b:
-            if should_stop():
-                complete = False
-                break
-            rows = rest.klines(symbol, interval, cursor, b - 1, limit)
-            result.requests += 1
-            df = rows_to_frame(rows).filter(
-                (pl.col("open_time") >= cursor) & (pl.col("open_time") < b) & (pl.col("close_time") < now)
-            )
-            if df.height == 0:
-                break  # the exchange has nothing in [cursor, b) up to now
-            result.added += store.append(symbol, interval, df).added
-            result.fetched += df.height
-            got.append(df.get_column("open_time").to_numpy())
-            nxt = int(df["open_time"][-1]) + step
-            done += (nxt - cursor) // step
-            if progress:
-                progress(symbol, interval, min(done, total), total)
-            cursor = nxt
-            if len(rows) < limit:
-                break  # the exchange sent all it has in the range
-        if complete:
-            right = max((int(g[-1]) + step for g in got), default=a) if tail else b
-            result.new_known_gaps += _holes(a, right, got, step)
+        got, complete = pager.fetch(a, b)
+        if not complete:
+            continue
+        right = max((intervals.next_open(int(g[-1]), interval) for g in got), default=a) if tail else b
+        candidates = _holes(a, right, got, interval)
+        if tail and right < b:
+            candidates.append((right, b))  # nothing came back for the rest: ask once more before giving up
+        for ca, cb in candidates:  # the second asking: only what is empty again is a known gap
+            again, complete = pager.fetch(ca, cb)
+            if not complete:
+                continue
+            if tail and cb == b:  # still open on the right: only holes before a candle that did come back
+                cb = max((intervals.next_open(int(g[-1]), interval) for g in again), default=ca)
+            result.new_known_gaps += _holes(ca, cb, again, interval)
     if result.new_known_gaps:
         store.add_known_gaps(symbol, interval, result.new_known_gaps)
-    if progress:
-        progress(symbol, interval, total, total)
+    pager.report(pager.total)
     return result
 
 
-def _holes(a: int, b: int, got: list[np.ndarray], step: int) -> list[tuple[int, int]]:
+class _Pager:
+    """Pages one series' candles in from the exchange and appends each page as it arrives."""
+
+    def __init__(
+        self,
+        rest: Rest,
+        store: Store,
+        symbol: str,
+        interval: str,
+        now: int,
+        limit: int,
+        result: SeriesResult,
+        should_stop: Callable[[], bool],
+        progress: Progress | None,
+    ) -> None:
+        self.rest, self.store, self.symbol, self.interval = rest, store, symbol, interval
+        self.now, self.limit, self.result = now, limit, result
+        self.should_stop, self.progress = should_stop, progress
+        self.total = self.done = 0
+
+    def report(self, done: int) -> None:
+        if self.progress:
+            self.progress(self.symbol, self.interval, min(done, self.total), self.total)
+
+    def fetch(self, a: int, b: int) -> tuple[list[np.ndarray], bool]:
+        """Every candle the exchange has with open_time in [a, b), closed by ``now``: (open times per page,
+        False if stopped early)."""
+        cursor, got = a, list[np.ndarray]()
+        while cursor < b:
+            if self.should_stop():
+                return got, False
+            rows = self.rest.klines(self.symbol, self.interval, cursor, b - 1, self.limit)
+            self.result.requests += 1
+            df = rows_to_frame(rows).filter(
+                (pl.col("open_time") >= cursor) & (pl.col("open_time") < b) & (pl.col("close_time") < self.now)
+            )
+            if df.height == 0:
+                break  # the exchange has nothing in [cursor, b) up to now (or says so this time)
+            self.result.added += self.store.append(self.symbol, self.interval, df).added
+            self.result.fetched += df.height
+            got.append(df.get_column("open_time").to_numpy())
+            nxt = intervals.next_open(int(df["open_time"][-1]), self.interval)
+            self.done += intervals.slots(cursor, nxt, self.interval)
+            self.report(self.done)
+            cursor = nxt
+            if len(rows) < self.limit:
+                break  # the exchange sent all it has in the range
+        return got, True
+
+
+def _holes(a: int, b: int, got: list[np.ndarray], interval: str) -> list[tuple[int, int]]:
     """Ranges in [a, b) the exchange answered without candles, given the open times it did return."""
     if b <= a:
         return []
     t = np.concatenate(got) if got else np.array([], dtype=np.int64)
     t = np.unique(t[(t >= a) & (t < b)])
-    edges = np.concatenate([[a - step], t, [b]])
-    d = np.diff(edges)
-    return [(int(edges[i]) + step, int(edges[i + 1])) for i in np.flatnonzero(d > step)]
+    out, cursor = [], a
+    for x in t.tolist():
+        if x > cursor:
+            out.append((cursor, x))
+        cursor = intervals.next_open(x, interval)
+    if cursor < b:
+        out.append((cursor, b))
+    return out

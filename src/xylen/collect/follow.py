@@ -26,7 +26,8 @@ import polars as pl
 
 from xylen.collect.backfill import backfill_series
 from xylen.collect.rest import Rest
-from xylen.core.candles import COLUMNS, SCHEMA, interval_ms, record_to_row
+from xylen.core import intervals
+from xylen.core.candles import COLUMNS, SCHEMA, record_to_row
 from xylen.core.errors import ExchangeError, ExchangeTemporaryError
 from xylen.core.store import Store
 
@@ -174,9 +175,10 @@ class Follower:
         now = self.clock()
         if last is None or now < self._quiet_until.get(key, 0):
             return False
-        step = interval_ms(interval)
+        step = intervals.approx_ms(interval)
         grace = self.grace_ms if self.grace_ms is not None else min(step, 30_000)
-        if now > last + 2 * step + grace:  # the candle after `last` closed at last + 2 steps - 1
+        after = intervals.next_open(last, interval)
+        if now > intervals.next_open(after, interval) + grace:  # the candle after `last` has closed
             self._quiet_until[key] = now + step  # the exchange may really have nothing: don't spin
             return True
         return False

@@ -118,7 +118,7 @@ def _final(exc: Any, what: str) -> ExchangeError:
     if exc.code == -1120:
         return ExchangeError(
             f"Binance rejected the interval in {what!r}: {exc.message} (code -1120).",
-            hint="use one of 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w.",
+            hint="use one of 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M.",
         )
     return ExchangeError(
         f"Binance refused {what}: HTTP {exc.status_code} code {exc.code}: {exc.message}",

@@ -7,7 +7,6 @@ arguments. Bad options raise ConfigError before anything touches the network or 
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import threading
 import time
@@ -20,38 +19,33 @@ from typing import Any
 from xylen.collect.backfill import Progress, SeriesResult, backfill_series
 from xylen.collect.governor import Governor, wall_clock_ms
 from xylen.collect.rest import Rest, make_client
-from xylen.core.candles import INTERVAL_MS
 from xylen.core.errors import ConfigError
+from xylen.core.intervals import INTERVALS
+from xylen.core.schema import normalize_symbol
 from xylen.core.settings import Settings
 from xylen.core.store import Store
 
-_SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
-
 
 def parse_symbols(value: str | list[str]) -> list[str]:
+    """--symbols: comma-separated, normalised (stripped, upper case), letters and digits only."""
     items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
-    out = [s.strip().upper() for s in items if s.strip()]
+    out = [normalize_symbol(s) for s in items if s.strip()]
     if not out:
         raise ConfigError("No symbol given.", hint="pass --symbols BTCUSDT,ETHUSDT.")
-    for s in out:
-        if not _SYMBOL.match(s):
-            raise ConfigError(
-                f"Symbol {s!r} is not a Binance spot symbol.",
-                hint="use letters and digits only, e.g. BTCUSDT (not BTC/USDT or BTC-USDT).",
-            )
     return list(dict.fromkeys(out))
 
 
 def parse_intervals(value: str | list[str]) -> list[str]:
+    """--intervals: comma-separated Binance intervals (case matters: 1m is a minute, 1M a month)."""
     items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
     out = [s.strip() for s in items if s.strip()]
     if not out:
         raise ConfigError("No interval given.", hint="pass --intervals 5m,1h.")
     for iv in out:
-        if iv not in INTERVAL_MS:
+        if iv not in INTERVALS:
             raise ConfigError(
-                f"Interval {iv!r} is not a Binance interval xylen can store.",
-                hint=f"use one of: {' '.join(INTERVAL_MS)} (1M, a calendar month, is not supported).",
+                f"Interval {iv!r} is not a Binance interval.",
+                hint=f"use one of: {' '.join(INTERVALS)} (case matters: 1m is a minute, 1M a month).",
             )
     return list(dict.fromkeys(out))
 
@@ -147,7 +141,10 @@ def collect(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> CollectResult:
-    """Backfill every series up to ``clock()`` (or ``until``). Follow live afterwards unless ``once``/``until``."""
+    """Backfill every series up to ``clock()`` (or ``until``). Follow live afterwards unless ``once``/``until``.
+
+    Every series is compacted first (unreadable files move to quarantine, so the backfill fetches their
+    candles again) and again at the end (the tails of small last pages fold into their month files)."""
     if opts.since is not None and opts.until is not None and opts.since >= opts.until:
         raise ConfigError(
             f"--since ({opts.since}) is not before --until ({opts.until}).", hint="swap them or pick a later --until."
@@ -159,6 +156,8 @@ def collect(
     result = CollectResult()
     try:
         rest.check_symbols(opts.symbols)  # -1121 for any unknown symbol, before anything is stored
+        for symbol, interval in opts.series:
+            store.compact(symbol, interval)
         for symbol, interval in opts.series:
             if should_stop():
                 result.interrupted = True
@@ -179,6 +178,8 @@ def collect(
         if not (opts.once or opts.until is not None or result.interrupted):
             follow(settings, opts, rest, store, clock, should_stop)
             result.interrupted = should_stop()
+        for symbol, interval in opts.series:
+            store.compact(symbol, interval)
     finally:
         st = rest.governor.stats
         result.requests, result.retries, result.rate_limited = st.calls, st.retries, st.rate_limited + st.banned

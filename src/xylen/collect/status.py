@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from xylen.core.candles import fmt_ts, interval_ms
+from xylen.core import intervals
+from xylen.core.candles import fmt_ts
+from xylen.core.errors import ConfigError
 from xylen.core.store import SeriesSummary, Store
+
+log = logging.getLogger("xylen.collect")
 
 
 def status(store: Store, now_ms: int, series: list[tuple[str, str]] | None = None) -> list[SeriesSummary]:
-    """Summaries of the stored series (or of ``series``, missing ones as empty rows), sorted."""
-    wanted = series if series is not None else store.series()
-    return [store.summary(s, i, now_ms) for s, i in sorted(wanted)]
+    """Summaries of the stored series (or of ``series``, missing ones as empty rows), sorted.
+
+    Each series is compacted first: tails fold into their month files and unreadable files move to
+    quarantine (listed in the summary with the command that fetches their candles again). A store this
+    process may not write is summarised as it is."""
+    wanted = series if series is not None else sorted({*store.series(), *store.quarantined_series()})
+    out = []
+    for s, i in sorted(wanted):
+        try:
+            store.compact(s, i)
+        except ConfigError as exc:  # read-only store: report what is there
+            log.warning("%s %s: not compacted: %s", s, i, exc.message)
+        out.append(store.summary(s, i, now_ms))
+    return out
 
 
 def lag_text(ms: int | None) -> str:
@@ -30,8 +46,7 @@ def lag_text(ms: int | None) -> str:
 def rows_for_table(summaries: list[SeriesSummary]) -> list[dict[str, Any]]:
     out = []
     for s in summaries:
-        step = interval_ms(s.interval)
-        known_missing = sum((b - a) // step for a, b in s.known_gaps)
+        known_missing = sum(intervals.slots(a, b, s.interval) for a, b in s.known_gaps)
         out.append(
             {
                 "series": f"{s.symbol} {s.interval}",

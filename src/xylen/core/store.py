@@ -1,23 +1,47 @@
-"""The market-data store: hive-partitioned Parquet, one file per series and month.
+"""The market-data store: hive-partitioned Parquet, per series and month one ``data.parquet`` plus small tails.
 
     XYLEN_HOME/data/klines/symbol=BTCUSDT/interval=5m/year=2024/month=01/data.parquet
+    XYLEN_HOME/data/klines/symbol=BTCUSDT/interval=5m/year=2024/month=01/tail-<first>-<last>-<uuid>.parquet
 
-Key columns (symbol, interval, year, month) live in the path, not in the files, so polars, DuckDB and dask
-read the tree with hive partitioning and no conversion. Each file is replaced atomically (temp + fsync +
-rename) with the old and new rows merged and deduplicated on open_time: a crash at any point leaves either
-the old file or the new one, never half of one.
+Key columns (symbol, interval, year, month) live in the path, not in the files, so polars, DuckDB and dask read
+the tree with hive partitioning and no conversion; every file under ``klines`` is Parquet with the same columns.
+A candle belongs to the month of its open_time (a weekly candle too).
 
-The klines tree holds nothing but ``data.parquet`` files (polars refuses a directory scan that meets any
-other file), so the store's own bookkeeping lives beside it: temp files in ``data/.tmp`` (same filesystem,
-so the rename stays atomic), per-series locks and known gaps in ``data/meta``. Known gaps are ranges the
-exchange answered with no candles (no trading): they are reported apart and never re-fetched.
+Every write goes through the storage seam (:mod:`xylen.core.storage`), which offers no rename, append or lock
+(an object store can stand behind it):
+
+* a small append (at most ``SMALL_APPEND`` candles, none of them stored yet: a closed candle in follow mode)
+  is one new immutable *tail* object (``put_new``): its cost does not grow with the month;
+* anything else is merged into the month's ``data.parquet`` by a compare-and-swap on the version the writer
+  read (``swap``); on a conflict the writer re-reads, re-merges and retries, so concurrent writers (threads,
+  processes, hosts) never lose each other's candles. The per-series file lock only spares them retries;
+* *compaction* folds a month's tails into its ``data.parquet`` (the same swap), then deletes the folded tails:
+  when a month holds more than ``MAX_TAILS`` tails, when the series moves on to the next month, and on
+  ``xylen collect`` (before and after its backfill) and ``xylen collect status``.
+
+Readers list and read a month's tails *before* its ``data.parquet`` and keep one row per open_time, so a
+compaction between the two reads yields a candle twice, never loses one. Which copy wins
+(:func:`xylen.core.store_files.view`): the ``data.parquet`` copy, then the tail whose name sorts last. A direct
+reader (polars, DuckDB, dask) sees every candle; between a compaction's swap and the deletion of the folded
+tails (or after a crash in between, until the next compaction) it sees those candles twice, with the same
+values: keep one row per open_time.
+
+Nothing is ever deleted: a file that cannot be read (torn by a foreign tool, a bad disk) is copied to
+``data/quarantine/<its path>.<UTC time>`` with a logged warning before its month is rewritten without it, and
+``xylen collect status`` lists it with the command that fetches its candles again. ``read`` and
+``last_open_time`` refuse a series with an unreadable file (DataError naming it), never returning fewer rows.
+
+Known gaps (ranges the exchange answered twice with no candles: no trading) live in
+``data/meta/<SYMBOL>-<interval>.known_gaps.json``, merged by compare-and-swap; never re-fetched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
+import itertools
+import logging
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,11 +51,22 @@ import numpy as np
 import orjson
 import polars as pl
 
-from xylen.core.bundle import fsync_dir
-from xylen.core.candles import COLUMNS, SCHEMA, empty_frame, interval_ms
-from xylen.core.errors import ConfigError, DataError
+from xylen.core import intervals
+from xylen.core import store_files as sf
+from xylen.core.candles import COLUMNS, SCHEMA, empty_frame
+from xylen.core.errors import DataError
+from xylen.core.storage import TMP_DIR, Conflict, LocalStorage, Missing, Storage, storage_error
+from xylen.core.store_files import FILE_NAME, KLINES, META, QUARANTINE, Month, Unreadable
 
-FILE_NAME = "data.parquet"
+log = logging.getLogger("xylen.store")
+
+SMALL_APPEND = 64  # candles: at most this many (all new) become a tail instead of rewriting the month
+MAX_TAILS = 256  # a month with more tails than this is compacted by the append that makes it so
+MAX_ATTEMPTS = 1000  # compare-and-swap retries: each conflict means another writer made progress
+
+_SCHEMA = pl.Schema(SCHEMA)
+
+__all__ = ["FILE_NAME", "AppendResult", "Quarantined", "SeriesSummary", "Store"]
 
 
 @dataclass
@@ -39,6 +74,17 @@ class AppendResult:
     added: int = 0
     duplicates: int = 0
     files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Quarantined:
+    """One unreadable file moved aside, and how to get its candles back."""
+
+    file: str
+    fix: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.file, "fix": self.fix}
 
 
 @dataclass
@@ -51,6 +97,7 @@ class SeriesSummary:
     gaps: list[tuple[int, int]]
     lag_ms: int | None
     known_gaps: list[tuple[int, int]] = field(default_factory=list)  # [start, end) the exchange has nothing in
+    quarantined: list[Quarantined] = field(default_factory=list)
 
     @property
     def missing(self) -> int:
@@ -67,133 +114,336 @@ class SeriesSummary:
             "missing": self.missing,
             "known_gaps": [list(g) for g in self.known_gaps],
             "lag_ms": self.lag_ms,
+            "quarantined": [q.to_dict() for q in self.quarantined],
         }
 
 
 class Store:
-    def __init__(self, root: str | Path) -> None:
+    """The candle store under ``root`` (``XYLEN_HOME/data``).
+
+    ``serialize_writers`` takes a per-series file lock around writes: it spares concurrent writers of one
+    series their compare-and-swap retries; correctness never depends on it.
+    """
+
+    def __init__(self, root: str | Path, *, serialize_writers: bool = True) -> None:
         self.root = Path(root)
-        self.klines = self.root / "klines"
-        self.meta = self.root / "meta"
-        self.tmp = self.root / ".tmp"
+        self.storage: Storage = LocalStorage(self.root)
+        self.klines = self.root / KLINES
+        self.meta = self.root / META
+        self.quarantine = self.root / QUARANTINE
+        self.tmp = self.root / TMP_DIR
+        self.serialize_writers = serialize_writers
+        self._times: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}  # month key -> (file identity, open times)
+
+    # ---------------------------------------------------------------- layout
+    def series_prefix(self, symbol: str, interval: str) -> str:
+        """The storage key of a series' folder. The symbol is normalised (btcusdt -> BTCUSDT); anything that is
+        not a symbol (letters and digits, 2-20) or not a Binance interval is refused with a ConfigError."""
+        sym, iv = sf.check_series(symbol, interval)
+        return f"{KLINES}/symbol={sym}/interval={iv}"
 
     def series_dir(self, symbol: str, interval: str) -> Path:
-        return self.klines / f"symbol={symbol}" / f"interval={interval}"
+        return self.root / self.series_prefix(symbol, interval)
 
     def partition_path(self, symbol: str, interval: str, year: int, month: int) -> Path:
-        return self.series_dir(symbol, interval) / f"year={year}" / f"month={month:02d}" / FILE_NAME
+        return self.root / self._month(symbol, interval, year, month).data_key
 
     def series(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        if not self.klines.is_dir():
-            return out
-        for sdir in sorted(self.klines.glob("symbol=*")):
-            for idir in sorted(sdir.glob("interval=*")):
-                if any(idir.rglob(FILE_NAME)):
-                    out.append((sdir.name.split("=", 1)[1], idir.name.split("=", 1)[1]))
-        return out
+        """Every (symbol, interval) with at least one file under ``klines``, sorted."""
+        return sf.series_of(self.storage.list(KLINES), depth=1)
 
     def files(self, symbol: str, interval: str) -> list[Path]:
-        d = self.series_dir(symbol, interval)
-        return sorted(d.glob(f"year=*/month=*/{FILE_NAME}")) if d.is_dir() else []
+        """Every Parquet file of a series (month files and tails), sorted by path."""
+        return [self.root / k for m in self._months(symbol, interval) for k in m.object_keys()]
 
+    def _month(self, symbol: str, interval: str, year: int, month: int) -> Month:
+        return Month(year, month, f"{self.series_prefix(symbol, interval)}/year={year}/month={month:02d}")
+
+    def _months(self, symbol: str, interval: str) -> list[Month]:
+        prefix = self.series_prefix(symbol, interval)
+        return sf.months_of(prefix, self.storage.list(prefix))
+
+    def _listed(self, m: Month) -> Month:
+        """The month as it is now (a fresh listing of its folder)."""
+        fresh = Month(m.year, m.month, m.prefix)
+        skip = len(m.prefix) + 1
+        for key in self.storage.list(m.prefix):
+            name = key[skip:]
+            if name == FILE_NAME:
+                fresh.data = True
+            elif name.startswith("tail-") and sf.TAIL.match(name):
+                fresh.tails.append(name)
+        fresh.tails.sort()
+        return fresh
+
+    # ---------------------------------------------------------------- reading
     def read(self, symbol: str, interval: str, start: int | None = None, end: int | None = None) -> pl.DataFrame:
-        """All stored candles of a series (optionally open_time in [start, end)), sorted, schema-conformant."""
+        """All stored candles of a series (optionally open_time in [start, end)), sorted, one per open_time.
+
+        Raises DataError naming the file if a file of the series cannot be read: never silently fewer rows.
+        """
         frames = []
-        for f in self.files(symbol, interval):
+        for m in self._months(symbol, interval):
+            lo, hi = m.bounds()
+            if (end is not None and lo >= end) or (start is not None and hi <= start):
+                continue
             try:
-                frames.append(pl.read_parquet(f).select(list(COLUMNS)).cast(SCHEMA))  # type: ignore[arg-type]
-            except (pl.exceptions.PolarsError, OSError) as exc:
-                raise DataError(
-                    f"Store file {str(f)!r} is unreadable: {str(exc).splitlines()[0][:200]}",
-                    hint="delete that month's file and backfill it again with `xylen collect --once`.",
-                ) from None
+                tails, _ = self._read_tails(m, m.tails)  # before the month file: see the module docstring
+                month = self._read_data(m)
+            except Unreadable as exc:
+                raise self._refusal(exc) from None
+            frames.append(sf.view(tails, month))
         if not frames:
             return empty_frame()
-        df = pl.concat(frames).sort("open_time")
+        df = pl.concat(frames)
         if start is not None:
             df = df.filter(pl.col("open_time") >= start)
         if end is not None:
             df = df.filter(pl.col("open_time") < end)
         return df
 
-    def last_open_time(self, symbol: str, interval: str) -> int | None:
-        files = self.files(symbol, interval)
-        for f in reversed(files):
+    def _read_tails(self, m: Month, names: list[str]) -> tuple[pl.DataFrame, list[tuple[str, bytes]]]:
+        """The tails still there, as one frame in name order, and their raw bytes (key, data)."""
+        got = []
+        for name in names:
+            key = f"{m.prefix}/{name}"
             try:
-                t = pl.read_parquet(f, columns=["open_time"])["open_time"]
-            except (pl.exceptions.PolarsError, OSError):
-                continue
-            if len(t):
-                return int(t.max())  # type: ignore[arg-type]
+                got.append((key, self.storage.read(key)))
+            except Missing:
+                continue  # folded by a compaction: its candles are in the data.parquet read after this
+        return sf.decode_many(got), got
+
+    def _read_data(self, m: Month) -> pl.DataFrame | None:
+        try:
+            return sf.decode(self.storage.read(m.data_key), m.data_key)
+        except Missing:
+            return None
+
+    def last_open_time(self, symbol: str, interval: str) -> int | None:
+        """The newest stored open time: tails by their names, the month file by its open_time column."""
+        for m in reversed(self._months(symbol, interval)):
+            best = max((last for _, last in m.tail_ranges()), default=None)
+            try:
+                times = self._month_times(m)
+            except Unreadable as exc:
+                raise self._refusal(exc) from None
+            if len(times):
+                best = max(best or 0, int(times[-1]))
+            if best is not None:
+                return best
         return None
 
+    def _refusal(self, exc: Unreadable) -> DataError:
+        return DataError(
+            f"Store file {str(self.root / exc.key)!r} is unreadable: {exc.reason}",
+            hint="run `xylen collect status`: it moves the file to "
+            f"{str(self.quarantine)!r} (nothing is deleted) and prints the command that fetches its candles again.",
+        )
+
+    def _month_times(self, m: Month) -> np.ndarray:
+        """Sorted open times of the month's data.parquet (empty if it has none); cached per file version."""
+        key = m.data_key
+        ident = self._identity(key)
+        if ident == ():
+            return np.empty(0, np.int64)
+        hit = self._times.get(key)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
+        try:
+            times = sf.decode_times(self.storage.read(key), key)
+        except Missing:
+            return np.empty(0, np.int64)
+        if ident is not None:  # identity taken before the read: a replacement in between only misses the cache
+            if len(self._times) >= 64:
+                self._times.pop(next(iter(self._times)))
+            self._times[key] = (ident, times)
+        return times
+
+    def _identity(self, key: str) -> tuple[int, ...] | None:
+        """A local file's identity (a replaced file has a new inode and times); () if absent; None if not local."""
+        path = self.storage.local_path(key)
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return ()
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    # ---------------------------------------------------------------- writing
     def append(self, symbol: str, interval: str, df: pl.DataFrame) -> AppendResult:
-        """Merge candles into their month files, dedupe on open_time (new rows win), write atomically."""
+        """Store candles (one per open_time: new rows win over stored ones). Small all-new appends are tails."""
         result = AppendResult()
+        self.series_prefix(symbol, interval)
         if df.height == 0:
             return result
-        step = interval_ms(interval)
-        df = df.select(list(COLUMNS)).cast(SCHEMA)  # type: ignore[arg-type]
-        if ((df["open_time"] % step) != 0).any():
+        if df.schema != _SCHEMA:  # already conforming (a decoded candle): skip two polars calls
+            df = df.select(list(COLUMNS)).cast(SCHEMA)  # type: ignore[arg-type]
+        t = df["open_time"].to_numpy()
+        off = ~intervals.aligned(t, interval)
+        if off.any():
             raise DataError(
-                f"Candles for {symbol} {interval} are off the {interval} grid.",
+                f"Candles for {symbol} {interval} are off the {interval} grid (open_time {int(t[off.argmax()])}).",
                 hint="check the interval of the data being stored.",
             )
-        df = df.unique(subset="open_time", keep="last", maintain_order=True)
-        with self.lock(symbol, interval):
-            self._merge(symbol, interval, df, result)
+        if len(t) > 1 and not (np.diff(t) > 0).all():
+            df = df.unique(subset="open_time", keep="last", maintain_order=True).sort("open_time")
+            t = df["open_time"].to_numpy()
+        # one part per calendar month of open_time (plain numpy: this is the per-candle path of follow mode)
+        months = np.asarray(t, dtype="datetime64[ms]").astype("datetime64[M]")
+        cuts = [0, *(np.flatnonzero(months[1:] != months[:-1]) + 1).tolist(), len(t)]
+        with self._writing(symbol, interval):
+            for a, b in itertools.pairwise(cuts):
+                m = self._listed(self._month(symbol, interval, *sf.year_month(int(t[a]))))
+                self._append_month(symbol, interval, m, df.slice(a, b - a), result)
         return result
 
-    def _merge(self, symbol: str, interval: str, df: pl.DataFrame, result: AppendResult) -> None:
-        dt = pl.from_epoch(pl.col("open_time"), time_unit="ms")
-        keyed = df.with_columns(dt.dt.year().alias("_y"), dt.dt.month().alias("_m"))
-        for (year, month), part in keyed.group_by(["_y", "_m"], maintain_order=True):
-            path = self.partition_path(symbol, interval, int(year), int(month))  # type: ignore[call-overload]
-            new = part.drop("_y", "_m")
-            old = empty_frame()
-            if path.exists():
-                try:
-                    old = pl.read_parquet(path).select(list(COLUMNS)).cast(SCHEMA)  # type: ignore[arg-type]
-                except (pl.exceptions.PolarsError, OSError):
-                    old = empty_frame()  # unreadable (e.g. torn by a foreign tool): rebuilt from what we have
-            merged = pl.concat([old, new]).unique(subset="open_time", keep="last").sort("open_time")
-            result.added += merged.height - old.height
-            result.duplicates += new.height - (merged.height - old.height)
-            self._write(path, merged)
-            result.files.append(str(path))
+    def _append_month(self, symbol: str, interval: str, m: Month, new: pl.DataFrame, result: AppendResult) -> None:
+        was_empty = not (m.data or m.tails)
+        if new.height <= SMALL_APPEND and self._all_new(m, new["open_time"].to_numpy()):
+            t = new["open_time"]
+            key = f"{m.prefix}/tail-{t[0]}-{t[-1]}-{uuid.uuid4().hex}.parquet"
+            self.storage.put_new(key, sf.encode(new))  # a fresh uuid: never taken
+            result.added += new.height
+            result.files.append(str(self.root / key))
+            if len(m.tails) + 1 > MAX_TAILS:
+                self._merge_month(m, None, None)
+        else:
+            self._merge_month(m, new, result)
+        if was_empty:  # the series moved on to a new month: the one before is complete, fold its tails
+            prev = intervals.floor(m.bounds()[0] - 1, intervals.MONTH)
+            before = self._listed(self._month(symbol, interval, *sf.year_month(prev)))
+            if before.tails:
+                self._merge_month(before, None, None)
 
-    def _write(self, path: Path, df: pl.DataFrame) -> None:
+    def _all_new(self, m: Month, t: np.ndarray) -> bool:
+        """True when none of the open times ``t`` is stored in the month (an unreadable file: False)."""
+        lo, hi = int(t.min()), int(t.max())
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp.mkdir(parents=True, exist_ok=True)
-            tmp = self.tmp / f"{os.getpid()}-{path.parent.parent.name}-{path.parent.name}.parquet.tmp"
+            for name, (first, last) in zip(m.tails, m.tail_ranges(), strict=True):
+                if first <= hi and lo <= last:  # only tails whose range overlaps are read
+                    key = f"{m.prefix}/{name}"
+                    try:
+                        if sf.any_in(t, sf.decode_times(self.storage.read(key), key)):
+                            return False
+                    except Missing:
+                        continue  # folded: its candles are in the month file read next
+            return not sf.any_in(t, self._month_times(m))
+        except Unreadable:
+            return False  # the merge path moves the unreadable file aside
+
+    def compact(self, symbol: str, interval: str) -> int:
+        """Fold every month's tails into its data.parquet and move unreadable files to quarantine (logged).
+
+        Returns how many tails were folded. Safe while other writers append (compare-and-swap)."""
+        folded = 0
+        with self._writing(symbol, interval):
+            for m in self._months(symbol, interval):
+                if not m.tails:
+                    try:  # a readable month without tails has nothing to fold
+                        self._read_data(m)
+                        continue
+                    except Unreadable:
+                        pass
+                folded += self._merge_month(m, None, None)
+        return folded
+
+    def _merge_month(self, m: Month, new: pl.DataFrame | None, result: AppendResult | None) -> int:
+        """Rewrite a month as data.parquet + its tails (+ ``new``, whose rows win) by compare-and-swap, then
+        delete the folded tails. Returns how many tails were folded."""
+        moved: set[tuple[str, int]] = set()
+        for _ in range(MAX_ATTEMPTS):
+            names = self._listed(m).tails
             try:
-                df.write_parquet(tmp, compression="zstd", statistics=True)
-                with open(tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:  # interrupted or failed: the old file stays, the temp goes
-                tmp.unlink(missing_ok=True)
-                raise
-            fsync_dir(path.parent)
-        except PermissionError as exc:
-            raise ConfigError(
-                f"Cannot write to the store {str(self.root)!r}: {exc.strerror}.",
-                hint="set XYLEN_HOME to a writable folder or fix its permissions.",
-            ) from None
+                tails, got_tails = self._read_tails(m, names)  # before the month file, like every reader
+            except Unreadable:
+                tails, got_tails = self._tails_without_bad(m, names, moved)
+            got = self.storage.read_versioned(m.data_key)
+            month = None
+            if got is not None:
+                try:
+                    month = sf.decode(got.data, m.data_key)
+                except Unreadable as exc:
+                    self._quarantine(exc, got.data, moved)
+            view = sf.view(tails, month)
+            merged = view if new is None else sf.newer_wins(view, new)
+            gone = [k for k, _ in got_tails]
+            if gone or (got is not None and month is None) or (new is not None and not merged.equals(view)):
+                try:
+                    self.storage.swap(m.data_key, sf.encode(merged), got.token if got else None)
+                except Conflict:
+                    continue  # another writer got there first: re-read, re-merge
+                for key in gone:
+                    self.storage.delete(key)  # immutable and folded (or quarantined): deleting loses nothing
+            if result is not None and new is not None:
+                added = merged.height - view.height
+                result.added += added
+                result.duplicates += new.height - added
+                result.files.append(str(self.root / m.data_key))
+            return len(gone)
+        raise DataError(
+            f"Gave up writing {str(self.root / m.data_key)!r}: {MAX_ATTEMPTS} conflicting writers in a row.",
+            hint="stop the other processes writing this series and run it again.",
+        )
+
+    def _tails_without_bad(
+        self, m: Month, names: list[str], moved: set[tuple[str, int]]
+    ) -> tuple[pl.DataFrame, list[tuple[str, bytes]]]:
+        """The readable tails in name order; unreadable ones are quarantined (and deleted with the others)."""
+        frames, got = [], []
+        for name in names:
+            key = f"{m.prefix}/{name}"
+            try:
+                data = self.storage.read(key)
+            except Missing:
+                continue
+            got.append((key, data))
+            try:
+                frames.append(sf.decode(data, key))
+            except Unreadable as exc:
+                self._quarantine(exc, data, moved)
+        return (pl.concat(frames) if frames else empty_frame()), got
+
+    def _quarantine(self, exc: Unreadable, data: bytes, moved: set[tuple[str, int]]) -> None:
+        """Copy an unreadable file to quarantine/ (once per version) before its month is rewritten without it."""
+        tag = (exc.key, hash(data))
+        if tag in moved:
+            return
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        target, n = f"{QUARANTINE}/{exc.key}.{stamp}", 0
+        while not self.storage.put_new(target, data):  # the same microsecond twice: a suffix
+            n += 1
+            target = f"{QUARANTINE}/{exc.key}.{stamp}-{n}"
+        moved.add(tag)
+        log.warning(
+            "store: %s is unreadable (%s); moved it to %s (nothing deleted): %s",
+            self.root / exc.key,
+            exc.reason,
+            self.root / target,
+            sf.fix_for(exc.key),
+        )
+
+    def quarantined(self, symbol: str, interval: str) -> list[Quarantined]:
+        """The series' files moved to quarantine/, each with the command that fetches its candles again."""
+        prefix = f"{QUARANTINE}/{self.series_prefix(symbol, interval)}"
+        skip = len(QUARANTINE) + 1
+        return [Quarantined(str(self.root / k), sf.fix_for(k[skip:])) for k in self.storage.list(prefix)]
+
+    def quarantined_series(self) -> list[tuple[str, str]]:
+        return sf.series_of(self.storage.list(f"{QUARANTINE}/{KLINES}"), depth=2)
+
+    def _writing(self, symbol: str, interval: str) -> contextlib.AbstractContextManager[None]:
+        return self.lock(symbol, interval) if self.serialize_writers else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def lock(self, symbol: str, interval: str) -> Iterator[None]:
-        """An exclusive lock on one series across processes (`collect` and `collect import` side by side)."""
+        """An exclusive lock on one series across local processes: spares concurrent writers their retries."""
+        sym, iv = sf.check_series(symbol, interval)
         try:
             self.meta.mkdir(parents=True, exist_ok=True)
-            fh = open(self.meta / f"{symbol}-{interval}.lock", "a+b")  # noqa: SIM115
-        except PermissionError as exc:
-            raise ConfigError(
-                f"Cannot write to the store {str(self.root)!r}: {exc.strerror}.",
-                hint="set XYLEN_HOME to a writable folder or fix its permissions.",
-            ) from None
+            fh = open(self.meta / f"{sym}-{iv}.lock", "a+b")  # noqa: SIM115
+        except OSError as exc:
+            raise storage_error(exc, self.meta) from None
         with fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
@@ -202,83 +452,50 @@ class Store:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def clean_temp(self) -> int:
-        """Remove temp files left by killed writers (their rename never happened: the data files are intact)."""
-        n = 0
-        if self.tmp.is_dir():
-            for f in self.tmp.glob("*.tmp"):
-                pid = f.name.split("-", 1)[0]
-                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                    f.unlink(missing_ok=True)
-                    n += 1
-        return n
+        """Remove temp files left by killed writers (their renames never happened: the data files are intact)."""
+        return self.storage.clean_temp() if isinstance(self.storage, LocalStorage) else 0
 
-    # ---------------------------------------------------------------- known gaps
-    def _gaps_path(self, symbol: str, interval: str) -> Path:
-        return self.meta / f"{symbol}-{interval}.known_gaps.json"
+    # ---------------------------------------------------------------- known gaps, summary
+    def _gaps_key(self, symbol: str, interval: str) -> str:
+        sym, iv = sf.check_series(symbol, interval)
+        return f"{META}/{sym}-{iv}.known_gaps.json"
 
     def known_gaps(self, symbol: str, interval: str) -> list[tuple[int, int]]:
         """Ranges [start, end) of open_time in which the exchange answered no candles (no trading)."""
-        p = self._gaps_path(symbol, interval)
-        try:
-            return [(int(a), int(b)) for a, b in orjson.loads(p.read_bytes())]
-        except FileNotFoundError:
-            return []
-        except (orjson.JSONDecodeError, ValueError, TypeError):
-            return []  # unreadable bookkeeping: the gaps are simply fetched once more
+        got = self.storage.read_versioned(self._gaps_key(symbol, interval))
+        return [] if got is None else sf.parse_gaps(got.data)
 
     def add_known_gaps(self, symbol: str, interval: str, gaps: list[tuple[int, int]]) -> None:
+        """Merge ranges into the known gaps by compare-and-swap: two collectors never lose each other's gaps."""
+        key = self._gaps_key(symbol, interval)
         if not gaps:
             return
-        merged = _merge_ranges([*self.known_gaps(symbol, interval), *gaps])
-        p = self._gaps_path(symbol, interval)
-        self.meta.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(orjson.dumps(merged))
-        os.replace(tmp, p)
+        for _ in range(MAX_ATTEMPTS):
+            got = self.storage.read_versioned(key)
+            old = [] if got is None else sf.parse_gaps(got.data)
+            merged = sf.merge_ranges([*old, *gaps])
+            if got is not None and merged == old:
+                return
+            try:
+                self.storage.swap(key, orjson.dumps(merged), got.token if got else None)
+                return
+            except Conflict:
+                continue
+        raise DataError(f"Gave up writing {key!r}: too many conflicting writers.", hint="run it again.")
 
     def summary(self, symbol: str, interval: str, now_ms: int | None = None) -> SeriesSummary:
-        """First/last candle, rows, gaps (not counting known ones) and lag behind ``now_ms``."""
+        """First/last candle, rows, gaps (not counting known ones), lag behind ``now_ms``, quarantined files."""
         df = self.read(symbol, interval)
-        step = interval_ms(interval)
         known = self.known_gaps(symbol, interval)
+        moved = self.quarantined(symbol, interval)
         if df.height == 0:
-            return SeriesSummary(symbol, interval, 0, None, None, [], None, known)
+            return SeriesSummary(symbol, interval, 0, None, None, [], None, known, moved)
         t = df["open_time"].to_numpy()
         gaps = [
-            (before, n)
-            for before, n in find_gaps(t, step)
-            if not _covered(before + step, before + (n + 1) * step, known)
+            gap
+            for gap, (a, b) in zip(intervals.gaps(t, interval), intervals.holes(t, interval), strict=True)
+            if not sf.covered(a, b, known)
         ]
         now_ms = now_ms if now_ms is not None else int(datetime.now(timezone.utc).timestamp() * 1000)
-        lag = max(0, now_ms - (int(t[-1]) + step))  # since the last stored candle closed
-        return SeriesSummary(symbol, interval, df.height, int(t[0]), int(t[-1]), gaps, lag, known)
-
-
-def find_gaps(t: np.ndarray, step: int) -> list[tuple[int, int]]:
-    """(open_time before the hole, missing candles) for each hole in sorted open times."""
-    d = np.diff(t)
-    return [(int(t[i]), int(d[i] // step) - 1) for i in np.flatnonzero(d != step)]
-
-
-def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
-def _covered(a: int, b: int, ranges: list[tuple[int, int]]) -> bool:
-    return any(x <= a and b <= y for x, y in ranges)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        lag = max(0, now_ms - intervals.next_open(int(t[-1]), interval))  # since the last stored candle closed
+        return SeriesSummary(symbol, interval, df.height, int(t[0]), int(t[-1]), gaps, lag, known, moved)
