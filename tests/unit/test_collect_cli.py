@@ -121,3 +121,25 @@ def test_a_bad_file_among_good_ones_leaves_the_store_untouched(tmp_path: Path) -
     r = cli(tmp_path / "home", "import", str(good), str(bad_csv))
     assert r.exit_code == 3 and "row 6" in r.stderr, r.stderr
     assert Store(tmp_path / "home" / "data").series() == []
+
+
+def test_files_that_disagree_about_a_candle_are_refused_naming_both(tmp_path: Path) -> None:
+    lines = csv_lines()
+    a = tmp_path / "BTCUSDT-1h-2022-01.csv"
+    a.write_text("\n".join(lines[:100]))
+    changed = lines[50].split(",")
+    changed[4] = str(float(changed[4]) + 1)  # another close for the same open_time
+    b = tmp_path / "BTCUSDT-1h-2022-01b.csv"
+    b.write_text("\n".join([*lines[40:50], ",".join(changed), *lines[51:60]]))
+    r = cli(tmp_path / "home", "import", str(a), str(b))
+    assert r.exit_code == 3, r.output
+    err = " ".join(r.stderr.split())
+    assert f"{a} row 51" in err and f"{b} row 11" in err and "hint:" in err
+    assert Store(tmp_path / "home" / "data").series() == []
+    # the same candles twice, inside and across the files: kept once
+    c = tmp_path / "BTCUSDT-1h-2022-01c.csv"
+    c.write_text("\n".join(lines[90:120] + lines[95:100]))
+    r = cli(tmp_path / "home", "import", str(a), str(c), "--json")
+    assert r.exit_code == 0, r.output
+    assert orjson.loads(r.stdout)["added"] == 120
+    assert Store(tmp_path / "home" / "data").read("BTCUSDT", "1h").height == 120

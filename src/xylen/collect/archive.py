@@ -2,8 +2,10 @@
 
 Import reads every file first (data.binance.vision zips with their .CHECKSUM, 12-column CSVs with ms or
 µs timestamps and with or without a header, freqtrade feather/parquet, JSONL) and validates it; only when
-all of them are good is anything appended, so one bad file leaves the store untouched. Duplicates inside
-or across the files are not an error: the store deduplicates on open_time.
+all of them are good is anything appended, so one bad file leaves the store untouched. Repeated candles
+follow the one rule of :func:`xylen.core.candles.combine` (also `xylen train --data`): the same candle twice,
+inside or across the files, is kept once; two different candles at one open_time are refused, naming both
+places. Candles already in the store are replaced by the imported ones.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import orjson
 import polars as pl
 
 from xylen.core import intervals
-from xylen.core.candles import infer_interval, read_candles, validate
+from xylen.core.candles import ReadResult, combine, infer_interval, read_candles, validate
 from xylen.core.errors import ConfigError, DataError
 from xylen.core.schema import normalize_symbol
 from xylen.core.store import Store
@@ -47,11 +49,11 @@ def import_files(
         raise ConfigError("No file to import.", hint="pass files, e.g. xylen collect import BTCUSDT-5m-2024-01.zip.")
     _check_interval(interval)
     symbol = normalize_symbol(symbol) if symbol is not None else None
-    batches: dict[tuple[str, str], list[pl.DataFrame]] = {}
+    batches: dict[tuple[str, str], list[ReadResult]] = {}
     result = ImportResult()
     for p in paths:
         read = read_candles(p, interval=interval, symbol=symbol)
-        df = read.frame.unique(subset="open_time", keep="last").sort("open_time")
+        df, dupes = combine([read])  # a candle repeated inside the file: kept once, or refused if they differ
         iv = read.interval or infer_interval(df)
         if iv is None:
             raise DataError(
@@ -64,12 +66,12 @@ def import_files(
                 hint="pass --symbol, e.g. --symbol BTCUSDT, or name the file like BTCUSDT-5m-2024-01.zip.",
             )
         sym = normalize_symbol(read.symbol)
-        if read.frame["close_time"].null_count() == df.height:
-            closes = intervals.next_opens(df["open_time"].to_numpy(), iv) - 1
-            df = df.with_columns(pl.Series("close_time", closes))
+        if read.frame["close_time"].null_count() == read.frame.height:
+            closes = intervals.next_opens(read.frame["open_time"].to_numpy(), iv) - 1
+            read = ReadResult(read.frame.with_columns(pl.Series("close_time", closes)), str(p), sym, iv, read.notes)
+            df = combine([read])[0]
         report = validate(df, iv, str(p))
-        dupes = read.frame.height - df.height
-        batches.setdefault((sym, iv), []).append(df)
+        batches.setdefault((sym, iv), []).append(read)  # the file's own rows: a refusal names them
         result.files.append(
             {
                 "file": str(p),
@@ -81,8 +83,9 @@ def import_files(
                 "notes": read.notes,
             }
         )
-    for (sym, iv), frames in batches.items():
-        result.added += store.append(sym, iv, pl.concat(frames)).added
+    merged = {key: combine(reads)[0] for key, reads in batches.items()}  # files that disagree: refused here
+    for (sym, iv), df in merged.items():
+        result.added += store.append(sym, iv, df).added
     # rows already stored, or repeated inside or across the files
     result.duplicates = sum(f["rows"] + f["duplicates_in_file"] for f in result.files) - result.added
     return result
