@@ -120,3 +120,19 @@ def test_rest_polling_carries_on_while_the_socket_is_refused(running: tuple, btc
     wait_until(lambda: follower.stats.drops["BTCUSDT 1h"] >= drops + 3, "refused reconnects")
     wait_until(lambda: store.last_open_time("BTCUSDT", "1h") == btc[601][0], "REST polling")
     fake.wait_for_subscribers("BTCUSDT", "1h")  # and the socket comes back
+
+
+def test_the_watchdog_knows_weeks_and_calendar_months() -> None:
+    now = [0]
+    f = Follower(None, None, [], "ws://127.0.0.1:9/ws", lambda: now[0], grace_ms=0)  # type: ignore[arg-type]
+    jan, mar = 1704067200000, 1709251200000  # 2024-01-01, 2024-03-01 (February 2024 has 29 days)
+    f.last["BTCUSDT 1M"] = jan
+    now[0] = mar - 1  # February, the candle after January, is still open
+    assert not f._overdue("BTCUSDT", "1M")
+    now[0] = mar + 1
+    assert f._overdue("BTCUSDT", "1M")
+    f.last["BTCUSDT 1w"] = jan  # a Monday: the week after it closes on 2024-01-15
+    now[0] = jan + 14 * 86_400_000
+    assert not f._overdue("BTCUSDT", "1w")
+    now[0] += 1
+    assert f._overdue("BTCUSDT", "1w")

@@ -13,6 +13,7 @@ import pytest
 from tests.fakes import FakeBinance, FakeClock, load_series
 from xylen.collect import CollectOptions, collect, make_rest, status
 from xylen.collect.runner import parse_intervals, parse_symbols, parse_time
+from xylen.collect.status import rows_for_table
 from xylen.core import intervals
 from xylen.core.candles import read_candles
 from xylen.core.settings import load_settings
@@ -120,6 +121,8 @@ def test_weekly_and_monthly_candles_are_collected_on_their_calendar_grids(tmp_pa
         assert store.read("BTCUSDT", "1M")["close_time"].to_list()[0] == ms(2023, 3, 1) - 1  # 28 days
         sw = store.summary("BTCUSDT", "1w", clock())
         assert (sw.gaps, sw.known_gaps) == ([], [no_trading])  # 2 weeks without trading, recorded once
+        row = rows_for_table(status(store, clock(), [("BTCUSDT", "1w")]))[0]
+        assert (row["known gaps"], row["gaps"], row["lag"]) == ("1 (2 candles)", "0", "2d")  # since Dec 18 00:00
         assert store.summary("BTCUSDT", "1M", clock()).gaps == []
         before = klines_requests(fake)
         clock.set(ms(2024, 1, 2))  # a week and a month close

@@ -99,3 +99,28 @@ def test_import_refuses_a_path_as_a_symbol_and_normalises_lower_case(tmp_path: P
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == 48
     r = runner.invoke(app, ["--home", str(home), "collect", "--symbols", "../x", "--once"])
     assert r.exit_code == 2 and "'../x'" in r.stderr
+
+
+def test_import_weekly_and_monthly_files_on_their_calendar(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    months = [ms(2023, m, 1) for m in range(1, 13)]
+    monthly = tmp_path / "BTCUSDT-1M-2023.csv"  # 6 columns: close_time comes from the calendar
+    monthly.write_text("\n".join(f"{t},100,110,90,105,1000" for t in months))
+    mondays = ms(2024, 1, 1) + WEEK * np.arange(8)
+    weekly = tmp_path / "ethusdt.csv"  # neither symbol nor interval in the name
+    weekly.write_text("\n".join(f"{t},100,110,90,105,1000" for t in mondays))
+    runner = CliRunner()
+    r = runner.invoke(app, ["--home", str(home), "collect", "import", str(monthly), "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["--home", str(home), "collect", "import", str(weekly), "--symbol", "ethusdt"])
+    assert r.exit_code == 0, r.output
+    store = Store(home / "data")
+    assert store.series() == [("BTCUSDT", "1M"), ("ETHUSDT", "1w")]  # 1w told by the candles' spacing
+    m = store.read("BTCUSDT", "1M")
+    assert m["open_time"].to_list() == months
+    assert m["close_time"].to_list()[1] == ms(2023, 3, 1) - 1  # February 2023: 28 days
+    assert store.read("ETHUSDT", "1w")["close_time"].to_list()[0] == ms(2024, 1, 8) - 1
+    thursdays = tmp_path / "XRPUSDT-1w.csv"
+    thursdays.write_text("\n".join(f"{t},100,110,90,105,1000" for t in mondays + 3 * DAY))
+    r = runner.invoke(app, ["--home", str(home), "collect", "import", str(thursdays)])
+    assert r.exit_code == 3 and "not on the 1w grid" in r.stderr
