@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import sys
 import zlib
 from pathlib import Path
 
@@ -284,6 +285,39 @@ def test_import_refuses_pickles(home, tmp_path, name, data):
     assert registry(home).names() == ["btcusdt-5m"]
 
 
+class _Marker:
+    """Unpickling this creates ``path``: proof that something unpickled the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+@pytest.mark.parametrize("backend", ["lightgbm", "onnx", "torch"])
+@pytest.mark.parametrize("protocol", [0, 1, 2, 5])
+def test_import_refuses_a_pickle_named_like_a_model(home, tmp_path, backend, protocol):
+    """Protocol 0 and 1 pickles have no magic bytes: the file is parsed (never unpickled) to tell."""
+    marker = tmp_path / "MARKER"
+    path = tmp_path / {"lightgbm": "model.txt", "onnx": "model.onnx", "torch": "model.pt"}[backend]
+    path.write_bytes(pickle.dumps(_Marker(marker), protocol=protocol))
+    res = cli(home, "models", "import", str(path), "--backend", backend, "--features", "a", "--name", "bad")
+    assert res.exit_code == 3 and "is a pickle/joblib file" in res.output and "never loads pickles" in res.output
+    assert not marker.exists()
+    assert registry(home).names() == ["btcusdt-5m"] and not (home / "models" / "bad").exists()
+
+
+def test_export_without_the_onnx_extra_names_it(home, monkeypatch):
+    """`pip install xylen` without [onnx]: a configuration problem (exit 2) naming the extra, not a crash."""
+    for mod in ("onnx", "onnxmltools", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, mod, None)  # `import onnx` now raises ModuleNotFoundError
+    res = cli(home, "models", "export", "btcusdt-5m", "--format", "onnx")
+    assert res.exit_code == 2, res.output
+    assert "pip install 'xylen[onnx]'" in res.output and "internal error" not in res.output
+    assert registry(home).names() == ["btcusdt-5m"]
+
+
 def test_import_bad_inputs(home, tmp_path):
     res = cli(
         home, "models", "import", str(tmp_path / "missing.onnx"), "--backend", "onnx", "--features", "a", "--name", "m"
@@ -296,7 +330,9 @@ def test_import_bad_inputs(home, tmp_path):
     res = cli(home, "models", "import", str(DEVOPS), "--backend", "lightgbm", "--name", "Bad Name")
     assert res.exit_code == 2 and "'Bad Name'" in res.output
     assert registry(home).names() == ["btcusdt-5m"]
-    assert sorted(p.name for p in (home / "models").iterdir()) == ["btcusdt-5m"]
+    models = home / "models"
+    assert sorted(p.name for p in models.iterdir() if not p.name.startswith(".")) == ["btcusdt-5m"]
+    assert not (models / ".tmp").exists() or not any((models / ".tmp").iterdir())  # no staging left behind
 
 
 @pytest.mark.parametrize("cmd", ["export", "import"])

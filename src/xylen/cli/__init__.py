@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from xylen import __version__
 from xylen.core.errors import EXIT_CODES, XylenError
@@ -66,9 +67,10 @@ def handled() -> Iterator[None]:
     try:
         yield
     except XylenError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+        # escaped: a message quotes user values and hints like pip install 'xylen[onnx]', not rich markup
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
         if exc.hint:
-            err.print(f"[yellow]hint:[/] {exc.hint}", markup=True, soft_wrap=True)
+            err.print(f"[yellow]hint:[/] {escape(exc.hint)}", markup=True, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted; nothing was left half-written.")

@@ -27,7 +27,7 @@ def export_cmd(
     Example: xylen models export btcusdt-5m --format onnx --promote
     """
     with handled():
-        from xylen.core.convert import export_onnx
+        from xylen.core.onnx_export import export_onnx
 
         res = export_onnx(_registry(ctx), name, version, new_name=new_name, out=out_dir, promote=promote)
         if as_json:
@@ -63,7 +63,7 @@ def _feature_names(features: str | None, features_file: Path | None) -> list[str
 @models_app.command("import")
 def import_cmd(
     ctx: typer.Context,
-    path: Path = typer.Argument(..., help="LightGBM model.txt, .onnx, TorchScript .pt or torch.export .pt2 file."),
+    path: Path = typer.Argument(..., help="LightGBM model.txt, .onnx or TorchScript .pt file (torch.jit.save)."),
     backend: Literal["lightgbm", "onnx", "torch"] = typer.Option(..., "--backend", help="lightgbm, onnx or torch."),
     name: str = typer.Option(..., "--name", help="Model name to register it under, e.g. my-signal."),
     features: str = typer.Option(None, "--features", help="Comma-separated input feature names, in input order."),
@@ -74,7 +74,11 @@ def import_cmd(
     promote: bool = typer.Option(False, "--promote", help="Make the new version live."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Register an external model (requests then send a `features` vector, not candles). Pickles are refused.
+    """Register an external model (requests then send a `features` vector, not candles).
+
+    Pickle and joblib files, torch.save checkpoints and torch.export .pt2 archives are refused (loading them
+    runs code stored in them); a TorchScript archive is loaded only if every pickle in it rebuilds nothing but
+    plain tensors, and kept only if its code writes no files.
 
     Example: xylen models import model.onnx --backend onnx --features-file names.txt --name my-signal --promote
     """
