@@ -66,24 +66,17 @@ def baseline(home: Path, body: bytes) -> dict[str, float]:
     from xylen.core import features
     from xylen.core.registry import Registry
     from xylen.core.settings import load_settings
-    from xylen.serve.decode import decode_predict
-    from xylen.serve.holder import load_live
+    from xylen.serve.decode import decode_candles, decode_predict
+    from xylen.serve.holder import ModelHolder, load_live
     from xylen.serve.metrics import Metrics
     from xylen.serve.predict import predict
     from xylen.serve.state import ServeState
 
     live = load_live(MODEL, Registry(home / "models").current_path(MODEL))
-    candles = decode_predict(body).candles
-    assert candles is not None
-
-    class Holder:
-        def __init__(self) -> None:
-            self.live = {MODEL: live}
-
-        def default(self) -> object:
-            return live
-
-    state = ServeState(settings=load_settings({"home": home}, environ={}), holder=Holder(),  # type: ignore[arg-type]
+    candles, _ = decode_candles(decode_predict(body).candles)
+    holder = ModelHolder(None)  # no watcher: the one model, published as the watcher would
+    holder.live, holder.served, holder.started = {MODEL: live}, (MODEL,), True
+    state = ServeState(settings=load_settings({"home": home}, environ={}), holder=holder,
                        metrics=Metrics(), keys=None)  # type: ignore[arg-type]
 
     def per_call(fn, n: int = 3000) -> float:  # type: ignore[no-untyped-def]

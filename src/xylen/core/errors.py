@@ -67,5 +67,6 @@ EXIT_CODES = {
     4: "model bundle or registry problem: missing, corrupt or tampered model (replace or roll back)",
     5: "training failed: too little data for the folds, memory cap too small, evaluation impossible",
     6: "exchange error: rate limit, ban, unreachable endpoint or unusable answer",
-    130: "interrupted (Ctrl-C / SIGTERM); nothing was left half-written",
+    130: "interrupted by Ctrl-C, or by SIGTERM during `xylen collect`; nothing was left half-written "
+    "(SIGTERM is `xylen serve`'s normal stop: it drains requests in flight and exits 0)",
 }
