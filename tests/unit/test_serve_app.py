@@ -211,6 +211,10 @@ def test_openapi_documents_the_bodies(client: Any) -> None:
     req = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "candles" in req["properties"]
     assert "PredictResponse" in spec["components"]["schemas"]
+    assert "notes" in spec["components"]["schemas"]["PredictResponse"]["properties"]
+    assert "symbol and timeframe" in spec["paths"]["/predict"]["post"]["responses"]["404"]["description"]
+    for word in ("seconds", "microseconds", "still open", "XYLEN_CLOCK_SKEW", "consecutive"):
+        assert word in req["properties"]["candles"]["description"], word
     assert client.get("/docs").status_code == 200
 
 

@@ -213,3 +213,16 @@ def test_load_raw_never_unpickles(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="never loads pickles"):
         load_raw(evil, "lightgbm")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_an_imported_model_takes_its_features_by_name_too(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli_app, ["--home", str(tmp_path), "models", "import", str(TOBIAS), "--backend",
+                                       "lightgbm", "--name", "tobias-signal", "--promote"], env={})
+    assert res.exit_code == 0, res.output
+    settings = load_settings({"home": tmp_path}, environ={})
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
+        wait_for(lambda: c.get("/health/ready").status_code == 200, timeout=60, what="readiness")
+        r = c.post("/predict", json={"indicators": dict(zip(NAMES, ROW)) | {"extra": 1}})
+        assert r.status_code == 200, r.text
+        assert (r.json()["model"], r.json()["probability"]) == ("tobias-signal", booster_probability(TOBIAS, ROW))
+

@@ -228,3 +228,16 @@ def test_the_default_model_setting_is_checked(tmp_path: Path, trained_home: Path
     with pytest.raises(ConfigError, match="not among --model btcusdt-5m") as exc:
         check_models(settings, ["btcusdt-5m"], None)
     assert exc.value.exit_code == 2
+
+
+def test_a_model_path_bundle_is_the_default_for_its_timeframe(ready_client: Any, trained_home: Path,
+                                                             tmp_path: Path, candle_window: np.ndarray) -> None:
+    bundle = Registry(trained_home / "models").current_path("btcusdt-5m")
+    c = ready_client(tmp_path, env={"MODEL_PATH": str(bundle)})
+    r = c.post("/predict", json={"symbol": "ETHUSDT", "timeframe": "5m", "candles": rows(candle_window)})
+    assert r.status_code == 200 and r.json()["model"] == "btcusdt-5m" and "default model" in r.json()["notes"][0]
+    r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": "5m", "candles": rows(candle_window)})
+    assert r.status_code == 200 and r.json()["notes"] == []
+    r = c.post("/predict", json={"symbol": "ETHUSDT", "timeframe": "1h", "candles": rows(hourly(candle_window), HOUR)})
+    assert r.status_code == 404 and "never answers for 1h" in r.json()["error"]
+
