@@ -55,7 +55,7 @@ def test_the_alphas_models_env_serves_its_model_file(tmp_path: Path) -> None:
         r = httpx.post(f"{url}/predict", json=body)
         assert r.status_code == 422 and "'macd'" in r.json()["error"]
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0, log.read_text()
+        assert proc.wait(60) == 0, log.read_text()
         assert "internal error" not in log.read_text() and "Traceback" not in log.read_text()
     finally:
         if proc.poll() is None:

@@ -24,7 +24,7 @@ LEAN = ("polars", "matplotlib", "pandas", "sklearn")
 
 @contextmanager
 def serving(home: Path, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 30) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+            timeout: float = 60) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     port = free_port()
     log = home.parent / f"serve-{port}.log"
     full_env = {**os.environ, "XYLEN_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
@@ -61,7 +61,7 @@ def test_train_if_missing_trains_in_a_child_and_the_server_stays_lean(tmp_path: 
         assert loaded_libraries(proc.pid) == set()  # polars, matplotlib: the training child's, gone with it
         assert httpx.get(f"{url}/health/ready").json()["models"] == {"btcusdt-5m": "v0001"}
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        assert proc.wait(60) == 0
 
 
 def test_a_failed_training_stops_serve_with_the_trainers_exit_code(tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ def test_sigterm_is_a_clean_stop_and_ctrl_c_is_130(home_copy: Path) -> None:
     for sig, code in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
         with serving(home_copy) as (proc, _url, log):
             proc.send_signal(sig)
-            assert proc.wait(20) == code, (sig, log.read_text()[-2000:])
+            assert proc.wait(60) == code, (sig, log.read_text()[-2000:])
 
 
 def test_the_exit_code_docs_say_what_serve_does() -> None:

@@ -34,7 +34,7 @@ def open_client(home: Path, **kwargs: Any) -> Any:
 @pytest.fixture(scope="module")
 def client(trained_home: Path) -> Iterator[Any]:
     with open_client(trained_home) as c:
-        wait_for(lambda: c.get("/health/ready").status_code == 200, what="readiness")
+        wait_for(lambda: c.get("/health/ready").status_code == 200, timeout=60, what="readiness")
         yield c
 
 
@@ -227,7 +227,7 @@ def test_models_listing(client: Any) -> None:
 def test_not_ready_until_a_model_exists(tmp_path: Path, body: dict[str, Any]) -> None:
     with open_client(tmp_path) as c:
         wait_for(lambda: c.get("/health/ready").status_code == 503 and "no models" in c.get("/health/ready").text,
-                 what="a 503 naming the cause")
+                 timeout=60, what="a 503 naming the cause")
         assert c.get("/health/live").status_code == 200
         r = c.post("/predict", json=body)
         assert r.status_code == 503 and "xylen train" in r.json()["error"]

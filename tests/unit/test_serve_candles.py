@@ -59,7 +59,7 @@ def served(trained_home: Path, clock: Clock) -> Iterator[Callable[..., Any]]:
         if skew not in clients:
             settings = load_settings({"home": trained_home, "clock_skew": skew}, environ={})
             c = TestClient(create_app(settings, clock=clock), base_url="http://127.0.0.1").__enter__()
-            wait_for(lambda: c.get("/health/ready").status_code == 200, what="readiness")
+            wait_for(lambda: c.get("/health/ready").status_code == 200, timeout=60, what="readiness")
             clients[skew] = c
         clock.now = 2e9 if now_ms is None else now_ms / 1000
         return clients[skew].post("/predict", json={"symbol": "BTCUSDT", "timeframe": "5m"} | body)

@@ -68,9 +68,9 @@ def ready_client() -> Iterator[Any]:
         c = client(home, env, **kwargs).__enter__()
         opened.append(c)
         if ready:
-            wait_for(lambda: c.get("/health/ready").status_code == 200, what="readiness")
+            wait_for(lambda: c.get("/health/ready").status_code == 200, timeout=60, what="readiness")
         else:
-            wait_for(lambda: "loading models" not in c.get("/health/ready").text, what="the first load")
+            wait_for(lambda: "loading models" not in c.get("/health/ready").text, timeout=60, what="the first load")
         return c
 
     yield open_
@@ -180,11 +180,11 @@ def test_a_new_series_model_never_gets_its_requests_answered_by_another(home_cop
     t = threading.Thread(target=hammer)
     t.start()
     try:
-        wait_for(lambda: len(answers) > 5, what="requests before the new model")
+        wait_for(lambda: len(answers) > 5, timeout=60, what="requests before the new model")
         build_bundle(Registry(home_copy / "models"), "ethusdt-1h", rounds=5, rows=800, symbol="ETHUSDT", interval="1h")
         wait_for(lambda: answers[-1][0] == 200, timeout=60, what="ethusdt-1h to be served")
         n = len(answers)
-        wait_for(lambda: len(answers) > n + 5, what="requests after the swap")
+        wait_for(lambda: len(answers) > n + 5, timeout=60, what="requests after the swap")
     finally:
         stop.set()
         t.join()
