@@ -3,8 +3,9 @@
 Routing: a request for (symbol, timeframe) is answered by that series' model ``<symbol lower>-<timeframe>``;
 without one, only by the explicitly configured default model (XYLEN_DEFAULT_MODEL, the first ``--model``, the
 MODEL_PATH model) and only when that model was trained on the same timeframe. A request without symbol and
-timeframe goes to the default, or to the only model served. Anything else is a 404 that names the live models
-and the command that adds the missing one: a model never answers for a series it does not know it is wrong for.
+timeframe goes to the default, or to the only model served (with several and no default: 422 asking for them).
+Anything else is a 404 that names the live models and the command that adds the missing one: a model never
+answers for a series it was not trained for unless the operator said it may.
 """
 
 from __future__ import annotations
