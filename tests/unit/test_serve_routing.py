@@ -134,6 +134,8 @@ def test_the_first_model_option_is_the_default(ready_client: Any, multi_home: Pa
     assert r.status_code == 200 and r.json()["model"] == "ethusdt-1h"
     r = c.post("/predict", json={"symbol": "XRPUSDT", "timeframe": "5m", "candles": rows(candle_window)})
     assert r.status_code == 404
+    picked = ready_client(multi_home, env={"XYLEN_DEFAULT_MODEL": "btcusdt-5m"}, names=["ethusdt-1h", "btcusdt-5m"])
+    assert picked.post("/predict", json={"candles": rows(candle_window)}).json()["model"] == "btcusdt-5m"
 
 
 def test_without_symbol_and_timeframe(ready_client: Any, trained_home: Path, multi_home: Path,

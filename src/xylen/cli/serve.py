@@ -33,7 +33,7 @@ def serve_cmd(
         "-m",
         help="Serve only these models (repeat). Default: every model in the registry with a live version. The "
         "first is the default model: /predict sends it requests for other symbols of its timeframe and requests "
-        "without symbol/timeframe (XYLEN_DEFAULT_MODEL sets it otherwise).",
+        "without symbol/timeframe (XYLEN_DEFAULT_MODEL, when set, picks another of them).",
     ),
     model_path: Path = typer.Option(
         None,
