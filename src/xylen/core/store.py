@@ -41,6 +41,7 @@ import contextlib
 import fcntl
 import itertools
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ class Store:
         self.tmp = self.root / TMP_DIR
         self.serialize_writers = serialize_writers
         self._times: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}  # month key -> (file identity, open times)
+        self._times_lock = threading.Lock()  # follow mode appends several series from worker threads
 
     # ---------------------------------------------------------------- layout
     def series_prefix(self, symbol: str, interval: str) -> str:
@@ -246,7 +248,8 @@ class Store:
         ident = self._identity(key)
         if ident == ():
             return np.empty(0, np.int64)
-        hit = self._times.get(key)
+        with self._times_lock:
+            hit = self._times.get(key)
         if hit is not None and hit[0] == ident:
             return hit[1]
         try:
@@ -254,9 +257,10 @@ class Store:
         except Missing:
             return np.empty(0, np.int64)
         if ident is not None:  # identity taken before the read: a replacement in between only misses the cache
-            if len(self._times) >= 64:
-                self._times.pop(next(iter(self._times)))
-            self._times[key] = (ident, times)
+            with self._times_lock:
+                if len(self._times) >= 64:
+                    self._times.pop(next(iter(self._times)))
+                self._times[key] = (ident, times)
         return times
 
     def _identity(self, key: str) -> tuple[int, ...] | None:
@@ -303,7 +307,7 @@ class Store:
         if new.height <= SMALL_APPEND and self._all_new(m, new["open_time"].to_numpy()):
             t = new["open_time"]
             key = f"{m.prefix}/tail-{t[0]}-{t[-1]}-{uuid.uuid4().hex}.parquet"
-            self.storage.put_new(key, sf.encode(new))  # a fresh uuid: never taken
+            self.storage.put_new(key, sf.encode(new, small=True))  # a fresh uuid: never taken
             result.added += new.height
             result.files.append(str(self.root / key))
             if len(m.tails) + 1 > MAX_TAILS:
