@@ -102,14 +102,14 @@ def backfill_series(
         if not complete:
             continue
         right = max((intervals.next_open(int(g[-1]), interval) for g in got), default=a) if tail else b
-        candidates = _holes(a, right, got, interval)
+        candidates = [(x, y, False) for x, y in _holes(a, right, got, interval)]
         if tail and right < b:
-            candidates.append((right, b))  # nothing came back for the rest: ask once more before giving up
-        for ca, cb in candidates:  # the second asking: only what is empty again is a known gap
+            candidates.append((right, b, True))  # nothing came back for the rest: ask once more before giving up
+        for ca, cb, open_right in candidates:  # the second asking: only what is empty again is a known gap
             again, complete = pager.fetch(ca, cb)
             if not complete:
                 continue
-            if tail and cb == b:  # still open on the right: only holes before a candle that did come back
+            if open_right:  # the exchange may not have published more yet: only holes before a candle it sent
                 cb = max((intervals.next_open(int(g[-1]), interval) for g in again), default=ca)
             result.new_known_gaps += _holes(ca, cb, again, interval)
     if result.new_known_gaps:
