@@ -263,6 +263,15 @@ class Store:
                 self._times[key] = (ident, times)
         return times
 
+    def _remember(self, key: str, times: np.ndarray, token: str) -> None:
+        """Cache the open times of the month file this writer just swapped in, if it is still that version:
+        the next append then needs no read (after a compaction it was the slowest append of all)."""
+        ident = self._identity(key)
+        if not ident or self.storage.token(key) != token or self._identity(key) != ident:
+            return  # not local, or replaced meanwhile: the next reader fills the cache
+        with self._times_lock:
+            self._times[key] = (ident, times)
+
     def _identity(self, key: str) -> tuple[int, ...] | None:
         """A local file's identity (a replaced file has a new inode and times); () if absent; None if not local."""
         path = self.storage.local_path(key)
@@ -374,11 +383,12 @@ class Store:
             gone = [k for k, _ in got_tails]
             if gone or (got is not None and month is None) or (new is not None and not merged.equals(view)):
                 try:
-                    self.storage.swap(m.data_key, sf.encode(merged), got.token if got else None)
+                    token = self.storage.swap(m.data_key, sf.encode(merged), got.token if got else None)
                 except Conflict:
                     continue  # another writer got there first: re-read, re-merge
                 for key in gone:
                     self.storage.delete(key)  # immutable and folded (or quarantined): deleting loses nothing
+                self._remember(m.data_key, merged["open_time"].to_numpy(), token)
             if result is not None and new is not None:
                 added = merged.height - view.height
                 result.added += added

@@ -46,8 +46,8 @@ class Month:
         return sorted(([self.data_key] if self.data else []) + [f"{self.prefix}/{n}" for n in self.tails])
 
     def tail_ranges(self) -> list[tuple[int, int]]:
-        """(first, last) open time of each tail, from its name: no file is read."""
-        return [(int(m[1]), int(m[2])) for m in map(TAIL.match, self.tails) if m]
+        """(first, last) open time of each tail, from its name (checked against ``TAIL`` when listed)."""
+        return [(int(p[1]), int(p[2])) for p in (n.split("-", 3) for n in self.tails)]
 
     def bounds(self) -> tuple[int, int]:
         start = month_start(self.year, self.month)
