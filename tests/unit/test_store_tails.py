@@ -235,3 +235,14 @@ def test_every_write_goes_through_the_storage_seam(tmp_path: Path) -> None:
         "delete tail",
     }
     assert store.read("BTCUSDT", "1m")["open_time"].to_list() == (JAN + MIN * np.arange(101)).tolist()
+
+
+def test_another_writers_month_file_is_never_hidden_by_a_cache(tmp_path: Path) -> None:
+    a, b = Store(tmp_path), Store(tmp_path)
+    a.append("BTCUSDT", "1m", ones(JAN, 100))  # a now knows (caches) the month file's open times
+    b.append("BTCUSDT", "1m", ones(JAN + 100 * MIN, 100))  # another writer replaces that file
+    r = a.append("BTCUSDT", "1m", ones(JAN + 150 * MIN, 1, marker=7.0))  # stored by b: a correction, not new
+    assert (r.added, r.duplicates) == (0, 1)
+    assert names(a) == ["data.parquet"]
+    df = a.read("BTCUSDT", "1m")
+    assert df.height == 200 and df.filter(pl.col("open") == 7.0)["open_time"].to_list() == [JAN + 150 * MIN]
