@@ -246,3 +246,13 @@ def test_another_writers_month_file_is_never_hidden_by_a_cache(tmp_path: Path) -
     assert names(a) == ["data.parquet"]
     df = a.read("BTCUSDT", "1m")
     assert df.height == 200 and df.filter(pl.col("open") == 7.0)["open_time"].to_list() == [JAN + 150 * MIN]
+
+
+def test_the_open_times_cache_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "CACHE_BYTES", 1000 * 8)  # room for one month of 1000 open times
+    store = Store(tmp_path)
+    for start in (JAN, FEB, FEB + 29 * 86_400_000):  # January, February, March
+        store.append("BTCUSDT", "1m", ones(start, 1000))
+        store.append("BTCUSDT", "1m", ones(start + 1000 * MIN, 1))
+    assert len(store._times) == 1  # only the newest month's times are kept
+    assert store.read("BTCUSDT", "1m").height == 3003

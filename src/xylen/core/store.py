@@ -64,6 +64,7 @@ log = logging.getLogger("xylen.store")
 SMALL_APPEND = 64  # candles: at most this many (all new) become a tail instead of rewriting the month
 MAX_TAILS = 256  # a month with more tails than this is compacted by the append that makes it so
 MAX_ATTEMPTS = 1000  # compare-and-swap retries: each conflict means another writer made progress
+CACHE_BYTES = 128 << 20  # open times of month files kept in memory per Store (follow mode: the current months)
 
 _SCHEMA = pl.Schema(SCHEMA)
 
@@ -257,11 +258,18 @@ class Store:
         except Missing:
             return np.empty(0, np.int64)
         if ident is not None:  # identity taken before the read: a replacement in between only misses the cache
-            with self._times_lock:
-                if len(self._times) >= 64:
-                    self._times.pop(next(iter(self._times)))
-                self._times[key] = (ident, times)
+            self._cache(key, ident, times)
         return times
+
+    def _cache(self, key: str, ident: tuple[int, ...], times: np.ndarray) -> None:
+        with self._times_lock:
+            self._times.pop(key, None)
+            self._times[key] = (ident, times)
+            # bounded: a month of 1s candles is 21 MB of open times; evict the oldest entries first
+            while len(self._times) > 1 and (
+                len(self._times) > 64 or sum(v[1].nbytes for v in self._times.values()) > CACHE_BYTES
+            ):
+                self._times.pop(next(iter(self._times)))
 
     def _remember(self, key: str, times: np.ndarray, token: str) -> None:
         """Cache the open times of the month file this writer just swapped in, if it is still that version:
@@ -269,8 +277,7 @@ class Store:
         ident = self._identity(key)
         if not ident or self.storage.token(key) != token or self._identity(key) != ident:
             return  # not local, or replaced meanwhile: the next reader fills the cache
-        with self._times_lock:
-            self._times[key] = (ident, times)
+        self._cache(key, ident, times)
 
     def _identity(self, key: str) -> tuple[int, ...] | None:
         """A local file's identity (a replaced file has a new inode and times); () if absent; None if not local."""
