@@ -12,6 +12,7 @@ import pytest
 
 from tests.unit.test_store_concurrency import frame
 from xylen.core import store as store_mod
+from xylen.core import store_files as sf
 from xylen.core.storage import Conflict, LocalStorage, Missing, Versioned
 from xylen.core.store import Store
 
@@ -256,3 +257,21 @@ def test_the_open_times_cache_stays_bounded(tmp_path: Path, monkeypatch: pytest.
         store.append("BTCUSDT", "1m", ones(start + 1000 * MIN, 1))
     assert len(store._times) == 1  # only the newest month's times are kept
     assert store.read("BTCUSDT", "1m").height == 3003
+
+
+def test_the_month_file_copy_wins_over_a_tail_and_the_last_named_tail_over_others(tmp_path: Path) -> None:
+    """The README's rule for copies that differ (only two writers storing one candle at once can make them)."""
+    store = Store(tmp_path)
+    store.append("BTCUSDT", "1m", ones(JAN, 100))
+    prefix = "klines/symbol=BTCUSDT/interval=1m/year=2024/month=01"
+    t = JAN + 5 * MIN
+    store.storage.put_new(f"{prefix}/tail-{t}-{t}-{'f' * 32}.parquet", sf.encode(ones(t, 1, marker=9.0)))
+    late = JAN + 100 * MIN
+    for marker, tag in ((1.0, "a" * 32), (2.0, "b" * 32)):
+        store.storage.put_new(f"{prefix}/tail-{late}-{late}-{tag}.parquet", sf.encode(ones(late, 1, marker=marker)))
+    df = store.read("BTCUSDT", "1m")
+    assert df.height == 101
+    assert df.filter(pl.col("open_time") == t)["open"].to_list() == [0.0]  # data.parquet's copy
+    assert df.filter(pl.col("open_time") == late)["open"].to_list() == [2.0]  # the tail named last
+    store.compact("BTCUSDT", "1m")
+    assert store.read("BTCUSDT", "1m").equals(df)  # folding changes nothing a reader sees
