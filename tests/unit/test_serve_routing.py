@@ -243,3 +243,27 @@ def test_a_model_path_bundle_is_the_default_for_its_timeframe(ready_client: Any,
     r = c.post("/predict", json={"symbol": "ETHUSDT", "timeframe": "1h", "candles": rows(hourly(candle_window), HOUR)})
     assert r.status_code == 404 and "never answers for 1h" in r.json()["error"]
 
+
+
+def test_monthly_models_are_named_1mo_and_routed(ready_client: Any, tmp_path: Path, candle_window: np.ndarray) -> None:
+    """Model names are lower case and 1m is the minute: a calendar-month (1M) model is btcusdt-1mo, and a request
+    with timeframe 1M reaches it (and never the minute model)."""
+    from xylen.core.intervals import next_open
+    from xylen.core.registry import check_name, model_name
+
+    assert model_name("BTCUSDT", "1M") == check_name("btcusdt-1mo") and model_name("BTCUSDT", "1m") == "btcusdt-1m"
+    reg = Registry(tmp_path / "models")
+    build_bundle(reg, "btcusdt-1mo", rounds=5, rows=800, interval="1M")
+    monthly = candle_window.copy()
+    t = 1_420_070_400_000  # 2015-01-01
+    for i in range(len(monthly)):
+        monthly[i, 0] = t
+        t = next_open(t, "1M")
+    month_rows = [[int(r[0]), *(repr(float(x)) for x in r[1:6]), next_open(int(r[0]), "1M") - 1, "0", 0, "0", "0", "0"]
+                  for r in monthly]
+    c = ready_client(tmp_path)
+    r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": "1M", "candles": month_rows})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "btcusdt-1mo"
+    r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": "1m", "candles": month_rows})
+    assert r.status_code == 404

@@ -41,7 +41,9 @@ Verifier = Callable[[Path], "str | None"]  # None: the bundle is good; else the 
 
 
 def model_name(symbol: str, interval: str) -> str:
-    return f"{symbol.lower()}-{interval}"
+    """The registry name of a series' model: ``btcusdt-5m``. Names are lower case, so the calendar month ``1M``
+    is spelled ``1mo`` (``1m`` is the minute)."""
+    return f"{symbol.lower()}-{'1mo' if interval == '1M' else interval}"
 
 
 def check_name(name: str) -> str:

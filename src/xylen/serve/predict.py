@@ -13,6 +13,7 @@ from __future__ import annotations
 import orjson
 
 from xylen.core import features
+from xylen.core.registry import model_name
 from xylen.serve.decode import (
     PredictRequest,
     RequestError,
@@ -64,7 +65,7 @@ def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, n
     """The model that answers ``req`` (see the module docstring), or a RequestError saying why none does."""
     symbol, timeframe = req.symbol, req.timeframe
     if symbol is not None and timeframe is not None:
-        name = f"{symbol.lower()}-{timeframe}"
+        name = model_name(symbol, timeframe)
         live = live_map.get(name)
         if live is not None:
             if live.interval is not None and live.interval != timeframe:
