@@ -20,7 +20,7 @@ import numpy as np
 
 from xylen.core.backends import load_predictor
 from xylen.core.bundle import Golden, artifact_info, load_bundle, new_manifest, write_manifest
-from xylen.core.errors import BundleError, ConfigError, DataError
+from xylen.core.errors import BundleError, ConfigError, DataError, first_line
 from xylen.core.pickle_scan import looks_like_pickle
 from xylen.core.registry import Registry, check_name
 
@@ -147,10 +147,8 @@ def import_model(
         except BundleError:
             raise
         except Exception as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # torch's start with a newline
-            first = lines[0][:200] if lines else type(exc).__name__
             raise BundleError(
-                f"{str(path)!r} failed on a ({len(X)}, {len(names)}) input: {first}",
+                f"{str(path)!r} failed on a ({len(X)}, {len(names)}) input: {first_line(exc, 200)}",
                 hint="check the model's input width and dtype.",
             ) from None
         if y.shape != (len(X),):

@@ -56,6 +56,14 @@ class ExchangeTemporaryError(ExchangeError):
         super().__init__(message, hint=hint)
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of a library's error message (torch's start with a newline), or its type."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__
+
+
 # Exit codes, documented in the README and in `xylen --help`.
 EXIT_OK = 0
 EXIT_INTERNAL = 1

@@ -1,6 +1,7 @@
 """A bare model file served without a bundle: the alpha's ``MODEL_PATH=/opt/trading_model/models/trading_model.txt``.
 
-The file is LightGBM text, ONNX or TorchScript / torch.export; ``MODEL_TYPE`` names the backend or, unset, the
+The file is LightGBM text, ONNX or TorchScript (torch.export .pt2 archives are refused: loading one can run code,
+see core/backends/torch.py); ``MODEL_TYPE`` names the backend or, unset, the
 file's first bytes do. It has no manifest, so one is made in memory: the feature names come from the file
 (LightGBM text carries them; ONNX and torch models take one (n, features) tensor, so their features are called
 f0..fN-1), and the golden rows are eight fixed rows with the outputs the model gives them here, which the
@@ -20,11 +21,11 @@ import numpy as np
 
 from xylen.core.backends import load_predictor
 from xylen.core.bundle import Golden, ModelBundle, artifact_info, new_manifest
-from xylen.core.errors import BundleError, ConfigError, DataError
+from xylen.core.errors import BundleError, ConfigError, DataError, first_line
 
 BACKENDS = ("lightgbm", "onnx", "torch")
 _ONNX_SUFFIXES = (".onnx",)
-_TORCH_SUFFIXES = (".pt", ".pt2", ".ts", ".torchscript")
+_TORCH_SUFFIXES = (".pt", ".ts", ".torchscript")
 
 
 def detect_backend(path: Path) -> str | None:
@@ -100,9 +101,8 @@ def load_raw(path: str | Path, backend: str, *, num_threads: int = 1) -> ModelBu
     except BundleError:
         raise
     except Exception as exc:  # the library's own error on a trial prediction: the file is unusable here
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise BundleError(
-            f"{str(path)!r} failed a trial prediction on {n} features: {first}",
+            f"{str(path)!r} failed a trial prediction on {n} features: {first_line(exc, 200)}",
             hint="check the model's input width and dtype.",
         ) from None
     if y.shape != (len(rows),) or not np.all(np.isfinite(y) & (y >= 0) & (y <= 1)):

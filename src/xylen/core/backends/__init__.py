@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from xylen.core.errors import BundleError, ConfigError
+from xylen.core.errors import BundleError, ConfigError, first_line
 
 BACKENDS: dict[str, str] = {
     "lightgbm": "xylen.core.backends.lightgbm:LightGBMPredictor",
@@ -49,9 +49,7 @@ def load_predictor(backend: str, artifact: Path, **options: Any) -> Predictor:
     except BundleError:
         raise
     except Exception as exc:  # a backend library's own load error: the artifact is unusable
-        # torch's messages start with a newline: the first line alone was empty
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise BundleError(
-            f"{backend} could not load {str(artifact)!r}: {lines[0][:300] if lines else type(exc).__name__}",
+            f"{backend} could not load {str(artifact)!r}: {first_line(exc)}",
             hint=f"the model file is corrupt or not a {backend} model; replace it or roll back.",
         ) from None
