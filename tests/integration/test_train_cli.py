@@ -225,3 +225,28 @@ def test_python_m_xylen_and_help_stays_light():
     )
     assert "Usage:" in out.stdout
     assert "HEAVY []" in out.stdout
+
+
+@pytest.mark.parametrize("every", ["1w", "1mo"])
+def test_weekly_and_monthly_candles_reach_training(tmp_path, every):
+    """1w (Mondays) and 1M (calendar months) are read, validated and binned like any interval; years of them are
+    still too few rows to train on, and the message says that -- not that the interval is unknown."""
+    import polars as pl
+
+    from xylen.core.candles import read_candles
+
+    hourly = read_candles(BTC_1H).frame
+    bars = (
+        hourly.with_columns(pl.from_epoch("open_time", time_unit="ms").alias("t"))
+        .group_by_dynamic("t", every=every)
+        .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min(), pl.col("close").last(),
+             pl.col("volume").sum())
+        .with_columns(pl.col("t").dt.epoch("ms").alias("open_time"))
+        .drop("t")
+    )
+    interval = "1w" if every == "1w" else "1M"
+    path = tmp_path / f"BTCUSDT-{interval}.parquet"
+    bars.write_parquet(path)
+    r = xylen(tmp_path, "train", "--profile", "8gb", "--data", str(path), "--interval", interval)
+    assert r.exit_code == 5, r.output
+    assert f"No usable rows: {bars.height} candles are fewer than the 49 of lookback" in r.output

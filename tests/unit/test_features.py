@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -85,6 +86,23 @@ def test_windows_spanning_a_gap_are_left_out():
     assert ds.valid[gap_row + features.LOOKBACK]
     assert not ds.valid[gap_row - 6 : gap_row].any()  # horizon would span the gap
     assert ds.valid[gap_row - 7]
+
+
+def test_calendar_month_candles_are_contiguous_and_a_missing_month_is_a_gap():
+    """Months are 28-31 days: a fixed step would call every month boundary a gap (and train on nothing)."""
+    from xylen.core.intervals import next_open
+
+    df = read_candles(sample_path()).frame.head(120)
+    t, times = 1_262_304_000_000, []  # 2010-01-01
+    for _ in range(df.height):
+        times.append(t)
+        t = next_open(t, "1M")
+    monthly = df.with_columns(pl.Series("open_time", times))
+    ds = build(monthly, "1M", labels.LabelSpec(horizon=6))
+    assert int(ds.valid.sum()) == df.height - features.LOOKBACK - 6
+    holed = monthly.filter(pl.col("open_time") != times[80])  # one month missing
+    ds = build(holed, "1M", labels.LabelSpec(horizon=6))
+    assert not ds.valid[80 : 80 + features.LOOKBACK].any() and not ds.valid[74:80].any()
 
 
 def test_short_window_is_refused():

@@ -225,6 +225,12 @@ class Settings(BaseSettings):
         validation_alias=_alias("allow_unauthenticated"),
         description="Allow a non-loopback bind without API keys.",
     )
+    allowed_hosts: str = Field(
+        "",
+        validation_alias=_alias("allowed_hosts"),
+        description="Comma-separated Host names a server without API keys answers besides loopback ones "
+        "(DNS-rebinding guard); * allows any.",
+    )
     max_body_bytes: int = Field(
         1_000_000,
         ge=1024,
@@ -279,10 +285,10 @@ class Settings(BaseSettings):
     @field_validator("interval")
     @classmethod
     def _interval(cls, v: str) -> str:
-        from xylen.core.schema import INTERVAL_MS  # polars-free: serving never loads the readers
+        from xylen.core.intervals import INTERVALS  # polars-free: serving never loads the readers
 
-        if v not in INTERVAL_MS:
-            raise ValueError(f"use one of {' '.join(INTERVAL_MS)}")
+        if v not in INTERVALS:
+            raise ValueError(f"use one of {' '.join(INTERVALS)} (1m is a minute, 1M a calendar month)")
         return v
 
     @field_validator("default_model", mode="before")
@@ -304,6 +310,11 @@ class Settings(BaseSettings):
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         return v
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, v: str) -> str:
+        return ",".join(_host_entry(e) for e in v.split(",") if e.strip())
+
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
@@ -318,6 +329,36 @@ class Settings(BaseSettings):
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    def allowed_host_list(self) -> list[str]:
+        return [h for h in self.allowed_hosts.split(",") if h]
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+
+
+def _host_entry(entry: str) -> str:
+    """One XYLEN_ALLOWED_HOSTS entry, lowercased, IPv6 literals as "[::1]" (how a Host header spells them)."""
+    import ipaddress
+
+    e = entry.strip().lower()
+    if e == "*":
+        return e
+    bare = e[1:-1] if e.startswith("[") and e.endswith("]") else e
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        ip = None
+    if isinstance(ip, ipaddress.IPv6Address):
+        return f"[{ip.compressed}]"
+    if ip is not None:
+        return ip.compressed
+    if not _HOST_NAME.fullmatch(e):
+        raise ValueError(
+            f"{entry.strip()!r} is not a host name; list names or IP addresses without scheme, port or path, "
+            "e.g. xylen.internal,10.0.0.5 (or * for any)"
+        )
+    return e
 
 
 def _env_names(field: str) -> list[str]:

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from xylen.core import features, labels
-from xylen.core.candles import interval_ms
+from xylen.core import features, intervals, labels
 
 
 @dataclass
@@ -19,7 +18,7 @@ class Dataset:
     y: np.ndarray  # (n,) 1.0/0.0, NaN where the horizon runs past the data
     valid: np.ndarray  # (n,) bool: full lookback and full horizon inside one gap-free segment
     contiguous_next: np.ndarray  # (n,) bool: the next candle follows on the grid (for the backtest)
-    step_ms: int
+    step_ms: int  # the candle length (the average month for 1M)
 
     @property
     def rows(self) -> np.ndarray:
@@ -33,10 +32,10 @@ def arrays_of(df: pl.DataFrame) -> features.CandleArrays:
     )
 
 
-def segment_bounds(open_time: np.ndarray, step_ms: int) -> tuple[np.ndarray, np.ndarray]:
+def segment_bounds(open_time: np.ndarray, interval: str) -> tuple[np.ndarray, np.ndarray]:
     """For each row, the index of the first and last row of its gap-free segment."""
     n = len(open_time)
-    brk = np.flatnonzero(np.diff(open_time) != step_ms) + 1  # first row of each new segment
+    brk = np.flatnonzero(~intervals.consecutive(open_time, interval)) + 1  # first row of each new segment
     starts = np.concatenate(([0], brk))
     ends = np.concatenate((brk - 1, [n - 1]))
     seg = np.zeros(n, dtype=np.int64)
@@ -46,14 +45,13 @@ def segment_bounds(open_time: np.ndarray, step_ms: int) -> tuple[np.ndarray, np.
 
 
 def build(df: pl.DataFrame, interval: str, spec: labels.LabelSpec) -> Dataset:
-    step = interval_ms(interval)
     arr = arrays_of(df)
     X = features.frame(arr)
     y = labels.make(arr.close, spec)
     idx = np.arange(len(arr))
-    seg_start, seg_end = segment_bounds(arr.open_time, step)
+    seg_start, seg_end = segment_bounds(arr.open_time, interval)
     # a window that spans a gap is left out: lookback and horizon must both sit inside one segment
     valid = (idx - seg_start >= features.LOOKBACK) & (seg_end - idx >= spec.horizon) & ~np.isnan(y)
     contiguous_next = np.zeros(len(arr), dtype=bool)
-    contiguous_next[:-1] = np.diff(arr.open_time) == step
-    return Dataset(arr.open_time, arr.close, X, y, valid, contiguous_next, step)
+    contiguous_next[:-1] = intervals.consecutive(arr.open_time, interval)
+    return Dataset(arr.open_time, arr.close, X, y, valid, contiguous_next, intervals.approx_ms(interval))

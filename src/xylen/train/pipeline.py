@@ -16,8 +16,9 @@ import polars as pl
 
 from xylen.core import features, labels
 from xylen.core.bundle import TrainingWindow, artifact_info, load_bundle, make_golden, new_manifest, write_manifest
-from xylen.core.candles import ReadResult, combine, fmt_ts, infer_interval, interval_ms, read_candles, validate
+from xylen.core.candles import ReadResult, combine, fmt_ts, infer_interval, read_candles, validate
 from xylen.core.errors import DataError, TrainingError
+from xylen.core.intervals import approx_ms
 from xylen.core.registry import Registry, check_name, model_name
 from xylen.core.schema import normalize_symbol
 from xylen.core.settings import Settings
@@ -185,7 +186,7 @@ def train(
         )
     if report.zero_volume:
         warnings.append(f"{report.zero_volume} zero-volume candle(s) (exchange halts); kept as recorded.")
-    keep, reason = cap_rows(df.height, profile, interval_ms(interval))
+    keep, reason = cap_rows(df.height, profile, approx_ms(interval))
     if reason:
         warnings.append(f"Training window cut to the most recent {keep} of {df.height} candles by {reason}.")
         df = df.tail(keep)
