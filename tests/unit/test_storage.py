@@ -115,3 +115,18 @@ def test_write_errors_say_what_they_are(tmp_path: Path, monkeypatch: pytest.Monk
     assert "m/x.bin" in info.value.message
     monkeypatch.undo()
     assert st.list() == []  # nothing half-written is visible
+
+
+@pytest.mark.parametrize("sync_folder", [True, False])
+def test_put_new_syncs_the_bytes_before_the_object_becomes_visible(tmp_path, monkeypatch, sync_folder):
+    """A power cut can never leave a torn object: the data is fsynced before the link makes it visible; only the
+    folder's own fsync (the entry's durability) is optional, for objects the caller can fetch again."""
+    import xylen.core.storage as storage_mod
+
+    events: list[str] = []
+    real_fsync, real_link = os.fsync, os.link
+    monkeypatch.setattr(storage_mod.os, "fsync", lambda fd: (events.append("fsync data"), real_fsync(fd))[1])
+    monkeypatch.setattr(storage_mod.os, "link", lambda a, b: (events.append("link"), real_link(a, b))[1])
+    monkeypatch.setattr(storage_mod, "fsync_dir", lambda p: events.append("fsync folder"))
+    assert LocalStorage(tmp_path).put_new("a/tail.parquet", b"x", sync_folder=sync_folder)
+    assert events == ["fsync data", "link", *(["fsync folder"] if sync_folder else [])]

@@ -182,7 +182,7 @@ class MemoryStorage:
         got = self.read_versioned(key)
         return None if got is None else got.token
 
-    def put_new(self, key: str, data: bytes) -> bool:
+    def put_new(self, key: str, data: bytes, *, sync_folder: bool = True) -> bool:
         with self.lock:
             self.calls.append(f"put_new {key}")
             if key in self.objects:

@@ -73,7 +73,7 @@ class Storage(Protocol):
     def read(self, key: str) -> bytes: ...
     def read_versioned(self, key: str) -> Versioned | None: ...
     def token(self, key: str) -> str | None: ...
-    def put_new(self, key: str, data: bytes) -> bool: ...
+    def put_new(self, key: str, data: bytes, *, sync_folder: bool = True) -> bool: ...
     def swap(self, key: str, data: bytes, expect: str | None) -> str: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
@@ -141,6 +141,15 @@ class LocalStorage:
         got = self.read_versioned(key)
         return None if got is None else got.token
 
+    def stamp(self, prefix: str) -> tuple[int, ...] | None:
+        """An identity of a folder that changes when an entry is added to or removed from it (None: no folder).
+        Local disks only: an object store has no folders, and callers then list."""
+        try:
+            st = os.stat(self.local_path(prefix))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
     def list(self, prefix: str = "") -> list[str]:
         """Keys (files) under ``prefix``, sorted; temp files and locks are never listed."""
         base = self.root / check_key(prefix) if prefix else self.root
@@ -156,8 +165,13 @@ class LocalStorage:
         return sorted(out)
 
     # -- writing -------------------------------------------------------------------------------------------
-    def put_new(self, key: str, data: bytes) -> bool:
-        """Create ``key`` with ``data`` unless it exists (then False). Readers see nothing or all of it."""
+    def put_new(self, key: str, data: bytes, *, sync_folder: bool = True) -> bool:
+        """Create ``key`` with ``data`` unless it exists (then False). Readers see nothing or all of it.
+
+        The data is always on disk before the object is visible (never a torn object, even after a power cut).
+        ``sync_folder=False`` skips the fsync that makes the new folder entry itself survive a power cut (not a
+        killed process): for objects whose loss the caller repairs, like a closed candle the collector fetches
+        again by REST on its next start."""
         path = self.local_path(key)
         tmp = self._write_temp(data, path)
         try:
@@ -172,7 +186,8 @@ class LocalStorage:
                     if path.exists():
                         return False
                     os.replace(tmp, path)
-            fsync_dir(path.parent)
+            if sync_folder:
+                fsync_dir(path.parent)
             return True
         finally:
             tmp.unlink(missing_ok=True)

@@ -11,7 +11,9 @@ Every write goes through the storage seam (:mod:`xylen.core.storage`), which off
 (an object store can stand behind it):
 
 * a small append (at most ``SMALL_APPEND`` candles, none of them stored yet: a closed candle in follow mode)
-  is one new immutable *tail* object (``put_new``): its cost does not grow with the month;
+  is one new immutable *tail* object (``put_new``): its cost does not grow with the month. Its bytes are
+  fsynced, its folder entry is not: a killed collector loses nothing, and a power cut can at worst forget the
+  newest tails (never tear one), which the next `xylen collect` fetches again by REST;
 * anything else is merged into the month's ``data.parquet`` by a compare-and-swap on the version the writer
   read (``swap``); on a conflict the writer re-reads, re-merges and retries, so concurrent writers (threads,
   processes, hosts) never lose each other's candles. The per-series file lock only spares them retries;
@@ -137,6 +139,7 @@ class Store:
         self.serialize_writers = serialize_writers
         self._times: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}  # month key -> (file identity, open times)
         self._times_lock = threading.Lock()  # follow mode appends several series from worker threads
+        self._listings: dict[str, tuple[tuple[int, ...], Month]] = {}  # month prefix -> (folder stamp, listing)
 
     # ---------------------------------------------------------------- layout
     def series_prefix(self, symbol: str, interval: str) -> str:
@@ -167,7 +170,33 @@ class Store:
         return sf.months_of(prefix, self.storage.list(prefix))
 
     def _listed(self, m: Month) -> Month:
-        """The month as it is now (a fresh listing of its folder)."""
+        """The month as it is now: a listing of its folder, reused while the folder's stamp is unchanged.
+
+        A folder's stamp (local disks: its inode and mtime) changes whenever an entry is added or removed. Within
+        one clock tick another writer's new tail can go unseen; that costs at most a candle written twice (kept
+        once by every reader) or a compaction one append later, never a lost candle: a fold lists afresh."""
+        stamp = self._stamp(m.prefix)
+        if stamp is not None:
+            with self._times_lock:
+                hit = self._listings.get(m.prefix)
+            if hit is not None and hit[0] == stamp:
+                return Month(m.year, m.month, m.prefix, hit[1].data, list(hit[1].tails))
+        fresh = self._list_month(m)
+        if stamp is not None:
+            self._remember_listing(fresh, stamp)
+        return Month(fresh.year, fresh.month, fresh.prefix, fresh.data, list(fresh.tails))
+
+    def _stamp(self, prefix: str) -> tuple[int, ...] | None:
+        stamp = getattr(self.storage, "stamp", None)
+        return stamp(prefix) if stamp is not None else None
+
+    def _remember_listing(self, m: Month, stamp: tuple[int, ...]) -> None:
+        with self._times_lock:
+            if len(self._listings) >= 64 and m.prefix not in self._listings:
+                self._listings.pop(next(iter(self._listings)))
+            self._listings[m.prefix] = (stamp, m)
+
+    def _list_month(self, m: Month) -> Month:
         fresh = Month(m.year, m.month, m.prefix)
         skip = len(m.prefix) + 1
         for key in self.storage.list(m.prefix):
@@ -323,7 +352,14 @@ class Store:
         if new.height <= SMALL_APPEND and self._all_new(m, new["open_time"].to_numpy()):
             t = new["open_time"]
             key = f"{m.prefix}/tail-{t[0]}-{t[-1]}-{uuid.uuid4().hex}.parquet"
-            self.storage.put_new(key, sf.encode(new, small=True))  # a fresh uuid: never taken
+            # a fresh uuid: never taken. The folder entry is not fsynced (half the cost of a closed candle): a power
+            # cut may forget the newest tails, never tear one, and `xylen collect` backfills them on its next start
+            self.storage.put_new(key, sf.encode(new, small=True), sync_folder=False)
+            stamp = self._stamp(m.prefix)
+            if stamp is not None:  # our own tail: the next append need not list the folder again
+                self._remember_listing(
+                    Month(m.year, m.month, m.prefix, m.data, sorted([*m.tails, key.rsplit("/", 1)[1]])), stamp
+                )
             result.added += new.height
             result.files.append(str(self.root / key))
             if len(m.tails) + 1 > MAX_TAILS:
