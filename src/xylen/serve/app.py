@@ -37,7 +37,9 @@ DESCRIPTION = """Trading signals from the registry's live models, hot-swapped wi
 candle with the model of its symbol and timeframe, or the configured default model for the same timeframe, else
 404 (a still-open last candle is dropped and `notes` says so).
 `/v2/...` speaks the Open Inference Protocol v2 (KServe) on feature matrices. Send `Authorization: Bearer <key>`
-or `X-API-Key: <key>` when the server has API keys."""
+or `X-API-Key: <key>` when the server has API keys (the health probes never need one). A server without keys
+answers only loopback `Host` names and those in XYLEN_ALLOWED_HOSTS (421 otherwise), and its state-changing POSTs
+need `Content-Type: application/json`."""
 
 
 def create_app(settings: Settings, *, names: list[str] | None = None, model_path: Path | None = None,

@@ -1,23 +1,32 @@
-"""API keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, compared in constant time.
+"""Who may call the server: API keys, and the Host names a server without keys answers.
 
-Keys come from XYLEN_API_KEYS (comma-separated, plain) and/or XYLEN_API_KEYS_FILE (sha256 hex digests, one a
-line, ``#`` comments allowed). Only digests are kept in memory; a presented key is hashed and compared with
-``hmac.compare_digest`` against every digest, so timing says nothing about how much of a key matched. Keys are
-never logged.
+Keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, from XYLEN_API_KEYS (comma-separated, plain)
+and/or XYLEN_API_KEYS_FILE (sha256 hex digests, one a line, ``#`` comments allowed). Only digests are kept in
+memory; a presented key is hashed and compared with ``hmac.compare_digest`` against every digest, so timing says
+nothing about how much of a key matched. Keys are never logged.
+
+Hosts: without keys, the only guard of a loopback server is that it is on loopback, and DNS rebinding defeats
+that (a page on evil.example re-points its name at 127.0.0.1 and reads the answers as same-origin). The browser
+still sends ``Host: evil.example``, so a server without keys answers only loopback Host names and those listed
+in XYLEN_ALLOWED_HOSTS.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from xylen.core.errors import ConfigError
 from xylen.core.settings import Settings
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+# ASGI scope key the gate sets to False when a probe came without a valid key (or from a Host a keyless server
+# does not answer): the probe's answer then names no model, version or reason
+DETAIL = "xylen.detail"
 
 
 def _digest(key: bytes) -> bytes:
@@ -44,6 +53,11 @@ class KeyRing:
             ok |= hmac.compare_digest(d, want)
         return ok
 
+    @property
+    def digests(self) -> tuple[bytes, ...]:
+        """The sha256 digests: all a worker process needs (``xylen serve --workers``), never the keys."""
+        return self._digests
+
     @staticmethod
     def from_settings(settings: Settings) -> KeyRing:
         digests = [_digest(k.encode()) for k in settings.api_key_list()]
@@ -56,16 +70,20 @@ def read_key_file(path: Path) -> list[bytes]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read the API key file {str(path)!r} ({exc.__class__.__name__}).",
-                          hint="XYLEN_API_KEYS_FILE must be a readable text file of sha256 hex digests.") from None
+        raise ConfigError(
+            f"Cannot read the API key file {str(path)!r} ({exc.__class__.__name__}).",
+            hint="XYLEN_API_KEYS_FILE must be a readable text file of sha256 hex digests.",
+        ) from None
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip().lower()
         if not line:
             continue
         if not _HEX64.match(line):
-            raise ConfigError(f"{str(path)!r} line {i} is not a sha256 hex digest (64 hex characters).",
-                              hint="store digests, not keys: `printf %s \"$KEY\" | sha256sum`.")
+            raise ConfigError(
+                f"{str(path)!r} line {i} is not a sha256 hex digest (64 hex characters).",
+                hint='store digests, not keys: `printf %s "$KEY" | sha256sum`.',
+            )
         out.append(bytes.fromhex(line))
     return out
 
@@ -80,10 +98,72 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and loopback IP literals (127.0.0.0/8, ::1, bracketed or not).
+
+    A name is never resolved: "127.evil.example" or "localhost.evil.example" is a name its owner points
+    anywhere, so every name but "localhost" counts as non-loopback.
+    """
+    h = host.strip().lower()
+    if h == "localhost":
+        return True
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+class HostCheck:
+    """Which ``Host`` headers a server without keys answers: loopback names plus XYLEN_ALLOWED_HOSTS.
+
+    A Host value is judged once and remembered (a dict lookup per request afterwards); the memory is capped so
+    that a client spraying random names cannot grow it.
+    """
+
+    CACHE = 256
+
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
+        self.allowed = frozenset(allowed)
+        self.any = "*" in self.allowed
+        self._verdicts: dict[bytes, bool] = {}
+
+    def allows(self, value: bytes) -> bool:
+        ok = self._verdicts.get(value)
+        if ok is None:
+            ok = self.any or self._judge(value)
+            if len(self._verdicts) < self.CACHE:
+                self._verdicts[value] = ok
+        return ok
+
+    def _judge(self, value: bytes) -> bool:
+        try:
+            text = value.decode("ascii").strip().lower()
+        except UnicodeDecodeError:
+            return False
+        if text.startswith("["):  # [v6]:port
+            name, bracket, port = text[1:].partition("]")
+            name = f"[{name}]"
+            if not bracket or (port and not port.startswith(":")):
+                return False
+            port = port[1:]
+        else:
+            name, _, port = text.partition(":")
+        if port and not port.isdigit():
+            return False
+        return name in self.allowed or is_loopback(name)
+
+
 def check_bind(host: str, keys: KeyRing, allow_unauthenticated: bool) -> None:
     """Refuse to listen beyond loopback without keys unless explicitly allowed."""
-    if host in LOOPBACK or host.startswith("127.") or keys.enabled or allow_unauthenticated:
+    if is_loopback(host) or keys.enabled or allow_unauthenticated:
         return
-    raise ConfigError(f"Refusing to serve on {host!r} without API keys: anyone who can reach it could use it.",
-                      hint="set XYLEN_API_KEYS (or XYLEN_API_KEYS_FILE), bind 127.0.0.1, or pass "
-                           "--allow-unauthenticated if a proxy in front authenticates.")
+    raise ConfigError(
+        f"Refusing to serve on {host!r} without API keys: anyone who can reach it could use it.",
+        hint="set XYLEN_API_KEYS (or XYLEN_API_KEYS_FILE), bind 127.0.0.1, or pass "
+        "--allow-unauthenticated if a proxy in front authenticates.",
+    )

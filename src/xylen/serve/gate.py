@@ -1,9 +1,16 @@
-"""One thin ASGI layer in front of FastAPI: auth, body-size limit, metrics, and the /predict fast path.
+"""One thin ASGI layer in front of FastAPI: who may call (keys, Host, CSRF), body-size limit, metrics, and the
+/predict fast path.
 
 A middleware stack costs per request; this is one function call. Label values come from ``route_of`` (a
 fixed table), never from the request. POST bodies are read here once (Content-Length first, then the streamed
 size) and replayed to the app; POST /predict is answered here without FastAPI's routing and dependency
 machinery, by the same ``predict`` function the documented FastAPI route calls.
+
+Who may call: with API keys, a valid key on every route but the probes (any Host: proxies and probes by pod
+IP must work). Without keys, only loopback Host names and XYLEN_ALLOWED_HOSTS (DNS rebinding), and a POST that
+may change state (anything but /predict and v2 infer) must be ``Content-Type: application/json``: a page on
+another origin can send a form or text/plain without asking, but JSON only after a CORS preflight, and xylen
+approves none.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from xylen.serve.auth import presented_key
+from xylen.serve.auth import DETAIL, HostCheck, presented_key
 from xylen.serve.decode import RequestError
 from xylen.serve.predict import predict
 from xylen.serve.state import ServeState
@@ -26,7 +33,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_ROUTES = frozenset({"/health/live", "/livez", "/v2/health/live"})
+# probes: no key and any Host (Docker HEALTHCHECK, Kubernetes by pod IP); they reveal no model data unless DETAIL
+OPEN_ROUTES = frozenset({"/health/live", "/livez", "/v2/health/live", "/health/ready", "/readyz", "/v2/health/ready"})
 _EXACT = frozenset(
     {
         "/predict",
@@ -87,6 +95,9 @@ class Gate:
         self.app = app
         self.state = state
         self.max_body = state.settings.max_body_bytes
+        self.keys = state.keys
+        # with keys the key is the guard and any Host is fine; without, the Host is checked
+        self.hosts = None if state.keys.enabled else HostCheck(state.settings.allowed_host_list())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,22 +114,29 @@ class Gate:
             await send(msg)
 
         try:
-            if (
-                self.state.keys.enabled
-                and route not in OPEN_ROUTES
-                and not self.state.keys.check(presented_key(scope["headers"]))
-            ):
-                raise RequestError(
-                    401, "Missing or wrong API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
-                )
+            key_ok = False
+            if self.hosts is None:
+                key_ok = self.keys.check(presented_key(scope["headers"]))
+                if not key_ok:
+                    if route not in OPEN_ROUTES:
+                        raise RequestError(
+                            401, "Missing or wrong API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+                        )
+                    scope[DETAIL] = False
+            else:
+                host = _host(scope["headers"])
+                if host is not None and not self.hosts.allows(host):
+                    if route not in OPEN_ROUTES:
+                        raise RequestError(421, _foreign_host(host))
+                    scope[DETAIL] = False
             method = scope["method"]
             if method in ("GET", "HEAD", "OPTIONS", "DELETE"):
                 await self.app(scope, receive, tracked)
                 return
             body = await self._body(scope, receive)
-            if body:
-                _check_json(scope)
             if method == "POST" and route in _FAST_POST:
+                if body:
+                    _check_json(scope)
                 # the two hot routes skip FastAPI's routing; their documented FastAPI routes call the same code
                 if route == "/predict":
                     out = predict(self.state, body)
@@ -128,6 +146,10 @@ class Gate:
                 status = 200
                 await send_bytes(send, 200, out)
                 return
+            if not key_ok:
+                _require_json(scope, method, route)
+            elif body:
+                _check_json(scope)
             await self.app(scope, _replay(body, receive), tracked)
         except RequestError as exc:
             status = exc.status
@@ -181,6 +203,39 @@ def _infer_target(path: str) -> tuple[str, str | None]:
     if len(parts) == 5:
         return parts[3], None
     raise RequestError(404, f"No such route {path[:80]!r}; use POST /v2/models/<name>/infer.")
+
+
+def _host(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"host":
+            return value
+    return None  # HTTP/1.0 may omit it; a browser never does
+
+
+def _foreign_host(host: bytes) -> str:
+    return (
+        f"Host {host[:100].decode('latin-1')!r} is not allowed: a server without API keys answers only loopback "
+        "names (localhost, 127.0.0.1, [::1]) and those in XYLEN_ALLOWED_HOSTS, so that a web page cannot reach it "
+        "through DNS rebinding. hint: add the name to XYLEN_ALLOWED_HOSTS (comma-separated), or set XYLEN_API_KEYS."
+    )
+
+
+def _require_json(scope: Scope, method: str, route: str) -> None:
+    """A request that may change state without a key: only JSON, which a cross-origin page cannot send unasked."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            if value.split(b";", 1)[0].strip().lower() in _JSON_TYPES:
+                return
+            got = repr(value[:60].decode("latin-1"))
+            break
+    else:
+        got = "none"
+    raise RequestError(
+        415,
+        f"{method} {route} may change state, so without an API key it needs 'Content-Type: application/json' "
+        f"(got {got}): a web page on another origin cannot send that without a CORS preflight, which xylen never "
+        "approves. hint: send -H 'Content-Type: application/json', or an API key.",
+    )
 
 
 def _check_json(scope: Scope) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from xylen.core.errors import XylenError
 from xylen.serve import schemas
+from xylen.serve.auth import DETAIL
 from xylen.serve.decode import RequestError
 from xylen.serve.metrics import CONTENT_TYPE
 from xylen.serve.predict import predict
@@ -49,7 +51,8 @@ async def health(request: Request) -> Response:
     body = {"status": "unhealthy" if reason else "healthy", "uptime_seconds": round(st.uptime(), 3),
             "memory_usage_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "model_loaded": live is not None, "model_type": live.bundle.backend if live else None,
-            "model_version": live.version if live else None, "reason": reason}
+            "model_version": live.version if live else None, "reason": reason,
+            "pid": os.getpid()}  # which worker answered (xylen serve --workers N)
     return json_response(body, 503 if reason else 200)
 
 
@@ -63,10 +66,15 @@ async def live() -> Response:
             responses={503: {"model": schemas.ErrorResponse}})
 @router.get("/readyz", tags=["health"], include_in_schema=False)
 async def ready(request: Request) -> Response:
+    """Open to probes without a key; names the models, versions and the reason only with a valid key."""
     st = state_of(request)
     reason = st.holder.not_ready_reason()
+    detail = request.scope.get(DETAIL, True)
     if reason:
-        return json_response({"status": "not ready", "error": f"not ready: {reason}"}, 503)
+        why = reason if detail else "the reason is shown only with the API key (keyless servers: to loopback Hosts)"
+        return json_response({"status": "not ready", "error": f"not ready: {why}"}, 503)
+    if not detail:
+        return json_response({"status": "ready"})
     return json_response({"status": "ready", "models": {n: m.version for n, m in st.holder.live.items()}})
 
 
@@ -97,7 +105,8 @@ async def models(request: Request) -> Response:
 
 @router.post("/models/{name}/rollback", tags=["admin"], responses=schemas.ERRORS)
 async def rollback(request: Request, name: str) -> Response:
-    """Make the previous live version live again (rewrites CURRENT.json; the watcher swaps it in)."""
+    """Make the previous live version live again (rewrites CURRENT.json; the watcher swaps it in). Without an API
+    key, send `Content-Type: application/json` (415 otherwise): a web page on another origin cannot."""
     st = state_of(request)
     reg = st.holder.registry
     if reg is None or name not in st.holder.live:

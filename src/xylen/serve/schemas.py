@@ -66,6 +66,7 @@ class HealthResponse(BaseModel):
     model_type: str | None
     model_version: str | None = None
     reason: str | None = None
+    pid: int = Field(description="Process id of the worker that answered (xylen serve --workers N).")
 
 
 class ModelRow(BaseModel):
@@ -114,7 +115,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "Malformed JSON or wrong content type."), (401, "Missing or wrong API key."),
         (404, "No such model, or no model for the request's symbol and timeframe (the message names the live "
               "models and the `xylen train` command that adds one)."),
-        (413, "Body larger than max_body_bytes."), (422, "A field is missing or invalid; the message names it."),
+        (413, "Body larger than max_body_bytes."),
+        (415, "Content-Type is not JSON (a state-changing POST without an API key must send application/json)."),
+        (421, "Host header not answered by a server without API keys: not loopback, not in XYLEN_ALLOWED_HOSTS."),
+        (422, "A field is missing or invalid; the message names it."),
         (503, "No model loaded yet (see /health/ready)."))
 }
 
