@@ -1,51 +1,159 @@
-"""`xylen serve --workers 2`: several uvicorn worker processes on one socket, each serving the live model."""
+"""`xylen serve --workers 2`: two uvicorn worker processes on one socket. Every worker answers (a new connection
+per request; /health names the pid), no worker's environment holds the API key, /metrics counts the requests of
+both whichever answers and shows the live version across a killed worker and a hot swap, and SIGTERM with
+--drain-seconds makes every worker fail readiness while it keeps serving."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
+from tests.builders import build_bundle
 from tests.conftest import binance_rows, free_port, wait_for
+from xylen.core.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+KEY = "workers-key-4b1d-not-secret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MODEL = "btcusdt-5m"
 
 
-def test_two_workers_serve_and_stop_on_sigterm(home_copy: Path, candle_window: np.ndarray, tmp_path: Path) -> None:
+def _sample(text: str, series: str) -> float:
+    """The value of one exposition line, e.g. 'xylen_http_requests_total{route="/health",status="200"}'."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in /metrics:\n{text[:3000]}")
+
+
+def test_two_workers_answer_keep_keys_out_of_env_sum_metrics_and_drain(
+    home_copy: Path, candle_window: np.ndarray, tmp_path: Path
+) -> None:
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("needs Linux /proc")
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "XYLEN_HOME": str(home_copy), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "XYLEN_HOME": str(home_copy), "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "xylen", "serve", "--port", str(port), "--workers", "2", "--drain-seconds", "600"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "xylen", "serve", "--port", str(port), "--workers", "2"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         # each worker loads its models after it starts accepting (readiness says 503 meanwhile): wait for both
         wait_for(
-            lambda: proc.poll() is not None or log.read_text().count("btcusdt-5m: now serving v0001") == 2,
-            timeout=30,
+            lambda: proc.poll() is not None or log.read_text().count(f"{MODEL}: now serving v0001") == 2,
+            timeout=60,
             what="both workers to load the model",
         )
         assert proc.poll() is None, log.read_text()
+
+        # every worker answers: a new connection per request, the pid in /health tells them apart
+        served_health: Counter[int] = Counter()
+
+        def answering(version: str = "v0001") -> set[int]:
+            """Poll /health on new connections until two worker pids have answered with ``version`` live."""
+            seen: set[int] = set()
+
+            def check() -> bool:
+                r = httpx.get(f"{url}/health", headers=AUTH)  # a new connection each time
+                if r.status_code == 200:
+                    served_health[r.json()["pid"]] += 1
+                    if r.json()["model_version"] == version:
+                        seen.add(r.json()["pid"])
+                return len(seen) == 2
+
+            wait_for(check, timeout=60, interval=0.001, what=f"a reply with {version} from each worker")
+            return seen
+
+        workers = answering()
+        family = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
+        assert workers <= set(family), (workers, family)
+
+        # no process of the server holds the key in its environment (/proc/<pid>/environ is readable by the
+        # same user); the parent got it from its caller, which is the caller's choice
+        metrics_dirs = set()
+        for pid in family:
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a short-lived verify child that has finished
+            assert KEY.encode() not in environ, f"the API key is in the environment of pid {pid}"
+            if pid in workers:
+                found = re.search(rb"(?:^|\0)PROMETHEUS_MULTIPROC_DIR=([^\0]+)", environ)
+                assert found, "the workers run without prometheus_client's multiprocess directory"
+                metrics_dirs.add(found.group(1).decode())
+        (metrics_dir,) = metrics_dirs
+        assert Path(metrics_dir).is_dir() and Path(metrics_dir).stat().st_mode & 0o077 == 0  # private
+
         body = {"symbol": "BTCUSDT", "timeframe": "5m", "candles": binance_rows(candle_window)}
-        with httpx.Client() as client:
-            replies = [client.post(f"{url}/predict", json=body) for _ in range(40)]
-        assert [r.status_code for r in replies] == [200] * 40, [r.text for r in replies if r.status_code != 200]
-        answers = {r.json()["probability"] for r in replies}
-        assert len(answers) == 1  # every worker serves the same live model
+        replies = [httpx.post(f"{url}/predict", json=body, headers=AUTH) for _ in range(12)]
+        assert [r.status_code for r in replies] == [200] * 12, [r.text for r in replies if r.status_code != 200]
+        assert len({r.json()["probability"] for r in replies}) == 1  # every worker serves the same live model
+
+        # /metrics sums the workers: both answered /health, and whichever renders counts every one of them
+        for _ in range(4):
+            text = httpx.get(f"{url}/metrics", headers=AUTH).text
+            assert _sample(text, 'xylen_http_requests_total{route="/health",status="200"}') == sum(
+                served_health.values()
+            ), served_health
+            assert _sample(text, 'xylen_http_requests_total{route="/predict",status="200"}') == 12
+            predictions = [ln for ln in text.splitlines() if ln.startswith(f'xylen_predictions_total{{model="{MODEL}"')]
+            assert sum(float(ln.rsplit(" ", 1)[1]) for ln in predictions) == 12, predictions
+            assert _sample(text, f'xylen_model_swaps_total{{model="{MODEL}",result="accepted"}}') == 2
+            assert _sample(text, f'xylen_model_info{{model="{MODEL}",version="v0001"}}') == 1
+            assert _sample(text, f'xylen_model_version{{model="{MODEL}"}}') == 1
+            assert _sample(text, f'xylen_model_loaded_age_seconds{{model="{MODEL}"}}') >= 0
         assert log.read_text().count("Started server process") == 2
+
+        # a killed worker is replaced; its gauges stop counting (the parent marks it dead), its counters stay
+        killed = min(workers)
+        os.kill(killed, signal.SIGKILL)
+        workers = wait_for(lambda: (lambda w: killed not in w and w)(answering()), timeout=60, what="a replacement")
+        version = build_bundle(Registry(home_copy / "models"), MODEL, rounds=8, rows=1500, seed=3)
+        assert version == "v0002"
+        assert answering(version) == workers  # both swapped
+        text = httpx.get(f"{url}/metrics", headers=AUTH).text
+        assert _sample(text, f'xylen_model_info{{model="{MODEL}",version="v0002"}}') == 1
+        assert 'version="v0001"' not in text, "a version no live worker serves is still shown"
+        assert _sample(text, f'xylen_model_version{{model="{MODEL}"}}') == 2
+        # 2 first loads + the replacement's + 2 swaps, the killed worker's included
+        assert _sample(text, f'xylen_model_swaps_total{{model="{MODEL}",result="accepted"}}') == 5
+        assert _sample(text, 'xylen_http_requests_total{route="/health",status="200"}') == sum(
+            served_health.values()
+        )
+
+        # SIGTERM with --drain-seconds: every worker fails readiness and still serves
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        draining: set[int] = set()
+
+        def every_worker_draining() -> bool:
+            r = httpx.get(f"{url}/health", headers=AUTH)
+            if r.status_code == 503 and r.json()["reason"] == "shutting down":
+                draining.add(r.json()["pid"])
+            return draining == workers
+
+        wait_for(every_worker_draining, timeout=60, interval=0.001, what="readiness to fail in both workers")
+        assert httpx.get(f"{url}/health/ready").status_code == 503  # a keyless probe sees it too
+        assert httpx.post(f"{url}/predict", json=body, headers=AUTH).status_code == 200  # still serving
+        assert proc.poll() is None  # 600 s of drain to go
+        # a second SIGTERM ends the drain at once; the parent exits 0 and removes the metrics directory
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+        assert not Path(metrics_dir).exists()
+        assert KEY not in log.read_text()
+    except BaseException:
+        print(log.read_text()[-4000:])
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()

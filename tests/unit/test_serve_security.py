@@ -1,12 +1,16 @@
 """The server's network edges, in process: Host names a keyless server answers (DNS rebinding), probes that
 work without a key but reveal no model, state-changing POSTs a web page cannot forge (CSRF), the loopback test
-of the bind address."""
+of the bind address, and the SIGTERM drain logic."""
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -262,6 +266,56 @@ def test_predict_and_infer_stay_plain_posts(keyless: Any, body: dict[str, Any]) 
 
     r = keyless.post("/predict", content=orjson.dumps(body))
     assert r.status_code == 200, r.text
+
+
+# --- 5. SIGTERM drain logic -----------------------------------------------------------------------------------
+def test_workers_supervisor_drains_then_stops_and_a_second_sigterm_stops_now() -> None:
+    from xylen.serve.server import _Supervisor
+
+    def supervisor(drain_seconds: float) -> tuple[Any, Any]:
+        sup = _Supervisor.__new__(_Supervisor)  # the signal logic alone (its __init__ installs process handlers)
+        worker_end, sup._drain = multiprocessing.Pipe(duplex=False)
+        sup._drain_seconds, sup.should_exit = drain_seconds, threading.Event()
+        return sup, worker_end
+
+    sup, worker_end = supervisor(600.0)
+    assert not worker_end.poll(0)
+    sup.handle_term()
+    assert worker_end.poll(60) and not sup.should_exit.is_set()  # told (EOF); 600 s to go: still serving
+    with pytest.raises(EOFError):
+        worker_end.recv()
+    sup.handle_term()
+    assert sup.should_exit.is_set()
+    sup, worker_end = supervisor(0.01)
+    sup.handle_term()
+    wait_for(sup.should_exit.is_set, timeout=60, what="the stop after the drain time")
+    sup, worker_end = supervisor(0.0)
+    sup.handle_term()
+    assert sup.should_exit.is_set() and not worker_end.poll(0)  # no drain time: stop, nothing to tell
+    sup, worker_end = supervisor(600.0)
+    sup.handle_term()
+    sup.handle_int()  # Ctrl-C while draining
+    assert sup.should_exit.is_set()
+
+
+def test_single_worker_drain_and_second_sigterm() -> None:
+    import uvicorn
+
+    from xylen.serve.server import _DrainingServer
+
+    holder = SimpleNamespace(draining=False)
+    server = _DrainingServer(uvicorn.Config(lambda: None), holder, 600.0)
+    server.handle_exit(signal.SIGTERM, None)
+    assert holder.draining and not server.should_exit
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.should_exit
+    server = _DrainingServer(uvicorn.Config(lambda: None), SimpleNamespace(draining=False), 600.0)
+    server.handle_exit(signal.SIGTERM, None)
+    server.handle_exit(signal.SIGINT, None)  # Ctrl-C while draining
+    assert server.should_exit
+    server = _DrainingServer(uvicorn.Config(lambda: None), SimpleNamespace(draining=False), 0.01)
+    server.handle_exit(signal.SIGTERM, None)
+    wait_for(lambda: server.should_exit, timeout=60, what="the stop after the drain time")
 
 
 def test_openapi_documents_the_edges(keyless: Any) -> None:

@@ -59,7 +59,10 @@ def serve_cmd(
         help="If no model is live yet, first train one (store data, else the bundled sample; profile auto).",
     ),
     drain_seconds: float = typer.Option(
-        0.0, "--drain-seconds", help="After SIGTERM, answer 503 on readiness for this long before closing the listener."
+        0.0,
+        "--drain-seconds",
+        help="After SIGTERM, answer 503 on readiness (in every worker) for this long before closing the listener; "
+        "a second SIGTERM or Ctrl-C stops at once.",
     ),
 ) -> None:
     """Serve the registry's live models over HTTP; new versions are hot-swapped within 2 s.
