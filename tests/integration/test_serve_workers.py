@@ -5,6 +5,7 @@ both whichever answers and shows the live version across a killed worker and a h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -43,10 +44,11 @@ def test_two_workers_answer_keep_keys_out_of_env_sum_metrics_and_drain(
         pytest.skip("needs Linux /proc")
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "XYLEN_HOME": str(home_copy), "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "XYLEN_HOME": str(home_copy), "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1",
+           "TMPDIR": str(tmp_path)}  # the metrics folder: under pytest's tmp_path even if the test kills the server
     argv = [sys.executable, "-m", "xylen", "serve", "--port", str(port), "--workers", "2", "--drain-seconds", "600"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:  # a session of its own: on failure the whole group is killed, workers too
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         # each worker loads its models after it starts accepting (readiness says 503 meanwhile): wait for both
@@ -155,6 +157,45 @@ def test_two_workers_answer_keep_keys_out_of_env_sum_metrics_and_drain(
         print(log.read_text()[-4000:])
         raise
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # exited; reaping is init's business
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_workers_stop_when_the_supervisor_is_killed(home_copy: Path, tmp_path: Path) -> None:
+    """kill -9 of the parent (OOM killer, a stuck deploy): the workers must not serve on unsupervised."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    # TMPDIR: the metrics folder a killed parent cannot remove lands in pytest's tmp_path
+    env = {**os.environ, "XYLEN_HOME": str(home_copy), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    argv = [sys.executable, "-m", "xylen", "serve", "--port", str(port), "--workers", "2"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or log.read_text().count(f"{MODEL}: now serving v0001") == 2,
+            timeout=60,
+            what="both workers to load the model",
+        )
+        workers = [c.pid for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(workers) == 2, workers
+        proc.kill()
+        proc.wait()
+        wait_for(lambda: all(_gone(pid) for pid in workers), timeout=60, what="the orphaned workers to stop")
+        assert "is gone: stopping this worker" in log.read_text()
+    except BaseException:
+        print(log.read_text()[-4000:])
+        raise
+    finally:
+        _kill_group(proc)

@@ -18,6 +18,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -128,11 +129,18 @@ class WorkerApp:
             self.settings, names=self.names or None, model_path=self.model_path, keys=KeyRing(list(self.digests))
         )
         holder = app.state.holder
+        parent = os.getppid()
 
         def drain_when_told() -> None:
             with contextlib.suppress(EOFError, OSError):
                 self.drain.recv()  # nothing is ever sent: this returns when the parent closes its end (or dies)
             holder.draining = True  # readiness says 503; requests are still served until the parent stops us
+            # the parent stops us after the drain; if it was killed instead (kill -9, OOM), nobody will: an
+            # orphaned worker would keep the port and serve on unsupervised, so it stops itself (gracefully)
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            log.warning("the supervising process %d is gone: stopping this worker", parent)
+            os.kill(os.getpid(), signal.SIGTERM)
 
         threading.Thread(target=drain_when_told, name="xylen-drain", daemon=True).start()
         return app
