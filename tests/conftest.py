@@ -24,7 +24,7 @@ if os.environ.get("CI"):
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> T:
+def wait_for(check: Callable[[], T], timeout: float = 60.0, what: str = "condition", interval: float = 0.02) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds. Never a blind sleep."""
     deadline = time.monotonic() + timeout
     last: Any = None

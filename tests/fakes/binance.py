@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 WEIGHT_WINDOW_MS = 60_000
-_START_TIMEOUT_S = 10.0
+_START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class FakeBinance:
         self._loop.close()
         self._loop = None
 
-    def _call(self, coro: Any, timeout: float = 5.0) -> Any:
+    def _call(self, coro: Any, timeout: float = 60.0) -> Any:
         if self._loop is None:
             coro.close()
             raise RuntimeError("FakeBinance is not running; use it as a context manager")
@@ -221,7 +221,7 @@ class FakeBinance:
         with self._subs_changed:
             return self._count_subs(symbol, interval)
 
-    def wait_for_subscribers(self, symbol: str, interval: str, n: int = 1, timeout: float = 5.0) -> None:
+    def wait_for_subscribers(self, symbol: str, interval: str, n: int = 1, timeout: float = 60.0) -> None:
         """Block until exactly ``n`` sockets are subscribed to the stream (woken by each
         (un)subscription, no polling); ``n=0`` waits for dropped sockets to be gone."""
         with self._subs_changed:

@@ -62,18 +62,18 @@ def test_collect_follows_live_and_stops_on_sigterm(tmp_path: Path) -> None:
             )
         try:
             fake.wait_for_subscribers("BTCUSDT", "1h", n=1, timeout=60)  # backfilled, now following
-            wait_for(lambda: len(stored()) == len(known), timeout=30, what="the backfill")
+            wait_for(lambda: len(stored()) == len(known), timeout=120, what="the backfill")
             # a new candle closes on the exchange: the stream delivers it (updates first, then x: true)
             fake.set_series("BTCUSDT", "1h", rows[:-2])
             assert fake.push_candle("BTCUSDT", "1h", int(rows[-3][0])) == 1
-            wait_for(lambda: int(rows[-3][0]) in stored(), timeout=30, what="the pushed closed candle")
+            wait_for(lambda: int(rows[-3][0]) in stored(), timeout=120, what="the pushed closed candle")
             # the connection drops while two more candles close: the reconnect backfills them by REST
             fake.set_series("BTCUSDT", "1h", rows)
             fake.drop_connections()
             wait_for(lambda: len(stored()) == len(rows), timeout=60, what="the REST backfill after reconnecting")
             fake.wait_for_subscribers("BTCUSDT", "1h", n=1, timeout=60)
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 130, log.read_text()[-3000:]
+            assert proc.wait(120) == 130, log.read_text()[-3000:]
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -26,7 +26,7 @@ BTC_1H = DATA / "spot_klines_12col" / "sadunalpdag_batmayacagiz__BTCUSDT-1h-2022
 HOUR = 3_600_000
 
 
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

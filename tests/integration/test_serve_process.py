@@ -63,7 +63,7 @@ def served(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(10)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -149,7 +149,7 @@ class WorkerApp:
 def _serve_workers(settings: Settings, opts: ServeOptions, keys: KeyRing, common: dict[str, Any]) -> None:
     """N uvicorn worker processes on one socket, each with its own models and hot-swap watcher.
 
-    On 2 cores one worker is faster and half the memory (DESIGN.md); more help on machines with more cores.
+    On 2 cores one worker is as fast and half the memory (README, "Operations"); more help on machines with more cores.
     """
     # the workers inherit this process's environment: no keys in it, and the metrics directory set before
     # the first worker imports prometheus_client
