@@ -1,7 +1,7 @@
 """Training and feature benchmarks: prints figures, with baselines measured in the same run.
 
     python bench/bench_train.py [--profile 8gb]
-    python bench/bench_train.py --contention 2     # the OpenMP wait-policy measurement behind train/threads.py
+    python bench/bench_train.py --contention 2     # the thread measurement behind train/threads.py (0: idle)
 
 Figures:
 - feature set over the bundled sample (~105k candles), and a naive per-window loop as the baseline
@@ -9,8 +9,8 @@ Figures:
 - features of the last candle of a 100-candle window (the serving path), p50/p99 in µs;
 - a full `xylen train --profile 8gb` on the bundled sample (walk-forward evaluation included): wall seconds and
   peak RSS of the training process, next to a single plain LightGBM fit on the same rows as the baseline.
-- with --contention N: the same training beside N busy processes, with 1 and 2 threads and OpenMP's active
-  (spinning) and passive wait policies; the 1-thread run is the baseline.
+- with --contention N: the same training beside N busy processes (0 for an idle machine): 1 thread (the baseline),
+  2 threads with OpenMP's default spinning and its passive wait policy, and what xylen picks by itself.
 """
 
 from __future__ import annotations
@@ -116,8 +116,12 @@ def main() -> None:
     )
 
 
-def _train_seconds(profile: str, threads: int, policy: str) -> float:
-    env = {**os.environ, "LGBM_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": policy}
+def _train_seconds(profile: str, threads: int | None, policy: str | None) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "LGBM_NUM_THREADS")}
+    if threads is not None:
+        env["LGBM_NUM_THREADS"] = str(threads)
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
     with tempfile.TemporaryDirectory() as home:
         t = time.perf_counter()
         subprocess.run(
@@ -129,18 +133,32 @@ def _train_seconds(profile: str, threads: int, policy: str) -> float:
         return time.perf_counter() - t
 
 
-def contention(profile: str, busy: int) -> None:
+def contention(profile: str, busy: int, repeat: int = 3) -> None:
+    """Each setting ``repeat`` times, interleaved, beside ``busy`` processes that spin; medians."""
+    import statistics
+
+    configs = {
+        "1 thread": (1, None),
+        "2 threads, default (spinning) wait policy": (2, None),
+        "2 threads, OMP_WAIT_POLICY=PASSIVE": (2, "PASSIVE"),
+        "xylen's choice (threads capped at idle cores)": (None, None),
+    }
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
-        base = _train_seconds(profile, 1, "PASSIVE")
-        print(f"xylen train --profile {profile} beside {busy} busy process(es), {os.cpu_count()} cores:")
-        print(f"  1 thread, passive (baseline): {base:.1f} s")
-        for threads, policy in ((2, "ACTIVE"), (2, "PASSIVE"), (1, "ACTIVE")):
-            t = _train_seconds(profile, threads, policy)
-            print(f"  {threads} threads, {policy.lower():7s}: {t:.1f} s = {t / base:.2f}x the baseline")
+        times: dict[str, list[float]] = {k: [] for k in configs}
+        for _ in range(repeat):
+            for name, (threads, policy) in configs.items():
+                times[name].append(_train_seconds(profile, threads, policy))
     finally:
         for h in hogs:
             h.kill()
+    base = statistics.median(times["1 thread"])
+    print(
+        f"xylen train --profile {profile} beside {busy} busy process(es), {os.cpu_count()} cores, median of {repeat}:"
+    )
+    for name, t in times.items():
+        m = statistics.median(t)
+        print(f"  {name:48s} {m:6.1f} s = {m / base:.2f}x one thread  {[round(x, 1) for x in t]}")
 
 
 if __name__ == "__main__":

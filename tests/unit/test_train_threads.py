@@ -1,45 +1,37 @@
-"""Training asks for OpenMP's passive wait policy before lightgbm loads, and falls back to one thread when too late
-(two spinning threads on two busy cores took 4x longer than one: bench/bench_train.py --contention)."""
+"""Training threads are capped at the idle cores: two spinning OpenMP threads beside two busy processes made
+training up to 4x slower than one thread (bench/bench_train.py --contention)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
+
+from xylen.train.threads import idle_cores, training_threads
 
 pytestmark = pytest.mark.unit
 
 
-def _run(code: str, **env: str) -> str:
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=base | env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+@pytest.mark.parametrize(
+    ("cores", "load", "idle"), [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.9, 1), (2, 7.0, 1), (8, 3.2, 5)]
+)
+def test_idle_cores(cores, load, idle):
+    assert idle_cores(cores, load) == idle
 
 
-def test_passive_policy_is_set_before_lightgbm_loads():
-    code = (
-        "import os\nfrom xylen.train.threads import training_threads\n"
-        "print(training_threads(2), os.environ.get('OMP_WAIT_POLICY'))"
-    )
-    assert _run(code) == "(2, None) PASSIVE"
+def test_a_busy_machine_trains_with_fewer_threads_and_says_why():
+    assert training_threads(2, explicit=False, cores=2, load=0.1) == (2, None)
+    n, why = training_threads(2, explicit=False, cores=2, load=2.0)
+    assert n == 1 and "the machine is busy (load 2.0 on 2 cores)" in why and "LGBM_NUM_THREADS" in why
+    assert training_threads(4, explicit=True, cores=2, load=5.0) == (4, None)  # the user's number is kept
+    assert training_threads(1, explicit=False, cores=2, load=5.0) == (1, None)
 
 
-def test_too_late_means_one_thread_with_the_reason():
-    code = (
-        "import lightgbm\nfrom xylen.train.threads import training_threads\nn, why = training_threads(2)\nprint(n, why)"
-    )
-    n, why = _run(code).split(" ", 1)
-    assert n == "1" and "OMP_WAIT_POLICY=PASSIVE" in why
+def test_the_pipeline_caps_the_profile_threads_but_not_an_explicit_setting(tmp_path, monkeypatch):
+    from xylen.train import threads as threads_mod
 
+    monkeypatch.setattr(threads_mod.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    from tests.helpers import train_small
 
-def test_the_users_choice_is_kept():
-    code = "import lightgbm\nfrom xylen.train.threads import training_threads\nprint(training_threads(4)[0])"
-    assert _run(code, OMP_WAIT_POLICY="passive") == "4"
-    assert _run(code, OMP_WAIT_POLICY="ACTIVE") == "1"
-    assert (
-        _run("from xylen.train.threads import training_threads\nprint(training_threads(1))", OMP_WAIT_POLICY="ACTIVE")
-        == "(1, None)"
-    )
+    res = train_small(tmp_path / "a", promote=False)
+    assert res.profile["threads"] == 1 and any("the machine is busy" in w for w in res.warnings)
+    res = train_small(tmp_path / "b", promote=False, lgbm_num_threads=2)
+    assert res.profile["threads"] == 2 and not any("the machine is busy" in w for w in res.warnings)

@@ -70,7 +70,7 @@ EXIT_INTERNAL = 1
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal failure (a bug: please report it with the log)",
-    2: "bad option, setting or environment variable (fix the configuration)",
+    2: "bad option, setting or environment variable, or an unwritable XYLEN_HOME (permissions, a full disk)",
     3: "bad input data: a candle file, store partition or request (fix or replace the data)",
     4: "model bundle or registry problem: missing, corrupt or tampered model (replace or roll back)",
     5: "training failed: too little data for the folds, memory cap too small, evaluation impossible",

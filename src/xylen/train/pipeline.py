@@ -165,7 +165,7 @@ def train(
     profile = profile or resolve(
         settings.profile, max_memory_gb=settings.lgbm_max_memory_gb, num_threads=settings.lgbm_num_threads
     )
-    threads, why = training_threads(profile.threads)
+    threads, why = training_threads(profile.threads, explicit=settings.lgbm_num_threads is not None)
     if why:
         warnings.append(why)
         profile = replace(profile, threads=threads)

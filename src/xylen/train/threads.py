@@ -1,41 +1,51 @@
-"""LightGBM's OpenMP threads on a machine that is busy with other work.
+"""How many LightGBM threads to train with on a machine that may be busy with other work.
 
-By default an OpenMP team spin-waits between parallel regions. LightGBM trains in many short regions (one
-histogram pass per tree level), so on cores that other processes want, a spinning thread holds a core its
-sibling needs and every region waits for a descheduled thread. Measured here (bench/bench_train.py --contention,
-2 cores, two busy processes beside the trainer): 2 threads took 58 s, 1 thread 14 s, 2 threads with the passive
-wait policy 17 s; on an idle machine the passive policy costs nothing measurable. So the trainer asks for the
-passive policy, which libgomp (and LLVM's libomp) read once when the library loads: before lightgbm is imported.
-If lightgbm was imported earlier with the spinning policy, training falls back to one thread, the setting that
-never collapses.
+LightGBM trains in many short OpenMP parallel regions (one histogram pass per tree level). Between regions the
+team's threads spin-wait for a while (libgomp's default), so a thread whose core is taken by another process
+holds up every region. Measured on 2 cores (bench/bench_train.py --contention, median of 3, the bundled sample):
+
+=====================================  ==============  ==========================
+                                       idle machine    two busy processes beside
+=====================================  ==============  ==========================
+1 thread                               11.3 s          18.4 s
+2 threads, default (spinning) policy    8.1 s          25.7 s (16 to 58 s)
+2 threads, OMP_WAIT_POLICY=PASSIVE     18.8 s          17.4 s
+=====================================  ==============  ==========================
+
+No single setting wins both columns, and the wait policy can only be chosen before the OpenMP runtime loads. So
+the profile's threads are capped at the cores that are idle when training starts (from the 1-minute load
+average): a busy machine trains with fewer threads, which never collapses, and an idle one with all of them.
+An explicit LGBM_NUM_THREADS / XYLEN_LGBM_NUM_THREADS is used as given.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-
-PASSIVE = "PASSIVE"
 
 
-def prepare_openmp() -> bool:
-    """Ask for the passive OpenMP wait policy unless the user chose one. True when the policy in effect is passive
-    (or will be when lightgbm loads); False when lightgbm is already loaded with another policy."""
-    chosen = os.environ.get("OMP_WAIT_POLICY")
-    if chosen is not None:
-        return chosen.strip().upper() == PASSIVE
-    if "lightgbm" in sys.modules:
-        return False  # too late: the OpenMP runtime read its environment when lightgbm loaded
-    # a process-wide setting on purpose: it must be in the environment before the OpenMP runtime starts
-    os.environ["OMP_WAIT_POLICY"] = PASSIVE
-    return True
+def idle_cores(cores: int | None = None, load: float | None = None) -> int:
+    """Cores not taken by other work right now (at least 1), from the 1-minute load average."""
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform: assume idle
+            load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
 
 
-def training_threads(requested: int) -> tuple[int, str | None]:
-    """Threads to train with and, when they differ from ``requested``, why."""
-    if requested > 1 and not prepare_openmp():
-        return 1, (
-            f"training with 1 thread instead of {requested}: lightgbm was loaded with OpenMP's spinning wait "
-            "policy, which collapses on a busy machine (set OMP_WAIT_POLICY=PASSIVE before starting Python)"
-        )
-    return requested, None
+def training_threads(
+    requested: int, *, explicit: bool, cores: int | None = None, load: float | None = None
+) -> tuple[int, str | None]:
+    """Threads to train with and, when fewer than ``requested``, why."""
+    if explicit or requested <= 1:
+        return requested, None
+    idle = idle_cores(cores, load)
+    if requested <= idle:
+        return requested, None
+    shown = f"{load:.1f}" if load is not None else f"{os.getloadavg()[0]:.1f}"
+    return idle, (
+        f"trained with {idle} thread{'s' if idle != 1 else ''} instead of {requested}: the machine is busy "
+        f"(load {shown} on {cores or os.cpu_count()} cores), and LightGBM threads that wait for a busy core made "
+        "training up to 4x slower; set LGBM_NUM_THREADS to choose"
+    )
