@@ -182,7 +182,7 @@ class LocalStorage:
             except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
                     raise storage_error(exc, path) from None
-                with self._locked(key):  # a file system without hard links
+                with self.lock(key):  # a file system without hard links
                     if path.exists():
                         return False
                     os.replace(tmp, path)
@@ -197,7 +197,7 @@ class LocalStorage:
         path = self.local_path(key)
         tmp = self._write_temp(data, path)
         try:
-            with self._locked(key):
+            with self.lock(key):
                 found = self.token(key)
                 if found != expect:
                     raise Conflict(key, expect, found)
@@ -235,7 +235,7 @@ class LocalStorage:
             for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
                 fsync_dir(d)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with self._locked(prefix):
+            with self.lock(prefix):
                 if target.exists():
                     return False
                 os.rename(folder, target)
@@ -289,8 +289,10 @@ class LocalStorage:
         return tmp
 
     @contextlib.contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        """A short cross-process lock on one key: only around a compare step, never held by readers."""
+    def lock(self, key: str) -> Iterator[None]:
+        """A cross-process lock named by ``key`` (a file in ``.locks``): around a compare step, or a caller's
+        optional serialisation of its own writers. Readers never take it, and correctness never depends on it
+        beyond this machine (an object store's conditional writes take its place)."""
         d = self.root / LOCK_DIR
         name = hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock"
         try:

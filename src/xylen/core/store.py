@@ -40,12 +40,10 @@ Known gaps (ranges the exchange answered twice with no candles: no trading) live
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +56,7 @@ from xylen.core import intervals
 from xylen.core import store_files as sf
 from xylen.core.candles import COLUMNS, SCHEMA, empty_frame
 from xylen.core.errors import DataError
-from xylen.core.storage import TMP_DIR, Conflict, LocalStorage, Missing, Storage, storage_error
+from xylen.core.storage import TMP_DIR, Conflict, LocalStorage, Missing, Storage
 from xylen.core.store_files import FILE_NAME, KLINES, META, QUARANTINE, Month, Unreadable
 
 log = logging.getLogger("xylen.store")
@@ -492,21 +490,10 @@ class Store:
     def _writing(self, symbol: str, interval: str) -> contextlib.AbstractContextManager[None]:
         return self.lock(symbol, interval) if self.serialize_writers else contextlib.nullcontext()
 
-    @contextlib.contextmanager
-    def lock(self, symbol: str, interval: str) -> Iterator[None]:
+    def lock(self, symbol: str, interval: str) -> contextlib.AbstractContextManager[None]:
         """An exclusive lock on one series across local processes: spares concurrent writers their retries."""
-        sym, iv = sf.check_series(symbol, interval)
-        try:
-            self.meta.mkdir(parents=True, exist_ok=True)
-            fh = open(self.meta / f"{sym}-{iv}.lock", "a+b")  # noqa: SIM115
-        except OSError as exc:
-            raise storage_error(exc, self.meta) from None
-        with fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        prefix = self.series_prefix(symbol, interval)
+        return self.storage.lock(prefix) if isinstance(self.storage, LocalStorage) else contextlib.nullcontext()
 
     def clean_temp(self) -> int:
         """Remove temp files left by killed writers (their renames never happened: the data files are intact)."""
