@@ -8,10 +8,8 @@ unpickles: pickle and joblib files are refused by their bytes, and a torch archi
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,19 +52,6 @@ class ModelIOResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-
-
-@contextlib.contextmanager
-def no_empty_model_dir(registry: Registry, name: str) -> Iterator[None]:
-    """Registry.stage creates models/<name>/; if we fail before publishing a first version, remove it again."""
-    existed = (registry.root / name).exists()
-    try:
-        yield
-    except BaseException:
-        if not existed:
-            with contextlib.suppress(OSError):
-                (registry.root / name).rmdir()  # only if empty: never touches another writer's files
-        raise
 
 
 # -- importing external models ----------------------------------------------------------------------------
@@ -125,7 +110,7 @@ def import_model(
         from xylen.core.backends.torch_archive import inspect_archive
 
         inspect_archive(path)  # names the user's file in a refusal; the backend checks the staged copy again
-    with no_empty_model_dir(registry, name), registry.stage(name) as staging:
+    with registry.stage(name) as staging:
         art = staging / ARTIFACTS[backend]
         shutil.copyfile(path, art)
         options: dict[str, Any] = {"num_threads": 1} if backend == "lightgbm" else {"output": output}

@@ -25,7 +25,7 @@ import numpy as np
 
 from xylen.core.backends import load_predictor
 from xylen.core.bundle import artifact_info, load_bundle, make_golden, new_manifest, write_manifest
-from xylen.core.convert import ARTIFACTS, ModelIOResult, no_empty_model_dir
+from xylen.core.convert import ARTIFACTS, ModelIOResult
 from xylen.core.errors import BundleError, ConfigError
 from xylen.core.registry import Registry, check_name
 
@@ -208,7 +208,7 @@ def export_onnx(
     seconds_convert = time.perf_counter() - tc
     g = src.manifest.golden
     golden = np.array([[np.nan if v is None else v for v in r] for r in g.rows], dtype=np.float64)
-    with no_empty_model_dir(registry, target), registry.stage(target) as staging:
+    with registry.stage(target) as staging:
         art = staging / ARTIFACTS["onnx"]
         art.write_bytes(model.SerializeToString())
         onnx_pred = load_predictor("onnx", art, output="probability")
