@@ -130,3 +130,26 @@ def test_put_new_syncs_the_bytes_before_the_object_becomes_visible(tmp_path, mon
     monkeypatch.setattr(storage_mod, "fsync_dir", lambda p: events.append("fsync folder"))
     assert LocalStorage(tmp_path).put_new("a/tail.parquet", b"x", sync_folder=sync_folder)
     assert events == ["fsync data", "link", *(["fsync folder"] if sync_folder else [])]
+
+
+def test_clean_temp_leaves_another_hosts_fresh_temp_files(tmp_path):
+    """XYLEN_HOME shared by containers: their pids mean nothing here, so their temp files go only when a day old."""
+    import time
+
+    from xylen.core.storage import FOREIGN_TEMP_AGE_S, HOST_TAG
+
+    st = LocalStorage(tmp_path)
+    tmp = tmp_path / ".tmp"
+    tmp.mkdir()
+    ours_dead = tmp / f"999999999-abc-{HOST_TAG}.tmp"
+    foreign_fresh = tmp / "999999999-abc-0badc0de.tmp"
+    foreign_old = tmp / "999999998-abc-0badc0de.d"
+    for f in (ours_dead, foreign_fresh):
+        f.write_bytes(b"")
+    foreign_old.mkdir()
+    old = time.time() - FOREIGN_TEMP_AGE_S - 60
+    os.utime(foreign_old, (old, old))
+    assert st.clean_temp() == 2
+    assert foreign_fresh.exists() and not ours_dead.exists() and not foreign_old.exists()
+    made = st.temp_dir()
+    assert made.name.endswith(f"-{HOST_TAG}.d") and st.clean_temp() == 0  # a live writer's folder stays

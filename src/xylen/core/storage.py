@@ -23,6 +23,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -246,7 +247,7 @@ class LocalStorage:
 
     def temp_dir(self) -> Path:
         """A private folder on the same file system, for building a tree to ``publish_tree``."""
-        d = self.root / TMP_DIR / f"{os.getpid()}-{uuid.uuid4().hex}.d"
+        d = self.root / TMP_DIR / f"{_temp_stem()}.d"
         try:
             d.mkdir(parents=True)
         except OSError as exc:
@@ -254,16 +255,31 @@ class LocalStorage:
         return d
 
     def clean_temp(self) -> int:
-        """Remove temp files and folders left by writers that died (their renames never happened)."""
+        """Remove temp files and folders left by writers that died (their renames never happened).
+
+        A temp name carries its writer's pid and a tag of its host: XYLEN_HOME may be shared by containers, whose
+        pids mean nothing here, so another host's leftovers are removed only once they are a day old."""
         import shutil
+        import time
 
         n = 0
         tmp = self.root / TMP_DIR
         if not tmp.is_dir():
             return 0
+        now = time.time()
         for f in tmp.iterdir():
-            pid = f.name.split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            pid, _, rest = f.name.partition("-")
+            if not pid.isdigit():
+                continue
+            tag = rest.rsplit(".", 1)[0].rpartition("-")[2] if rest.count("-") else HOST_TAG  # older names: ours
+            if tag == HOST_TAG:
+                stale = int(pid) != os.getpid() and not _alive(int(pid))
+            else:
+                try:
+                    stale = now - f.stat().st_mtime > FOREIGN_TEMP_AGE_S
+                except FileNotFoundError:
+                    continue
+            if stale:
                 if f.is_dir():
                     shutil.rmtree(f, ignore_errors=True)
                 else:
@@ -273,7 +289,7 @@ class LocalStorage:
 
     # -- internals -----------------------------------------------------------------------------------------
     def _write_temp(self, data: bytes, target: Path) -> Path:
-        tmp = self.root / TMP_DIR / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
+        tmp = self.root / TMP_DIR / f"{_temp_stem()}.tmp"
         try:
             tmp.parent.mkdir(parents=True, exist_ok=True)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -326,6 +342,14 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+FOREIGN_TEMP_AGE_S = 86_400.0
+
+
+def _temp_stem() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex}-{HOST_TAG}"
 
 
 def _alive(pid: int) -> bool:
