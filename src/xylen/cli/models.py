@@ -122,7 +122,7 @@ def promote_cmd(
     name: str = typer.Argument(..., help="Model name."),
     version: str = typer.Argument(..., help="Version to make live, e.g. v0003."),
 ) -> None:
-    """Make a version live (atomically; running servers pick it up).
+    """Verify a version (in a child process) and make it live; running servers pick it up. A broken one is refused.
 
     Example: xylen models promote btcusdt-5m v0003
     """
@@ -137,7 +137,7 @@ def promote_cmd(
 def rollback_cmd(
     ctx: typer.Context, name: str = typer.Argument(None, help="Model name (default: the only one).")
 ) -> None:
-    """Make the previous live version live again, in one step.
+    """Make the previous live version live again, in one step (verified first, like a promotion).
 
     Example: xylen models rollback btcusdt-5m
     """
