@@ -88,6 +88,21 @@ def test_the_still_open_candle_is_dropped_and_the_answer_says_so(served: Any, of
     assert r.json()["probability"] == offline(candle_window) and r.json()["notes"] == []
 
 
+@pytest.mark.parametrize("close_time", ["zero", "open_time"])
+def test_an_early_close_time_does_not_let_the_open_candle_through(served: Any, offline: Any,
+                                                                   candle_window: np.ndarray, close_time: str) -> None:
+    """A feed whose 7th field is not a close time (or a bogus one) must not make the open candle count as closed."""
+    last = int(candle_window[-1, 0])
+    c = rows(candle_window)
+    c[-1][6] = 0 if close_time == "zero" else last
+    r = served({"candles": c}, now_ms=last + 60_000)
+    if close_time == "zero":
+        assert r.status_code == 422 and "is earlier than its open_time" in r.json()["error"], r.text
+    else:
+        assert r.status_code == 200 and r.json()["notes"] == [f"dropped the still-open candle opened at {iso(last)}"]
+        assert r.json()["probability"] == offline(candle_window[:-1])
+
+
 def test_the_clock_skew_is_configurable(served: Any, offline: Any, candle_window: np.ndarray) -> None:
     close_time = int(candle_window[-1, 0]) + STEP - 1
     now = close_time - 1000  # the server's clock says the candle closes in one second

@@ -267,3 +267,25 @@ def test_monthly_models_are_named_1mo_and_routed(ready_client: Any, tmp_path: Pa
     assert r.json()["model"] == "btcusdt-1mo"
     r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": "1m", "candles": month_rows})
     assert r.status_code == 404
+
+
+def test_a_symbol_without_timeframe_is_not_answered_by_another_series(ready_client: Any, trained_home: Path,
+                                                                      candle_window: np.ndarray) -> None:
+    """The only model served is no permission to answer for another symbol; the explicit default is, with a note."""
+    c = ready_client(trained_home)
+    r = c.post("/predict", json={"symbol": "ETHUSDT", "candles": rows(candle_window)})
+    assert r.status_code == 404 and "trained on BTCUSDT" in r.json()["error"], r.text
+    assert c.post("/predict", json={"symbol": "btcusdt", "candles": rows(candle_window)}).status_code == 200
+    d = ready_client(trained_home, {"XYLEN_DEFAULT_MODEL": "btcusdt-5m"})
+    r = d.post("/predict", json={"symbol": "SOLUSDT", "candles": rows(candle_window)})
+    assert r.status_code == 200 and r.json()["model"] == "btcusdt-5m"
+    assert r.json()["notes"] == ["no model for SOLUSDT: answered by the default model 'btcusdt-5m' (trained on BTCUSDT)"]
+
+
+def test_a_model_named_for_another_symbol_refuses(ready_client: Any, tmp_path: Path,
+                                                  candle_window: np.ndarray) -> None:
+    """`xylen train --symbol BTCUSDT --name ethusdt-5m`: the name is no proof of the symbol; the manifest is."""
+    build_bundle(Registry(tmp_path / "models"), "ethusdt-5m", rounds=5, rows=800, symbol="BTCUSDT")
+    r = ready_client(tmp_path).post("/predict", json={"symbol": "ETHUSDT", "timeframe": "5m",
+                                                      "candles": rows(candle_window)})
+    assert r.status_code == 422 and "was trained on BTCUSDT candles, not ETHUSDT" in r.json()["error"], r.text

@@ -302,7 +302,17 @@ def closed_window(
     limit = now_ms + skew_ms
     if interval is not None or close_time is not None:
         last = int(t[-1])
-        ends = close_time if close_time is not None else intervals.next_open(last, interval)  # type: ignore[arg-type]
+        if close_time is not None and close_time < last:
+            raise RequestError(
+                422,
+                f"candles[{len(t) - 1}].close_time {close_time:.0f} is earlier than its open_time {last}; send "
+                "Binance's close_time (open time + interval - 1 ms) or leave the field out.",
+            )
+        # open if either time says so: a close_time that is too early must not let an open candle through
+        ends = max(
+            close_time if close_time is not None else -1.0,
+            intervals.next_open(last, interval) - 1 if interval is not None else -1.0,
+        )
         if ends > limit:
             n -= 1
             notes.append(f"dropped the still-open candle opened at {iso(last)}")

@@ -72,6 +72,11 @@ def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, n
                 raise RequestError(422, f"Model {name!r} was trained on {live.interval} candles, but the request "
                                         f"says timeframe {timeframe!r}; retrain it on {timeframe} candles "
                                         f"(`xylen train --symbol {symbol.upper()} --interval {timeframe}`).")
+            trained_on = live.bundle.manifest.symbol
+            if trained_on is not None and trained_on != symbol.upper():  # a misnamed model: the name is no proof
+                raise RequestError(422, f"Model {name!r} was trained on {trained_on} candles, not {symbol.upper()}; "
+                                        f"train one on {symbol.upper()} (`xylen train --symbol {symbol.upper()} "
+                                        f"--interval {timeframe}`) or rename that model.")
             return live
         _not_loaded(holder, live_map, name)
         default = _default(holder, live_map)
@@ -87,7 +92,8 @@ def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, n
                                 "XYLEN_DEFAULT_MODEL to a model that may answer for other symbols.")
     if not live_map:
         _not_loaded(holder, live_map, None)
-    live = _default(holder, live_map) or holder.only()
+    default = _default(holder, live_map)
+    live = default or holder.only()
     if live is None:
         raise RequestError(422, f"Several models are live ({_names(live_map)}) and none is the default: send "
                                 "'symbol' and 'timeframe' (e.g. \"BTCUSDT\", \"5m\") to choose one, or set "
@@ -96,6 +102,13 @@ def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, n
         raise RequestError(404, f"No model for timeframe {timeframe!r}: {live.name!r} is a {live.interval} model; "
                                 f"live: {_names(live_map)}. Send 'symbol' too, or train one with "
                                 f"`xylen train --symbol SYMBOL --interval {timeframe}`.")
+    trained_on = live.bundle.manifest.symbol
+    if symbol is not None and trained_on is not None and trained_on != symbol.upper():
+        if live is not default:  # the only model served is no permission to answer for another series
+            raise RequestError(404, f"No model for {symbol}: the only live model, {live.name!r}, was trained on "
+                                    f"{trained_on}. Train one (`xylen train --symbol {symbol.upper()}`), or set "
+                                    "XYLEN_DEFAULT_MODEL to a model that may answer for other symbols.")
+        notes.append(f"no model for {symbol}: answered by the default model {live.name!r} (trained on {trained_on})")
     return live
 
 

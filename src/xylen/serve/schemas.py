@@ -27,7 +27,8 @@ class PredictBody(BaseModel):
     symbol: str | None = Field(None, examples=["BTCUSDT"], description=(
         "With timeframe, routes to model <symbol lower>-<timeframe>; without one, the default model "
         "(XYLEN_DEFAULT_MODEL, the first --model, MODEL_PATH) answers if it has the same timeframe, else 404. "
-        "Left out: the default model, or the only model served."))
+        "Without timeframe: the default model, or the only model served if it was trained on this symbol "
+        "(else 404). Left out: the default model, or the only model served."))
     timeframe: str | None = Field(None, examples=["5m"], description=(
         "Binance interval, e.g. 5m. A model never answers for another timeframe than it was trained on."))
     candles: list[list[float | str] | dict[str, float | str]] | None = Field(
