@@ -279,7 +279,8 @@ def test_a_symbol_without_timeframe_is_not_answered_by_another_series(ready_clie
     d = ready_client(trained_home, {"XYLEN_DEFAULT_MODEL": "btcusdt-5m"})
     r = d.post("/predict", json={"symbol": "SOLUSDT", "candles": rows(candle_window)})
     assert r.status_code == 200 and r.json()["model"] == "btcusdt-5m"
-    assert r.json()["notes"] == ["no model for SOLUSDT: answered by the default model 'btcusdt-5m' (trained on BTCUSDT)"]
+    note = "no model for SOLUSDT: answered by the default model 'btcusdt-5m' (trained on BTCUSDT)"
+    assert r.json()["notes"] == [note]
 
 
 def test_a_model_named_for_another_symbol_refuses(ready_client: Any, tmp_path: Path,
