@@ -102,7 +102,16 @@ def test_two_workers_answer_keep_keys_out_of_env_sum_metrics_and_drain(
         assert [r.status_code for r in replies] == [200] * 12, [r.text for r in replies if r.status_code != 200]
         assert len({r.json()["probability"] for r in replies}) == 1  # every worker serves the same live model
 
-        # /metrics sums the workers: both answered /health, and whichever renders counts every one of them
+        # /metrics sums the workers: both answered /health, and whichever renders counts every one of them. A worker
+        # counts a request after sending its answer, so wait until the last ones are counted, then check each render
+        def counted() -> bool:
+            text = httpx.get(f"{url}/metrics", headers=AUTH).text
+            health = _sample(text, 'xylen_http_requests_total{route="/health",status="200"}')
+            return health == sum(served_health.values()) and _sample(
+                text, 'xylen_http_requests_total{route="/predict",status="200"}'
+            ) == 12
+
+        wait_for(counted, timeout=60, what="both workers' counts in /metrics")
         for _ in range(4):
             text = httpx.get(f"{url}/metrics", headers=AUTH).text
             assert _sample(text, 'xylen_http_requests_total{route="/health",status="200"}') == sum(
@@ -124,6 +133,11 @@ def test_two_workers_answer_keep_keys_out_of_env_sum_metrics_and_drain(
         version = build_bundle(Registry(home_copy / "models"), MODEL, rounds=8, rows=1500, seed=3)
         assert version == "v0002"
         assert answering(version) == workers  # both swapped
+        wait_for(
+            lambda: _sample(httpx.get(f"{url}/metrics", headers=AUTH).text,
+                            'xylen_http_requests_total{route="/health",status="200"}') == sum(served_health.values()),
+            timeout=60, what="the last /health answers counted",
+        )
         text = httpx.get(f"{url}/metrics", headers=AUTH).text
         assert _sample(text, f'xylen_model_info{{model="{MODEL}",version="v0002"}}') == 1
         assert 'version="v0001"' not in text, "a version no live worker serves is still shown"
