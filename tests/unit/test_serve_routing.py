@@ -290,3 +290,20 @@ def test_a_model_named_for_another_symbol_refuses(ready_client: Any, tmp_path: P
     r = ready_client(tmp_path).post("/predict", json={"symbol": "ETHUSDT", "timeframe": "5m",
                                                       "candles": rows(candle_window)})
     assert r.status_code == 422 and "was trained on BTCUSDT candles, not ETHUSDT" in r.json()["error"], r.text
+
+
+def test_a_503_and_the_probes_read_no_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           candle_window: np.ndarray) -> None:
+    """While no model is live, /predict answers 503 and readiness 503 from the watcher's last look, not by listing
+    the registry per request (/predict does no file I/O)."""
+    calls: list[int] = []
+    real = Registry.live_names
+    monkeypatch.setattr(Registry, "live_names", lambda self: (calls.append(1), real(self))[1])
+    settings = load_settings({"home": tmp_path}, environ={})
+    with TestClient(create_app(settings, watch_interval=3600), base_url="http://127.0.0.1") as c:
+        wait_for(lambda: "loading models" not in c.get("/health/ready").text, timeout=60, what="the first look")
+        before = len(calls)
+        for _ in range(20):
+            assert c.post("/predict", json={"candles": rows(candle_window)}).status_code == 503
+        assert c.get("/health/ready").status_code == 503
+        assert len(calls) == before

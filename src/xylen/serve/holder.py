@@ -150,7 +150,8 @@ class ModelHolder:
             return "shutting down"
         if not self.started:
             return "loading models"
-        expected = self.expected()
+        # the watcher's last look (every poll interval), not the disk: /predict's 503 and the probes read this
+        expected = self.expected() if self.model_path is not None else list(self.served)
         if not expected:
             root = self.registry.root if self.registry else "?"
             return (
