@@ -215,6 +215,7 @@ def test_openapi_documents_the_bodies(client: Any) -> None:
     assert "symbol and timeframe" in spec["paths"]["/predict"]["post"]["responses"]["404"]["description"]
     for word in ("seconds", "microseconds", "still open", "XYLEN_CLOCK_SKEW", "consecutive"):
         assert word in req["properties"]["candles"]["description"], word
+    assert "409" in spec["paths"]["/models/{name}/rollback"]["post"]["responses"]  # nothing to roll back to
     assert client.get("/docs").status_code == 200
 
 

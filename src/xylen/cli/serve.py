@@ -51,7 +51,8 @@ def serve_cmd(
     allow_unauthenticated: bool = typer.Option(
         None,
         "--allow-unauthenticated",
-        help="Allow a non-loopback --host without API keys (e.g. behind an authenticating proxy).",
+        help="Allow a non-loopback --host without API keys (e.g. behind an authenticating proxy); list the Host "
+        "names clients use in XYLEN_ALLOWED_HOSTS, since a server without keys answers only loopback names.",
     ),
     train_if_missing: bool = typer.Option(
         False,

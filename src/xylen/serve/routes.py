@@ -103,7 +103,9 @@ async def models(request: Request) -> Response:
     return json_response(model_rows(state_of(request)))
 
 
-@router.post("/models/{name}/rollback", tags=["admin"], responses=schemas.ERRORS)
+@router.post("/models/{name}/rollback", tags=["admin"], responses={
+    **schemas.ERRORS, 409: {"model": schemas.ErrorResponse,
+                            "description": "No previous live version, or it failed verification; nothing changed."}})
 async def rollback(request: Request, name: str) -> Response:
     """Make the previous live version live again (rewrites CURRENT.json; the watcher swaps it in). Without an API
     key, send `Content-Type: application/json` (415 otherwise): a web page on another origin cannot."""
