@@ -72,6 +72,23 @@ def test_microsecond_timestamps_are_normalised_per_row(tmp_path):
     assert any("344 timestamps were in microseconds" in n for n in r.notes)
 
 
+def test_second_timestamps_are_read_by_the_rule_the_server_uses(tmp_path):
+    """Epoch seconds are converted by magnitude (schema.to_epoch_ms, shared with /predict), and a time before
+    1970 is refused naming the file and row, never read as a 1970 millisecond."""
+    lines = _csv_lines(header=False)
+    f = lines[0].split(",")
+    f[0], f[6] = str(int(f[0]) // 1000), str(int(f[6]) // 1000)
+    p = tmp_path / "BTCUSDT-1h-seconds.csv"
+    p.write_text("\n".join([",".join(f), *lines[1:]]) + "\n")
+    r = read_candles(p)
+    assert r.frame["open_time"].to_list() == read_candles(CSV_1H).frame["open_time"].to_list()
+    assert any("1 timestamps were in seconds" in n for n in r.notes)
+    f[0] = "-5"
+    p.write_text("\n".join([",".join(f), *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=r"row 1: time -5 is before 1970"):
+        read_candles(p)
+
+
 def test_freqtrade_feather():
     r = read_candles(FEATHER)
     assert (r.symbol, r.interval) == ("BTCUSDT", "1h")

@@ -30,7 +30,9 @@ from xylen.core.schema import (  # noqa: F401  re-exported; they live polars-fre
     INTERVALS,
     OHLCV,
     PRICE_COLUMNS,
+    TimeUnitError,
     record_to_row,
+    to_epoch_ms,
 )
 
 SCHEMA: dict[str, Any] = {
@@ -46,7 +48,6 @@ SCHEMA: dict[str, Any] = {
     "taker_buy_base": pl.Float64,
     "taker_buy_quote": pl.Float64,
 }
-MICROS_THRESHOLD = 10**13  # an epoch in ms stays below this until the year 2286; in microseconds it is above
 
 
 def interval_ms(interval: str) -> int:
@@ -64,6 +65,9 @@ def interval_ms(interval: str) -> int:
 
 def fmt_ts(ms: int | float) -> str:
     return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+Units = tuple[int, int]  # open times a reader converted from seconds, and from microseconds
 
 
 def empty_frame() -> pl.DataFrame:
@@ -98,16 +102,6 @@ def infer_series(path: Path) -> tuple[str | None, str | None]:
 
 
 # --------------------------------------------------------------------------------------------------------
-def normalize_time_ms(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per-row µs -> ms (data.binance.vision spot archives switched to µs on 2025-01-01)."""
-    values = values.astype(np.int64, copy=True)
-    micro = values > MICROS_THRESHOLD
-    n = int(micro.sum())
-    if n:
-        values[micro] //= 1000
-    return values, n
-
-
 def _conform(df: pl.DataFrame) -> pl.DataFrame:
     cols = []
     for name, dtype in SCHEMA.items():
@@ -134,15 +128,15 @@ def read_candles(path: str | Path, *, interval: str | None = None, symbol: str |
     try:
         if name.endswith(".zip"):
             notes += verify_checksum(p)
-            df, n_micro = _read_zip(p)
+            df, units = _read_zip(p)
         elif name.endswith((".csv", ".csv.gz")):
-            df, n_micro = _read_binance_csv(p.read_bytes() if name.endswith(".csv") else _gunzip(p), p)
+            df, units = _read_binance_csv(p.read_bytes() if name.endswith(".csv") else _gunzip(p), p)
         elif name.endswith((".feather", ".arrow", ".ipc")):
-            df, n_micro = _from_table(pl.read_ipc(p), p, interval)
+            df, units = _from_table(pl.read_ipc(p), p, interval)
         elif name.endswith(".parquet"):
-            df, n_micro = _from_table(pl.read_parquet(p), p, interval)
+            df, units = _from_table(pl.read_parquet(p), p, interval)
         elif name.endswith((".jsonl", ".ndjson", ".json")):
-            df, n_micro = _read_jsonl(p)
+            df, units = _read_jsonl(p)
         else:
             raise DataError(
                 f"Unknown candle file type {p.name!r}.",
@@ -155,8 +149,9 @@ def read_candles(path: str | Path, *, interval: str | None = None, symbol: str |
             f"Cannot read {str(p)!r}: {str(exc).splitlines()[0][:300]}",
             hint="the file looks corrupt or truncated; download or export it again.",
         ) from None
-    if n_micro:
-        notes.append(f"{n_micro} timestamps were in microseconds and were converted to milliseconds")
+    for n, unit in zip(units, ("seconds", "microseconds")):
+        if n:
+            notes.append(f"{n} timestamps were in {unit} and were converted to milliseconds")
     if df.height == 0:
         raise DataError(f"{str(p)!r} holds no candles.", hint="check that it is the right file and not empty.")
     if interval and df["close_time"].null_count() == df.height:
@@ -187,7 +182,7 @@ def verify_checksum(p: Path) -> list[str]:
     return [f"sha256 verified against {ck.name}"]
 
 
-def _read_zip(p: Path) -> tuple[pl.DataFrame, int]:
+def _read_zip(p: Path) -> tuple[pl.DataFrame, Units]:
     with zipfile.ZipFile(p) as zf:
         members = [m for m in zf.namelist() if m.lower().endswith(".csv")]
         if len(members) != 1:
@@ -198,7 +193,7 @@ def _read_zip(p: Path) -> tuple[pl.DataFrame, int]:
         return _read_binance_csv(zf.read(members[0]), p)
 
 
-def _read_binance_csv(data: bytes, p: Path) -> tuple[pl.DataFrame, int]:
+def _read_binance_csv(data: bytes, p: Path) -> tuple[pl.DataFrame, Units]:
     first = data.split(b"\n", 1)[0].strip()
     if not first:
         raise DataError(f"{str(p)!r} is empty.", hint="download or export it again.")
@@ -228,7 +223,7 @@ def _read_binance_csv(data: bytes, p: Path) -> tuple[pl.DataFrame, int]:
             f"{str(p)!r} row {bad[0] + 1 + int(has_header)}: column {bad[1]!r} value {bad[2]!r} is not a number.",
             hint="fix or remove that row; every column of a Binance kline CSV is numeric.",
         ) from None
-    return _normalize_times(_conform(df))
+    return _normalize_times(_conform(df), p)
 
 
 def _first_bad_number(raw: pl.DataFrame) -> tuple[int, str, str]:
@@ -244,17 +239,24 @@ def _first_bad_number(raw: pl.DataFrame) -> tuple[int, str, str]:
     return 0, raw.columns[0], "?"
 
 
-def _normalize_times(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    ot, n1 = normalize_time_ms(df["open_time"].to_numpy())
-    out = df.with_columns(pl.Series("open_time", ot))
-    if df["close_time"].null_count() < df.height:
-        ct = df["close_time"].fill_null(-1).to_numpy()
-        ct2, _ = normalize_time_ms(ct)
-        out = out.with_columns(pl.Series("close_time", ct2).replace(-1, None))
-    return out, n1
+def _normalize_times(df: pl.DataFrame, p: Path) -> tuple[pl.DataFrame, Units]:
+    """Open and close times in ms, each converted from seconds or microseconds by its magnitude (the one rule of
+    ``schema.to_epoch_ms``, which the server uses too). Returns the frame and how many open times were converted."""
+    try:
+        ot, n_sec, n_micro = to_epoch_ms(df["open_time"].to_numpy())
+        out = df.with_columns(pl.Series("open_time", ot))
+        known = df["close_time"].is_not_null()
+        if known.any():
+            ct = df["close_time"].fill_null(0).to_numpy().copy()  # int64: the unknown ones are put back below
+            mask = known.to_numpy()
+            ct[mask] = to_epoch_ms(ct[mask])[0]
+            out = out.with_columns(pl.Series("close_time", ct).set(~known, None))  # type: ignore[arg-type]
+    except TimeUnitError as exc:
+        raise DataError(f"{str(p)!r} row {exc.index + 1}: {exc.message}.", hint=exc.hint) from None
+    return out, (n_sec, n_micro)
 
 
-def _from_table(df: pl.DataFrame, p: Path, interval: str | None) -> tuple[pl.DataFrame, int]:
+def _from_table(df: pl.DataFrame, p: Path, interval: str | None) -> tuple[pl.DataFrame, Units]:
     cols = set(df.columns)
     if "date" in cols and "open_time" not in cols:  # freqtrade
         dt = df.schema["date"]
@@ -269,7 +271,7 @@ def _from_table(df: pl.DataFrame, p: Path, interval: str | None) -> tuple[pl.Dat
             hint="candle tables need open_time (or freqtrade's date), open, high, low, close, volume.",
         )
     try:
-        return _normalize_times(_conform(df))
+        return _normalize_times(_conform(df), p)
     except pl.exceptions.PolarsError as exc:
         raise DataError(
             f"{str(p)!r} has a column of the wrong type: {str(exc).splitlines()[0][:200]}",
@@ -277,7 +279,7 @@ def _from_table(df: pl.DataFrame, p: Path, interval: str | None) -> tuple[pl.Dat
         ) from None
 
 
-def _read_jsonl(p: Path) -> tuple[pl.DataFrame, int]:
+def _read_jsonl(p: Path) -> tuple[pl.DataFrame, Units]:
     rows = []
     text = p.read_bytes()
     if p.name.lower().endswith(".json") and text.lstrip().startswith(b"["):
@@ -308,11 +310,11 @@ def _read_jsonl(p: Path) -> tuple[pl.DataFrame, int]:
         except DataError as exc:
             raise DataError(f"{str(p)!r} line {i}: {exc.message}", hint=exc.hint) from None
     if not rows:
-        return empty_frame(), 0
+        return empty_frame(), (0, 0)
     arr = np.array(rows, dtype=np.float64)
     df = pl.DataFrame({c: arr[:, j] for j, c in enumerate(COLUMNS)})
     df = df.with_columns([pl.col(c).fill_nan(None) for c in EXTRA_COLUMNS])
-    return _normalize_times(_conform(df))
+    return _normalize_times(_conform(df), p)
 
 
 # --------------------------------------------------------------------------------------------------------

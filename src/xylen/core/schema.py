@@ -107,3 +107,44 @@ def normalize_symbol(value: str) -> str:
             hint="use letters and digits only, like BTCUSDT (no '/', '-' or path characters).",
         )
     return sym
+
+
+# Epoch times are read by their magnitude. Seconds stay below 1e11 until the year 5138, while milliseconds passed
+# it in 1973; microseconds (data.binance.vision spot archives since 2025) passed 1e14 in 1973, nanoseconds 1e17.
+# So every candle from 1973 to 5138 has exactly one reading; nanoseconds are refused (a float64 cannot hold them).
+# The file readers and the server share this one rule.
+SECONDS_BELOW = 10**11
+MICROS_FROM = 10**14
+NANOS_FROM = 10**17
+
+
+class TimeUnitError(DataError):
+    """An epoch time that is before 1970 or in nanoseconds; ``index`` is its position."""
+
+    def __init__(self, index: int, value: float) -> None:
+        self.index = index
+        self.value = value
+        what = "before 1970" if value < 0 else "in nanoseconds or later than the year 5138"
+        super().__init__(
+            f"time {value:.0f} is {what}",
+            hint="send epoch milliseconds like 1704067200000 (seconds and microseconds are recognised too).",
+        )
+
+
+def to_epoch_ms(values: Any) -> tuple[Any, int, int]:
+    """Epoch times in seconds, milliseconds or microseconds, each by its magnitude, as milliseconds (same dtype,
+    a new array), and how many were in seconds and in microseconds. Raises TimeUnitError for the first bad one."""
+    import numpy as np
+
+    t = np.array(values, copy=True)
+    bad = (t < 0) | (t >= NANOS_FROM)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise TimeUnitError(i, float(t[i]))
+    sec, micro = t < SECONDS_BELOW, t >= MICROS_FROM
+    n_sec, n_micro = int(sec.sum()), int(micro.sum())
+    if n_sec:
+        t[sec] *= 1000
+    if n_micro:
+        t[micro] //= 1000
+    return t, n_sec, n_micro

@@ -20,14 +20,8 @@ import orjson
 
 from xylen.core import features, intervals
 from xylen.core.errors import DataError
-from xylen.core.schema import INTERVALS, record_to_row
+from xylen.core.schema import INTERVALS, MICROS_FROM, SECONDS_BELOW, TimeUnitError, record_to_row, to_epoch_ms
 
-# Epoch times are read by magnitude. Seconds stay below 1e11 until the year 5138, while milliseconds passed it
-# in 1973; microseconds (Binance archives since 2025) passed 1e14 in 1973, nanoseconds 1e17. So every
-# candle from 1973 to 5138 has exactly one reading; nanoseconds are refused (a float64 cannot hold them exactly).
-SECONDS_BELOW = 10**11
-MICROS_FROM = 10**14
-NANOS_FROM = 10**17
 _OHLCV_FIELDS = ("open_time", "open", "high", "low", "close", "volume")
 _FLOAT = np.float64
 _LIST_NAMES = 12  # missing feature names quoted in a 422 before "and N more"
@@ -225,32 +219,25 @@ def feature_vector(raw: Any, names: list[str], field: str = "features") -> np.nd
 
 
 def _to_ms(t: np.ndarray) -> None:
-    """Open times in seconds, milliseconds or microseconds -> milliseconds, in place, each by its magnitude."""
-    bad = (t < 0) | (t >= NANOS_FROM)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise RequestError(422, f"candles[{i}].open_time {t[i]:.0f} is {_unit_problem(t[i])}")
-    sec, micro = t < SECONDS_BELOW, t >= MICROS_FROM
-    t[sec] *= 1000
-    t[micro] = np.floor_divide(t[micro], 1000)
+    """Open times in seconds, milliseconds or microseconds -> milliseconds, in place (the readers' rule)."""
+    try:
+        t[:] = to_epoch_ms(t)[0]
+    except TimeUnitError as exc:
+        raise RequestError(422, f"candles[{exc.index}].open_time {exc.value:.0f} is {_unit_problem(exc)}") from None
 
 
-def _unit_problem(x: float) -> str:
-    fix = "send epoch milliseconds like 1704067200000 (seconds and microseconds are recognised too)."
-    if x < 0:
-        return f"before 1970; {fix}"
-    return f"in nanoseconds or later than the year 5138; {fix}"
+def _unit_problem(exc: TimeUnitError) -> str:
+    return exc.message.split(" is ", 1)[1] + "; " + (exc.hint or "")
 
 
 def epoch_ms(x: float, what: str) -> float:
     """One epoch time (seconds, milliseconds or microseconds, by magnitude) in milliseconds."""
     if not np.isfinite(x):
         raise RequestError(422, f"{what} {x!r} is not a time; send epoch milliseconds like 1704067200000.")
-    if x < 0 or x >= NANOS_FROM:
-        raise RequestError(422, f"{what} {x:.0f} is {_unit_problem(x)}")
-    if x < SECONDS_BELOW:
-        return x * 1000
-    return x // 1000 if x >= MICROS_FROM else x
+    try:
+        return float(to_epoch_ms(np.array([x]))[0][0])
+    except TimeUnitError as exc:
+        raise RequestError(422, f"{what} {x:.0f} is {_unit_problem(exc)}") from None
 
 
 def _sent_close_time(rec: Any, i: int) -> float | None:
