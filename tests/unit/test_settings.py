@@ -142,3 +142,16 @@ def test_config_command_reports_the_value_in_use(tmp_path):
 
     port = next(r for r in orjson.loads(res.stdout)["settings"] if r["setting"] == "port")
     assert (port["value"], port["source_name"]) == ("7001", "XYLEN_PORT")
+
+
+def test_a_models_env_that_is_not_utf8_is_an_error_not_silence(tmp_path):
+    """One stray byte must not drop every setting in the file (among them the API keys: the server would run open)."""
+    (tmp_path / "models.env").write_bytes(b"# caf\xe9\nXYLEN_API_KEYS=sekrit\nXYLEN_PORT=9123\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_settings({}, environ={"XYLEN_HOME": str(tmp_path)})
+    from typer.testing import CliRunner
+
+    from xylen.cli import app
+
+    res = CliRunner().invoke(app, ["--home", str(tmp_path), "serve"])
+    assert res.exit_code == 2 and "is not UTF-8 text" in res.output

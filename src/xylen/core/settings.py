@@ -88,8 +88,22 @@ def _environment() -> Mapping[str, str | None]:
 
 
 def _settings_file() -> Mapping[str, str | None]:
+    """models.env for load_settings: a file that cannot be read is an error, never silently no settings (it may
+    hold the API keys: a server started without them would run open)."""
     path = _ENV_FILE.get()
-    return _read_env_file(path) if path is not None else {}
+    if path is None:
+        return {}
+    try:
+        return {k.upper(): v for k, v in dotenv_values(path).items()}
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"Settings file {str(path)!r} is not UTF-8 text.",
+            hint="rewrite it as KEY=value lines, see models.env.example.",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot read settings file {str(path)!r}: {exc.strerror or exc}.", hint="fix its permissions (chmod 600)."
+        ) from None
 
 
 def default_home() -> Path:
@@ -390,11 +404,6 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
         return Settings(**(overrides | {"home": home}))
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, overrides, env, env_file)) from None
-    except UnicodeDecodeError:
-        raise ConfigError(
-            f"Settings file {str(env_file)!r} is not UTF-8 text.",
-            hint="rewrite it as KEY=value lines, see models.env.example.",
-        ) from None
     finally:
         _ENVIRON.reset(token)
         _ENV_FILE.reset(file_token)
