@@ -141,15 +141,19 @@ def test_clean_temp_leaves_another_hosts_fresh_temp_files(tmp_path):
     st = LocalStorage(tmp_path)
     tmp = tmp_path / ".tmp"
     tmp.mkdir()
-    ours_dead = tmp / f"999999999-abc-{HOST_TAG}.tmp"
-    foreign_fresh = tmp / "999999999-abc-0badc0de.tmp"
-    foreign_old = tmp / "999999998-abc-0badc0de.d"
+    u = "0123456789abcdef" * 2
+    ours_dead = tmp / f"999999999-{u}-{HOST_TAG}.tmp"
+    foreign_fresh = tmp / f"999999999-{u}-0badc0de.tmp"
+    foreign_old = tmp / f"999999998-{u}-0badc0de.d"
+    older_format = tmp / "999999997-year=2024-month=01.parquet.tmp"  # an older xylen on this host: ours
+    older_format.write_bytes(b"")
     for f in (ours_dead, foreign_fresh):
         f.write_bytes(b"")
     foreign_old.mkdir()
     old = time.time() - FOREIGN_TEMP_AGE_S - 60
     os.utime(foreign_old, (old, old))
-    assert st.clean_temp() == 2
+    assert st.clean_temp() == 3
     assert foreign_fresh.exists() and not ours_dead.exists() and not foreign_old.exists()
+    assert not older_format.exists()
     made = st.temp_dir()
     assert made.name.endswith(f"-{HOST_TAG}.d") and st.clean_temp() == 0  # a live writer's folder stays

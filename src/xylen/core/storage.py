@@ -23,6 +23,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -268,10 +269,11 @@ class LocalStorage:
             return 0
         now = time.time()
         for f in tmp.iterdir():
-            pid, _, rest = f.name.partition("-")
+            pid, _, _rest = f.name.partition("-")
             if not pid.isdigit():
                 continue
-            tag = rest.rsplit(".", 1)[0].rpartition("-")[2] if rest.count("-") else HOST_TAG  # older names: ours
+            m = _TEMP_NAME.fullmatch(f.name)
+            tag = m.group(1) if m else HOST_TAG  # names without a tag come from older versions on this host
             if tag == HOST_TAG:
                 stale = int(pid) != os.getpid() and not _alive(int(pid))
             else:
@@ -344,7 +346,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+def _host_tag() -> str:
+    """Who may judge a pid by asking this kernel: the host name, the boot, and the pid namespace (containers that
+    share a host name, e.g. with host networking, still have their own pids)."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
+
+HOST_TAG = _host_tag()
+_TEMP_NAME = re.compile(r"\d+-[0-9a-f]{32}-([0-9a-f]{8})\.(?:tmp|d)")
 FOREIGN_TEMP_AGE_S = 86_400.0
 
 
