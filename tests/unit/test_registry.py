@@ -291,3 +291,25 @@ def test_two_processes_promoting_and_rolling_back_keep_the_whole_history(home):
     _run_both(_rollback_n, (root, 10), (root, 10))
     after = reg.current("btcusdt-1h")
     assert after.version == ptr.history[19] and after.history == ptr.history[20:]
+
+
+@pytest.mark.parametrize("damage", [b'{"version": "v00', b"[1]", b'{"version": "../../x", "sha256": "0"}',
+                                    b'{"version": "v0001", "sha256": "0", "history": 5}', b"\xff\xfe"])
+def test_a_damaged_pointer_is_listed_and_repaired_by_the_promotion_its_message_recommends(home, damage):
+    from typer.testing import CliRunner
+
+    from xylen.cli import app
+
+    pointer = home / "models" / "btcusdt-1h" / POINTER
+    pointer.write_bytes(damage)
+    runner = CliRunner()
+    res = runner.invoke(app, ["--home", str(home), "models", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    assert any(r["version"] == POINTER and not r["ok"] for r in orjson.loads(res.stdout))
+    res = runner.invoke(app, ["--home", str(home), "models", "rollback", "btcusdt-1h"])
+    assert res.exit_code == 4 and "xylen models promote btcusdt-1h" in res.output
+    reg = Registry(home / "models", verify=verify_here)
+    assert reg.promote("btcusdt-1h", "v0002").version == "v0002"
+    assert reg.current("btcusdt-1h").history == ()
+    (kept,) = pointer.parent.glob("CURRENT.json.damaged-*")
+    assert kept.read_bytes() == damage  # the damaged bytes are kept, never silently lost

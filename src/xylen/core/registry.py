@@ -130,8 +130,12 @@ class Registry:
     def _pointer_key(self, name: str) -> str:
         return f"{check_name(name)}/{POINTER}"
 
-    def _read_pointer(self, name: str) -> tuple[Pointer | None, str | None]:
-        """The pointer and the token a compare-and-swap must expect (None, None when there is none)."""
+    def _read_pointer(self, name: str, *, replace_damaged: bool = False) -> tuple[Pointer | None, str | None]:
+        """The pointer and the token a compare-and-swap must expect (None, None when there is none).
+
+        A damaged pointer raises BundleError; with ``replace_damaged`` (a promotion, which needs no history) its
+        bytes are kept beside it as ``CURRENT.json.damaged-<time>`` and it counts as "nothing live", so the
+        promotion the error message recommends can repair it."""
         got = self.storage.read_versioned(self._pointer_key(name))
         if got is None:
             return None, None
@@ -144,10 +148,14 @@ class Registry:
                 promoted_at=str(raw.get("promoted_at", "")),
                 history=tuple(str(v) for v in raw.get("history", ())),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, BundleError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, BundleError) as exc:
+            if replace_damaged:
+                stamp = now_iso().replace(":", "")
+                self.storage.put_new(f"{self._pointer_key(name)}.damaged-{stamp}-{got.token[:8]}", got.data)
+                return None, got.token
             raise BundleError(
-                f"{str(self.root / name / POINTER)!r} is unreadable ({exc}).",
-                hint=f"promote a version again: `xylen models promote {name} vNNNN`.",
+                f"{str(self.root / name / POINTER)!r} is unreadable ({str(exc)[:200]}).",
+                hint=f"promote a version again: `xylen models promote {name} vNNNN` (the damaged file is kept).",
             ) from None
         return ptr, got.token
 
@@ -269,7 +277,7 @@ class Registry:
                 history = (old.version, *old.history)[:HISTORY_LIMIT]
             return Pointer(name, version, manifest.artifact.sha256, now or now_iso(), history)
 
-        return self._swap_pointer(name, change)
+        return self._swap_pointer(name, change, replace_damaged=True)
 
     def rollback(self, name: str, *, now: str | None = None) -> Pointer:
         """Make the previous live version live again, in one step (verified first, like a promotion)."""
@@ -288,9 +296,11 @@ class Registry:
 
         return self._swap_pointer(name, change)
 
-    def _swap_pointer(self, name: str, change: Callable[[Pointer | None], Pointer]) -> Pointer:
+    def _swap_pointer(
+        self, name: str, change: Callable[[Pointer | None], Pointer], *, replace_damaged: bool = False
+    ) -> Pointer:
         for _ in range(_CAS_RETRIES):
-            old, token = self._read_pointer(name)
+            old, token = self._read_pointer(name, replace_damaged=replace_damaged)
             new = change(old)
             try:
                 self.storage.swap(self._pointer_key(name), new.to_json(), token)
@@ -303,8 +313,12 @@ class Registry:
         )
 
     def summary(self, name: str) -> list[dict[str, Any]]:
-        live = self.current(name)
-        rows = []
+        rows: list[dict[str, Any]] = []
+        try:
+            live = self.current(name)
+        except BundleError as exc:  # listed, not fatal: `xylen models list` is how the user finds the damage
+            live = None
+            rows.append({"name": name, "version": POINTER, "live": False, "ok": False, "error": exc.message})
         for v in self.versions(name):
             try:
                 m = self.manifest(name, v)
