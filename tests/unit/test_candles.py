@@ -216,3 +216,12 @@ def test_gaps_are_reported_not_filled():
     rep = validate(holed, "1h", "x")
     assert rep.gaps == [(int(df["open_time"][99]), 3)]
     assert rep.rows == df.height - 3
+
+
+def test_binance_archive_names_spell_the_month_1mo(tmp_path):
+    """data.binance.vision names monthly klines BTCUSDT-1mo-2024-01.zip; 1m stays the minute."""
+    from xylen.core.candles import infer_series
+
+    assert infer_series(Path("BTCUSDT-1mo-2024-01.zip")) == ("BTCUSDT", "1M")
+    assert infer_series(Path("BTCUSDT-1m-2024-01.zip")) == ("BTCUSDT", "1m")
+    assert infer_series(Path("BTCUSDT-1M.parquet")) == ("BTCUSDT", "1M")

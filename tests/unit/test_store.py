@@ -124,3 +124,19 @@ def test_off_grid_candles_are_refused(tmp_path: Path, btc: pl.DataFrame) -> None
     with pytest.raises(DataError, match="off the 1h grid"):
         Store(tmp_path).append("BTCUSDT", "1h", btc.with_columns(pl.col("open_time") + 1))
     assert Store(tmp_path).series() == []
+
+
+def test_a_candle_before_1970_is_refused_not_stored_unreadable(tmp_path):
+    """A negative open_time would be reported as stored while no tail name could hold it: refuse it instead."""
+    import polars as pl
+
+    from xylen.core.candles import SCHEMA
+    from xylen.core.errors import DataError
+    from xylen.core.store import Store
+
+    row = {c: [None] for c in SCHEMA} | {"open_time": [-3_600_000], "open": [1.0], "high": [1.0], "low": [1.0],
+                                         "close": [1.0], "volume": [1.0]}
+    store = Store(tmp_path)
+    with pytest.raises(DataError, match="before 1970"):
+        store.append("BTCUSDT", "1h", pl.DataFrame(row, schema=SCHEMA))
+    assert store.read("BTCUSDT", "1h").height == 0 and store.series() == []

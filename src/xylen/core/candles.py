@@ -87,7 +87,8 @@ class ReadResult:
 
 # --------------------------------------------------------------------------------------------------------
 # Name inference: BTCUSDT-5m-2024-01.zip, BTC_USDT-5m.feather, btcusdt_5m.parquet ...
-_NAME_RE = re.compile(r"(?P<sym>[A-Za-z0-9]+(?:_[A-Za-z0-9]+)?)[-_](?P<iv>\d+[smhdwM])(?:[-_.]|$)")
+# data.binance.vision spells the calendar month "1mo" in file names (BTCUSDT-1mo-2024-01.zip); xylen's model names too
+_NAME_RE = re.compile(r"(?P<sym>[A-Za-z0-9]+(?:_[A-Za-z0-9]+)?)[-_](?P<iv>\d+(?:mo|[smhdwM]))(?:[-_.]|$)")
 
 
 def infer_series(path: Path) -> tuple[str | None, str | None]:
@@ -97,7 +98,7 @@ def infer_series(path: Path) -> tuple[str | None, str | None]:
     m = _NAME_RE.search(name.split("__")[-1])
     if not m:
         return None, None
-    iv = m.group("iv")
+    iv = "1M" if m.group("iv") == "1mo" else m.group("iv")
     return m.group("sym").replace("_", "").upper(), (iv if iv in INTERVALS else None)
 
 

@@ -192,7 +192,7 @@ class LocalStorage:
                 fsync_dir(path.parent)
             return True
         finally:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
 
     def swap(self, key: str, data: bytes, expect: str | None) -> str:
         """Replace ``key`` only if its token is still ``expect`` (None: only if absent). Raises Conflict."""
@@ -210,7 +210,7 @@ class LocalStorage:
             fsync_dir(path.parent)
             return _token(data)
         finally:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
 
     def delete(self, key: str) -> None:
         path = self.local_path(key)
@@ -300,7 +300,7 @@ class LocalStorage:
                 fh.flush()
                 os.fsync(fh.fileno())
         except BaseException as exc:  # failed or interrupted: no temp file outlives the write
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             if isinstance(exc, OSError):
                 raise storage_error(exc, target) from None
             raise
@@ -330,6 +330,12 @@ def _token(data: bytes) -> str:
     # the content's hash (an object store's ETag is one too): file identities (inode, mtime) can repeat after a
     # delete within one timestamp tick, and equal contents make a compare-and-swap's decision equally valid
     return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temp file; never let a failing cleanup hide the error that is being raised."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -313,7 +313,7 @@ class Store:
             return None
         try:
             st = path.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return ()
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -327,6 +327,11 @@ class Store:
         if df.schema != _SCHEMA:  # already conforming (a decoded candle): skip two polars calls
             df = df.select(list(COLUMNS)).cast(SCHEMA)  # type: ignore[arg-type]
         t = df["open_time"].to_numpy()
+        if (t < 0).any():  # a time before 1970 is a unit or parsing mistake upstream, and no tail name could hold it
+            raise DataError(
+                f"Candles for {symbol} {interval} open before 1970 (open_time {int(t.min())}).",
+                hint="open_time is epoch milliseconds, like 1704067200000.",
+            )
         off = ~intervals.aligned(t, interval)
         if off.any():
             raise DataError(
