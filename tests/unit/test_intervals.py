@@ -83,6 +83,27 @@ def test_infer_recognises_weeks_and_months() -> None:
 def test_floor_ceil_next_open_agree(t: int, interval: str) -> None:
     lo, hi = iv.floor(t, interval), iv.ceil(t, interval)
     assert lo <= t <= hi and iv.aligned(np.array([lo, hi]), interval).all()
+    assert iv.slots(lo, iv.next_open(lo, interval), interval) == 1
+    if interval == "3d":  # no known anchor: floor and ceil round to the day (test_three_day_candles_...)
+        assert hi - lo in (0, iv.DAY_MS)
+        return
     assert lo == hi or iv.next_open(lo, interval) == hi
     assert iv.floor(iv.next_open(lo, interval) - 1, interval) == lo
-    assert iv.slots(lo, iv.next_open(lo, interval), interval) == 1
+
+
+def test_three_day_candles_assume_no_grid_anchor():
+    """Binance does not document where 3d candles start: every day boundary is accepted, and floor/ceil agree with
+    that (they round to the day), so a backfill asks from the right day and never skips a candle at --since."""
+    import numpy as np
+
+    from xylen.core import intervals
+
+    day = 86_400_000
+    jan2 = 1_704_153_600_000  # 2024-01-02 00:00 UTC, not on the epoch's 3-day grid
+    assert jan2 % (3 * day) != 0
+    assert intervals.aligned(np.array([jan2]), "3d").all()
+    assert intervals.floor(jan2, "3d") == jan2 == intervals.ceil(jan2, "3d")
+    assert intervals.floor(jan2 + 5, "3d") == jan2 and intervals.ceil(jan2 + 5, "3d") == jan2 + day
+    assert intervals.next_open(jan2, "3d") == jan2 + 3 * day
+    assert list(intervals.opens_between(jan2 + 5, jan2 + 7 * day, "3d")) == [jan2 + day, jan2 + 4 * day]
+    assert not intervals.aligned(np.array([jan2 + 3_600_000]), "3d").any()

@@ -51,7 +51,9 @@ def plan(
 ) -> list[tuple[int, int, bool]]:
     """Ranges [start, end) of open_time to fetch, oldest first, each with ``tail``: True for the range after
     the newest stored candle (open on the right: the exchange may simply not have published more yet)."""
-    end = intervals.floor(now, interval)  # a candle opening before this has closed (its next open <= now)
+    # a candle opening before this has closed (its next open <= now); for 3d (a day floor) the rows' own
+    # close_time still drops the open candle, as for every interval
+    end = intervals.floor(now, interval)
     if until is not None:
         end = min(end, intervals.ceil(until, interval))
     t = store.read(symbol, interval).get_column("open_time").to_numpy()

@@ -71,19 +71,23 @@ def _ms(m: np.ndarray) -> np.ndarray:
 
 
 def floor(t: int, interval: str) -> int:
-    """The open time of the candle that contains instant ``t`` (ms)."""
+    """The open time of the candle that contains instant ``t`` (ms). For ``3d``, whose grid Binance does not
+    document, the day boundary: like ``aligned``, it never assumes where a three-day candle starts (a backfill
+    then asks from that day, and the exchange's own candles decide)."""
     check(interval)
     if interval == MONTH:
         return int(_ms(_months(t)))
-    step = INTERVAL_MS[interval]
+    step = DAY_MS if interval == "3d" else INTERVAL_MS[interval]
     off = _offset(interval)
     return (t - off) // step * step + off
 
 
 def ceil(t: int, interval: str) -> int:
-    """The first open time at or after instant ``t`` (ms)."""
+    """The first open time at or after instant ``t`` (ms) (for ``3d``: the first day boundary)."""
     start = floor(t, interval)
-    return start if start == t else next_open(start, interval)
+    if start == t:
+        return start
+    return start + DAY_MS if interval == "3d" else next_open(start, interval)
 
 
 def next_open(t: int, interval: str) -> int:
@@ -132,10 +136,8 @@ def slots(a: int, b: int, interval: str) -> int:
 
 
 def opens_between(a: int, b: int, interval: str) -> np.ndarray:
-    """Every open time in [a, b), starting at the grid point ``floor(a)`` or the next one."""
-    start = floor(a, interval)
-    if start < a:
-        start = next_open(start, interval)
+    """Every open time in [a, b), from the first grid point at or after ``a``."""
+    start = ceil(a, interval)
     if check(interval) == MONTH:
         n = slots(start, b, interval)
         return _ms(_months(start) + np.arange(n)) if n else np.empty(0, np.int64)
