@@ -291,10 +291,12 @@ class Settings(BaseSettings):
     @field_validator("symbol")
     @classmethod
     def _symbol(cls, v: str) -> str:
-        v = v.strip().upper()
-        if not re.fullmatch(r"[A-Z0-9]{2,20}", v):
-            raise ValueError("a symbol is letters and digits like BTCUSDT")
-        return v
+        from xylen.core.schema import normalize_symbol  # the one symbol rule (store, collect, train)
+
+        try:
+            return normalize_symbol(v)
+        except ConfigError:
+            raise ValueError("a symbol is letters and digits like BTCUSDT") from None
 
     @field_validator("interval")
     @classmethod
@@ -310,8 +312,15 @@ class Settings(BaseSettings):
     def _default_model(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = v.strip() or None  # XYLEN_DEFAULT_MODEL= (empty) means unset
-            if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", v):
-                raise ValueError("a model name is lowercase letters, digits, '.', '_' and '-', like btcusdt-5m")
+            if v is not None:
+                from xylen.core.registry import check_name  # the registry's one name rule
+
+                try:
+                    check_name(v)
+                except ConfigError:
+                    raise ValueError(
+                        "a model name is lowercase letters, digits, '.', '_' and '-', like btcusdt-5m"
+                    ) from None
         return v
 
     @field_validator("training_interval", mode="before")

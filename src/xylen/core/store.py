@@ -172,7 +172,8 @@ class Store:
 
         A folder's stamp (local disks: its inode and mtime) changes whenever an entry is added or removed. Within
         one clock tick another writer's new tail can go unseen; that costs at most a candle written twice (kept
-        once by every reader) or a compaction one append later, never a lost candle: a fold lists afresh."""
+        once by every reader) or a compaction one append later, never a lost candle: a fold deletes only the tails it
+        read and folded."""
         stamp = self._stamp(m.prefix)
         if stamp is not None:
             with self._times_lock:
