@@ -226,3 +226,18 @@ def test_an_imported_model_takes_its_features_by_name_too(tmp_path: Path) -> Non
         assert r.status_code == 200, r.text
         assert (r.json()["model"], r.json()["probability"]) == ("tobias-signal", booster_probability(TOBIAS, ROW))
 
+
+
+def test_a_model_file_naming_a_feature_twice_is_refused_as_import_refuses_it(tmp_path: Path) -> None:
+    """Features are sent by name: two columns of one name could not be told apart (renaming them all to f0..fN
+    would silently break the alpha's `indicators`)."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 3)), (rng.random(300) > 0.5).astype(float)
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1},
+                        lgb.Dataset(X, label=y, feature_name=["a", "b", "c"]), num_boost_round=3)
+    path = tmp_path / "model.txt"
+    path.write_text(booster.model_to_string().replace("feature_names=a b c", "feature_names=a b a"))
+    with pytest.raises(BundleError, match="names a feature more than once \\(a\\)"):
+        load_raw(path, "lightgbm")

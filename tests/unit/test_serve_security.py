@@ -133,9 +133,10 @@ def test_probes_answer_any_host_but_name_no_model(keyless: Any) -> None:
 
 def test_allowed_hosts_setting_adds_names(trained_home: Path) -> None:
     with client(trained_home, allowed_hosts="Xylen.Internal, 10.0.0.5,fd00::1") as c:
-        for host in ("xylen.internal", "xylen.internal:8000", "10.0.0.5:80", "[fd00::1]:8000", "localhost"):
+        for host in ("xylen.internal", "xylen.internal:8000", "10.0.0.5:80", "[fd00::1]:8000", "localhost",
+                     "xylen.internal.", "[fd00:0::1]", "[FD00::0001]:8000"):  # spelled as the entries are
             assert c.get("/models", headers=_raw_host(host)).status_code == 200, host
-        for host in ("evil.example", "xylen.internal.evil.example", "10.0.0.6"):
+        for host in ("evil.example", "xylen.internal.evil.example", "10.0.0.6", "xylen.internal..", "[fd00::2]"):
             assert c.get("/models", headers=_raw_host(host)).status_code == 421, host
     with client(trained_home, allowed_hosts="*") as c:
         assert c.get("/models", headers=_raw_host("anything.example")).status_code == 200

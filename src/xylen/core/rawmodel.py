@@ -93,8 +93,14 @@ def load_raw(path: str | Path, backend: str, *, num_threads: int = 1) -> ModelBu
     predictor = load_predictor(backend, path, **options)
     n = predictor.num_feature()
     names = list(predictor.feature_name()) if backend == "lightgbm" else [f"f{i}" for i in range(n)]  # type: ignore[attr-defined]
-    if len(names) != n or len(set(names)) != n:
+    if len(names) != n:
         names = [f"f{i}" for i in range(n)]
+    if len(set(names)) != n:  # as `xylen models import` refuses them: requests by name could not tell them apart
+        dup = sorted({x for x in names if names.count(x) > 1})[:5]
+        raise BundleError(
+            f"{str(path)!r} names a feature more than once ({', '.join(dup)}); requests send features by name.",
+            hint="re-save the model with one name per input column.",
+        )
     rows = golden_inputs(n)
     try:
         y = np.asarray(predictor.predict(rows), dtype=np.float64)

@@ -336,7 +336,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_hosts")
     @classmethod
     def _allowed_hosts(cls, v: str) -> str:
-        return ",".join(_host_entry(e) for e in v.split(",") if e.strip())
+        return ",".join(host_entry(e) for e in v.split(",") if e.strip())
 
     @property
     def data_dir(self) -> Path:
@@ -360,8 +360,10 @@ class Settings(BaseSettings):
 _HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 
 
-def _host_entry(entry: str) -> str:
-    """One XYLEN_ALLOWED_HOSTS entry, lowercased, IPv6 literals as "[::1]" (how a Host header spells them)."""
+def host_entry(entry: str) -> str:
+    """A host name as xylen compares it: lowercased, without a DNS root dot, IP literals in their shortest form and
+    IPv6 in brackets ("[::1]", how a Host header spells them). For XYLEN_ALLOWED_HOSTS entries and Host headers
+    alike, so that both spell one host the same way. ValueError for anything that is not a host name."""
     import ipaddress
 
     e = entry.strip().lower()
@@ -376,6 +378,7 @@ def _host_entry(entry: str) -> str:
         return f"[{ip.compressed}]"
     if ip is not None:
         return ip.compressed
+    e = e.removesuffix(".")  # the DNS root: "xylen.internal." is "xylen.internal"
     if not _HOST_NAME.fullmatch(e):
         raise ValueError(
             f"{entry.strip()!r} is not a host name; list names or IP addresses without scheme, port or path, "

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from xylen.core.errors import ConfigError
-from xylen.core.settings import Settings
+from xylen.core.settings import Settings, host_entry
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # ASGI scope key the gate sets to False when a probe came without a valid key (or from a Host a keyless server
@@ -155,7 +155,12 @@ class HostCheck:
             name, _, port = text.partition(":")
         if port and not port.isdigit():
             return False
-        return name in self.allowed or is_loopback(name)
+        if is_loopback(name):
+            return True
+        try:
+            return host_entry(name) in self.allowed  # spelled as the allowed entries are: [fd00:0::1] is [fd00::1]
+        except ValueError:
+            return False
 
 
 def check_bind(host: str, keys: KeyRing, allow_unauthenticated: bool) -> None:
