@@ -82,6 +82,30 @@ def golden_inputs(n_features: int, seed: int = 0) -> np.ndarray:
     return np.vstack([np.zeros(n_features), np.ones(n_features), rng.standard_normal((N_GOLDEN - 2, n_features))])
 
 
+def trial_golden(predictor: Any, path: Path, n_features: int, logit_fix: str) -> Golden:
+    """A trial prediction on the golden inputs, checked to be one probability in [0, 1] per row, as the golden
+    rows a loader verifies the model against later. ``logit_fix`` says what to do if the model gives logits."""
+    X = golden_inputs(n_features)
+    try:
+        y = np.asarray(predictor.predict(X), dtype=np.float64)
+    except BundleError:
+        raise
+    except Exception as exc:  # the library's own error on a trial prediction: the file is unusable here
+        raise BundleError(
+            f"{str(path)!r} failed on a ({len(X)}, {n_features}) input: {first_line(exc, 200)}",
+            hint="check the model's input width and dtype.",
+        ) from None
+    if y.shape != (len(X),):
+        raise BundleError(
+            f"{str(path)!r} returns shape {tuple(y.shape)} for {len(X)} rows; xylen serves binary "
+            "classifiers (one probability per row).",
+            hint="import a binary classifier.",
+        )
+    if not np.all(np.isfinite(y) & (y >= 0) & (y <= 1)):
+        raise BundleError(f"{str(path)!r} returns values outside [0, 1] (e.g. {float(y[0]):.4g}).", hint=logit_fix)
+    return Golden(rows=X.tolist(), outputs=y.tolist())
+
+
 def import_model(
     registry: Registry,
     path: Path,
@@ -126,27 +150,7 @@ def import_model(
                 f"{str(path)!r} takes {predictor.num_feature()} features but {len(names)} feature names were given.",
                 hint=f"pass exactly {predictor.num_feature()} names, in input order.",
             )
-        X = golden_inputs(len(names))
-        try:
-            y = predictor.predict(X)
-        except BundleError:
-            raise
-        except Exception as exc:
-            raise BundleError(
-                f"{str(path)!r} failed on a ({len(X)}, {len(names)}) input: {first_line(exc, 200)}",
-                hint="check the model's input width and dtype.",
-            ) from None
-        if y.shape != (len(X),):
-            raise BundleError(
-                f"{str(path)!r} returns shape {tuple(y.shape)} for {len(X)} rows; xylen serves binary "
-                "classifiers (one probability per row).",
-                hint="import a binary classifier.",
-            )
-        if not np.all(np.isfinite(y) & (y >= 0) & (y <= 1)):
-            raise BundleError(
-                f"{str(path)!r} returns values outside [0, 1] (e.g. {float(y[0]):.4g}).",
-                hint="if the model returns logits, pass --output logit.",
-            )
+        golden = trial_golden(predictor, path, len(names), "if the model returns logits, pass --output logit.")
         manifest = new_manifest(
             name=name,
             version="v0000",
@@ -155,7 +159,7 @@ def import_model(
             feature_set={"version": "external", "names": list(names)},
             output=output,
             source={"path": str(path.resolve()), "file": path.name},
-            golden=Golden(rows=X.tolist(), outputs=y.tolist()),
+            golden=golden,
         )
         write_manifest(staging, manifest)
         load_bundle(staging)
@@ -169,5 +173,5 @@ def import_model(
         backend=backend,
         promoted=promote,
         seconds=time.perf_counter() - t0,
-        checked_rows=len(X),
+        checked_rows=len(golden.rows),
     )

@@ -17,11 +17,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
 from xylen.core.backends import load_predictor
-from xylen.core.bundle import Golden, ModelBundle, artifact_info, new_manifest
-from xylen.core.errors import BundleError, ConfigError, DataError, first_line
+from xylen.core.bundle import ModelBundle, artifact_info, new_manifest
+from xylen.core.errors import BundleError, ConfigError, DataError
 
 BACKENDS = ("lightgbm", "onnx", "torch")
 _ONNX_SUFFIXES = (".onnx",)
@@ -81,7 +79,7 @@ def raw_name(path: Path) -> str:
 
 def load_raw(path: str | Path, backend: str, *, num_threads: int = 1) -> ModelBundle:
     """Load a bare model file as an in-memory bundle (feature set "external"). Raises BundleError/ConfigError."""
-    from xylen.core.convert import golden_inputs
+    from xylen.core.convert import trial_golden  # the trial prediction `xylen models import` makes, too
 
     path = Path(path)
     if not path.is_file():
@@ -101,22 +99,13 @@ def load_raw(path: str | Path, backend: str, *, num_threads: int = 1) -> ModelBu
             f"{str(path)!r} names a feature more than once ({', '.join(dup)}); requests send features by name.",
             hint="re-save the model with one name per input column.",
         )
-    rows = golden_inputs(n)
-    try:
-        y = np.asarray(predictor.predict(rows), dtype=np.float64)
-    except BundleError:
-        raise
-    except Exception as exc:  # the library's own error on a trial prediction: the file is unusable here
-        raise BundleError(
-            f"{str(path)!r} failed a trial prediction on {n} features: {first_line(exc, 200)}",
-            hint="check the model's input width and dtype.",
-        ) from None
-    if y.shape != (len(rows),) or not np.all(np.isfinite(y) & (y >= 0) & (y <= 1)):
-        raise BundleError(
-            f"{str(path)!r} does not return one probability in [0, 1] per row (got shape {y.shape}).",
-            hint="serve binary classifiers that output probabilities; for logits, import the model with "
-            "`xylen models import FILE --backend ... --output logit --promote` and serve the registry.",
-        )
+    golden = trial_golden(
+        predictor,
+        path,
+        n,
+        "serve binary classifiers that output probabilities; for logits, import the model with "
+        "`xylen models import FILE --backend ... --output logit --promote` and serve the registry.",
+    )
     art = artifact_info(path)
     manifest = new_manifest(
         name=raw_name(path),
@@ -126,6 +115,6 @@ def load_raw(path: str | Path, backend: str, *, num_threads: int = 1) -> ModelBu
         feature_set={"version": "external", "names": names},
         output="probability",
         source={"path": str(path.resolve()), "file": path.name, "raw": True},
-        golden=Golden(rows=rows.tolist(), outputs=y.tolist()),
+        golden=golden,
     )
     return ModelBundle(path.parent, manifest, predictor)

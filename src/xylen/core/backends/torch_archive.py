@@ -68,6 +68,7 @@ def inspect_archive(path: Path) -> None:
             raise zipfile.BadZipFile("does not start like a torch zip archive")
         with zipfile.ZipFile(path) as zf:
             _inspect(path, zf)
+    # NotImplementedError is zipfile's answer to a compression method it lacks: a crafted archive, not a stub
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError):
         raise BundleError(
             f"{str(path)!r} is not a TorchScript archive (not a zip file as torch.jit.save writes one).",
