@@ -185,10 +185,56 @@ class Settings(BaseSettings):
         description="Backtest: go long while the predicted probability is at least this.",
     )
     training_interval: float = Field(
-        3600.0,
+        1800.0,
         gt=0,
         validation_alias=_alias("training_interval"),
-        description="Seconds between retrains (also 30m, 6h, 1d); for `xylen retrain --loop`, which is not built yet.",
+        description="Seconds between runs of `xylen retrain --loop` (also 30m, 6h, 1d); the alpha's default 1800.",
+    )
+    retrain_min_new_samples: int = Field(
+        100,
+        ge=1,
+        validation_alias=_alias("retrain_min_new_samples"),
+        description="`xylen retrain` does nothing for a model until this many closed candles arrived after its "
+        "training window.",
+    )
+    retrain_holdout: int = Field(
+        2000,
+        ge=200,
+        validation_alias=_alias("retrain_holdout"),
+        description="The retrain gate's holdout: the most recent max(this many candles, 10% of the window).",
+    )
+    retrain_tolerance: float = Field(
+        0.001,
+        ge=0,
+        lt=1,
+        validation_alias=_alias("retrain_tolerance"),
+        description="Promote a retrained candidate when its holdout log-loss <= the live model's + this.",
+    )
+    retrain_max_warm_starts: int = Field(
+        5,
+        ge=0,
+        validation_alias=_alias("retrain_max_warm_starts"),
+        description="`--warm-start` does a full refit instead after this many warm starts in a row.",
+    )
+    retrain_warm_rounds: int = Field(
+        50,
+        ge=1,
+        le=10000,
+        validation_alias=_alias("retrain_warm_rounds"),
+        description="Trees a warm start adds to the live model.",
+    )
+    keep_versions: int = Field(
+        10,
+        ge=1,
+        validation_alias=_alias("keep_versions"),
+        description="Retention: keep the last N versions of each model (plus pinned ones, the live one and the "
+        "rollback target).",
+    )
+    model_max_age: float = Field(
+        7 * 86400.0,
+        gt=0,
+        validation_alias=_alias("model_max_age"),
+        description="A live model created longer ago than this (seconds, or 12h, 7d) is flagged stale.",
     )
     # --- serving ---------------------------------------------------------------------------------------
     model_path: Path | None = Field(
@@ -323,7 +369,7 @@ class Settings(BaseSettings):
                     ) from None
         return v
 
-    @field_validator("training_interval", mode="before")
+    @field_validator("training_interval", "model_max_age", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         if isinstance(v, str):
