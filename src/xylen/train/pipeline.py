@@ -15,7 +15,15 @@ import numpy as np
 import polars as pl
 
 from xylen.core import features, labels
-from xylen.core.bundle import TrainingWindow, artifact_info, load_bundle, make_golden, new_manifest, write_manifest
+from xylen.core.bundle import (
+    Golden,
+    TrainingWindow,
+    artifact_info,
+    load_bundle,
+    make_golden,
+    new_manifest,
+    write_manifest,
+)
 from xylen.core.candles import ReadResult, combine, fmt_ts, infer_interval, read_candles, validate
 from xylen.core.errors import DataError, TrainingError
 from xylen.core.intervals import approx_ms
@@ -25,7 +33,7 @@ from xylen.core.settings import Settings
 from xylen.core.store import Store
 from xylen.profiles import Profile, resolve
 from xylen.train import evaluate
-from xylen.train.dataset import build
+from xylen.train.dataset import Dataset, build
 from xylen.train.threads import training_threads
 
 SAMPLE_FILE = "BTCUSDT-5m-2023.parquet"
@@ -33,6 +41,7 @@ SAMPLE_SERIES = ("BTCUSDT", "5m")
 BASE_RSS_BYTES = 300 * 2**20  # python + numpy + polars + lightgbm + matplotlib, measured ~250 MB
 BYTES_PER_ROW = 1600  # features, fold subsets, LightGBM bins, transient windows (measured ~1.2 KB)
 N_GOLDEN = 8
+OHLCV = ("open", "high", "low", "close", "volume")
 
 Progress = Callable[[str, float], None]  # (step description, fraction done 0..1)
 
@@ -228,17 +237,6 @@ def train(
     with registry.stage(name) as staging:
         model_file = staging / "model.txt"
         booster.save_model(str(model_file))
-        golden_rows = ds.X[rows[np.linspace(0, len(rows) - 1, N_GOLDEN).astype(int)]]
-        last = int(rows[-1])
-        window = np.column_stack(
-            [
-                ds.open_time[last - features.LOOKBACK : last + 1].astype(np.float64),
-                *(
-                    df[c].to_numpy()[last - features.LOOKBACK : last + 1]
-                    for c in ("open", "high", "low", "close", "volume")
-                ),
-            ]
-        )
         manifest = new_manifest(
             name=name,
             version="v0000",
@@ -260,7 +258,7 @@ def train(
                 "data_source": source,
                 "warnings": warnings,
             },
-            golden=make_golden(lambda X: booster.predict(X, num_threads=1), golden_rows, window),
+            golden=golden_of(booster, ds, df, rows),
         )
         write_manifest(staging, manifest)
         load_bundle(staging)  # verify what we wrote exactly as a server would, before anyone can see it
@@ -292,6 +290,19 @@ def train(
         seconds=time.perf_counter() - t0,
         peak_rss_mb=peak_rss_mb(),
     )
+
+
+def golden_of(booster: Any, ds: Dataset, df: pl.DataFrame, rows: np.ndarray) -> Golden:
+    """Golden rows spread over the fitted rows, and the candle window of the last one, with the booster's outputs."""
+    golden_rows = ds.X[rows[np.linspace(0, len(rows) - 1, N_GOLDEN).astype(int)]]
+    last = int(rows[-1])
+    window = np.column_stack(
+        [
+            ds.open_time[last - features.LOOKBACK : last + 1].astype(np.float64),
+            *(df[c].to_numpy()[last - features.LOOKBACK : last + 1] for c in OHLCV),
+        ]
+    )
+    return make_golden(lambda X: booster.predict(X, num_threads=1), golden_rows, window)
 
 
 def summarize(ev: evaluate.Evaluation, bt: evaluate.Backtest) -> dict[str, Any]:

@@ -1,0 +1,137 @@
+"""`xylen retrain`: keep live models fresh -- once (cron) or as a loop (a service)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from xylen.cli import app, err, handled, out, settings_from
+
+if TYPE_CHECKING:
+    from xylen.train.retrain import RunReport
+
+RETRAIN_EPILOG = (
+    "Outcomes per model: promoted, kept (the gate refused the candidate), nothing_new (too few new candles, or "
+    "too few for a fair holdout yet), skipped (an imported model, with --all), busy (another retrain is running), "
+    "conflict (someone promoted another version meanwhile), error.\n\n"
+    "Exit codes: 0 when it ran without error (promoted, kept, nothing new, skipped, busy); otherwise the documented "
+    "error codes (2 settings or unwritable XYLEN_HOME, 3 data, 4 model or registry, 5 training, 1 bug), the most "
+    "severe winning with several models (1 > 4 > 5 > 3 > 2); 130 if interrupted. With --strict-exit: kept or "
+    "conflict 10, nothing new or skipped 11, busy 12.\n\n"
+    "--loop runs until SIGTERM or Ctrl-C (then exits 0; a run in progress is aborted and leaves nothing "
+    "half-written)."
+)
+
+
+@app.command("retrain", epilog=RETRAIN_EPILOG)
+def retrain_cmd(
+    ctx: typer.Context,
+    names: list[str] = typer.Argument(None, help="Models to retrain (default: the only live one)."),
+    all_: bool = typer.Option(False, "--all", help="Every live model; imported ones are skipped with the reason."),
+    min_new_samples: int = typer.Option(
+        None,
+        "--min-new-samples",
+        min=1,
+        help="Do nothing for a model until this many closed candles arrived after its training window "
+        "(default XYLEN_RETRAIN_MIN_NEW_SAMPLES, 100).",
+    ),
+    warm_start: bool = typer.Option(
+        False,
+        "--warm-start/--full",
+        help="Continue boosting the live model on the newest candles instead of a full refit (a full refit is "
+        "forced after XYLEN_RETRAIN_MAX_WARM_STARTS warm starts in a row). Default: --full.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (per model: outcome, gate, watch)."),
+    strict_exit: bool = typer.Option(
+        False, "--strict-exit", help="Distinct exit codes for kept (10), nothing new (11) and busy (12)."
+    ),
+    loop: bool = typer.Option(False, "--loop", help="Run again every --interval seconds until stopped."),
+    interval: str = typer.Option(
+        None, "--interval", help="Seconds between runs of --loop (also 30m, 6h); default TRAINING_INTERVAL (1800)."
+    ),
+    lock_fd: int = typer.Option(None, "--lock-fd", hidden=True, help="Used by xylen serve for its retrain jobs."),
+) -> None:
+    """Retrain live models on the candles `xylen collect` stored, gate each candidate against the live model on
+    the most recent holdout, and promote it only if it is no worse (running servers swap it in).
+
+    Example: xylen collect --once && xylen retrain --all
+    """
+    with handled():
+        overrides: dict[str, Any] = {}
+        if interval is not None:
+            overrides["training_interval"] = interval
+        settings = settings_from(ctx, **overrides)
+        from xylen.train.retrain import RetrainOptions
+
+        opts = RetrainOptions(
+            names=names or (),
+            all=all_,
+            min_new_samples=min_new_samples,
+            mode="warm" if warm_start else "full",
+            lock_fd=lock_fd,
+        )
+        if loop:
+            if lock_fd is not None:
+                from xylen.core.errors import ConfigError
+
+                raise ConfigError("--lock-fd cannot be used with --loop.", hint="leave --lock-fd out.")
+            from xylen.train.loop import child_args, run_loop
+
+            code = run_loop(settings, child_args(names or (), all_, min_new_samples, warm_start), as_json=as_json)
+            raise typer.Exit(code)
+        code = run_once(settings, opts, as_json=as_json, strict=strict_exit)
+    raise typer.Exit(code)
+
+
+def run_once(settings: Any, opts: Any, *, as_json: bool, strict: bool) -> int:
+    import orjson
+
+    from xylen.core.errors import XylenError
+    from xylen.train.retrain import Terminated, error_of, retrain, sigterm_unwinds
+
+    try:
+        with sigterm_unwinds():
+            report = retrain(settings, opts)
+    except Terminated:
+        msg = "terminated by SIGTERM; the run was aborted and nothing was left half-written."
+        if as_json:
+            typer.echo(orjson.dumps({"status": "error", "message": msg, "samples_used": 0, "exit_code": 130}))
+        else:
+            err.print(msg)
+        return 130
+    except XylenError as exc:
+        if not as_json:
+            raise
+        body = {"status": "error", "message": exc.message, "samples_used": 0, "exit_code": exc.exit_code}
+        typer.echo(orjson.dumps(body | {"error": error_of(exc), "results": []}).decode())
+        return exc.exit_code
+    if as_json:
+        typer.echo(orjson.dumps(report.to_dict(strict), option=orjson.OPT_SERIALIZE_NUMPY).decode())
+    else:
+        print_report(report)
+    return report.exit_code(strict)
+
+
+STYLE = {"promoted": "green", "kept": "yellow", "conflict": "yellow", "error": "red"}
+
+
+def print_report(report: RunReport) -> None:
+    from rich.markup import escape
+
+    for r in report.results:
+        style = STYLE.get(r.outcome, "")
+        head = f"[{style}]{r.name}[/]" if style else r.name
+        out.print(f"{head}: {escape(r.message)}", markup=True)
+        g = r.gate
+        if g and g.get("live"):
+            out.print(
+                f"  holdout {g['holdout']['rows']} candles over {g['holdout']['days']} days: log-loss candidate "
+                f"{g['candidate']['logloss']:.5f} vs live {g['live']['logloss']:.5f}; AUC "
+                f"{g['candidate']['auc']:.4f} vs {g['live']['auc']:.4f}"
+            )
+        if r.pruned:
+            out.print(f"  retention removed {', '.join(r.pruned)}")
+        if r.error and r.error.get("hint"):
+            err.print(f"[yellow]hint:[/] {escape(str(r.error['hint']))}", markup=True)
+    out.print(f"took {report.seconds:.1f} s")

@@ -1,0 +1,137 @@
+"""The retrain gate: may a retrained candidate replace the live model?
+
+Both models are scored on the same most recent *purged holdout*, which neither trained on: the last
+max(XYLEN_RETRAIN_HOLDOUT, 10% of the window) usable rows; training rows whose label looks into the holdout (the
+last ``horizon`` before it) are purged. The score is log-loss, a proper scoring rule (AUC is reported beside it,
+but AUC ignores calibration and a model can gain AUC while its probabilities get worse). The candidate is promoted
+when its log-loss is at most the live model's plus a tolerance.
+
+The difference of the two log-losses comes with a paired day-block bootstrap interval: the per-candle loss
+differences are grouped by UTC day (neighbouring candles' labels overlap and volatility clusters, so single candles
+are not independent draws; a day is), whole days are resampled with replacement, and the 2.5% and 97.5% quantiles of
+the resampled mean difference bound it. "Paired" because both models are scored on the very same candles, which
+cancels most of the candle-to-candle noise. The interval is recorded, not used in the decision: the tolerance rule
+is the documented gate, the interval says how sure it could be.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xylen.train import metrics
+
+HOLDOUT_FRACTION = 0.10
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+DAY_MS = 86_400_000
+SEED = 7
+_EPS = 1e-15
+
+
+def holdout_size(n_rows: int, minimum: int) -> int:
+    return max(minimum, math.ceil(HOLDOUT_FRACTION * n_rows))
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray  # dataset row indices the candidate may fit on
+    holdout: np.ndarray  # the most recent rows, scored by both models
+    purged: int  # training rows dropped because their labels reach into the holdout
+
+
+def split(rows: np.ndarray, horizon: int, size: int) -> Split:
+    """The last ``size`` of ``rows`` (dataset row indices in time order) are the holdout; a row's label reads the
+    next ``horizon`` candles, so training rows up to ``horizon`` before the holdout are purged."""
+    holdout = rows[-size:]
+    before = rows[: len(rows) - size]
+    train = before[before + horizon < holdout[0]]
+    return Split(train, holdout, len(before) - len(train))
+
+
+def row_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def day_block_interval(
+    diff: np.ndarray, open_time: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = SEED
+) -> tuple[float, float, int]:
+    """(low, high, number of days) of the paired day-block bootstrap interval of mean(diff)."""
+    day = (np.asarray(open_time, dtype=np.int64) // DAY_MS).astype(np.int64)
+    _, block = np.unique(day, return_inverse=True)
+    n_blocks = int(block.max()) + 1 if len(block) else 0
+    if n_blocks < 2:
+        return float("nan"), float("nan"), n_blocks
+    sums = np.bincount(block, weights=diff, minlength=n_blocks)
+    counts = np.bincount(block, minlength=n_blocks).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, n_blocks, size=(resamples, n_blocks))
+    means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    alpha = (1 - CONFIDENCE) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi), n_blocks
+
+
+def _score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    return {"logloss": metrics.logloss(y, p), "auc": metrics.auc(y, p)}
+
+
+def compare(
+    y: np.ndarray,
+    open_time: np.ndarray,
+    p_candidate: np.ndarray,
+    p_live: np.ndarray | None,
+    *,
+    tolerance: float,
+    base_rate: float,
+    purged: int,
+) -> dict[str, Any]:
+    """The gate's record: both scores, the difference with its interval, and the decision.
+
+    ``p_live`` None means the live model could not be scored (its bundle is corrupt): the candidate must then beat
+    the constant prediction ``base_rate`` (the training rows' share of 1 labels), the least any model must do."""
+    y = np.asarray(y, dtype=np.float64)
+    cand = _score(y, p_candidate)
+    base_p = np.full(len(y), min(max(base_rate, _EPS), 1 - _EPS))
+    base = {"logloss": metrics.logloss(y, base_p)}
+    reference = p_live if p_live is not None else base_p
+    diff = row_losses(y, p_candidate) - row_losses(y, reference)
+    lo, hi, days = day_block_interval(diff, open_time)
+    mean = float(diff.mean())
+    against = "the live model" if p_live is not None else "the constant base rate (the live model is unreadable)"
+    allowed = tolerance if p_live is not None else 0.0
+    promote = mean <= allowed
+    ref_ll = cand["logloss"] - mean
+    verdict = "at most" if promote else "above"
+    reason = (
+        f"candidate log-loss {cand['logloss']:.5f} is {verdict} {against}'s {ref_ll:.5f}"
+        + (f" + tolerance {tolerance:g}" if p_live is not None else "")
+        + f" (difference {mean:+.5f}, {CONFIDENCE:.0%} day-block interval "
+        + (f"[{lo:+.5f}, {hi:+.5f}] over {days} days)" if days >= 2 else f"not available: {days} day)")
+    )
+    return {
+        "holdout": {
+            "rows": len(y),
+            "first_open_time": int(open_time[0]),
+            "last_open_time": int(open_time[-1]),
+            "days": days,
+            "purged": purged,
+            "positive_rate": float(y.mean()),
+        },
+        "metric": "logloss",
+        "candidate": cand,
+        "live": _score(y, p_live) if p_live is not None else None,
+        "base_rate": base | {"p": float(base_p[0])},
+        "difference": mean,
+        "interval": [lo, hi] if days >= 2 else None,
+        "confidence": CONFIDENCE,
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "block": "UTC day", "blocks": days, "seed": SEED},
+        "tolerance": tolerance,
+        "compared_with": "live" if p_live is not None else "base_rate",
+        "decision": "promote" if promote else "keep",
+        "reason": reason,
+    }

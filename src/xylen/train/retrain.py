@@ -1,0 +1,429 @@
+"""`xylen retrain`, once: new candles in the store -> a candidate -> the gate -> maybe a promotion.
+
+For each model: read the live version's manifest (its feature set, label, series and parameters are kept: changing
+them is a new model, made with `xylen train`), count the closed candles the store holds beyond its training window,
+and with enough of them train a candidate on the latest window -- a full refit with the live model's parameters, or
+(``--warm-start``) more trees boosted onto the live model (LightGBM ``init_model``). The candidate is published as a
+new immutable version whatever the gate decides (its manifest records both scores, the interval and the decision),
+and promoted only when the gate passes and the live version is still the one it was compared with
+(``Registry.promote(expect_live=...)``: a trainer never replaces a version someone promoted meanwhile).
+
+Runs never overlap: the whole run holds core/runlock.RunLock on XYLEN_HOME.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from xylen.core import features, labels
+from xylen.core.bundle import (
+    Manifest,
+    TrainingWindow,
+    artifact_info,
+    load_bundle,
+    new_manifest,
+    verify_artifact,
+    write_manifest,
+)
+from xylen.core.errors import BundleError, ConfigError, DataError, TrainingError, XylenError
+from xylen.core.intervals import approx_ms
+from xylen.core.registry import PromotionConflict, Registry
+from xylen.core.runlock import RunLock, describe
+from xylen.core.settings import Settings
+from xylen.core.store import Store
+from xylen.profiles import Profile, resolve
+from xylen.train import gate
+from xylen.train.dataset import build
+from xylen.train.pipeline import cap_rows, golden_of, peak_rss_mb
+from xylen.train.threads import training_threads
+
+Outcome = Literal["promoted", "kept", "nothing_new", "skipped", "busy", "conflict", "error"]
+Mode = Literal["full", "warm"]
+
+MIN_TRAIN_ROWS = 1000  # a candidate fitted on fewer rows than this is not worth a gate
+WARM_MIN_ROWS = 5000  # a warm start fits its trees on at least the most recent this many training rows
+# exit codes of --strict-exit (documented in the README and `xylen retrain --help`)
+STRICT_CODES = {"kept": 10, "conflict": 10, "nothing_new": 11, "skipped": 11, "busy": 12}
+# with several models, the exit code of the most severe error wins (internal, then model, training, data, config)
+SEVERITY = (1, 4, 5, 3, 2, 6)
+
+
+class Terminated(BaseException):
+    """SIGTERM during a run: unwinds like Ctrl-C, so every staging folder and the lock are cleaned up."""
+
+
+@dataclass
+class RetrainOptions:
+    names: Sequence[str] = ()
+    all: bool = False
+    min_new_samples: int | None = None  # default: settings.retrain_min_new_samples
+    mode: Mode = "full"
+    lock_fd: int | None = None  # the lock, handed over by `xylen serve` (see core/runlock.py)
+    by: str = "cli"
+    # called between the gate and the promotion (tests: a concurrent promotion, a kill at that point)
+    before_promote: Callable[[str, str], None] | None = None
+
+
+@dataclass
+class ModelResult:
+    name: str
+    outcome: Outcome
+    message: str
+    live_version: str | None = None
+    candidate_version: str | None = None
+    mode: Mode | None = None
+    new_candles: int | None = None
+    samples_used: int = 0
+    gate: dict[str, Any] | None = None
+    watch: dict[str, Any] | None = None
+    pruned: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    error: dict[str, Any] | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.error["exit_code"]) if self.error else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["seconds"] = round(self.seconds, 2)
+        d["peak_rss_mb"] = round(self.peak_rss_mb, 1)
+        return d
+
+
+@dataclass
+class RunReport:
+    results: list[ModelResult]
+    seconds: float = 0.0
+
+    def exit_code(self, strict: bool = False) -> int:
+        codes = {r.exit_code for r in self.results} - {0}
+        for code in SEVERITY:
+            if code in codes:
+                return code
+        if codes:
+            return max(codes)
+        if strict:
+            stricts = [STRICT_CODES[r.outcome] for r in self.results if r.outcome in STRICT_CODES]
+            return max(stricts, default=0)
+        return 0
+
+    def to_dict(self, strict: bool = False) -> dict[str, Any]:
+        errors = any(r.error for r in self.results)
+        return {
+            "status": "error" if errors else "success",
+            "message": "; ".join(f"{r.name}: {r.message}" for r in self.results) or "no models",
+            "samples_used": sum(r.samples_used for r in self.results),
+            "exit_code": self.exit_code(strict),
+            "seconds": round(self.seconds, 2),
+            "peak_rss_mb": round(max((r.peak_rss_mb for r in self.results), default=peak_rss_mb()), 1),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def error_of(exc: XylenError) -> dict[str, Any]:
+    return {"exit_code": exc.exit_code, "type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into an exception for the duration (main thread only): staging folders and the lock are released
+    by the normal unwinding, and nothing half-written stays visible."""
+
+    def _raise(_sig: int, _frame: object) -> None:
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def retrain(settings: Settings, opts: RetrainOptions, profile: Profile | None = None) -> RunReport:
+    """One run over the chosen models. Raises only for what stops the whole run (an unwritable XYLEN_HOME, an
+    unknown model name); per-model problems are results."""
+    t0 = time.perf_counter()
+    registry = Registry(settings.models_dir)
+    names = choose(registry, opts)
+    lock = RunLock(settings.home)
+    if opts.lock_fd is not None:
+        lock.adopt(opts.lock_fd)
+    elif not lock.try_acquire(by=opts.by, models=names):
+        who = describe(lock.holder())
+        msg = f"not run: {who} is retraining on this XYLEN_HOME (runs never overlap)"
+        return RunReport([ModelResult(n, "busy", msg) for n in names], time.perf_counter() - t0)
+    with lock:
+        profile = profile or resolve(
+            settings.profile, max_memory_gb=settings.lgbm_max_memory_gb, num_threads=settings.lgbm_num_threads
+        )
+        threads, _why = training_threads(profile.threads, explicit=settings.lgbm_num_threads is not None)
+        profile = replace(profile, threads=threads)
+        store = Store(settings.data_dir)
+        results = []
+        for name in names:
+            t1 = time.perf_counter()
+            try:
+                r = retrain_model(settings, registry, store, name, opts, profile, explicit=not opts.all)
+            except XylenError as exc:
+                r = ModelResult(name, "error", exc.message, error=error_of(exc))
+            r.pruned = _prune(registry, name, settings, r)
+            r.watch = _watch(settings, registry, store, name, r)
+            r.seconds = time.perf_counter() - t1
+            r.peak_rss_mb = peak_rss_mb()
+            results.append(r)
+    return RunReport(results, time.perf_counter() - t0)
+
+
+def choose(registry: Registry, opts: RetrainOptions) -> list[str]:
+    if opts.all and opts.names:
+        raise ConfigError(f"Both model names {list(opts.names)} and --all given.", hint="use one or the other.")
+    if opts.names:
+        return [registry.resolve_name(n) for n in dict.fromkeys(opts.names)]
+    live = registry.live_names()
+    if not live:
+        raise BundleError(
+            f"The registry {str(registry.root)!r} has no live models to retrain.", hint="train one: `xylen train`."
+        )
+    if opts.all or len(live) == 1:
+        return live
+    raise ConfigError(f"Several live models ({', '.join(live)}); say which to retrain.", hint="name them, or --all.")
+
+
+def not_retrainable(m: Manifest) -> str | None:
+    """Why ``xylen retrain`` cannot retrain a version (None if it can)."""
+    if m.backend != "lightgbm":
+        return f"it is an imported {m.backend} model; retrain it where it was made and import the new version"
+    if m.feature_set.version != features.VERSION or list(m.feature_set.names) != list(features.NAMES):
+        return (
+            f"it uses feature set {m.feature_set.version!r} and this xylen computes {features.VERSION!r}; "
+            "make a new model with `xylen train`"
+        )
+    if not (m.symbol and m.interval and m.training_window and m.label.get("horizon") is not None):
+        return "its manifest names no series, training window or label (an imported model); use `xylen train`"
+    return None
+
+
+def retrain_model(
+    settings: Settings,
+    registry: Registry,
+    store: Store,
+    name: str,
+    opts: RetrainOptions,
+    profile: Profile,
+    *,
+    explicit: bool = True,
+) -> ModelResult:
+    import lightgbm as lgb
+
+    ptr = registry.current(name)
+    if ptr is None:
+        raise BundleError(
+            f"Model {name!r} has no live version to retrain.",
+            hint=f"promote one (`xylen models promote {name} vNNNN`) or train one with `xylen train`.",
+        )
+    live_dir = registry.path(name, ptr.version)
+    m = registry.manifest(name, ptr.version)  # unreadable: a BundleError, nothing to keep the label from
+    why = not_retrainable(m)
+    if why:
+        if explicit:
+            raise BundleError(f"Cannot retrain {name!r} {ptr.version}: {why}.", hint="retrain another model.")
+        return ModelResult(name, "skipped", f"skipped: {why}", live_version=ptr.version)
+    assert m.symbol and m.interval and m.training_window
+    res = ModelResult(name, "error", "", live_version=ptr.version)
+    live_problem: str | None = None
+    live = None
+    try:
+        verify_artifact(live_dir, m)
+        live = lgb.Booster(model_file=str(live_dir / m.artifact.file))
+    except (BundleError, lgb.basic.LightGBMError, OSError) as exc:
+        live_problem = exc.message if isinstance(exc, BundleError) else str(exc)[:200]
+
+    df = store.read(m.symbol, m.interval)
+    if df.height == 0:
+        raise DataError(
+            f"No {m.symbol} {m.interval} candles in the store {str(store.klines)!r} to retrain {name!r} on.",
+            hint=f"collect them: `xylen collect --symbols {m.symbol} --intervals {m.interval} --once`.",
+        )
+    tw = m.training_window
+    open_time = df["open_time"].to_numpy()
+    new = int((open_time > tw.last_open_time).sum())
+    res.new_candles = new
+    k = opts.min_new_samples if opts.min_new_samples is not None else settings.retrain_min_new_samples
+    if new < k and live_problem is None:
+        res.outcome, res.message = "nothing_new", f"nothing new: {new} of {k} new closed candles since the live window"
+        return res
+
+    keep, _reason = cap_rows(df.height, profile, approx_ms(m.interval))
+    df = df.tail(keep)
+    spec = labels.LabelSpec(horizon=int(m.label["horizon"]), threshold=float(m.label["threshold"]))
+    ds = build(df, m.interval, spec)
+    rows = ds.rows
+    size = gate.holdout_size(len(rows), settings.retrain_holdout)
+    if len(rows) < size + MIN_TRAIN_ROWS:
+        raise DataError(
+            f"{m.symbol} {m.interval}: {len(rows)} usable candles are too few for a {size}-candle holdout plus "
+            f"{MIN_TRAIN_ROWS} to train on.",
+            hint="collect more history (`xylen collect --since ...`) or lower XYLEN_RETRAIN_HOLDOUT (at least 200).",
+        )
+    sp = gate.split(rows, spec.horizon, size)
+    # the live model must not have trained on the holdout (nor on labels reaching into it): else it would be
+    # scored in-sample and the comparison would be rigged in its favour. Wait for enough new candles instead.
+    live_last = int(np.searchsorted(ds.open_time, tw.last_open_time, side="right")) - 1
+    if live_problem is None and live_last >= 0 and live_last + spec.horizon >= sp.holdout[0]:
+        more = live_last + spec.horizon + 1 - int(sp.holdout[0])
+        res.outcome = "nothing_new"
+        res.message = (
+            f"nothing to compare yet: the live model trained on candles up to {_ts(tw.last_open_time)}, inside the "
+            f"most recent {size}-candle holdout; a fair gate needs about {more} more new candles"
+        )
+        return res
+
+    params = {k2: v for k2, v in m.params.items() if k2 != "num_boost_round"} | {"num_threads": profile.threads}
+    rounds = int(m.params.get("num_boost_round", 100))
+    X, y = ds.X, np.nan_to_num(ds.y, nan=0.0)
+    if len(np.unique(y[sp.train])) < 2:
+        raise TrainingError(
+            f"Every training label of {name!r} is {int(y[sp.train][0])}.",
+            hint="the label threshold does not suit this data; make a new model with `xylen train --threshold`.",
+        )
+    warm_row = int((m.model_extra or {}).get("retrain", {}).get("warm_starts_in_row", 0))
+    mode: Mode = opts.mode
+    forced = None
+    if mode == "warm" and live is None:
+        mode, forced = "full", "the live model is unreadable, so there is nothing to continue"
+    elif mode == "warm" and warm_row >= settings.retrain_max_warm_starts:
+        mode, forced = "full", f"{warm_row} warm starts in a row (XYLEN_RETRAIN_MAX_WARM_STARTS)"
+    fit = sp.train
+    if mode == "warm":
+        fresh = int((ds.open_time[fit] > tw.last_open_time).sum())
+        fit = fit[-max(fresh, min(WARM_MIN_ROWS, len(fit))) :]
+    dset = lgb.Dataset(X[fit], label=y[fit], feature_name=list(features.NAMES), params={"max_bin": params["max_bin"]})
+    if mode == "warm":
+        booster = lgb.train(params, dset, num_boost_round=settings.retrain_warm_rounds, init_model=live)
+        first_open = tw.first_open_time
+    else:
+        booster = lgb.train(params, dset, num_boost_round=rounds)
+        first_open = int(ds.open_time[fit[0]])
+    res.mode, res.samples_used = mode, len(fit)
+
+    hold = sp.holdout
+    p_cand = np.asarray(booster.predict(X[hold], num_threads=1))
+    p_live = np.asarray(live.predict(X[hold], num_threads=1)) if live is not None else None
+    verdict = gate.compare(
+        ds.y[hold],
+        ds.open_time[hold],
+        p_cand,
+        p_live,
+        tolerance=settings.retrain_tolerance,
+        base_rate=float(y[sp.train].mean()),
+        purged=sp.purged,
+    )
+    res.gate = verdict
+    retrain_info = {
+        "mode": mode,
+        "parent": ptr.version,
+        "warm_starts_in_row": warm_row + 1 if mode == "warm" else 0,
+        "forced_full": forced,
+        "new_candles": new,
+        "live_problem": live_problem,
+        "data_source": f"store {store.series_dir(m.symbol, m.interval)}",
+    }
+    with registry.stage(name) as staging:
+        model_file = staging / "model.txt"
+        booster.save_model(str(model_file))
+        manifest = new_manifest(
+            name=name,
+            version="v0000",
+            backend="lightgbm",
+            artifact=artifact_info(model_file),
+            feature_set=m.feature_set.model_dump(),
+            label=m.label,
+            symbol=m.symbol,
+            interval=m.interval,
+            training_window=TrainingWindow(
+                first_open_time=first_open, last_open_time=int(ds.open_time[fit[-1]]), rows=len(fit)
+            ),
+            profile=profile.to_dict(),
+            params=params | {"num_boost_round": booster.current_iteration()},
+            metrics={
+                "auc_holdout": verdict["candidate"]["auc"],
+                "logloss_holdout": verdict["candidate"]["logloss"],
+                "data_source": retrain_info["data_source"],
+            },
+            golden=golden_of(booster, ds, df, fit),
+            gate=verdict,
+            retrain=retrain_info,
+        )
+        write_manifest(staging, manifest)
+        load_bundle(staging)  # what we wrote loads as a server would load it, before anyone can see it
+        version = registry.publish(name, staging)
+    res.candidate_version = version
+    how = f"{'warm start' if mode == 'warm' else 'full refit'} on {len(fit)} candles" + (
+        f" (full refit forced: {forced})" if forced else ""
+    )
+    if verdict["decision"] != "promote":
+        res.outcome = "kept"
+        res.message = f"kept {ptr.version}; candidate {version} ({how}) refused: {verdict['reason']}"
+        return res
+    if opts.before_promote is not None:
+        opts.before_promote(name, version)
+    try:
+        registry.promote(name, version, expect_live=ptr.version)
+    except PromotionConflict as exc:
+        res.outcome = "conflict"
+        res.message = f"candidate {version} not promoted: {exc.message}"
+        return res
+    res.outcome = "promoted"
+    res.message = f"promoted {version} over {ptr.version} ({how}): {verdict['reason']}"
+    if live_problem:
+        res.error = {
+            "exit_code": BundleError.exit_code,
+            "type": "BundleError",
+            "message": f"the live version {ptr.version} was unreadable ({live_problem}); {version} verified and was "
+            "promoted without a comparison with it",
+            "hint": f"check the disk; {ptr.version} stays in the registry (`xylen models show {name} {ptr.version}`).",
+        }
+        res.message += f"; NOTE: the live {ptr.version} was unreadable ({live_problem})"
+    return res
+
+
+def _ts(ms: int) -> str:
+    from xylen.core.candles import fmt_ts
+
+    return fmt_ts(ms)
+
+
+def _prune(registry: Registry, name: str, settings: Settings, r: ModelResult) -> list[str]:
+    prune = getattr(registry, "prune", None)
+    if prune is None or r.candidate_version is None:
+        return []
+    try:
+        return list(prune(name, settings.keep_versions))
+    except XylenError as exc:
+        r.message += f"; retention skipped: {exc.message}"
+        return []
+
+
+def _watch(settings: Settings, registry: Registry, store: Store, name: str, r: ModelResult) -> dict[str, Any] | None:
+    try:
+        from xylen.train import watch  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        return watch.record(settings, registry, store, name)
+    except XylenError as exc:
+        r.message += f"; live-model watch skipped: {exc.message}"
+        return None
