@@ -23,3 +23,17 @@ def train_small(
 
     prof = replace(prof, num_boost_round=60, early_stopping_rounds=10)
     return train(settings, TrainOptions(data=[data], name=name, promote=promote), prof)
+
+
+def retrain_home(home: Path, new_rows: int = 1200, data: Path = BTC_1H, **overrides: object) -> TrainResult:
+    """A live model trained on all but the last ``new_rows`` candles of ``data``, and the whole series in the store
+    (so `xylen retrain` finds ``new_rows`` new candles). 1h candles: ~8,800 rows, a holdout of ~880."""
+    from xylen.core.candles import read_candles
+    from xylen.core.store import Store
+
+    read = read_candles(data)
+    old = home.parent / f"{home.name}-old.parquet"
+    read.frame.head(read.frame.height - new_rows).write_parquet(old)
+    result = train_small(home, old, symbol=read.symbol or "BTCUSDT", interval="1h", **overrides)
+    Store(home / "data").append(result.symbol, result.interval, read.frame)
+    return result

@@ -13,6 +13,7 @@ Runs never overlap: the whole run holds core/runlock.RunLock on XYLEN_HOME.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -259,11 +260,12 @@ def retrain_model(
         )
     tw = m.training_window
     open_time = df["open_time"].to_numpy()
-    new = int((open_time > tw.last_open_time).sum())
+    seen, since = _seen_until(registry, name, ptr.version, m)
+    new = int((open_time > seen).sum())
     res.new_candles = new
     k = opts.min_new_samples if opts.min_new_samples is not None else settings.retrain_min_new_samples
     if new < k and live_problem is None:
-        res.outcome, res.message = "nothing_new", f"nothing new: {new} of {k} new closed candles since the live window"
+        res.outcome, res.message = "nothing_new", f"nothing new: {new} of {k} new closed candles since {since}"
         return res
 
     keep, _reason = cap_rows(df.height, profile, approx_ms(m.interval))
@@ -338,6 +340,7 @@ def retrain_model(
         "warm_starts_in_row": warm_row + 1 if mode == "warm" else 0,
         "forced_full": forced,
         "new_candles": new,
+        "seen_until": int(open_time[-1]),  # the newest candle this run read: the next run counts new ones from here
         "live_problem": live_problem,
         "data_source": f"store {store.series_dir(m.symbol, m.interval)}",
     }
@@ -398,6 +401,24 @@ def retrain_model(
         }
         res.message += f"; NOTE: the live {ptr.version} was unreadable ({live_problem})"
     return res
+
+
+def _seen_until(registry: Registry, name: str, live: str, m: Manifest) -> tuple[int, str]:
+    """The newest candle already taken into account: the live model's training window, or the data the run that made
+    it read (its gate's holdout lies beyond its training window), or the data of a newer candidate made from the live
+    version and refused -- retraining on the same candles again would only publish the same candidate again."""
+    seen, since = m.training_window.last_open_time if m.training_window else 0, f"the live {live}'s training window"
+    made = (m.model_extra or {}).get("retrain") or {}
+    if isinstance(made.get("seen_until"), int) and made["seen_until"] > seen:
+        seen, since = made["seen_until"], f"the run that made {live}"
+    versions = registry.versions(name)
+    if versions and versions[-1] != live:
+        with contextlib.suppress(XylenError):
+            last = registry.manifest(name, versions[-1])
+            info = (last.model_extra or {}).get("retrain") or {}
+            if info.get("parent") == live and isinstance(info.get("seen_until"), int) and info["seen_until"] > seen:
+                seen, since = info["seen_until"], f"candidate {versions[-1]} was refused"
+    return seen, since
 
 
 def _ts(ms: int) -> str:
