@@ -103,6 +103,7 @@ def _register() -> None:
         config,
         models,
         models_io,  # noqa: F401  (`xylen models export|import`)
+        models_retention,  # noqa: F401  (`xylen models pin|unpin|prune`)
         retrain,  # noqa: F401
         serve,  # noqa: F401
         train,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from xylen.cli import app, handled, out, settings_from
@@ -28,15 +30,23 @@ def _json(obj: object) -> None:
     typer.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
+def _stale_cell(stale: bool | None) -> str:
+    return "" if stale is None else "STALE" if stale else "no"
+
+
 @models_app.command("list")
 def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List every model version; the live one is marked.
+    """List every model version; the live one is marked, and flagged stale when it was created longer ago than
+    XYLEN_MODEL_MAX_AGE (default 7d); pinned versions are marked "pin" (`xylen models pin`).
 
     Example: xylen models list --json
     """
     with handled():
+        from xylen.train.watch import mark_stale
+
         reg = _registry(ctx)
-        rows = [r for n in reg.names() for r in reg.summary(n)]
+        max_age = settings_from(ctx).model_max_age
+        rows = mark_stale([r for n in reg.names() for r in reg.summary(n)], max_age)
         if as_json:
             _json(rows)
             return
@@ -46,11 +56,12 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
         from rich.table import Table
 
         t = Table()
-        for col in ("name", "version", "live", "backend", "created", "AUC", "edge vs vol", "rows"):
+        for col in ("name", "version", "live", "backend", "created", "AUC", "edge vs vol", "rows", "stale", "pinned"):
             t.add_column(col)
         for r in rows:
             if not r["ok"]:
-                t.add_row(r["name"], r["version"], "*" if r["live"] else "", "BROKEN", r["error"][:60], "", "", "")
+                broken = (r["name"], r["version"], "*" if r["live"] else "", "BROKEN", r["error"][:60], "", "", "", "")
+                t.add_row(*broken, "pin" if r.get("pinned") else "")
                 continue
             t.add_row(
                 r["name"],
@@ -61,6 +72,8 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
                 _fmt(r["auc"]),
                 _fmt(r["edge_vs_volatility"]),
                 str(r["rows"] or ""),
+                _stale_cell(r.get("stale")),
+                "pin" if r.get("pinned") else "",
             )
         out.print(t)
 
@@ -70,9 +83,13 @@ def show_cmd(
     ctx: typer.Context,
     name: str = typer.Argument(None, help="Model name (default: the only one)."),
     version: str = typer.Argument(None, help="Version like v0003 (default: the live one)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+    as_json: bool = typer.Option(
+        False, "--json", help='Print the whole manifest as JSON, with "watch" and "staleness" keys added.'
+    ),
 ) -> None:
-    """Show a version's manifest: metrics, training window, features, profile; verifies its artifact hash.
+    """Show a version's manifest: metrics, training window, features, profile; verifies its artifact hash. For the
+    live version also its watch record (AUC and hit rate on the candles since its promotion, next to the volatility
+    baseline) and its age against XYLEN_MODEL_MAX_AGE.
 
     Example: xylen models show btcusdt-5m v0002
     """
@@ -84,10 +101,15 @@ def show_cmd(
         version = version or reg.current_path(name).name
         m = reg.manifest(name, version)
         verify_artifact(reg.path(name, version), m)
-        if as_json:
-            _json(m.model_dump(mode="json"))
-            return
+        from xylen.train import watch
+
         live = reg.current(name)
+        is_live = bool(live and live.version == version)
+        record = watch.read(reg, name) if is_live else None
+        age = watch.staleness(m, settings_from(ctx).model_max_age)
+        if as_json:
+            _json(m.model_dump(mode="json") | {"watch": record, "staleness": age})
+            return
         mt = m.metrics
         out.print(f"[bold]{m.name} {m.version}[/]{' (live)' if live and live.version == version else ''}", markup=True)
         out.print(
@@ -111,9 +133,54 @@ def show_cmd(
                 f"{mt['auc_shuffled_mean']:.4f} | edge {mt['auc_edge_vs_volatility']:+.4f}"
             )
         out.print(f"created {m.created_at} by xylen {m.xylen_version}; profile {m.profile.get('name', '-')}")
+        out.print(_age_line(age), markup=False)
+        if is_live:
+            out.print(_watch_lines(record, name), markup=False)
         report = reg.path(name, version) / "report.html"
         if report.exists():
             out.print(f"report: {report}")
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if abs(seconds) >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _age_line(age: dict[str, Any]) -> str:
+    max_age = _span(age["max_age_seconds"])
+    if age["age_seconds"] is None:
+        return f"age unknown (created_at is not a time); max age {max_age}"
+    state = "STALE: retrain it (xylen retrain)" if age["stale"] else "fresh"
+    return f"age {_span(age['age_seconds'])} (max {max_age}, XYLEN_MODEL_MAX_AGE): {state}"
+
+
+def _watch_lines(rec: dict[str, Any] | None, name: str) -> str:
+    if rec is None:
+        return f"watch: no record for this live version yet (`xylen retrain {name}` writes one after each run)"
+    from xylen.core.candles import fmt_ts
+
+    head = f"watch since {rec['promoted_at']} (computed {rec['computed_at']}): {rec['rows']} candles scored"
+    if rec["first_open_time"] is not None:
+        head += f" ({fmt_ts(rec['first_open_time'])} .. {fmt_ts(rec['last_open_time'])})"
+    if rec["base_rate"] is not None:
+        head += f", base rate {rec['base_rate']:.3f}"
+    lines = [head]
+    model, base = rec.get("model"), rec.get("volatility_baseline")
+    if isinstance(model, dict):
+        line = f"  live model: AUC {_fmt(model['auc'])}, hit rate {_hit(model)}"
+        if isinstance(base, dict):
+            line += f" | volatility baseline: AUC {_fmt(base['auc'])}, hit rate {_hit(base)}"
+            line += f" | edge {rec['auc_edge_vs_volatility']:+.4f}" if rec["auc_edge_vs_volatility"] is not None else ""
+        lines.append(line)
+    if rec.get("note"):
+        lines.append(f"  {rec['note']}")
+    return "\n".join(lines)
+
+
+def _hit(m: dict[str, Any]) -> str:
+    return "-" if m["hit_rate"] is None else f"{m['hit_rate']:.3f} on {m['signals']} signals"
 
 
 @models_app.command("promote")

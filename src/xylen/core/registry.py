@@ -29,7 +29,7 @@ import orjson
 
 from xylen.core.bundle import Manifest, now_iso, read_manifest, verify_artifact, write_durably
 from xylen.core.errors import BundleError, ConfigError
-from xylen.core.storage import Conflict, LocalStorage
+from xylen.core.storage import Conflict, LocalStorage, Missing
 
 POINTER = "CURRENT.json"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
@@ -262,9 +262,17 @@ class Registry:
         promotes only if that is still the live version, else raises PromotionConflict -- a trainer that gated its
         candidate against v0007 must not replace a v0008 that someone promoted meanwhile.
         """
-        manifest = self.verify(name, version)
+        existed = self.path(name, version).is_dir()
+        try:
+            manifest = self.verify(name, version)
+        except BundleError:
+            if existed and not self.path(name, version).is_dir():  # a prune removed it while it was checked
+                raise self._pruned(name, version) from None
+            raise
 
         def change(old: Pointer | None) -> Pointer:
+            if not self.path(name, version).is_dir():
+                raise self._pruned(name, version)
             live = old.version if old else None
             if expect_live is not True and live != expect_live:
                 raise PromotionConflict(
@@ -274,8 +282,8 @@ class Registry:
                 )
             history: tuple[str, ...] = old.history if old else ()
             if old is not None and old.version != version:
-                history = (old.version, *old.history)[:HISTORY_LIMIT]
-            return Pointer(name, version, manifest.artifact.sha256, now or now_iso(), history)
+                history = (old.version, *old.history)
+            return Pointer(name, version, manifest.artifact.sha256, now or now_iso(), self._present(name, history))
 
         return self._swap_pointer(name, change, replace_damaged=True)
 
@@ -284,12 +292,13 @@ class Registry:
         checked: dict[str, Manifest] = {}
 
         def change(old: Pointer | None) -> Pointer:
-            if old is None or not old.history:
+            history = self._present(name, old.history) if old else ()  # pruned versions are no target
+            if old is None or not history:
                 raise BundleError(
                     f"Model {name!r} has no previous live version to roll back to.",
                     hint=f"promote a specific version: `xylen models promote {name} vNNNN`.",
                 )
-            target, rest = old.history[0], old.history[1:]
+            target, rest = history[0], history[1:]
             if target not in checked:
                 checked[target] = self.verify(name, target)
             return Pointer(name, target, checked[target].artifact.sha256, now or now_iso(), rest)
@@ -302,15 +311,57 @@ class Registry:
         for _ in range(_CAS_RETRIES):
             old, token = self._read_pointer(name, replace_damaged=replace_damaged)
             new = change(old)
+            # CURRENT never names a removed folder: the swap requires the live version and the rollback target,
+            # checked under the lock a prune holds while it takes a version away (core/retention.py)
+            require = [f"{name}/{v}" for v in (new.version, *new.history[:1])]
             try:
-                self.storage.swap(self._pointer_key(name), new.to_json(), token)
+                self.storage.swap(self._pointer_key(name), new.to_json(), token, require=require)
             except Conflict:
                 continue  # someone else wrote CURRENT between our read and our write: decide again on theirs
+            except Missing:
+                continue  # a prune took a version away meanwhile: decide again without it
             return new
         raise BundleError(
             f"Could not update {name!r}'s CURRENT.json after {_CAS_RETRIES} tries.",
             hint="many writers are changing it at once; retry.",
         )
+
+    def _present(self, name: str, history: tuple[str, ...]) -> tuple[str, ...]:
+        """The versions of ``history`` that still exist (retention removes old ones), at most HISTORY_LIMIT."""
+        return tuple(v for v in history if _VERSION_RE.match(v) and (self.root / name / v).is_dir())[:HISTORY_LIMIT]
+
+    def _pruned(self, name: str, version: str) -> BundleError:
+        return BundleError(
+            f"Model {name!r} {version} was removed by a prune while it was being promoted; nothing changed.",
+            hint=f"promote another version (`xylen models list {name}`); pin versions you may need again "
+            f"(`xylen models pin {name} vNNNN`).",
+        )
+
+    # -- retention (core/retention.py) -----------------------------------------------------------------------
+    def pins(self, name: str) -> set[str]:
+        """The pinned versions of ``name`` (a damaged PINS.json raises BundleError, never "no pins")."""
+        from xylen.core import retention
+
+        return set(retention.read_pins(self, name)[0])
+
+    def pin(self, name: str, version: str) -> bool:
+        """Pin an existing version so that no prune removes it; False if it was pinned already."""
+        from xylen.core import retention
+
+        return retention.pin(self, name, version)
+
+    def unpin(self, name: str, version: str) -> bool:
+        """Unpin a version; False if it was not pinned."""
+        from xylen.core import retention
+
+        return retention.unpin(self, name, version)
+
+    def prune(self, name: str, keep: int, *, dry_run: bool = False) -> list[str]:
+        """Remove versions beyond the newest ``keep``, never the live one, the rollback target or a pinned one.
+        Returns the removed versions (``dry_run``: those a prune would remove; nothing changes)."""
+        from xylen.core import retention
+
+        return retention.prune(self, name, keep, dry_run=dry_run)
 
     def summary(self, name: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -319,6 +370,12 @@ class Registry:
         except BundleError as exc:  # listed, not fatal: `xylen models list` is how the user finds the damage
             live = None
             rows.append({"name": name, "version": POINTER, "live": False, "ok": False, "error": exc.message})
+        pinned: set[str] | None
+        try:
+            pinned = self.pins(name)
+        except BundleError as exc:  # listed like a damaged CURRENT; "pinned" is then unknown (None)
+            pinned = None
+            rows.append({"name": name, "version": "PINS.json", "live": False, "ok": False, "error": exc.message})
         for v in self.versions(name):
             try:
                 m = self.manifest(name, v)
@@ -328,6 +385,7 @@ class Registry:
                         "name": name,
                         "version": v,
                         "live": bool(live and live.version == v),
+                        "pinned": None if pinned is None else v in pinned,
                         "backend": m.backend,
                         "created_at": m.created_at,
                         "auc": auc,
@@ -342,6 +400,7 @@ class Registry:
                         "name": name,
                         "version": v,
                         "live": bool(live and live.version == v),
+                        "pinned": None if pinned is None else v in pinned,
                         "ok": False,
                         "error": exc.message,
                     }

@@ -8,7 +8,10 @@ The interface is the one an object store offers, so that S3-compatible storage c
   compare-and-swap on an opaque version token (S3: ``If-Match: <ETag>``; ``expect=None``: must not exist yet);
 * ``read`` / ``read_versioned`` / ``list`` / ``delete``;
 * ``publish_tree(folder, prefix)`` makes a whole folder of files visible under ``prefix`` at once, or not at
-  all if ``prefix`` is taken (S3: upload the files, then ``put_new`` the folder's commit marker last).
+  all if ``prefix`` is taken (S3: upload the files, then ``put_new`` the folder's commit marker last);
+* ``retire(prefix, guards, allowed)`` takes a tree out of sight, ordered against every ``swap`` of a guard key
+  that ``require``s the tree (retention: CURRENT and PINS never name a deleted version), and ``purge`` deletes
+  it (S3: a lease object per guard key around the check and the removal of the commit marker).
 
 No caller relies on rename, append or a file lock. ``LocalStorage`` implements the calls on a POSIX disk:
 temp file + fsync + rename (+ fsync of the folder), ``link`` for create-only, and a short ``flock`` around
@@ -26,7 +29,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -76,10 +79,12 @@ class Storage(Protocol):
     def read_versioned(self, key: str) -> Versioned | None: ...
     def token(self, key: str) -> str | None: ...
     def put_new(self, key: str, data: bytes, *, sync_folder: bool = True) -> bool: ...
-    def swap(self, key: str, data: bytes, expect: str | None) -> str: ...
+    def swap(self, key: str, data: bytes, expect: str | None, *, require: Sequence[str] = ()) -> str: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def publish_tree(self, folder: Path, prefix: str) -> bool: ...
+    def retire(self, prefix: str, *, guards: Sequence[str], allowed: Callable[[], bool]) -> Path | None: ...
+    def purge(self, retired: Path) -> None: ...
     def local_path(self, key: str) -> Path | None: ...
 
 
@@ -194,8 +199,12 @@ class LocalStorage:
         finally:
             _discard(tmp)
 
-    def swap(self, key: str, data: bytes, expect: str | None) -> str:
-        """Replace ``key`` only if its token is still ``expect`` (None: only if absent). Raises Conflict."""
+    def swap(self, key: str, data: bytes, expect: str | None, *, require: Sequence[str] = ()) -> str:
+        """Replace ``key`` only if its token is still ``expect`` (None: only if absent). Raises Conflict.
+
+        ``require``: prefixes (trees) that must still exist when the swap happens, else Missing and no change:
+        a pointer must never name a tree that ``retire`` moved away. Checked under the same lock that ``retire``
+        holds for ``key``, so a swap and a retire of a required tree are ordered one way or the other."""
         path = self.local_path(key)
         tmp = self._write_temp(data, path)
         try:
@@ -203,6 +212,9 @@ class LocalStorage:
                 found = self.token(key)
                 if found != expect:
                     raise Conflict(key, expect, found)
+                for prefix in require:
+                    if not self.local_path(prefix).exists():
+                        raise Missing(prefix)
                 try:
                     os.replace(tmp, path)
                 except OSError as exc:
@@ -245,6 +257,41 @@ class LocalStorage:
             raise storage_error(exc, target) from None
         fsync_dir(target.parent)
         return True
+
+    def retire(self, prefix: str, *, guards: Sequence[str], allowed: Callable[[], bool]) -> Path | None:
+        """Take the tree at ``prefix`` out of sight, if ``allowed()`` still says so; returns it (for ``purge``).
+
+        The caller's decision is taken again under the locks of the ``guards`` keys (the pointers that could come
+        to name the tree), and the tree is moved into the temp area by one rename before they are released: a
+        ``swap`` of a guard that ``require``s this tree runs wholly before (then ``allowed()`` sees it) or after
+        (then it finds the tree gone and changes nothing). None: the tree is absent, or no longer allowed.
+        A retired tree is named like a temp folder, so a retirer killed before ``purge`` leaves nothing visible and
+        the next writer's ``clean_temp`` removes it."""
+        target = self.local_path(prefix)
+        with contextlib.ExitStack() as stack:
+            for key in sorted(set(guards)):  # one order for every retirer: no deadlock between two of them
+                stack.enter_context(self.lock(key))
+            if not target.is_dir() or not allowed():
+                return None
+            trash = self.root / TMP_DIR / f"{_temp_stem()}.d"
+            try:
+                trash.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(target, trash)
+            except OSError as exc:
+                raise storage_error(exc, target) from None
+        fsync_dir(target.parent)
+        return trash
+
+    def purge(self, retired: Path) -> None:
+        """Delete a tree that ``retire`` returned (what a kill leaves of it, ``clean_temp`` removes later)."""
+        import shutil
+
+        shutil.rmtree(retired, ignore_errors=True)
+        if retired.exists():
+            raise ConfigError(
+                f"Cannot delete {str(retired)!r} (a removed tree, already out of sight).",
+                hint="fix the permissions of XYLEN_HOME; a later writer deletes it once this process has ended.",
+            )
 
     def temp_dir(self) -> Path:
         """A private folder on the same file system, for building a tree to ``publish_tree``."""

@@ -25,7 +25,7 @@ from xylen.core.bundle import (
     write_manifest,
 )
 from xylen.core.candles import ReadResult, combine, fmt_ts, infer_interval, read_candles, validate
-from xylen.core.errors import DataError, TrainingError
+from xylen.core.errors import DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
 from xylen.core.registry import Registry, check_name, model_name
 from xylen.core.schema import normalize_symbol
@@ -73,6 +73,7 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    pruned: list[str] = field(default_factory=list)  # old versions removed by the retention (XYLEN_KEEP_VERSIONS)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +93,7 @@ class TrainResult:
             "warnings": self.warnings,
             "seconds": round(self.seconds, 2),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "pruned": self.pruned,
         }
 
 
@@ -271,6 +273,11 @@ def train(
     bundle_dir = registry.path(name, version)
     if opts.promote:
         registry.promote(name, version)
+    try:  # retention; the new version is published (and live) already, so a failed clean-up is only a warning
+        pruned = registry.prune(name, settings.keep_versions)
+    except XylenError as exc:
+        pruned = []
+        warnings.append(f"old versions were not pruned: {exc.message} hint: {exc.hint}")
     say("Done", 1.0)
     return TrainResult(
         name=name,
@@ -289,6 +296,7 @@ def train(
         warnings=warnings,
         seconds=time.perf_counter() - t0,
         peak_rss_mb=peak_rss_mb(),
+        pruned=pruned,
     )
 
 
