@@ -113,7 +113,7 @@ def storage_error(exc: OSError, where: Path | str) -> XylenError:
         errno.EDQUOT: "the disk quota is exhausted",
     }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
     fix = (
-        "free some space (old model versions: `xylen models list`) and run it again."
+        "free some space (old model versions: `xylen models prune --all --dry-run`) and run it again."
         if exc.errno in (errno.ENOSPC, errno.EDQUOT)
         else "set XYLEN_HOME to a writable folder or fix its permissions."
     )
