@@ -91,6 +91,6 @@ def test_the_exit_code_docs_say_what_serve_does() -> None:
     for code, text in EXIT_CODES.items():
         assert f"{code}: {' '.join(text.split())}" in help_text
         assert f"\n| {code} |" in readme, code
-    assert "SIGTERM is `xylen serve`'s normal stop: it drains requests in flight and exits 0" in EXIT_CODES[130]
+    assert "SIGTERM is the normal stop of `xylen serve`, which drains requests in flight" in EXIT_CODES[130]
     assert "`xylen serve` stopped by SIGTERM (systemd, Docker, Kubernetes) drains and exits 0" in readme
-    assert "| 130 | interrupted by Ctrl-C, or by SIGTERM during `xylen collect`;" in readme
+    assert "| 130 | interrupted by Ctrl-C, or by SIGTERM during `xylen collect` or a one-off `xylen retrain`;" in readme

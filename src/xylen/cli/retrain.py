@@ -32,7 +32,6 @@ def retrain_cmd(
     min_new_samples: int = typer.Option(
         None,
         "--min-new-samples",
-        min=1,
         help="Do nothing for a model until this many closed candles arrived after its training window "
         "(default XYLEN_RETRAIN_MIN_NEW_SAMPLES, 100).",
     ),
@@ -58,6 +57,10 @@ def retrain_cmd(
     Example: xylen collect --once && xylen retrain --all
     """
     with handled():
+        if min_new_samples is not None and min_new_samples < 1:
+            from xylen.core.errors import ConfigError
+
+            raise ConfigError(f"--min-new-samples {min_new_samples} is not allowed.", hint="use 1 or more.")
         overrides: dict[str, Any] = {}
         if interval is not None:
             overrides["training_interval"] = interval

@@ -167,6 +167,10 @@ def retrain(settings: Settings, opts: RetrainOptions, profile: Profile | None = 
         msg = f"not run: {who} is retraining on this XYLEN_HOME (runs never overlap)"
         return RunReport([ModelResult(n, "busy", msg) for n in names], time.perf_counter() - t0)
     with lock:
+        # what killed writers left in the registry's temp area (a trainer killed while it promoted or wrote a watch
+        # record): a run that publishes nothing never reaches Registry.stage, which cleans it too
+        with contextlib.suppress(OSError):
+            registry.storage.clean_temp()
         profile = profile or resolve(
             settings.profile, max_memory_gb=settings.lgbm_max_memory_gb, num_threads=settings.lgbm_num_threads
         )
@@ -205,8 +209,11 @@ def choose(registry: Registry, opts: RetrainOptions) -> list[str]:
 
 def not_retrainable(m: Manifest) -> str | None:
     """Why ``xylen retrain`` cannot retrain a version (None if it can)."""
-    if m.backend != "lightgbm":
-        return f"it is an imported {m.backend} model; retrain it where it was made and import the new version"
+    if m.backend != "lightgbm" or m.feature_set.version == "external":
+        return (
+            f"it is an imported {m.backend} model (features xylen does not compute); retrain it where it was made "
+            "and import the new version"
+        )
     if m.feature_set.version != features.VERSION or list(m.feature_set.names) != list(features.NAMES):
         return (
             f"it uses feature set {m.feature_set.version!r} and this xylen computes {features.VERSION!r}; "
@@ -260,7 +267,7 @@ def retrain_model(
         )
     tw = m.training_window
     open_time = df["open_time"].to_numpy()
-    seen, since = _seen_until(registry, name, ptr.version, m)
+    seen, since = _seen_until(registry, name, ptr.version, m, open_time)
     new = int((open_time > seen).sum())
     res.new_candles = new
     k = opts.min_new_samples if opts.min_new_samples is not None else settings.retrain_min_new_samples
@@ -403,11 +410,18 @@ def retrain_model(
     return res
 
 
-def _seen_until(registry: Registry, name: str, live: str, m: Manifest) -> tuple[int, str]:
-    """The newest candle already taken into account: the live model's training window, or the data the run that made
-    it read (its gate's holdout lies beyond its training window), or the data of a newer candidate made from the live
-    version and refused -- retraining on the same candles again would only publish the same candidate again."""
-    seen, since = m.training_window.last_open_time if m.training_window else 0, f"the live {live}'s training window"
+def _seen_until(registry: Registry, name: str, live: str, m: Manifest, open_time: np.ndarray) -> tuple[int, str]:
+    """The newest candle already taken into account: the live model's training window with the ``horizon`` candles
+    its last labels read, or the data the run that made it read (its gate's holdout lies beyond its training
+    window), or the data of a newer candidate made from the live version and refused -- retraining on the same
+    candles again would only publish the same candidate again."""
+    assert m.training_window is not None
+    after = int(np.searchsorted(open_time, m.training_window.last_open_time, side="right"))
+    horizon = int(m.label.get("horizon", 0))
+    seen = m.training_window.last_open_time
+    if after < len(open_time) and horizon > 0:
+        seen = max(seen, int(open_time[min(after + horizon - 1, len(open_time) - 1)]))
+    since = f"the live {live}'s training data"
     made = (m.model_extra or {}).get("retrain") or {}
     if isinstance(made.get("seen_until"), int) and made["seen_until"] > seen:
         seen, since = made["seen_until"], f"the run that made {live}"
@@ -416,7 +430,11 @@ def _seen_until(registry: Registry, name: str, live: str, m: Manifest) -> tuple[
         with contextlib.suppress(XylenError):
             last = registry.manifest(name, versions[-1])
             info = (last.model_extra or {}).get("retrain") or {}
-            if info.get("parent") == live and isinstance(info.get("seen_until"), int) and info["seen_until"] > seen:
+            # a candidate the gate passed but whose promotion never happened (its trainer was killed) is no reason
+            # to wait: the next run trains and promotes again
+            passed = ((last.model_extra or {}).get("gate") or {}).get("decision") == "promote"
+            fresh = isinstance(info.get("seen_until"), int) and info["seen_until"] > seen
+            if info.get("parent") == live and fresh and not passed:
                 seen, since = info["seen_until"], f"candidate {versions[-1]} was refused"
     return seen, since
 
