@@ -154,9 +154,10 @@ def test_health_shapes(client: Any) -> None:
     assert client.get("/health/ready").json()["models"] == {MODEL: "v0001"}
 
 
-def test_retrain_is_honestly_not_implemented(client: Any) -> None:
-    r = client.post("/retrain", json={})
-    assert r.status_code == 501 and "xylen train" in r.json()["error"]
+def test_retrain_checks_its_options_before_it_starts_anything(client: Any) -> None:
+    # the route itself: tests/unit/test_serve_retrain.py (this fixture's home is shared, so nothing is started)
+    r = client.post("/retrain?wait=maybe", json={})
+    assert r.status_code == 422 and "?wait" in r.json()["error"]
 
 
 def test_v2_metadata_and_infer(client: Any, candle_window: np.ndarray) -> None:

@@ -29,6 +29,8 @@ from xylen.serve.decode import RequestError
 from xylen.serve.gate import Gate, error_bytes
 from xylen.serve.holder import ModelHolder
 from xylen.serve.metrics import Metrics
+from xylen.serve.retrain_jobs import Command, RetrainJobs
+from xylen.serve.retrain_jobs import retrain_command as default_retrain_command
 from xylen.serve.state import ServeState
 
 DESCRIPTION = """Trading signals from the registry's live models, hot-swapped without downtime.
@@ -44,10 +46,11 @@ need `Content-Type: application/json`."""
 
 def create_app(settings: Settings, *, names: list[str] | None = None, model_path: Path | None = None,
                watch_interval: float = 0.25, verify: Callable[[Path], str | None] = verify_in_child,
-               keys: KeyRing | None = None, clock: Callable[[], float] = time.time) -> Gate:
+               keys: KeyRing | None = None, clock: Callable[[], float] = time.time,
+               retrain_command: Command = default_retrain_command) -> Gate:
     """Build the server for ``settings``: every registry model with a live version (or ``names``), or the one
     model at ``model_path`` (a bundle folder or a bare model file). ``clock`` (epoch seconds) decides which
-    candle is still open."""
+    candle is still open; ``retrain_command`` builds the argv of POST /retrain's child (tests inject one)."""
     metrics = Metrics()
     model_path = model_path or settings.model_path
     registry = None if model_path else Registry(settings.models_dir)
@@ -55,8 +58,11 @@ def create_app(settings: Settings, *, names: list[str] | None = None, model_path
     default = settings.default_model or (names[0] if names else None)
     holder = ModelHolder(registry, names, model_path=model_path, default=None if model_path else default,
                          backend=settings.model_type, verify=verify, events=metrics.events())
+    metrics.watch_models(holder, settings.model_max_age)
+    jobs = None if registry is None else RetrainJobs(
+        settings.home, command=retrain_command, draining=lambda: holder.draining, finished=metrics.retrain_finished)
     state = ServeState(settings=settings, holder=holder, metrics=metrics,
-                       keys=keys if keys is not None else KeyRing.from_settings(settings), clock=clock)
+                       keys=keys if keys is not None else KeyRing.from_settings(settings), clock=clock, jobs=jobs)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +72,8 @@ def create_app(settings: Settings, *, names: list[str] | None = None, model_path
         finally:
             holder.draining = True
             stop.set()
+            if jobs is not None:
+                await jobs.shutdown()  # a retrain child still running gets SIGTERM and its record says "aborted"
 
     app = FastAPI(title="xylen", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.xylen = state

@@ -72,6 +72,8 @@ def route_of(path: str) -> str:
         return f"/v2/models/{{name}}{tail}"
     if path.startswith("/models/") and path.endswith("/rollback"):
         return "/models/{name}/rollback"
+    if path.startswith("/retrain/"):
+        return "/retrain/{job_id}"
     return "other"
 
 

@@ -25,7 +25,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from xylen.serve.holder import Live, SwapEvents
+from xylen.serve.holder import Live, ModelHolder, SwapEvents
+from xylen.serve.model_health import ModelHealth
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -71,6 +72,12 @@ class Metrics:
         self.swaps = Counter(
             "xylen_model_swaps_total", "Hot-swap candidates by model and result.", ["model", "result"], registry=r
         )
+        self.retrain_jobs = Counter(
+            "xylen_retrain_jobs_total",
+            "POST /retrain jobs by outcome: succeeded, failed, aborted (server shutdown), busy (409: one was running).",
+            ["outcome"],
+            registry=r,
+        )
         self._bound: dict[tuple[str, int], tuple[object, object]] = {}
         self._pred: dict[tuple[str, int], object] = {}
         self._live_versions: dict[str, str] = {}
@@ -85,6 +92,11 @@ class Metrics:
             self._rendered.register(ages)
         else:
             self._rendered = r
+
+    def watch_models(self, holder: ModelHolder, max_age_s: float) -> None:
+        """Add the per-model age, stale flag and watch-record gauges: read from the manifests and WATCH.json when
+        /metrics renders (never stored in the multiprocess files, so N workers never add them up)."""
+        self._rendered.register(ModelHealth(holder, max_age_s))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
@@ -118,6 +130,9 @@ class Metrics:
 
     def refused(self, name: str, version: str, reason: str) -> None:
         self.swaps.labels(name, "refused").inc()
+
+    def retrain_finished(self, outcome: str) -> None:
+        self.retrain_jobs.labels(outcome).inc()
 
     def events(self) -> SwapEvents:
         return SwapEvents(accepted=self.accepted, refused=self.refused)

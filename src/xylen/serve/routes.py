@@ -10,12 +10,15 @@ import orjson
 import psutil
 from fastapi import APIRouter, Request, Response
 
-from xylen.core.errors import XylenError
+from xylen.core.errors import ConfigError, XylenError
+from xylen.core.registry import check_name
 from xylen.serve import schemas
 from xylen.serve.auth import DETAIL
 from xylen.serve.decode import RequestError
 from xylen.serve.metrics import CONTENT_TYPE
+from xylen.serve.model_health import stale_names
 from xylen.serve.predict import predict
+from xylen.serve.retrain_jobs import Busy, http_answer, well_formed
 from xylen.serve.state import ServeState
 
 router = APIRouter()
@@ -52,7 +55,10 @@ async def health(request: Request) -> Response:
             "memory_usage_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "model_loaded": live is not None, "model_type": live.bundle.backend if live else None,
             "model_version": live.version if live else None, "reason": reason,
-            "pid": os.getpid()}  # which worker answered (xylen serve --workers N)
+            "pid": os.getpid(),  # which worker answered (xylen serve --workers N)
+            # a stale model still serves: the flag is for monitoring, the status stays "healthy"
+            "stale_models": stale_names(models, st.settings.model_max_age)}
+    body["stale"] = bool(body["stale_models"])
     return json_response(body, 503 if reason else 200)
 
 
@@ -78,12 +84,96 @@ async def ready(request: Request) -> Response:
     return json_response({"status": "ready", "models": {n: m.version for n, m in st.holder.live.items()}})
 
 
-@router.post("/retrain", tags=["admin"], status_code=501, responses={501: {"model": schemas.ErrorResponse}})
-async def retrain() -> Response:
-    """Not implemented in this server: say so instead of pretending."""
-    return json_response({"error": "Retraining from the server is not implemented yet (no `xylen retrain` "
-                                   "pipeline exists). Run `xylen train` and this server will hot-swap the new "
-                                   "version within 2 s.", "status": "not_implemented"}, 501)
+@router.post("/retrain", tags=["retrain"], summary="Retrain live models now (one job at a time)",
+             response_model=schemas.RetrainResponse, responses=schemas.RETRAIN_ERRORS,
+             openapi_extra={"parameters": schemas.RETRAIN_PARAMETERS})
+async def retrain(request: Request) -> Response:
+    """Runs `xylen retrain --json` (the same pipeline as cron and `--loop`) in a child process: each model's
+    candidate is trained on the newest candles of the store and promoted only if it passes the gate; this server
+    (and every other one on the registry) hot-swaps a promotion in. Answers in the alpha's shape
+    `{status, message, samples_used}` plus `job_id` and `results` (one per model) when the job ends, or at once
+    with 202 and the job's URL under `?wait=false`. One retrain runs at a time per XYLEN_HOME: 409 names the
+    running job. Without an API key, send `Content-Type: application/json` (415 otherwise) and no body or `{}`."""
+    st = state_of(request)
+    jobs = st.jobs
+    reg = st.holder.registry
+    if jobs is None or reg is None:
+        raise RequestError(409, "This server serves one MODEL_PATH model, not a registry, so there is nothing to "
+                                "retrain: a retrain publishes a new version in XYLEN_HOME/models and promotes it. "
+                                "hint: serve the registry (unset MODEL_PATH), or import the model with `xylen models "
+                                "import` and serve that.")
+    names, wait = retrain_options(request.query_params.multi_items(), await request.body())
+    live = await asyncio.to_thread(reg.live_names)
+    unknown = [n for n in names or [] if n not in live]
+    if unknown or not live:
+        raise RequestError(404, f"No live model named {unknown[0]!r} to retrain; live models: "
+                                f"{', '.join(live) or 'none'}. hint: train one with `xylen train`, or leave ?model= "
+                                "out to retrain every live model." if unknown else
+                                f"No live models in {str(reg.root)!r} to retrain. hint: train one with `xylen train`.")
+    try:
+        job_id = await jobs.start(names, names or live)
+    except Busy as exc:
+        raise RequestError(409, str(exc)) from None
+    except XylenError as exc:  # an unwritable XYLEN_HOME, a child that cannot start
+        raise RequestError(503, f"{exc.message} hint: {exc.hint}" if exc.hint else exc.message) from None
+    if not wait:
+        return json_response({"job_id": job_id, "status": "running", "url": f"/retrain/{job_id}"}, 202)
+    status, body = http_answer(await jobs.wait(job_id))
+    return json_response(body, status)
+
+
+def retrain_options(query: list[tuple[str, str]], body: bytes) -> tuple[list[str] | None, bool]:
+    """(model names or None for all, wait) from ?model=NAME (repeatable) and ?wait=true|false; the body carries
+    nothing (empty, {} or null)."""
+    names: list[str] = []
+    waits = []
+    for key, value in query:
+        if key == "model":
+            try:
+                check_name(value)
+            except ConfigError:
+                raise RequestError(422, f"?model={value[:64]!r} is not a model name. hint: names look like "
+                                        "btcusdt-5m; see GET /models.") from None
+            if value not in names:
+                names.append(value)
+        elif key == "wait":
+            waits.append(value)
+        else:
+            raise RequestError(422, f"Unknown query parameter {key[:40]!r} for POST /retrain. hint: use "
+                                    "?model=NAME (repeatable) and ?wait=false.")
+    if len(waits) > 1 or (waits and waits[0].lower() not in _BOOLS):
+        raise RequestError(422, f"?wait={'&wait='.join(w[:20] for w in waits)!r} is not one true or false. hint: "
+                                "?wait=false answers 202 at once with the job's URL; leave it out to wait.")
+    if body.strip():
+        try:
+            got = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise RequestError(400, f"The body is not JSON ({body[:40]!r}). hint: send no body, or {{}}.") from None
+        if got not in ({}, None):
+            raise RequestError(422, f"POST /retrain takes no body fields (got {str(got)[:80]!r}). hint: choose "
+                                    "models with ?model=NAME and ?wait=false; send no body, or {}.")
+    return names or None, _BOOLS.get(waits[0].lower(), True) if waits else True
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+@router.get("/retrain/{job_id}", tags=["retrain"], summary="A retrain job's state and result",
+            response_model=schemas.RetrainJob, responses={
+                **{c: schemas.ERRORS[c] for c in (401, 421)},
+                404: {"model": schemas.ErrorResponse, "description": "No such job (ids are 32 hex digits; the last "
+                                                                     "100 jobs are kept)."}})
+async def retrain_job(request: Request, job_id: str) -> Response:
+    """Any worker answers for any job (records live in XYLEN_HOME/retrain/jobs and survive a restart). `state`:
+    running, succeeded, failed, aborted (the server shut down while it ran), lost (the process that ran it
+    stopped before recording its end)."""
+    jobs = state_of(request).jobs
+    # the id is checked before it can name a file
+    record = await asyncio.to_thread(jobs.read, job_id) if jobs is not None and well_formed(job_id) else None
+    if record is None:
+        raise RequestError(404, f"No retrain job {job_id[:40]!r}. hint: use the job_id POST /retrain returned (32 "
+                                "hex digits); the last 100 jobs are kept.")
+    return json_response({k: record.get(k) for k in schemas.RetrainJob.model_fields})
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics")

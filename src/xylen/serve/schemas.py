@@ -68,6 +68,48 @@ class HealthResponse(BaseModel):
     model_version: str | None = None
     reason: str | None = None
     pid: int = Field(description="Process id of the worker that answered (xylen serve --workers N).")
+    stale: bool = Field(description="True when any served model is older than XYLEN_MODEL_MAX_AGE (default 7 days; "
+                                    "its manifest's created_at). A stale model still serves: status stays healthy.")
+    stale_models: list[str] = Field(description="The names of the stale served models.", examples=[["btcusdt-5m"]])
+
+
+class RetrainResponse(BaseModel):
+    """The alpha's shape, plus the job id and one result per model (the `xylen retrain --json` output)."""
+
+    status: Literal["success", "error"]
+    message: str = Field(examples=["btcusdt-5m: promoted v0004 (holdout log-loss 0.6312 <= live 0.6330 + 0.001)"])
+    samples_used: int = Field(description="Rows the candidates trained on, summed over the models.")
+    job_id: str = Field(description="32 hex digits; GET /retrain/<job_id> reports it later.")
+    results: list[dict[str, Any]] = Field(description=(
+        "Per model: name, outcome (promoted, kept, nothing_new, skipped, busy, conflict, error), message, "
+        "live_version, candidate_version, mode, new_candles, samples_used, gate, watch, pruned, seconds, "
+        "peak_rss_mb, error."))
+
+
+class RetrainFailed(RetrainResponse):
+    error: str = Field(description="What went wrong (the retrain's own message) and the fix.")
+    exit_code: int | None = Field(description="The `xylen retrain` exit code (negative: killed by that signal).")
+
+
+class RetrainAccepted(BaseModel):
+    job_id: str
+    status: Literal["running"]
+    url: str = Field(examples=["/retrain/3f2a9c0e5b7d4e1fa0b1c2d3e4f5a6b7"])
+
+
+class RetrainJob(BaseModel):
+    job_id: str
+    state: Literal["running", "succeeded", "failed", "aborted", "lost"] = Field(description=(
+        "aborted: the server shut down while it ran (its child got SIGTERM); lost: the server process that ran it "
+        "stopped before recording its end."))
+    models: list[str] | None = Field(None, description="The models it retrains.")
+    pid: int | None = Field(None, description="Process id of the `xylen retrain` child.")
+    started_at: str | None = Field(description="ISO-8601 UTC.")
+    finished_at: str | None
+    exit_code: int | None = Field(description="`xylen retrain` exit code (0 success, 2/3/4/5 errors, negative: "
+                                              "killed by that signal); null while running.")
+    message: str | None
+    result: dict[str, Any] | None = Field(description="The `xylen retrain --json` object, once it ended.")
 
 
 class ModelRow(BaseModel):
@@ -122,6 +164,27 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "A field is missing or invalid; the message names it."),
         (503, "No model loaded yet (see /health/ready)."))
 }
+
+
+RETRAIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    202: {"model": RetrainAccepted, "description": "?wait=false: the job started; poll GET /retrain/<job_id>."},
+    **{c: ERRORS[c] for c in (400, 401, 413, 415, 421)},
+    404: {"model": ErrorResponse, "description": "?model= names no live model (the message lists them)."},
+    409: {"model": RetrainFailed, "description": (
+        "A retrain is already running (the message names its job), the server serves a MODEL_PATH (no registry), "
+        "or the retrain failed on a model or registry problem (exit 4).")},
+    422: {"model": RetrainFailed, "description": "A bad query parameter or body, or the retrain failed on settings, "
+                                                 "data or training (exit 2, 3 or 5)."},
+    503: {"model": RetrainFailed, "description": "The retrain child failed internally (exit 1), was killed, or was "
+                                                 "aborted because the server is shutting down."},
+}
+RETRAIN_PARAMETERS = [
+    {"name": "model", "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string"}},
+     "style": "form", "explode": True,
+     "description": "A live model to retrain (repeatable). Default: every live model of the registry."},
+    {"name": "wait", "in": "query", "required": False, "schema": {"type": "boolean", "default": True},
+     "description": "false: answer 202 at once with the job id instead of waiting for the job to end."},
+]
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from xylen.core.settings import Settings
 from xylen.serve.auth import KeyRing
 from xylen.serve.holder import ModelHolder
 from xylen.serve.metrics import Metrics
+from xylen.serve.retrain_jobs import RetrainJobs
 
 
 @dataclass
@@ -20,6 +21,7 @@ class ServeState:
     keys: KeyRing
     # wall clock in epoch seconds: decides which candle is still open. An argument, so tests pass a fixed one.
     clock: Callable[[], float] = time.time
+    jobs: RetrainJobs | None = None  # POST /retrain; None when serving one MODEL_PATH (no registry to retrain)
     started_at: float = field(default_factory=time.monotonic)
 
     def uptime(self) -> float:
