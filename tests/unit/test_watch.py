@@ -234,6 +234,43 @@ def test_a_pointer_without_promotion_time_says_so(home):
     assert rec["rows"] == 0 and rec["model"] is None and "no promotion time" in rec["note"]
 
 
+def test_a_damaged_live_bundle_is_an_error_and_keeps_the_record(home, candles):
+    promote_at(home, "v0001", int(candles["open_time"][PROMOTED]))
+    before = record(home)
+    model = home / "models" / NAME / "v0001" / "model.txt"
+    model.write_bytes(model.read_bytes().replace(b"leaf_value=-", b"leaf_value=+", 1))  # same size, other sha256
+    with pytest.raises(BundleError, match="sha256") as err:
+        record(home)
+    assert err.value.exit_code == 4 and "roll back" in err.value.hint
+    assert watch.read(registry(home), NAME) == before  # the stored record is untouched
+
+
+def test_a_model_trained_on_the_bundled_sample_gets_its_baseline_from_the_sample(tmp_path):
+    """`xylen serve --train-if-missing` trains on the bundled sample, not the store: the baseline is fitted on the
+    same candles."""
+    from xylen.train.dataset import arrays_of
+    from xylen.train.pipeline import SAMPLE_FILE, sample_path
+
+    sample = read_candles(sample_path()).frame
+    home = tmp_path / "home"
+    reg = registry(home)
+    name = "btcusdt-5m"
+    train_part = arrays_of(sample.slice(sample.height - 6000, 4000))
+    build_bundle(reg, name, rounds=20, candles=train_part, promote=False)
+    folder = home / "models" / name / "v0001"
+    m = read_manifest(folder)
+    m.metrics["data_source"] = f"bundled sample {SAMPLE_FILE}"  # what the pipeline writes for the sample
+    write_manifest(folder, m)
+    after = sample.slice(sample.height - 2000)
+    reg.promote(name, "v0001", now=watch.iso(after["open_time"][0] / 1000))
+    settings = settings_for(home)
+    store = Store(settings.data_dir)
+    store.append("BTCUSDT", "5m", after)  # only the candles since the promotion are in the store
+    rec = watch.record(settings, reg, store, name)
+    assert rec["rows"] == 2000 - features.LOOKBACK - 6 and rec["note"] is None  # no lookback stored before them
+    assert rec["volatility_baseline"]["auc"] is not None and rec["model"]["auc"] is not None
+
+
 # -- the baseline and its cache ---------------------------------------------------------------------------------
 def cache_file(home):
     return home / "cache" / "watch" / NAME / "v0001.json"
