@@ -1,0 +1,87 @@
+"""POST /retrain end to end: a real `xylen serve --workers 2` on a registry whose store holds 1,200 candles the
+live model never saw; POST /retrain runs the real `xylen retrain` in a child, the candidate is promoted, and every
+worker's /predict answers with the new version through the hot swap. Also: any worker answers for the job, and
+/metrics shows the per-model gauges once and counts the job once across workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, wait_for
+from tests.helpers import BTC_1H, retrain_home
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MODEL = "btcusdt-1h"
+
+
+def predict_body(rows: int = 100) -> dict[str, Any]:
+    from xylen.core.candles import read_candles
+
+    frame = read_candles(BTC_1H).frame.tail(rows)
+    candles = [[int(r["open_time"]), r["open"], r["high"], r["low"], r["close"], r["volume"]]
+               for r in frame.iter_rows(named=True)]
+    return {"symbol": "BTCUSDT", "timeframe": "1h", "candles": candles}
+
+
+def samples(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+
+
+def test_post_retrain_promotes_and_every_worker_swaps_to_the_new_version(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    retrain_home(home)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    # the child reads its settings as `xylen retrain` does: this holdout fits the 1,200 new 1h candles
+    env = {**os.environ, "XYLEN_HOME": str(home), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+           "XYLEN_RETRAIN_HOLDOUT": "500"}
+    argv = [sys.executable, "-m", "xylen", "serve", "--port", str(port), "--workers", "2"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    body = predict_body()
+    try:
+        wait_for(lambda: proc.poll() is not None or log.read_text().count(f"{MODEL}: now serving v0001") == 2,
+                 timeout=90, what="both workers to load v0001")
+        assert proc.poll() is None, log.read_text()
+        assert httpx.post(f"{url}/predict", json=body).json()["model_version"] == "v0001"
+
+        r = httpx.post(f"{url}/retrain", headers={"content-type": "application/json"}, timeout=300)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["status"] == "success" and answer["samples_used"] > 1000, answer
+        (res,) = answer["results"]
+        assert res["name"] == MODEL and res["outcome"] == "promoted" and res["candidate_version"] == "v0002"
+
+        # every worker swaps it in: 20 answers in a row (new connections, either worker) from v0002
+        def all_new() -> bool:
+            return all(httpx.post(f"{url}/predict", json=body).json()["model_version"] == "v0002" for _ in range(20))
+
+        wait_for(all_new, timeout=60, what="every worker to serve v0002")
+        for _ in range(10):  # whichever worker answers knows the job (records are files)
+            job = httpx.get(f"{url}/retrain/{answer['job_id']}").json()
+            assert job["state"] == "succeeded" and job["exit_code"] == 0 and job["result"]["results"][0]["outcome"]
+
+        text = httpx.get(f"{url}/metrics").text
+        assert samples(text, "xylen_model_stale") == [f'xylen_model_stale{{model="{MODEL}"}} 0.0']
+        assert len(samples(text, "xylen_model_age_seconds")) == 1
+        assert samples(text, "xylen_retrain_jobs_total") == ['xylen_retrain_jobs_total{outcome="succeeded"} 1.0']
+        health = httpx.get(f"{url}/health").json()
+        assert health["stale"] is False and health["stale_models"] == [] and health["model_version"] == "v0002"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 0, log.read_text()[-3000:]
