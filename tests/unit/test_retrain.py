@@ -330,3 +330,30 @@ def test_a_sigterm_aborts_a_run_cleanly_with_exit_130(home: Path) -> None:
     ptr = Registry(home / "models").current(NAME)
     assert ptr is not None
     Registry(home / "models").verify(NAME, ptr.version)
+
+
+def test_a_warm_start_scores_the_same_holdout_as_features_of_the_whole_window_would(home: Path) -> None:
+    """A warm start computes features only for the newest rows; its gate must equal one computed on every row."""
+    s = settings(home, retrain_tolerance=0.5)
+    (res,) = retrain(s, RetrainOptions(mode="warm")).results
+    assert res.outcome == "promoted" and res.gate is not None
+    reg = Registry(home / "models")
+    frame = Store(home / "data").read("BTCUSDT", "1h")
+    ds = build(frame, "1h", labels.LabelSpec())
+    hold = gate.split(ds.rows, 6, gate.holdout_size(len(ds.rows), 500)).holdout
+    cand = lightgbm.Booster(model_file=str(reg.path(NAME, "v0002") / "model.txt"))
+    p = cand.predict(ds.X[hold])
+    from xylen.train import metrics
+
+    assert res.gate["holdout"]["first_open_time"] == ds.open_time[hold[0]]
+    assert res.gate["candidate"]["logloss"] == pytest.approx(metrics.logloss(ds.y[hold], p), abs=1e-12)
+
+
+def test_lightgbm_is_imported_without_scikit_learn_and_sklearn_still_imports_afterwards() -> None:
+    code = (
+        "import sys; from xylen.core.imports import import_lightgbm; lgb = import_lightgbm(); "
+        "assert 'sklearn' not in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules); "
+        "assert lgb.Booster; import sklearn; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.abc
 import sys
+from typing import Any
 
 BLOCKED = frozenset({"pandas", "sklearn", "matplotlib", "polars", "pyarrow", "dask", "datatable", "graphviz"})
 
@@ -24,3 +25,32 @@ def block_heavy_imports() -> list[str]:
     if not any(isinstance(f, _Blocker) for f in sys.meta_path):
         sys.meta_path.insert(0, _Blocker())
     return sorted(m for m in BLOCKED if m in sys.modules)
+
+
+# lightgbm's optional integrations: training from numpy arrays uses none of them, and scikit-learn alone costs a
+# trainer ~1-4 s of start-up (scipy.stats) -- more than a warm-start retrain itself.
+LIGHTGBM_EXTRAS = frozenset({"pandas", "sklearn", "matplotlib", "pyarrow", "dask", "datatable", "graphviz", "cffi"})
+
+
+class _During(importlib.abc.MetaPathFinder):
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"{fullname} is skipped while lightgbm loads", name=fullname)
+        return None
+
+
+def import_lightgbm() -> Any:
+    """``import lightgbm`` without its optional integrations (unless they are loaded already): they stay importable
+    afterwards for whoever needs them (the report's matplotlib), lightgbm just does not load them for itself."""
+    if "lightgbm" in sys.modules:
+        return sys.modules["lightgbm"]
+    finder = _During(frozenset(n for n in LIGHTGBM_EXTRAS if n not in sys.modules))
+    sys.meta_path.insert(0, finder)
+    try:
+        import lightgbm
+    finally:
+        sys.meta_path.remove(finder)
+    return lightgbm

@@ -44,14 +44,22 @@ def segment_bounds(open_time: np.ndarray, interval: str) -> tuple[np.ndarray, np
     return starts[seg], ends[seg]
 
 
+def labelled(
+    open_time: np.ndarray, close: np.ndarray, interval: str, spec: labels.LabelSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, valid): which rows may be used, without computing a single feature (cheap)."""
+    y = labels.make(close, spec)
+    idx = np.arange(len(open_time))
+    seg_start, seg_end = segment_bounds(open_time, interval)
+    # a window that spans a gap is left out: lookback and horizon must both sit inside one segment
+    valid = (idx - seg_start >= features.LOOKBACK) & (seg_end - idx >= spec.horizon) & ~np.isnan(y)
+    return y, valid
+
+
 def build(df: pl.DataFrame, interval: str, spec: labels.LabelSpec) -> Dataset:
     arr = arrays_of(df)
     X = features.frame(arr)
-    y = labels.make(arr.close, spec)
-    idx = np.arange(len(arr))
-    seg_start, seg_end = segment_bounds(arr.open_time, interval)
-    # a window that spans a gap is left out: lookback and horizon must both sit inside one segment
-    valid = (idx - seg_start >= features.LOOKBACK) & (seg_end - idx >= spec.horizon) & ~np.isnan(y)
+    y, valid = labelled(arr.open_time, arr.close, interval, spec)
     contiguous_next = np.zeros(len(arr), dtype=bool)
     contiguous_next[:-1] = intervals.consecutive(arr.open_time, interval)
     return Dataset(arr.open_time, arr.close, X, y, valid, contiguous_next, intervals.approx_ms(interval))

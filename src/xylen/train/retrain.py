@@ -41,7 +41,7 @@ from xylen.core.settings import Settings
 from xylen.core.store import Store
 from xylen.profiles import Profile, resolve
 from xylen.train import gate
-from xylen.train.dataset import build
+from xylen.train.dataset import build, labelled
 from xylen.train.pipeline import cap_rows, golden_of, peak_rss_mb
 from xylen.train.threads import training_threads
 
@@ -234,8 +234,9 @@ def retrain_model(
     *,
     explicit: bool = True,
 ) -> ModelResult:
-    import lightgbm as lgb
+    from xylen.core.imports import import_lightgbm
 
+    lgb = import_lightgbm()
     ptr = registry.current(name)
     if ptr is None:
         raise BundleError(
@@ -278,8 +279,9 @@ def retrain_model(
     keep, _reason = cap_rows(df.height, profile, approx_ms(m.interval))
     df = df.tail(keep)
     spec = labels.LabelSpec(horizon=int(m.label["horizon"]), threshold=float(m.label["threshold"]))
-    ds = build(df, m.interval, spec)
-    rows = ds.rows
+    open_time = df["open_time"].to_numpy().astype(np.int64)
+    y_all, valid = labelled(open_time, df["close"].to_numpy().astype(np.float64), m.interval, spec)
+    rows = np.flatnonzero(valid)
     size = gate.holdout_size(len(rows), settings.retrain_holdout)
     if len(rows) < size + MIN_TRAIN_ROWS:
         raise DataError(
@@ -290,7 +292,7 @@ def retrain_model(
     sp = gate.split(rows, spec.horizon, size)
     # the live model must not have trained on the holdout (nor on labels reaching into it): else it would be
     # scored in-sample and the comparison would be rigged in its favour. Wait for enough new candles instead.
-    live_last = int(np.searchsorted(ds.open_time, tw.last_open_time, side="right")) - 1
+    live_last = int(np.searchsorted(open_time, tw.last_open_time, side="right")) - 1
     if live_problem is None and live_last >= 0 and live_last + spec.horizon >= sp.holdout[0]:
         more = live_last + spec.horizon + 1 - int(sp.holdout[0])
         res.outcome = "nothing_new"
@@ -302,10 +304,10 @@ def retrain_model(
 
     params = {k2: v for k2, v in m.params.items() if k2 != "num_boost_round"} | {"num_threads": profile.threads}
     rounds = int(m.params.get("num_boost_round", 100))
-    X, y = ds.X, np.nan_to_num(ds.y, nan=0.0)
-    if len(np.unique(y[sp.train])) < 2:
+    y_all = np.nan_to_num(y_all, nan=0.0)
+    if len(np.unique(y_all[sp.train])) < 2:
         raise TrainingError(
-            f"Every training label of {name!r} is {int(y[sp.train][0])}.",
+            f"Every training label of {name!r} is {int(y_all[sp.train][0])}.",
             hint="the label threshold does not suit this data; make a new model with `xylen train --threshold`.",
         )
     warm_row = int((m.model_extra or {}).get("retrain", {}).get("warm_starts_in_row", 0))
@@ -317,18 +319,27 @@ def retrain_model(
         mode, forced = "full", f"{warm_row} warm starts in a row (XYLEN_RETRAIN_MAX_WARM_STARTS)"
     fit = sp.train
     if mode == "warm":
-        fresh = int((ds.open_time[fit] > tw.last_open_time).sum())
+        fresh = int((open_time[fit] > tw.last_open_time).sum())
         fit = fit[-max(fresh, min(WARM_MIN_ROWS, len(fit))) :]
-    dset = lgb.Dataset(X[fit], label=y[fit], feature_name=list(features.NAMES), params={"max_bin": params["max_bin"]})
+    # features only where they are used: a warm start reads the newest rows, not the whole window
+    off = max(0, int(fit[0]) - features.LOOKBACK - 1) if mode == "warm" else 0
+    df = df.slice(off)
+    ds = build(df, m.interval, spec)
+    fit_s, hold = fit - off, sp.holdout - off
+    if not (ds.valid[fit_s].all() and ds.valid[hold].all()):  # the slice keeps every row's lookback
+        raise TrainingError("The feature window of the retrain rows is incomplete.", hint="this is a bug; report it.")
+    X, y = ds.X, np.nan_to_num(ds.y, nan=0.0)
+    dset = lgb.Dataset(
+        X[fit_s], label=y[fit_s], feature_name=list(features.NAMES), params={"max_bin": params["max_bin"]}
+    )
     if mode == "warm":
         booster = lgb.train(params, dset, num_boost_round=settings.retrain_warm_rounds, init_model=live)
         first_open = tw.first_open_time
     else:
         booster = lgb.train(params, dset, num_boost_round=rounds)
-        first_open = int(ds.open_time[fit[0]])
+        first_open = int(open_time[fit[0]])
     res.mode, res.samples_used = mode, len(fit)
 
-    hold = sp.holdout
     p_cand = np.asarray(booster.predict(X[hold], num_threads=1))
     p_live = np.asarray(live.predict(X[hold], num_threads=1)) if live is not None else None
     verdict = gate.compare(
@@ -337,7 +348,7 @@ def retrain_model(
         p_cand,
         p_live,
         tolerance=settings.retrain_tolerance,
-        base_rate=float(y[sp.train].mean()),
+        base_rate=float(y_all[sp.train].mean()),
         purged=sp.purged,
     )
     res.gate = verdict
@@ -364,7 +375,7 @@ def retrain_model(
             symbol=m.symbol,
             interval=m.interval,
             training_window=TrainingWindow(
-                first_open_time=first_open, last_open_time=int(ds.open_time[fit[-1]]), rows=len(fit)
+                first_open_time=first_open, last_open_time=int(open_time[fit[-1]]), rows=len(fit)
             ),
             profile=profile.to_dict(),
             params=params | {"num_boost_round": booster.current_iteration()},
@@ -373,7 +384,7 @@ def retrain_model(
                 "logloss_holdout": verdict["candidate"]["logloss"],
                 "data_source": retrain_info["data_source"],
             },
-            golden=golden_of(booster, ds, df, fit),
+            golden=golden_of(booster, ds, df, fit_s),
             gate=verdict,
             retrain=retrain_info,
         )
