@@ -186,6 +186,9 @@ def train(
             f"The label threshold {spec.threshold:g} is below the round-trip fee {2 * settings.fee:g}: "
             "a positive label may still lose money."
         )
+    from xylen.core.imports import import_lightgbm
+
+    import_lightgbm()  # before evaluate or anything else imports it with scikit-learn & co (seconds of start-up)
     say("Reading candles", 0.02)
     df, symbol, interval, source = load_candles(settings, opts, warnings)
     name = check_name(opts.name or model_name(symbol, interval))
