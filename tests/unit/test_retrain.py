@@ -357,3 +357,11 @@ def test_lightgbm_is_imported_without_scikit_learn_and_sklearn_still_imports_aft
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_models_show_prints_how_a_retrained_version_was_made_and_its_gate(home: Path) -> None:
+    assert cli(home).exit_code == 0
+    shown = runner.invoke(app, ["--home", str(home), "models", "show", NAME, "v0002"], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert "retrained from v0001 (full); gate: promote: candidate log-loss" in shown.output
+    assert "day-block interval" in shown.output

@@ -132,6 +132,11 @@ def show_cmd(
                 f"AUC {mt['auc_mean']:.4f} | volatility-only {mt['auc_volatility_mean']:.4f} | shuffled "
                 f"{mt['auc_shuffled_mean']:.4f} | edge {mt['auc_edge_vs_volatility']:+.4f}"
             )
+        made = (m.model_extra or {}).get("retrain")
+        g = (m.model_extra or {}).get("gate")
+        if isinstance(made, dict) and isinstance(g, dict):
+            how = f"retrained from {made.get('parent')} ({made.get('mode')})"
+            out.print(f"{how}; gate: {g.get('decision')}: {g.get('reason')}", markup=False)
         out.print(f"created {m.created_at} by xylen {m.xylen_version}; profile {m.profile.get('name', '-')}")
         out.print(_age_line(age), markup=False)
         if is_live:
