@@ -267,7 +267,17 @@ def test_a_home_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
     f = tmp_path / "home"
     f.write_text("x")
     r = runner.invoke(app, ["--home", str(f), "retrain", "--all"])
-    assert r.exit_code in (2, 4) and "Traceback" not in r.output
+    assert r.exit_code == 2 and "Cannot write to" in r.output and "Traceback" not in r.output
+
+
+def test_a_home_where_nothing_can_be_written_is_a_config_error_and_changes_nothing(home: Path) -> None:
+    (home / "locks").mkdir(exist_ok=True)
+    shutil.rmtree(home / "locks")
+    (home / "locks").write_text("a file where xylen keeps its locks")  # as root, the one way to refuse a write
+    r = cli(home, "--json")
+    assert r.exit_code == 2
+    assert "Cannot write to" in as_json(r)["message"] and "XYLEN_HOME" in as_json(r)["error"]["hint"]
+    assert live(home) == "v0001" and Registry(home / "models").versions(NAME) == ["v0001"]
 
 
 def test_busy_when_another_process_holds_the_retrain_lock(home: Path) -> None:

@@ -158,15 +158,15 @@ def retrain(settings: Settings, opts: RetrainOptions, profile: Profile | None = 
     unknown model name); per-model problems are results."""
     t0 = time.perf_counter()
     registry = Registry(settings.models_dir)
-    names = choose(registry, opts)
-    lock = RunLock(settings.home)
+    lock = RunLock(settings.home)  # first: an unwritable XYLEN_HOME is exit 2 before anything else is looked at
     if opts.lock_fd is not None:
         lock.adopt(opts.lock_fd)
-    elif not lock.try_acquire(by=opts.by, models=names):
+    elif not lock.try_acquire(by=opts.by, models=list(opts.names) or ["all live models" if opts.all else "default"]):
         who = describe(lock.holder())
         msg = f"not run: {who} is retraining on this XYLEN_HOME (runs never overlap)"
-        return RunReport([ModelResult(n, "busy", msg) for n in names], time.perf_counter() - t0)
+        return RunReport([ModelResult(n, "busy", msg) for n in choose(registry, opts)], time.perf_counter() - t0)
     with lock:
+        names = choose(registry, opts)
         # what killed writers left in the registry's temp area (a trainer killed while it promoted or wrote a watch
         # record): a run that publishes nothing never reaches Registry.stage, which cleans it too
         with contextlib.suppress(OSError):
