@@ -9,6 +9,7 @@ to HOME/child.pid, then by MODE:
   crash         print an "error:/hint:" pair on stderr (and a traceback-looking line), no JSON, exit 1
   garbage       print non-JSON on stdout, exit 0
   wait FILE     wait until FILE exists (then like ok); SIGTERM: print the CLI's abort object, exit 130
+  wait FILE finish   the same, but SIGTERM finds it done: it prints the success object and exits 0
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ def main() -> int:
     if mode == "wait":
         go = Path(sys.argv[4])
 
+        finish = sys.argv[5:] == ["finish"]  # the run was past its last step: it ends normally despite SIGTERM
+
         def on_term(_sig: int, _frame: object) -> None:
-            sys.stdout.buffer.write(orjson.dumps({"status": "error", "message": "terminated by SIGTERM",
-                                                  "samples_used": 0, "exit_code": 130}))
+            sys.stdout.buffer.write(result("success", "btcusdt-5m: promoted v0002", 0) if finish else orjson.dumps(
+                {"status": "error", "message": "terminated by SIGTERM", "samples_used": 0, "exit_code": 130}))
             sys.stdout.flush()
-            os._exit(130)
+            os._exit(0 if finish else 130)
 
         signal.signal(signal.SIGTERM, on_term)
         while not go.exists():  # the test's release; a child process may poll, the tests never sleep

@@ -119,6 +119,13 @@ def test_a_child_that_cannot_start_is_503_and_frees_the_lock(make: Any, home_cop
     assert make("ok").post("/retrain", headers=JSON).status_code == 200
 
 
+def test_an_unwritable_home_is_503_naming_it_and_starts_nothing(make: Any, home_copy: Path) -> None:
+    (home_copy / "retrain").write_text("a file where the jobs folder goes")
+    r = make("ok").post("/retrain", headers=JSON)
+    assert r.status_code == 503 and "Cannot write to" in r.json()["error"] and "hint:" in r.json()["error"]
+    assert not (home_copy / "child.pid").exists() and RunLock(home_copy).holder() is None
+
+
 def test_http_answer_never_500_for_any_record() -> None:
     for state in ("succeeded", "failed", "aborted", "lost"):
         for code in (None, -9, 0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 130, 255):
@@ -189,6 +196,15 @@ def test_shutdown_sigterms_the_child_and_records_aborted(make: Any, home_copy: P
     assert record["state"] == "aborted" and record["exit_code"] == 130
     assert record["result"]["message"] == "terminated by SIGTERM"  # the child's own clean abort
     assert RunLock(home_copy).holder() is None
+
+
+def test_a_job_that_finishes_despite_the_sigterm_is_recorded_as_succeeded(make: Any, home_copy: Path) -> None:
+    c = make("wait", str(home_copy / "never"), "finish")
+    job_id = c.post("/retrain?wait=false", headers=JSON).json()["job_id"]
+    wait_for(lambda: (home_copy / "child.pid").exists(), what="the child to start")
+    c.__exit__(None, None, None)
+    record = orjson.loads((jobs_dir(home_copy) / f"{job_id}.json").read_bytes())
+    assert record["state"] == "succeeded" and record["exit_code"] == 0  # its promotion happened: say so
 
 
 def test_the_drain_aborts_a_waiting_post_with_503(make: Any, home_copy: Path) -> None:

@@ -194,7 +194,7 @@ class RetrainJobs:
     def _conclude(self, record: dict[str, Any], code: int | None) -> dict[str, Any]:
         job_id = record["job_id"]
         result = self._child_json(job_id)
-        if job_id in self._aborting:
+        if job_id in self._aborting and not (code == 0 and result is not None):  # it finished despite the signal
             state = "aborted"
             message = "aborted: the server was shutting down; the retrain was stopped before it finished"
         elif code == 0 and result is not None:
