@@ -85,3 +85,59 @@ def test_post_retrain_promotes_and_every_worker_swaps_to_the_new_version(tmp_pat
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_sigterm_aborts_a_running_retrain_and_the_waiting_post_gets_its_answer(tmp_path: Path) -> None:
+    import threading
+
+    from xylen.core.registry import Registry
+    from xylen.core.runlock import RunLock
+
+    home = tmp_path / "home"
+    retrain_home(home)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "XYLEN_HOME": str(home), "OMP_NUM_THREADS": "1", "XYLEN_RETRAIN_HOLDOUT": "500"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "xylen", "serve", "--port", str(port)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    answers: list[httpx.Response] = []
+    try:
+        wait_for(lambda: httpx.get(f"{url}/health/ready").status_code == 200, timeout=90, what="readiness")
+        post = threading.Thread(target=lambda: answers.append(
+            httpx.post(f"{url}/retrain", headers={"content-type": "application/json"}, timeout=300)))
+        post.start()
+        jobs = home / "retrain" / "jobs"
+        wait_for(lambda: any(orjson_pid(p) for p in jobs.glob("*.json")) if jobs.exists() else False,
+                 what="the retrain child to start")
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's group only: the child has a session of its own
+        post.join(timeout=120)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    (r,) = answers
+    (record,) = [orjson_load(p) for p in (home / "retrain" / "jobs").glob("*.json")]
+    if r.status_code == 200:  # the retrain had finished its last step when the signal came: nothing to abort
+        assert record["state"] == "succeeded"
+    else:
+        assert r.status_code == 503 and "aborted" in r.json()["error"], r.text
+        # 130: the retrain unwound on SIGTERM; -15: the signal came while the child was still starting
+        assert record["state"] == "aborted" and record["exit_code"] in (130, -signal.SIGTERM), record
+        assert Registry(home / "models").current(MODEL).version == "v0001"  # type: ignore[union-attr]
+    assert RunLock(home).holder() is None  # the child is gone and so is its lock
+
+
+def orjson_load(path: Path) -> dict[str, Any]:
+    import orjson
+
+    return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
+
+
+def orjson_pid(path: Path) -> int | None:
+    try:
+        return orjson_load(path).get("pid")
+    except ValueError:
+        return None  # being replaced
