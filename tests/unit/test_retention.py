@@ -231,6 +231,43 @@ def test_a_removal_during_verification_refuses_the_promotion(home):
     assert reg.current(NAME).version == "v0003"
 
 
+@pytest.mark.parametrize("first", ["rollback", "prune"])
+def test_a_rollback_racing_a_prune_never_names_a_removed_version(home, monkeypatch, first):
+    """v0001 is history[1] when the prune plans; a rollback makes it the rollback target. Rollback first: the prune
+    keeps it. Prune first (between the rollback's look and its swap): the rollback goes on without it."""
+    reg = Registry(home / "models", verify=verify_here)
+    for v in ("v0001", "v0002", "v0003"):
+        reg.promote(NAME, v)  # live v0003, history v0002, v0001
+    other = Registry(home / "models", verify=verify_here)
+    done: list[object] = []
+    if first == "rollback":
+        real_retire = other.storage.retire
+
+        def rollback_first(prefix, **kw):
+            if prefix == f"{NAME}/v0001" and not done:
+                done.append(reg.rollback(NAME))
+            return real_retire(prefix, **kw)
+
+        monkeypatch.setattr(other.storage, "retire", rollback_first)
+        removed = other.prune(NAME, 1)
+        assert done and "v0001" not in removed
+        assert reg.current(NAME).version == "v0002" and reg.current(NAME).history == ("v0001",)
+    else:
+        real_swap = reg.storage.swap
+
+        def prune_first(key, data, expect, **kw):
+            if key.endswith(POINTER) and not done:
+                done.append(other.prune(NAME, 1))
+            return real_swap(key, data, expect, **kw)
+
+        monkeypatch.setattr(reg.storage, "swap", prune_first)
+        ptr = reg.rollback(NAME)
+        assert "v0001" in done[0]
+        assert ptr.version == "v0002" and ptr.history == ()  # not the removed v0001
+    ptr = reg.current(NAME)
+    assert all(reg.path(NAME, v).is_dir() for v in (ptr.version, *ptr.history))
+
+
 def test_a_pin_racing_a_prune_is_kept_or_refused(reg, monkeypatch, home):
     real = reg.storage.swap
     calls = []
