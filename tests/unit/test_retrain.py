@@ -375,3 +375,14 @@ def test_models_show_prints_how_a_retrained_version_was_made_and_its_gate(home: 
     assert shown.exit_code == 0, shown.output
     assert "retrained from v0001 (full); gate: promote: candidate log-loss" in shown.output
     assert "day-block interval" in shown.output
+
+
+def test_after_a_promotion_retention_prunes_old_versions_but_never_the_rollback_target(home: Path) -> None:
+    reg = Registry(home / "models")
+    extra = [build_bundle(reg, NAME, rounds=3, rows=500, promote=False) for _ in range(3)]
+    assert extra == ["v0002", "v0003", "v0004"]
+    (res,) = retrain(settings(home, keep_versions=1), RetrainOptions()).results
+    assert res.outcome == "promoted" and res.candidate_version == "v0005", res.message
+    assert res.pruned == extra
+    assert reg.versions(NAME) == ["v0001", "v0005"]  # live, and v0001: the rollback target
+    assert reg.rollback(NAME).version == "v0001"

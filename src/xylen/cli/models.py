@@ -9,7 +9,9 @@ import typer
 from xylen.cli import app, handled, out, settings_from
 
 models_app = typer.Typer(
-    help="List, inspect, promote and roll back model versions.\n\nExample: xylen models list", no_args_is_help=True
+    help="List, inspect, promote, roll back, pin and prune model versions; import and export models."
+    "\n\nExample: xylen models list",
+    no_args_is_help=True,
 )
 app.add_typer(models_app, name="models")
 

@@ -457,11 +457,10 @@ def _ts(ms: int) -> str:
 
 
 def _prune(registry: Registry, name: str, settings: Settings, r: ModelResult) -> list[str]:
-    prune = getattr(registry, "prune", None)
-    if prune is None or r.candidate_version is None:
+    if r.candidate_version is None:
         return []
     try:
-        return list(prune(name, settings.keep_versions))
+        return list(registry.prune(name, settings.keep_versions))
     except XylenError as exc:
         r.message += f"; retention skipped: {exc.message}"
         return []
