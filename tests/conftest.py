@@ -17,9 +17,10 @@ from hypothesis import settings as hypothesis_settings
 
 # CI replays the same generated examples on every run (a landing must not hinge on a lucky draw); locally
 # Hypothesis explores new ones each run and keeps failures in .hypothesis/ to replay them.
+# No per-example deadline anywhere: time lives in benchmarks, and a busy machine must not fail a test.
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
-if os.environ.get("CI"):
-    hypothesis_settings.load_profile("ci")
+hypothesis_settings.register_profile("local", deadline=None)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "local")
 
 T = TypeVar("T")
 
