@@ -26,6 +26,7 @@ from xylen.core.storage import storage_error
 
 LOCK_FILE = "retrain.lock"
 HOLDER_FILE = "retrain.holder.json"
+PROBE_RETRIES = 5
 _FD_HINT = "--lock-fd is how `xylen serve` hands its lock to a retrain job; leave it out."
 
 
@@ -52,11 +53,15 @@ class RunLock:
         if self._fh is not None:
             return True
         fh = self._open()
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            return False
+        for attempt in range(PROBE_RETRIES):
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == PROBE_RETRIES - 1:
+                    fh.close()
+                    return False
+                time.sleep(0.01)  # perhaps only holder()'s probe, which holds it for microseconds
         self._fh = fh
         self._write_holder(holder)
         return True
@@ -87,6 +92,8 @@ class RunLock:
                 f"--lock-fd {fd} does not hold the retrain lock.", hint="--lock-fd is for xylen serve only."
             ) from None
         self._fh = fh
+        with contextlib.suppress(ConfigError):  # the record names the process doing the work from now on
+            self._write_holder(self._read_holder() | {"pid": os.getpid()})
 
     def fileno(self) -> int:
         if self._fh is None:
