@@ -73,6 +73,11 @@ def test_promotes_a_candidate_that_passes_the_gate_and_records_the_gate_in_its_m
     (res,) = body["results"]
     assert res["outcome"] == "promoted" and res["live_version"] == "v0001" and res["candidate_version"] == "v0002"
     assert live(home) == "v0002"
+    from xylen.train import watch
+
+    # after the run, the live model's watch record is written and reported
+    assert res["watch"] is not None and res["watch"] == watch.read(Registry(home / "models"), NAME)
+    assert res["watch"]["version"] == "v0002"
     m = Registry(home / "models").manifest(NAME, "v0002")
     g = m.model_extra["gate"]
     assert g["decision"] == "promote" and g["metric"] == "logloss"

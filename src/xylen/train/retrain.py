@@ -467,10 +467,8 @@ def _prune(registry: Registry, name: str, settings: Settings, r: ModelResult) ->
 
 
 def _watch(settings: Settings, registry: Registry, store: Store, name: str, r: ModelResult) -> dict[str, Any] | None:
-    try:
-        from xylen.train import watch  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
+    from xylen.train import watch
+
     try:
         return watch.record(settings, registry, store, name)
     except XylenError as exc:
