@@ -17,6 +17,7 @@ import polars as pl
 from xylen.core import features, labels
 from xylen.core.bundle import (
     Golden,
+    Manifest,
     TrainingWindow,
     artifact_info,
     load_bundle,
@@ -239,40 +240,34 @@ def train(
     say("Writing the bundle and report", 0.9)
     peak = peak_rss_mb()
     metrics["peak_rss_mb"] = round(peak, 1)
-    with registry.stage(name) as staging:
-        model_file = staging / "model.txt"
-        booster.save_model(str(model_file))
-        manifest = new_manifest(
-            name=name,
-            version="v0000",
-            backend="lightgbm",
-            artifact=artifact_info(model_file),
-            feature_set={"version": features.VERSION, "names": list(features.NAMES)},
-            label=spec.to_dict() | {"description": spec.describe()},
-            symbol=symbol,
-            interval=interval,
-            training_window=TrainingWindow(
-                first_open_time=int(ds.open_time[rows[0]]), last_open_time=int(ds.open_time[rows[-1]]), rows=len(rows)
-            ),
-            profile=profile.to_dict(),
-            params=params_final | {"num_boost_round": rounds},
-            metrics=metrics
-            | {
-                "folds": [f.__dict__ for f in ev.folds],
-                "importance": ev.importance,
-                "data_source": source,
-                "warnings": warnings,
-            },
-            golden=golden_of(booster, ds, df, rows),
-        )
-        write_manifest(staging, manifest)
-        load_bundle(staging)  # verify what we wrote exactly as a server would, before anyone can see it
-        from xylen.train.report import write_report
+    from xylen.train.report import write_report
 
-        def finalize(folder: Path, version: str) -> None:  # the report names the version publish chose
-            write_report(folder, manifest.model_copy(update={"version": version}), ev, bt, ds, warnings)
+    def finalize(folder: Path, manifest: Manifest, version: str) -> None:  # the report names the version publish chose
+        write_report(folder, manifest.model_copy(update={"version": version}), ev, bt, ds, warnings)
 
-        version = registry.publish(name, staging, finalize)
+    version = publish_booster(
+        registry,
+        name,
+        booster,
+        finalize=finalize,
+        feature_set={"version": features.VERSION, "names": list(features.NAMES)},
+        label=spec.to_dict() | {"description": spec.describe()},
+        symbol=symbol,
+        interval=interval,
+        training_window=TrainingWindow(
+            first_open_time=int(ds.open_time[rows[0]]), last_open_time=int(ds.open_time[rows[-1]]), rows=len(rows)
+        ),
+        profile=profile.to_dict(),
+        params=params_final | {"num_boost_round": rounds},
+        metrics=metrics
+        | {
+            "folds": [f.__dict__ for f in ev.folds],
+            "importance": ev.importance,
+            "data_source": source,
+            "warnings": warnings,
+        },
+        golden=golden_of(booster, ds, df, rows),
+    )
     bundle_dir = registry.path(name, version)
     if opts.promote:
         registry.promote(name, version)
@@ -301,6 +296,30 @@ def train(
         peak_rss_mb=peak_rss_mb(),
         pruned=pruned,
     )
+
+
+def publish_booster(
+    registry: Registry,
+    name: str,
+    booster: Any,
+    *,
+    finalize: Callable[[Path, Manifest, str], None] | None = None,
+    **fields: Any,
+) -> str:
+    """Write ``booster`` and its manifest (``fields`` + the artifact) as the next version of ``name``: staged where
+    no reader looks, loaded exactly as a server would load it, then made visible whole. Returns the version."""
+    with registry.stage(name) as staging:
+        model_file = staging / "model.txt"
+        booster.save_model(str(model_file))
+        manifest = new_manifest(
+            name=name, version="v0000", backend="lightgbm", artifact=artifact_info(model_file), **fields
+        )
+        write_manifest(staging, manifest)
+        load_bundle(staging)  # verify what we wrote exactly as a server would, before anyone can see it
+        if finalize is None:
+            return registry.publish(name, staging)
+        done = finalize
+        return registry.publish(name, staging, lambda folder, version: done(folder, manifest, version))
 
 
 def golden_of(booster: Any, ds: Dataset, df: pl.DataFrame, rows: np.ndarray) -> Golden:

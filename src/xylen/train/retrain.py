@@ -27,11 +27,7 @@ from xylen.core import features, labels
 from xylen.core.bundle import (
     Manifest,
     TrainingWindow,
-    artifact_info,
-    load_bundle,
-    new_manifest,
     verify_artifact,
-    write_manifest,
 )
 from xylen.core.errors import BundleError, ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
@@ -42,7 +38,7 @@ from xylen.core.store import Store
 from xylen.profiles import Profile, resolve
 from xylen.train import gate
 from xylen.train.dataset import build, labelled
-from xylen.train.pipeline import cap_rows, golden_of, peak_rss_mb
+from xylen.train.pipeline import cap_rows, golden_of, peak_rss_mb, publish_booster
 from xylen.train.threads import training_threads
 
 Outcome = Literal["promoted", "kept", "nothing_new", "skipped", "busy", "conflict", "error"]
@@ -362,35 +358,28 @@ def retrain_model(
         "live_problem": live_problem,
         "data_source": f"store {store.series_dir(m.symbol, m.interval)}",
     }
-    with registry.stage(name) as staging:
-        model_file = staging / "model.txt"
-        booster.save_model(str(model_file))
-        manifest = new_manifest(
-            name=name,
-            version="v0000",
-            backend="lightgbm",
-            artifact=artifact_info(model_file),
-            feature_set=m.feature_set.model_dump(),
-            label=m.label,
-            symbol=m.symbol,
-            interval=m.interval,
-            training_window=TrainingWindow(
-                first_open_time=first_open, last_open_time=int(open_time[fit[-1]]), rows=len(fit)
-            ),
-            profile=profile.to_dict(),
-            params=params | {"num_boost_round": booster.current_iteration()},
-            metrics={
-                "auc_holdout": verdict["candidate"]["auc"],
-                "logloss_holdout": verdict["candidate"]["logloss"],
-                "data_source": retrain_info["data_source"],
-            },
-            golden=golden_of(booster, ds, df, fit_s),
-            gate=verdict,
-            retrain=retrain_info,
-        )
-        write_manifest(staging, manifest)
-        load_bundle(staging)  # what we wrote loads as a server would load it, before anyone can see it
-        version = registry.publish(name, staging)
+    version = publish_booster(
+        registry,
+        name,
+        booster,
+        feature_set=m.feature_set.model_dump(),
+        label=m.label,
+        symbol=m.symbol,
+        interval=m.interval,
+        training_window=TrainingWindow(
+            first_open_time=first_open, last_open_time=int(open_time[fit[-1]]), rows=len(fit)
+        ),
+        profile=profile.to_dict(),
+        params=params | {"num_boost_round": booster.current_iteration()},
+        metrics={
+            "auc_holdout": verdict["candidate"]["auc"],
+            "logloss_holdout": verdict["candidate"]["logloss"],
+            "data_source": retrain_info["data_source"],
+        },
+        golden=golden_of(booster, ds, df, fit_s),
+        gate=verdict,
+        retrain=retrain_info,
+    )
     res.candidate_version = version
     how = f"{'warm start' if mode == 'warm' else 'full refit'} on {len(fit)} candles" + (
         f" (full refit forced: {forced})" if forced else ""
