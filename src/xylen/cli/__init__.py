@@ -27,7 +27,7 @@ EXIT_HELP = "\n\n".join(f"{code}: {text}" for code, text in EXIT_CODES.items())
 app = typer.Typer(
     name="xylen",
     help="Self-hosted crypto trading-signal models: collect Binance candles, train LightGBM sized to this "
-    "machine, serve predictions.\n\nExample: xylen train --profile auto",
+    "machine, serve predictions, retrain as new candles arrive.\n\nExample: xylen train --profile auto",
     epilog=f"Exit codes:\n\n{EXIT_HELP}",
     no_args_is_help=True,
     add_completion=False,
