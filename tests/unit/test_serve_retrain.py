@@ -243,6 +243,45 @@ def test_records_survive_a_restart_and_a_dead_running_job_reads_lost(make: Any, 
     assert lost["state"] == "lost" and "stopped before recording its end" in lost["message"]
 
 
+def running_record(job_id: str, **fields: Any) -> bytes:
+    return orjson.dumps({"job_id": job_id, "state": "running", "models": [MODEL], "started_at": "2026-01-01T00:00:00Z",
+                         "finished_at": None, "exit_code": None, "result": None, "message": "running", **fields})
+
+
+def test_a_job_whose_child_ended_reads_running_while_its_server_records_the_end(make: Any, home_copy: Path) -> None:
+    """--workers 2: worker A's child has exited and A is writing the final record when worker B is asked; B must
+    not answer the terminal "lost" for a job that A is about to record as succeeded."""
+    import psutil
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    server = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    job_id = "d" * 32
+    try:
+        jobs_dir(home_copy).mkdir(parents=True, exist_ok=True)
+        (jobs_dir(home_copy) / f"{job_id}.json").write_bytes(running_record(
+            job_id, pid=dead.pid, pid_created=1.0, server_pid=server.pid,
+            server_created=psutil.Process(server.pid).create_time()))
+        c = make("ok")
+        assert c.get(f"/retrain/{job_id}").json()["state"] == "running"
+    finally:
+        server.communicate(b"")
+    lost = c.get(f"/retrain/{job_id}").json()
+    assert lost["state"] == "lost" and "stopped before recording its end" in lost["message"]
+
+
+@pytest.mark.parametrize("fields", [{"pid": -1}, {"pid": "12"}, {"pid": True}, {"pid_created": "abc"}, {"pid": 2**62},
+                                    {"server_pid": -1, "server_created": "x"},
+                                    {"server_pid": 2**62, "server_created": 1.0}])
+def test_a_hand_edited_running_record_reads_lost_never_500(make: Any, home_copy: Path, fields: dict[str, Any]) -> None:
+    job_id = "e" * 32
+    jobs_dir(home_copy).mkdir(parents=True, exist_ok=True)
+    # pid_created "abc" with our own (live) pid: the start-time comparison must not raise
+    (jobs_dir(home_copy) / f"{job_id}.json").write_bytes(running_record(job_id, **({"pid": os.getpid()} | fields)))
+    r = make("ok").get(f"/retrain/{job_id}")
+    assert r.status_code == 200 and r.json()["state"] in ("lost", "running"), r.text
+
+
 def test_only_the_last_100_records_are_kept(make: Any, home_copy: Path) -> None:
     d = jobs_dir(home_copy)
     d.mkdir(parents=True)

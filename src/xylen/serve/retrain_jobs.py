@@ -8,7 +8,8 @@ when the child exits, however it exits (kill -9 included). The event loop only a
 Each job has a record, ``XYLEN_HOME/retrain/jobs/<id>.json`` (replaced atomically), so that every worker of
 `xylen serve --workers N` answers GET /retrain/<id> for any job and a restart keeps them; the child's stdout (its
 one JSON object) and stderr go to ``<id>.out`` / ``<id>.err`` beside it, not to pipes, so a child outlives a
-server that dies without losing its answer. A "running" record whose child is gone reads as "lost".
+server that dies without losing its answer. A "running" record whose child and server are both gone reads as
+"lost" (the server of a finished child, perhaps another worker, may be writing the end that moment).
 """
 
 from __future__ import annotations
@@ -51,6 +52,27 @@ def retrain_command(home: Path, names: list[str] | None, lock_fd: int) -> list[s
     """The child's argv: the same pipeline as `xylen retrain` (cron, --loop), one JSON object on stdout."""
     which = list(names) if names else ["--all"]
     return [sys.executable, "-m", "xylen", "--home", str(home), "retrain", *which, "--json", "--lock-fd", str(lock_fd)]
+
+
+def _alive(pid: object, created: object, *, unknown_ok: bool) -> bool:
+    """Whether process ``pid`` runs and started at ``created`` (a reused pid is another process: its start time
+    differs). ``unknown_ok``: a record without the start time trusts the pid alone. Values come from a file."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        started = psutil.Process(pid).create_time()
+    except (psutil.Error, OverflowError):
+        return False
+    if created is None:
+        return unknown_ok
+    return isinstance(created, (int, float)) and not isinstance(created, bool) and abs(started - created) < 1.0
+
+
+def _own_start() -> float | None:
+    try:
+        return float(psutil.Process().create_time())
+    except psutil.Error:
+        return None
 
 
 class Busy(Exception):
@@ -120,7 +142,7 @@ class RetrainJobs:
         try:
             record = {"job_id": job_id, "state": "running", "models": models, "started_at": now_iso(),
                       "finished_at": None, "exit_code": None, "result": None, "message": "running",
-                      "pid": None, "pid_created": None, "server_pid": os.getpid()}
+                      "pid": None, "pid_created": None, "server_pid": os.getpid(), "server_created": _own_start()}
             await asyncio.to_thread(self._write, record)
             proc = await self._spawn(job_id, names, lock.fileno())
         except BaseException:
@@ -246,7 +268,8 @@ class RetrainJobs:
         return await asyncio.shield(self._tasks[job_id])
 
     def read(self, job_id: str) -> dict[str, Any] | None:
-        """A job's record (any process's), None when there is none; "running" with its child gone reads "lost"."""
+        """A job's record (any process's), None when there is none; "running" with its child and its server gone
+        reads "lost"."""
         if not well_formed(job_id):
             return None
         try:
@@ -257,6 +280,9 @@ class RetrainJobs:
             return {"job_id": job_id, "state": "lost", "started_at": None, "finished_at": None, "exit_code": None,
                     "result": None, "message": f"the job's record is unreadable ({str(exc)[:120]})"}
         if record.get("state") == "running" and job_id not in self._tasks and not self._child_alive(record):
+            owner = record.get("server_pid")
+            if owner != os.getpid() and _alive(owner, record.get("server_created"), unknown_ok=False):
+                return record  # its server (another worker) is recording the end right now: not lost
             result = self._child_json(job_id)
             record = {**record, "state": "lost", "result": result,
                       "message": "lost: the server process that ran this job stopped before recording its end"
@@ -264,15 +290,8 @@ class RetrainJobs:
         return record
 
     def _child_alive(self, record: dict[str, Any]) -> bool:
-        pid, created = record.get("pid"), record.get("pid_created")
-        if isinstance(pid, int):
-            try:
-                proc = psutil.Process(pid)
-                # a reused pid is another process: its start time differs
-                if created is None or abs(proc.create_time() - float(created)) < 1.0:
-                    return True
-            except psutil.Error:
-                pass
+        if _alive(record.get("pid"), record.get("pid_created"), unknown_ok=True):
+            return True
         holder = RunLock(self.home).holder()  # the moment between the record and the spawn: the lock says
         return holder is not None and holder.get("job_id") == record.get("job_id")
 
