@@ -126,6 +126,29 @@ def test_an_unwritable_home_is_503_naming_it_and_starts_nothing(make: Any, home_
     assert not (home_copy / "child.pid").exists() and RunLock(home_copy).holder() is None
 
 
+def test_a_record_write_failing_once_the_child_runs_still_watches_it(make: Any, home_copy: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills between the job's first record and the one with the child's pid: the child runs (and may
+    promote), so the answer is its result, not a 503 that invites a retry; the job is recorded when it ends."""
+    from xylen.core.errors import XylenError
+
+    c = make("ok")
+    jobs = c.app.state.jobs
+    real, writes = jobs._write, []
+
+    def second_fails(record: dict[str, Any]) -> None:
+        writes.append(record["state"])
+        if len(writes) == 2:
+            raise XylenError("Cannot write to the jobs folder: the disk is full.")
+        real(record)
+
+    monkeypatch.setattr(jobs, "_write", second_fails)
+    r = c.post("/retrain", headers=JSON)
+    assert r.status_code == 200 and r.json()["status"] == "success", r.text
+    assert c.get(f"/retrain/{r.json()['job_id']}").json()["state"] == "succeeded"
+    assert RunLock(home_copy).holder() is None
+
+
 def test_http_answer_never_500_for_any_record() -> None:
     for state in ("succeeded", "failed", "aborted", "lost"):
         for code in (None, -9, 0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 130, 255):

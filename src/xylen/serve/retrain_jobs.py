@@ -152,7 +152,10 @@ class RetrainJobs:
         record["pid"] = proc.pid
         with contextlib.suppress(psutil.Error):
             record["pid_created"] = psutil.Process(proc.pid).create_time()
-        await asyncio.to_thread(self._write, record)
+        try:
+            await asyncio.to_thread(self._write, record)
+        except XylenError as exc:  # the child runs (and may promote) whatever happens: watch it all the same
+            log.error("retrain job %s: its record could not be updated: %s", job_id, exc.message)
         log.info("retrain job %s started (pid %d, %s)", job_id, proc.pid, ", ".join(models) or "all models")
         self._procs[job_id] = proc
         self._tasks[job_id] = asyncio.get_running_loop().create_task(self._watch(record, proc))
