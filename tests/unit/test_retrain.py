@@ -347,6 +347,44 @@ def test_a_sigterm_aborts_a_run_cleanly_with_exit_130(home: Path) -> None:
     Registry(home / "models").verify(NAME, ptr.version)
 
 
+@pytest.mark.parametrize("during", ["promotion", "watch"])
+def test_a_sigterm_after_the_promotion_reports_the_promotion_with_exit_130(
+    home: Path, monkeypatch: pytest.MonkeyPatch, during: str
+) -> None:
+    """The promotion happened: the output must say so, not only that the run was aborted (a server's job record
+    and the loop's log line are made from it)."""
+    import signal
+
+    from xylen.train import watch
+
+    def sigterm() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next bytecode, in this function
+
+    if during == "promotion":
+        real = Registry.promote
+
+        def promote(self: Registry, *a: Any, **kw: Any) -> Any:
+            done = real(self, *a, **kw)
+            sigterm()
+            return done
+
+        monkeypatch.setattr(Registry, "promote", promote)
+    else:
+        monkeypatch.setattr(watch, "record", lambda *a, **kw: sigterm())
+    r = cli(home, "--json")
+    assert r.exit_code == 130, r.output
+    body = as_json(r)
+    assert body["exit_code"] == 130 and body["status"] == "error"
+    (res,) = body["results"]
+    assert res["outcome"] == "promoted" and res["candidate_version"] == "v0002" and live(home) == "v0002"
+    assert body["message"].startswith(f"{NAME}: promoted v0002") and "SIGTERM" in body["message"]
+    assert body["samples_used"] == res["samples_used"] > 1000
+    assert RunLock(home).holder() is None
+    monkeypatch.undo()
+    human = cli(home, env={"XYLEN_RETRAIN_MIN_NEW_SAMPLES": "1"})  # no SIGTERM held over: a normal run
+    assert human.exit_code == 0 and "nothing new" in human.output
+
+
 def test_a_warm_start_scores_the_same_holdout_as_features_of_the_whole_window_would(home: Path) -> None:
     """A warm start computes features only for the newest rows; its gate must equal one computed on every row."""
     s = settings(home, retrain_tolerance=0.5)

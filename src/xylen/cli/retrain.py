@@ -91,16 +91,22 @@ def run_once(settings: Any, opts: Any, *, as_json: bool, strict: bool) -> int:
     import orjson
 
     from xylen.core.errors import XylenError
-    from xylen.train.retrain import Terminated, error_of, retrain, sigterm_unwinds
+    from xylen.train.retrain import RunReport, Terminated, error_of, retrain, sigterm_unwinds
 
     try:
         with sigterm_unwinds():
             report = retrain(settings, opts)
-    except Terminated:
+    except Terminated as exc:
+        # what was settled before the signal stays true (a promotion among it happened): report it with the abort
+        done = RunReport(exc.results, sum(r.seconds for r in exc.results))
         msg = "terminated by SIGTERM; the run was aborted and nothing was left half-written."
+        if done.results:
+            msg = f"{'; '.join(f'{r.name}: {r.message}' for r in done.results)}; then {msg}"
         if as_json:
-            typer.echo(orjson.dumps({"status": "error", "message": msg, "samples_used": 0, "exit_code": 130}))
+            body = done.to_dict() | {"status": "error", "message": msg, "exit_code": 130}
+            typer.echo(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY).decode())
         else:
+            print_report(done)
             err.print(msg)
         return 130
     except XylenError as exc:

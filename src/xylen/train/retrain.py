@@ -53,7 +53,28 @@ SEVERITY = (1, 4, 5, 3, 2, 6)
 
 
 class Terminated(BaseException):
-    """SIGTERM during a run: unwinds like Ctrl-C, so every staging folder and the lock are cleaned up."""
+    """SIGTERM during a run: unwinds like Ctrl-C, so every staging folder and the lock are cleaned up. ``results``:
+    the models whose outcome was settled before it (a promotion among them happened: the report must say so)."""
+
+    def __init__(self, results: Sequence[ModelResult] = ()) -> None:
+        super().__init__()
+        self.results = list(results)
+
+
+class _Commit:
+    """While a promotion is being made and reported, a SIGTERM waits (``pending``) instead of unwinding: else the
+    promotion could happen and its report be lost, and the run would say it was aborted with a new version live."""
+
+    held = False
+    pending = False
+
+    def release(self) -> bool:
+        """Stop holding; True when a SIGTERM arrived meanwhile."""
+        pending, self.held, self.pending = self.pending, False, False
+        return pending
+
+
+COMMIT = _Commit()
 
 
 @dataclass
@@ -136,6 +157,9 @@ def sigterm_unwinds() -> Iterator[None]:
     by the normal unwinding, and nothing half-written stays visible."""
 
     def _raise(_sig: int, _frame: object) -> None:
+        if COMMIT.held:
+            COMMIT.pending = True
+            return
         raise Terminated()
 
     try:
@@ -173,18 +197,28 @@ def retrain(settings: Settings, opts: RetrainOptions, profile: Profile | None = 
         threads, _why = training_threads(profile.threads, explicit=settings.lgbm_num_threads is not None)
         profile = replace(profile, threads=threads)
         store = Store(settings.data_dir)
-        results = []
-        for name in names:
-            t1 = time.perf_counter()
-            try:
-                r = retrain_model(settings, registry, store, name, opts, profile, explicit=not opts.all)
-            except XylenError as exc:
-                r = ModelResult(name, "error", exc.message, error=error_of(exc))
-            r.pruned = _prune(registry, name, settings, r)
-            r.watch = _watch(settings, registry, store, name, r)
-            r.seconds = time.perf_counter() - t1
-            r.peak_rss_mb = peak_rss_mb()
-            results.append(r)
+        results: list[ModelResult] = []
+        try:
+            for name in names:
+                t1 = time.perf_counter()
+                if COMMIT.release():  # held by a direct retrain_model call (tests) when a SIGTERM came
+                    raise Terminated()
+                try:
+                    r = retrain_model(settings, registry, store, name, opts, profile, explicit=not opts.all)
+                except XylenError as exc:
+                    r = ModelResult(name, "error", exc.message, error=error_of(exc))
+                finally:
+                    terminated = COMMIT.release()
+                results.append(r)
+                r.seconds, r.peak_rss_mb = time.perf_counter() - t1, peak_rss_mb()
+                if terminated:
+                    raise Terminated()
+                r.pruned = _prune(registry, name, settings, r)
+                r.watch = _watch(settings, registry, store, name, r)
+                r.seconds = time.perf_counter() - t1
+                r.peak_rss_mb = peak_rss_mb()
+        except Terminated:
+            raise Terminated(results) from None
     return RunReport(results, time.perf_counter() - t0)
 
 
@@ -390,6 +424,7 @@ def retrain_model(
         return res
     if opts.before_promote is not None:
         opts.before_promote(name, version)
+    COMMIT.held = True  # until retrain() has this result: a SIGTERM now waits (see _Commit)
     try:
         registry.promote(name, version, expect_live=ptr.version)
     except PromotionConflict as exc:
