@@ -379,6 +379,10 @@ def test_the_record_follows_the_live_version(home, candles):
         b'{"name": "btcusdt-1h"}',
         "a record whose rows are text",
         "a record whose model scores are text",
+        "a record whose model scores lack the AUC",
+        "a record without its edge",
+        "a record with a first but no last open time",
+        "a record whose open time is out of any calendar",
     ],
 )
 def test_a_damaged_record_reads_as_none(home, candles, damage):
@@ -388,6 +392,14 @@ def test_a_damaged_record_reads_as_none(home, candles, damage):
         damage = orjson.dumps(rec | {"rows": "many"})
     elif damage == "a record whose model scores are text":
         damage = orjson.dumps(rec | {"model": rec["model"] | {"auc": "0.9"}})
+    elif damage == "a record whose model scores lack the AUC":
+        damage = orjson.dumps(rec | {"model": {k: v for k, v in rec["model"].items() if k != "auc"}})
+    elif damage == "a record without its edge":
+        damage = orjson.dumps({k: v for k, v in rec.items() if k != "auc_edge_vs_volatility"})
+    elif damage == "a record with a first but no last open time":
+        damage = orjson.dumps(rec | {"last_open_time": None})
+    elif damage == "a record whose open time is out of any calendar":
+        damage = orjson.dumps(rec | {"last_open_time": 2**62})
     (home / "models" / NAME / watch.RECORD).write_bytes(damage)
     assert watch.read(registry(home), NAME) is None
     res = cli(home, "models", "show")

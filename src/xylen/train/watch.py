@@ -143,21 +143,27 @@ def _opt_num(v: object) -> bool:
     return v is None or _is(v, int, float)
 
 
+_MAX_MS = 253_402_300_799_999  # 9999-12-31: an open time a display can format
+
+
 def _well_formed(rec: dict[str, Any]) -> bool:
-    """The fields readers format, with the types ``record`` writes (a hand-edited file must not break a display)."""
+    """The fields readers format, present and with the types ``record`` writes (a hand-edited file must not break
+    a display: `xylen models show` indexes them)."""
     scored = [rec.get(k) for k in ("model", "volatility_baseline")]
+    first, last = rec.get("first_open_time"), rec.get("last_open_time")
+    numbers = ("base_rate", "auc_edge_vs_volatility", "entry_threshold")
     return (
         _is(rec.get("rows"), int)
         and isinstance(rec.get("computed_at"), str)
-        and all(v is None or _is(v, int) for v in (rec.get("first_open_time"), rec.get("last_open_time")))
-        and all(_opt_num(rec.get(k)) for k in ("base_rate", "auc_edge_vs_volatility", "entry_threshold"))
+        and (first is None and last is None or all(isinstance(v, int) and 0 <= v <= _MAX_MS for v in (first, last)))
+        and all(k in rec and _opt_num(rec[k]) for k in numbers)
         and (rec.get("note") is None or isinstance(rec.get("note"), str))
         and all(
             s is None
             or (
                 isinstance(s, dict)
                 and _is(s.get("signals"), int)
-                and all(_opt_num(s.get(k)) for k in ("auc", "logloss", "hit_rate"))
+                and all(k in s and _opt_num(s[k]) for k in ("auc", "logloss", "hit_rate"))
             )
             for s in scored
         )
