@@ -224,6 +224,27 @@ def test_bad_options_exit_with_a_message_and_change_nothing(
     assert live(home) == "v0001" and Registry(home / "models").versions(NAME) == ["v0001"]
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "code", "words"),
+    [
+        (["--min-new-samples", "0"], {}, 2, "--min-new-samples 0"),
+        ([], {"XYLEN_RETRAIN_HOLDOUT": "50"}, 2, "XYLEN_RETRAIN_HOLDOUT"),
+        (["--all", NAME], {}, 2, "--all"),
+        (["nosuch"], {}, 4, "nosuch"),
+        (["--loop", "--interval", "soon"], {}, 2, "soon"),
+    ],
+)
+def test_with_json_a_run_that_cannot_start_prints_one_json_object(
+    home: Path, args: list[str], env: dict[str, str], code: int, words: str
+) -> None:
+    r = runner.invoke(app, ["--home", str(home), "retrain", "--json", *args], env=ENV | env)
+    assert r.exit_code == code, r.output
+    body = orjson.loads(r.stdout)
+    assert body["status"] == "error" and body["exit_code"] == code and body["samples_used"] == 0
+    assert words in body["message"] and "hint" in body["error"] and body["results"] == []
+    assert "--training-interval" not in body["message"]  # the option is --interval
+
+
 def test_no_data_in_the_store_is_a_data_error(home: Path) -> None:
     shutil.rmtree(home / "data")
     r = cli(home, "--json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -56,7 +58,9 @@ def retrain_cmd(
 
     Example: xylen collect --once && xylen retrain --all
     """
-    with handled():
+    from xylen.core.errors import XylenError
+
+    with handled(), json_errors(as_json):
         if min_new_samples is not None and min_new_samples < 1:
             from xylen.core.errors import ConfigError
 
@@ -64,7 +68,10 @@ def retrain_cmd(
         overrides: dict[str, Any] = {}
         if interval is not None:
             overrides["training_interval"] = interval
-        settings = settings_from(ctx, **overrides)
+        try:
+            settings = settings_from(ctx, **overrides)
+        except XylenError as exc:  # the setting's generic name is not this command's option
+            raise type(exc)(exc.message.replace("--training-interval (", "--interval ("), hint=exc.hint) from None
         from xylen.train.retrain import RetrainOptions
 
         opts = RetrainOptions(
@@ -87,11 +94,29 @@ def retrain_cmd(
     raise typer.Exit(code)
 
 
+@contextmanager
+def json_errors(as_json: bool) -> Iterator[None]:
+    """With --json, an error that stops the whole run (a bad option or setting too) is the one JSON object."""
+    from xylen.core.errors import XylenError
+
+    try:
+        yield
+    except XylenError as exc:
+        if not as_json:
+            raise
+        import orjson
+
+        from xylen.train.retrain import error_of
+
+        body = {"status": "error", "message": exc.message, "samples_used": 0, "exit_code": exc.exit_code}
+        typer.echo(orjson.dumps(body | {"error": error_of(exc), "results": []}).decode())
+        raise typer.Exit(exc.exit_code) from None
+
+
 def run_once(settings: Any, opts: Any, *, as_json: bool, strict: bool) -> int:
     import orjson
 
-    from xylen.core.errors import XylenError
-    from xylen.train.retrain import RunReport, Terminated, error_of, retrain, sigterm_unwinds
+    from xylen.train.retrain import RunReport, Terminated, retrain, sigterm_unwinds
 
     try:
         with sigterm_unwinds():
@@ -109,12 +134,6 @@ def run_once(settings: Any, opts: Any, *, as_json: bool, strict: bool) -> int:
             print_report(done)
             err.print(msg)
         return 130
-    except XylenError as exc:
-        if not as_json:
-            raise
-        body = {"status": "error", "message": exc.message, "samples_used": 0, "exit_code": exc.exit_code}
-        typer.echo(orjson.dumps(body | {"error": error_of(exc), "results": []}).decode())
-        return exc.exit_code
     if as_json:
         typer.echo(orjson.dumps(report.to_dict(strict), option=orjson.OPT_SERIALIZE_NUMPY).decode())
     else:
