@@ -39,6 +39,17 @@ def main() -> int:
     home, fd, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     lock = RunLock(home)
     lock.adopt(fd)  # raises (exit 1 with a traceback) unless the server really handed us the locked file
+    if mode == "wait":
+        # before child.pid says we started: a test that sends SIGTERM then must find the handler in place
+        finish = sys.argv[5:] == ["finish"]  # the run was past its last step: it ends normally despite SIGTERM
+
+        def on_term(_sig: int, _frame: object) -> None:
+            sys.stdout.buffer.write(result("success", "btcusdt-5m: promoted v0002", 0) if finish else orjson.dumps(
+                {"status": "error", "message": "terminated by SIGTERM", "samples_used": 0, "exit_code": 130}))
+            sys.stdout.flush()
+            os._exit(0 if finish else 130)
+
+        signal.signal(signal.SIGTERM, on_term)
     (home / "child.pid").write_text(str(os.getpid()))
     if mode == "exit":
         code = int(sys.argv[4])
@@ -54,16 +65,6 @@ def main() -> int:
         return 0
     if mode == "wait":
         go = Path(sys.argv[4])
-
-        finish = sys.argv[5:] == ["finish"]  # the run was past its last step: it ends normally despite SIGTERM
-
-        def on_term(_sig: int, _frame: object) -> None:
-            sys.stdout.buffer.write(result("success", "btcusdt-5m: promoted v0002", 0) if finish else orjson.dumps(
-                {"status": "error", "message": "terminated by SIGTERM", "samples_used": 0, "exit_code": 130}))
-            sys.stdout.flush()
-            os._exit(0 if finish else 130)
-
-        signal.signal(signal.SIGTERM, on_term)
         while not go.exists():  # the test's release; a child process may poll, the tests never sleep
             time.sleep(0.01)
     sys.stdout.buffer.write(result("success", "btcusdt-5m: promoted v0002", 0))
