@@ -211,6 +211,7 @@ def test_an_imported_model_is_skipped_under_all_and_refused_by_name(home: Path) 
         (["--all", NAME], {}, 2, "--all"),
         (["--min-new-samples", "0"], {}, 2, "--min-new-samples 0"),
         (["--loop", "--interval", "soon"], {}, 2, "soon"),
+        (["--interval", "60"], {}, 2, "--interval 60 only applies to --loop"),
         (["--loop"], {"TRAINING_INTERVAL": "-5"}, 2, "TRAINING_INTERVAL"),
         (["--loop"], {"TRAINING_INTERVAL": "0"}, 2, "TRAINING_INTERVAL"),
     ],
@@ -232,6 +233,7 @@ def test_bad_options_exit_with_a_message_and_change_nothing(
         (["--all", NAME], {}, 2, "--all"),
         (["nosuch"], {}, 4, "nosuch"),
         (["--loop", "--interval", "soon"], {}, 2, "soon"),
+        (["--interval", "60"], {}, 2, "--interval 60 only applies to --loop"),
     ],
 )
 def test_with_json_a_run_that_cannot_start_prints_one_json_object(
@@ -450,3 +452,19 @@ def test_after_a_promotion_retention_prunes_old_versions_but_never_the_rollback_
     assert res.pruned == extra
     assert reg.versions(NAME) == ["v0001", "v0005"]  # live, and v0001: the rollback target
     assert reg.rollback(NAME).version == "v0001"
+
+
+def test_exit_codes_of_several_models_the_most_severe_error_wins_then_the_highest_strict_code() -> None:
+    from xylen.train.retrain import ModelResult, RunReport
+
+    def r(outcome: str, code: int = 0) -> ModelResult:
+        err = {"exit_code": code, "message": "x", "hint": None} if code else None
+        return ModelResult("m", outcome, "x", error=err)  # type: ignore[arg-type]
+
+    assert RunReport([r("kept"), r("nothing_new"), r("promoted")]).exit_code() == 0
+    assert RunReport([r("kept"), r("nothing_new"), r("promoted")]).exit_code(strict=True) == 11
+    assert RunReport([r("busy"), r("kept")]).exit_code(strict=True) == 12
+    assert RunReport([r("promoted")]).exit_code(strict=True) == 0
+    assert RunReport([r("error", 2), r("error", 3), r("kept")]).exit_code(strict=True) == 3
+    assert RunReport([r("error", 5), r("error", 4)]).exit_code() == 4
+    assert RunReport([r("error", 4), r("error", 1)]).exit_code() == 1

@@ -20,7 +20,7 @@ RETRAIN_EPILOG = (
     "Exit codes: 0 when it ran without error (promoted, kept, nothing new, skipped, busy); otherwise the documented "
     "error codes (2 settings or unwritable XYLEN_HOME, 3 data, 4 model or registry, 5 training, 1 bug), the most "
     "severe winning with several models (1 > 4 > 5 > 3 > 2); 130 if interrupted. With --strict-exit: kept or "
-    "conflict 10, nothing new or skipped 11, busy 12.\n\n"
+    "conflict 10, nothing new or skipped 11, busy 12 (with several models the highest of these).\n\n"
     "--loop runs until SIGTERM or Ctrl-C (then exits 0; a run in progress is aborted and leaves nothing "
     "half-written)."
 )
@@ -65,6 +65,10 @@ def retrain_cmd(
             from xylen.core.errors import ConfigError
 
             raise ConfigError(f"--min-new-samples {min_new_samples} is not allowed.", hint="use 1 or more.")
+        if interval is not None and not loop:
+            from xylen.core.errors import ConfigError
+
+            raise ConfigError(f"--interval {interval} only applies to --loop.", hint="add --loop, or leave it out.")
         overrides: dict[str, Any] = {}
         if interval is not None:
             overrides["training_interval"] = interval
