@@ -10,6 +10,7 @@ to HOME/child.pid, then by MODE:
   garbage       print non-JSON on stdout, exit 0
   wait FILE     wait until FILE exists (then like ok); SIGTERM: print the CLI's abort object, exit 130
   wait FILE finish   the same, but SIGTERM finds it done: it prints the success object and exits 0
+  wait FILE settled  the same, but SIGTERM comes after a promotion: the CLI's abort object with that result, 130
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ def main() -> int:
     if mode == "wait":
         # before child.pid says we started: a test that sends SIGTERM then must find the handler in place
         finish = sys.argv[5:] == ["finish"]  # the run was past its last step: it ends normally despite SIGTERM
+        settled = sys.argv[5:] == ["settled"]  # a promotion was done when the signal came (cli/retrain.run_once)
 
         def on_term(_sig: int, _frame: object) -> None:
-            sys.stdout.buffer.write(result("success", "btcusdt-5m: promoted v0002", 0) if finish else orjson.dumps(
-                {"status": "error", "message": "terminated by SIGTERM", "samples_used": 0, "exit_code": 130}))
+            if finish:
+                out = result("success", "btcusdt-5m: promoted v0002", 0)
+            elif settled:
+                out = result("error", "btcusdt-5m: promoted v0002; then terminated by SIGTERM; the run was aborted "
+                                      "and nothing was left half-written.", 130)
+            else:
+                out = orjson.dumps(
+                    {"status": "error", "message": "terminated by SIGTERM", "samples_used": 0, "exit_code": 130})
+            sys.stdout.buffer.write(out)
             sys.stdout.flush()
             os._exit(0 if finish else 130)
 

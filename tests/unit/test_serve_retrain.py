@@ -249,6 +249,21 @@ def test_the_drain_aborts_a_waiting_post_with_503(make: Any, home_copy: Path) ->
     assert c.get(f"/retrain/{r.json()['job_id']}").json()["state"] == "aborted"
 
 
+def test_an_aborted_job_says_what_it_settled_before_the_signal(make: Any, home_copy: Path) -> None:
+    """The shutdown's SIGTERM came after the child promoted a version: the 503 and the record say so, not only
+    that the retrain "was stopped before it finished" (a new version is live)."""
+    c = make("wait", str(home_copy / "never"), "settled")
+    job_id = c.post("/retrain?wait=false", headers=JSON).json()["job_id"]
+    wait_for(lambda: (home_copy / "child.pid").exists(), what="the child to start")
+    c.__exit__(None, None, None)
+    record = orjson.loads((jobs_dir(home_copy) / f"{job_id}.json").read_bytes())
+    assert record["state"] == "aborted" and record["exit_code"] == 130
+    assert record["message"].startswith("aborted: the server was shutting down")
+    assert "btcusdt-5m: promoted v0002" in record["message"]
+    status, body = http_answer(record)
+    assert status == 503 and "promoted v0002" in body["error"] and body["results"][0]["outcome"] == "promoted"
+
+
 # --- records ------------------------------------------------------------------------------------------------
 def test_records_survive_a_restart_and_a_dead_running_job_reads_lost(make: Any, home_copy: Path) -> None:
     job_id = make("ok").post("/retrain", headers=JSON).json()["job_id"]

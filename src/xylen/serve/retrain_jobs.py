@@ -222,6 +222,9 @@ class RetrainJobs:
         if job_id in self._aborting and not (code == 0 and result is not None):  # it finished despite the signal
             state = "aborted"
             message = "aborted: the server was shutting down; the retrain was stopped before it finished"
+            if result is not None and result.get("results") and result.get("message"):
+                # what it settled before the signal (a promotion among it) is true: its message says what
+                message = f"aborted: the server was shutting down: {str(result['message'])[:2000]}"
         elif code == 0 and result is not None:
             state, message = "succeeded", str(result.get("message") or "retrain finished")
         elif code == 0:
