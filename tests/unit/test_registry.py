@@ -313,3 +313,13 @@ def test_a_damaged_pointer_is_listed_and_repaired_by_the_promotion_its_message_r
     assert reg.current("btcusdt-1h").history == ()
     (kept,) = pointer.parent.glob("CURRENT.json.damaged-*")
     assert kept.read_bytes() == damage  # the damaged bytes are kept, never silently lost
+
+
+def test_a_trailing_newline_is_neither_a_name_nor_a_version() -> None:
+    from xylen.core.errors import XylenError
+    from xylen.core.registry import check_name, check_version
+
+    with pytest.raises(XylenError):
+        check_name("btcusdt-5m\n")
+    with pytest.raises(XylenError):
+        check_version("btcusdt-5m", "v0001\n")

@@ -47,7 +47,7 @@ def model_name(symbol: str, interval: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ConfigError(
             f"Model name {str(name)[:80]!r} is not allowed.",
             hint="use lowercase letters, digits, '.', '_' and '-', like btcusdt-5m.",
@@ -57,7 +57,7 @@ def check_name(name: str) -> str:
 
 def check_version(name: str, version: str) -> str:
     """``version`` if it names a version folder of a model (v0001, v0002, ...); nothing else can reach the disk."""
-    if not isinstance(version, str) or not _VERSION_RE.match(version):
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
         raise BundleError(
             f"{str(version)[:80]!r} is not a version of model {name!r}.",
             hint=f"versions look like v0003; see `xylen models list {name}`.",
@@ -109,7 +109,7 @@ class Registry:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if p.is_dir() and _NAME_RE.match(p.name) and (self.versions(p.name) or (p / POINTER).exists())
+            if p.is_dir() and _NAME_RE.fullmatch(p.name) and (self.versions(p.name) or (p / POINTER).exists())
         )
 
     def live_names(self) -> list[str]:
@@ -121,7 +121,7 @@ class Registry:
         if not folder.is_dir():
             return []
         return sorted(
-            (p.name for p in folder.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)), key=lambda v: int(v[1:])
+            (p.name for p in folder.iterdir() if p.is_dir() and _VERSION_RE.fullmatch(p.name)), key=lambda v: int(v[1:])
         )
 
     def path(self, name: str, version: str) -> Path:
@@ -328,7 +328,7 @@ class Registry:
 
     def _present(self, name: str, history: tuple[str, ...]) -> tuple[str, ...]:
         """The versions of ``history`` that still exist (retention removes old ones), at most HISTORY_LIMIT."""
-        return tuple(v for v in history if _VERSION_RE.match(v) and (self.root / name / v).is_dir())[:HISTORY_LIMIT]
+        return tuple(v for v in history if _VERSION_RE.fullmatch(v) and (self.root / name / v).is_dir())[:HISTORY_LIMIT]
 
     def _pruned(self, name: str, version: str) -> BundleError:
         return BundleError(
