@@ -451,3 +451,12 @@ def test_openapi_documents_retrain(make: Any) -> None:
     assert {"200", "404"} <= set(get["responses"])
     states = spec["components"]["schemas"]["RetrainJob"]["properties"]["state"]["enum"]
     assert states == ["running", "succeeded", "failed", "aborted", "lost"]
+
+
+def test_a_post_during_the_shutdown_drain_starts_nothing(make: Any, home_copy: Path) -> None:
+    c = make("exit", "0")
+    c.app.state.holder.draining = True  # what SIGTERM does first (server.py)
+    r = c.post("/retrain", headers=JSON)
+    assert r.status_code == 503 and "shutting down" in r.json()["error"]
+    assert not (home_copy / "child.pid").exists() and RunLock(home_copy).holder() is None
+    assert not jobs_dir(home_copy).exists() or not any(jobs_dir(home_copy).glob("*.json"))

@@ -103,6 +103,9 @@ async def retrain(request: Request) -> Response:
                                 "hint: serve the registry (unset MODEL_PATH), or import the model with `xylen models "
                                 "import` and serve that.")
     names, wait = retrain_options(request.query_params.multi_items(), await request.body())
+    if st.holder.draining:  # a child started now would only be aborted by the shutdown under way
+        raise RequestError(503, "The server is shutting down; no retrain was started. hint: send it to a running "
+                                "server, or run `xylen retrain`.")
     live = await asyncio.to_thread(reg.live_names)
     unknown = [n for n in names or [] if n not in live]
     if unknown or not live:
