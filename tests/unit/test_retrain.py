@@ -468,3 +468,19 @@ def test_exit_codes_of_several_models_the_most_severe_error_wins_then_the_highes
     assert RunReport([r("error", 2), r("error", 3), r("kept")]).exit_code(strict=True) == 3
     assert RunReport([r("error", 5), r("error", 4)]).exit_code() == 4
     assert RunReport([r("error", 4), r("error", 1)]).exit_code() == 1
+
+
+def test_a_model_path_outside_the_registry_is_skipped_with_the_reason(home: Path, tmp_path: Path) -> None:
+    bare = Path(__file__).parents[1] / "data" / "models" / "TobiasSaile_ai-trading-bot__lightgbm_model.txt"
+    body = as_json(cli(home, "--all", "--json", env={"MODEL_PATH": str(bare)}))
+    outcomes = {r["name"]: r for r in body["results"]}
+    assert outcomes[bare.name]["outcome"] == "skipped" and "outside the registry" in outcomes[bare.name]["message"]
+    assert outcomes[NAME]["outcome"] == "promoted" and body["exit_code"] == 0
+    # with nothing in the registry, the skip is the whole answer (exit 0: nothing went wrong)
+    empty = tmp_path / "empty"
+    r = cli(empty, "--json", env={"MODEL_PATH": str(bare)})
+    assert r.exit_code == 0 and [x["outcome"] for x in as_json(r)["results"]] == ["skipped"]
+    # a version folder of the registry as MODEL_PATH is a registry model: nothing extra is reported
+    inside = str(Registry(home / "models").path(NAME, "v0002"))
+    names = [x["name"] for x in as_json(cli(home, "--all", "--json", env={"MODEL_PATH": inside}))["results"]]
+    assert names == [NAME]

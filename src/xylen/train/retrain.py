@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -186,7 +187,13 @@ def retrain(settings: Settings, opts: RetrainOptions, profile: Profile | None = 
         msg = f"not run: {who} is retraining on this XYLEN_HOME (runs never overlap)"
         return RunReport([ModelResult(n, "busy", msg) for n in choose(registry, opts)], time.perf_counter() - t0)
     with lock:
-        names = choose(registry, opts)
+        raw = None if opts.names else _model_path_skipped(settings, registry)
+        try:
+            names = choose(registry, opts)
+        except BundleError:
+            if raw is None:
+                raise
+            names = []  # only the MODEL_PATH model: say why it is not retrained, and that is all
         # what killed writers left in the registry's temp area (a trainer killed while it promoted or wrote a watch
         # record): a run that publishes nothing never reaches Registry.stage, which cleans it too
         with contextlib.suppress(OSError):
@@ -197,7 +204,7 @@ def retrain(settings: Settings, opts: RetrainOptions, profile: Profile | None = 
         threads, _why = training_threads(profile.threads, explicit=settings.lgbm_num_threads is not None)
         profile = replace(profile, threads=threads)
         store = Store(settings.data_dir)
-        results: list[ModelResult] = []
+        results: list[ModelResult] = [raw] if raw else []
         try:
             for name in names:
                 t1 = time.perf_counter()
@@ -235,6 +242,23 @@ def choose(registry: Registry, opts: RetrainOptions) -> list[str]:
     if opts.all or len(live) == 1:
         return live
     raise ConfigError(f"Several live models ({', '.join(live)}); say which to retrain.", hint="name them, or --all.")
+
+
+def _model_path_skipped(settings: Settings, registry: Registry) -> ModelResult | None:
+    """A MODEL_PATH outside the registry (a bare model file, or a bundle folder elsewhere) is served as it is: there
+    is no registry model to publish a new version of. Reported as skipped, with the way out."""
+    if settings.model_path is None:
+        return None
+    path = Path(settings.model_path).expanduser()
+    with contextlib.suppress(OSError, ValueError):
+        path.resolve().relative_to(registry.root.resolve())
+        return None  # a version folder of the registry: its model is retrained like any other
+    return ModelResult(
+        path.name or str(path),
+        "skipped",
+        f"skipped: MODEL_PATH {str(path)!r} is served as it is, outside the registry; `xylen retrain` makes new "
+        "versions of registry models (train one with `xylen train`, or `xylen models import` this file)",
+    )
 
 
 def not_retrainable(m: Manifest) -> str | None:
