@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xylen import __version__
-from xylen.core import features
+from xylen.core import features, featuresets, labels
 from xylen.core.backends import Predictor, load_predictor
 from xylen.core.errors import BundleError
 from xylen.core.storage import fsync_dir
@@ -50,6 +50,18 @@ class Golden(BaseModel):
     window_output: float | None = None
 
 
+class Head(BaseModel):
+    """A second output of a bundle (e.g. the move-size head beside a direction model): its own LightGBM artifact on
+    the same features, its own label, and its golden outputs for the bundle's golden rows and window. The primary
+    head is the manifest's ``artifact``/``label``/``golden``: a reader that knows nothing of heads still serves it."""
+
+    artifact: Artifact
+    label: dict[str, Any]
+    golden_outputs: list[float]
+    window_output: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
 class TrainingWindow(BaseModel):
     first_open_time: int
     last_open_time: int
@@ -73,6 +85,7 @@ class Manifest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     golden: Golden
+    heads: list[Head] = Field(default_factory=list)
     created_at: str
     xylen_version: str
 
@@ -85,13 +98,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def make_golden(predict: Callable[[np.ndarray], Any], rows: np.ndarray, window: np.ndarray | None = None) -> Golden:
-    """Golden rows with the outputs ``predict`` gives them, and -- for a model on this feature set -- a candle
-    window (open_time, o, h, l, c, v) with the probability for its last candle (features + model)."""
+def make_golden(
+    predict: Callable[[np.ndarray], Any],
+    rows: np.ndarray,
+    window: np.ndarray | None = None,
+    fs: featuresets.FeatureSet = featuresets.OHLCV_V2,
+) -> Golden:
+    """Golden rows with the outputs ``predict`` gives them, and -- for a model on a feature set xylen computes -- a
+    candle window (open_time, o, h, l, c, v) with the probability for its last candle (features + model)."""
     outputs = np.asarray(predict(rows), dtype=np.float64).tolist()
     if window is None:
         return Golden(rows=rows.tolist(), outputs=outputs)
-    last = features.last_row(features.CandleArrays.from_matrix(window)).reshape(1, -1)
+    last = fs.last_row(features.CandleArrays.from_matrix(window)).reshape(1, -1)
     return Golden(
         rows=rows.tolist(), outputs=outputs, window=window.tolist(), window_output=float(np.asarray(predict(last))[0])
     )
@@ -141,30 +159,32 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def verify_artifact(folder: Path, manifest: Manifest) -> Path:
-    """Size, then sha256, of the artifact against the manifest. Cheap enough to run before every load."""
-    art = folder / manifest.artifact.file
-    if Path(manifest.artifact.file).name != manifest.artifact.file:
+def verify_artifact(folder: Path, manifest: Manifest, artifact: Artifact | None = None) -> Path:
+    """Size, then sha256, of the artifact (the primary one by default) against the manifest. Cheap enough to run
+    before every load."""
+    artifact = artifact or manifest.artifact
+    art = folder / artifact.file
+    if Path(artifact.file).name != artifact.file:
         raise BundleError(
-            f"Manifest artifact path {manifest.artifact.file!r} leaves the bundle folder.",
+            f"Manifest artifact path {artifact.file!r} leaves the bundle folder.",
             hint="artifacts live inside the bundle; re-import the model.",
         )
     try:
         size = art.stat().st_size
     except FileNotFoundError:
         raise BundleError(
-            f"Bundle {str(folder)!r} lacks its artifact {manifest.artifact.file!r}.",
+            f"Bundle {str(folder)!r} lacks its artifact {artifact.file!r}.",
             hint="the bundle is incomplete; roll back or retrain.",
         ) from None
-    if size != manifest.artifact.size:
+    if size != artifact.size:
         raise BundleError(
-            f"{str(art)!r} is {size} bytes but its manifest says {manifest.artifact.size}.",
+            f"{str(art)!r} is {size} bytes but its manifest says {artifact.size}.",
             hint="the file was truncated or replaced; roll back or retrain.",
         )
     digest = sha256_file(art)
-    if digest != manifest.artifact.sha256:
+    if digest != artifact.sha256:
         raise BundleError(
-            f"{str(art)!r} has sha256 {digest[:12]}... but its manifest says {manifest.artifact.sha256[:12]}....",
+            f"{str(art)!r} has sha256 {digest[:12]}... but its manifest says {artifact.sha256[:12]}....",
             hint="the model file was tampered with or corrupted; roll back (`xylen models rollback`) or retrain.",
         )
     return art
@@ -173,14 +193,33 @@ def verify_artifact(folder: Path, manifest: Manifest) -> Path:
 class ModelBundle:
     """A loaded, verified bundle. ``predict(X)`` and ``num_feature()`` mirror lightgbm.Booster."""
 
-    def __init__(self, folder: Path, manifest: Manifest, predictor: Predictor) -> None:
+    def __init__(
+        self, folder: Path, manifest: Manifest, predictor: Predictor, heads: list[tuple[str, Predictor]] | None = None
+    ) -> None:
         self.folder = folder
         self.manifest = manifest
         self.predictor = predictor
         self.feature_names = list(manifest.feature_set.names)
-        self.computes_features = (
-            manifest.feature_set.version == features.VERSION and tuple(self.feature_names) == features.NAMES
-        )
+        # the feature set this xylen computes for it from candles (None: the caller sends features)
+        self.features = featuresets.for_manifest(manifest.feature_set.version, self.feature_names, manifest.interval)
+        self.computes_features = self.features is not None
+        # the extra heads: (/predict field, predictor), e.g. ("move_probability", ...)
+        self.heads = heads or []
+
+    @property
+    def min_candles(self) -> int | None:
+        """Candles a /predict request must send (None: a model that is sent features, not candles)."""
+        return self.features.min_candles if self.features is not None else None
+
+    def outputs(self) -> dict[str, str]:
+        """Every probability this bundle answers with: field -> what it means (from the heads' labels)."""
+        out = {"probability": _meaning(self.manifest.label)}
+        field = _field_of(self.manifest.label)
+        if field:
+            out[field] = out["probability"]
+        for head in self.manifest.heads:
+            out[_field_of(head.label) or "?"] = _meaning(head.label)
+        return out
 
     @property
     def name(self) -> str:
@@ -202,8 +241,17 @@ class ModelBundle:
 
     def predict_candles(self, candles: features.CandleArrays) -> float:
         """Probability for the last candle of a window (the serving path: same feature code as training)."""
-        row = features.last_row(candles)
-        return float(self.predictor.predict(row.reshape(1, -1))[0])
+        return float(self.predictor.predict(self.row_of(candles).reshape(1, -1))[0])
+
+    def row_of(self, candles: features.CandleArrays) -> np.ndarray:
+        if self.features is None:
+            raise BundleError(
+                f"Bundle {self.name} {self.version} needs feature set {self.manifest.feature_set.version!r} "
+                f"({self.num_feature()} features), which this xylen does not compute from {self.manifest.interval} "
+                "candles.",
+                hint="retrain with this xylen version, or install the xylen that trained it.",
+            )
+        return self.features.last_row(candles)
 
     def check_golden(self) -> None:
         g = self.manifest.golden
@@ -223,20 +271,33 @@ class ModelBundle:
                 f"(max |diff| {float(np.max(np.abs(got - want))) if got.shape == want.shape else 'shape'}).",
                 hint="the artifact does not behave like the model that was trained; roll back.",
             )
+        window_row = None
         if g.window is not None and g.window_output is not None:
-            if not self.computes_features:
-                raise BundleError(
-                    f"Bundle {self.name} {self.version} needs feature set "
-                    f"{self.manifest.feature_set.version!r}; this xylen computes {features.VERSION!r}.",
-                    hint="retrain with this xylen version, or install the xylen that trained it.",
-                )
-            p = self.predict_candles(features.CandleArrays.from_matrix(np.asarray(g.window, dtype=np.float64)))
+            window_row = self.row_of(features.CandleArrays.from_matrix(np.asarray(g.window, dtype=np.float64)))
+            p = float(self.predictor.predict(window_row.reshape(1, -1))[0])
             if abs(p - g.window_output) > tol:
                 raise BundleError(
                     f"Bundle {self.name} {self.version}: the golden candle window predicts {p:.6f}, "
                     f"the manifest says {g.window_output:.6f}.",
                     hint="the feature code changed since training; retrain.",
                 )
+        for (field, pred), head in zip(self.heads, self.manifest.heads):
+            got = np.asarray(pred.predict(X))
+            want = np.asarray(head.golden_outputs)
+            if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=tol):
+                raise BundleError(
+                    f"Bundle {self.name} {self.version}: the {field} head's golden predictions differ from the "
+                    "manifest.",
+                    hint="the head's artifact does not behave like the model that was trained; roll back.",
+                )
+            if window_row is not None and head.window_output is not None:
+                p = float(pred.predict(window_row.reshape(1, -1))[0])
+                if abs(p - head.window_output) > tol:
+                    raise BundleError(
+                        f"Bundle {self.name} {self.version}: the {field} head predicts {p:.6f} for the golden "
+                        f"candle window, the manifest says {head.window_output:.6f}.",
+                        hint="the feature code changed since training; retrain.",
+                    )
 
 
 def load_bundle(folder: str | Path, *, check_golden: bool = True, num_threads: int = 1) -> ModelBundle:
@@ -261,10 +322,53 @@ def load_bundle(folder: str | Path, *, check_golden: bool = True, num_threads: i
             f"manifest names {len(manifest.feature_set.names)}.",
             hint="the manifest does not belong to this artifact; retrain or re-import.",
         )
-    bundle = ModelBundle(folder, manifest, predictor)
+    heads = _load_heads(folder, manifest, num_threads)
+    bundle = ModelBundle(folder, manifest, predictor, heads)
     if check_golden:
         bundle.check_golden()
     return bundle
+
+
+def _field_of(label: dict[str, Any]) -> str | None:
+    return labels.OUTPUT_FIELD.get(labels._LEGACY.get(str(label.get("kind")), str(label.get("kind"))))
+
+
+def _meaning(label: dict[str, Any]) -> str:
+    return str(label.get("predicts") or label.get("description") or "the probability of the positive label")
+
+
+def _load_heads(folder: Path, manifest: Manifest, num_threads: int) -> list[tuple[str, Predictor]]:
+    """Verify and load the extra heads: LightGBM models on the bundle's features, one per /predict field."""
+    if not manifest.heads:
+        return []
+    where = f"Bundle {str(folder)!r}"
+    if manifest.backend != "lightgbm":
+        raise BundleError(f"{where}: extra heads are LightGBM models, but the bundle's backend is "
+                          f"{manifest.backend}.", hint="the manifest is damaged; retrain or re-import.")
+    fields = {_field_of(manifest.label)}
+    out: list[tuple[str, Predictor]] = []
+    for head in manifest.heads:
+        labels.LabelSpec.from_dict(head.label)  # a label this xylen reads, or a BundleError naming it
+        field = _field_of(head.label)
+        if field is None or field in fields:
+            raise BundleError(
+                f"{where}: a head with label kind {str(head.label.get('kind'))[:40]!r} "
+                + ("duplicates another head." if field else "has no /predict field (heads are 'direction' or 'move')."),
+                hint="the manifest is damaged; retrain.",
+            )
+        fields.add(field)
+        if head.artifact.file == manifest.artifact.file:
+            raise BundleError(f"{where}: a head reuses the primary artifact {head.artifact.file!r}.",
+                              hint="the manifest is damaged; retrain.")
+        pred = load_predictor("lightgbm", verify_artifact(folder, manifest, head.artifact), num_threads=num_threads)
+        if pred.num_feature() != len(manifest.feature_set.names):
+            raise BundleError(
+                f"{where}: the {field} head expects {pred.num_feature()} features but the manifest names "
+                f"{len(manifest.feature_set.names)}.",
+                hint="the manifest does not belong to this artifact; retrain.",
+            )
+        out.append((field, pred))
+    return out
 
 
 def artifact_info(path: Path) -> Artifact:

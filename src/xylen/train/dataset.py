@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 
 from xylen.core import features, intervals, labels
+from xylen.core.featuresets import OHLCV_V2, FeatureSet
 
 
 @dataclass
@@ -19,6 +20,9 @@ class Dataset:
     valid: np.ndarray  # (n,) bool: full lookback and full horizon inside one gap-free segment
     contiguous_next: np.ndarray  # (n,) bool: the next candle follows on the grid (for the backtest)
     step_ms: int  # the candle length (the average month for 1M)
+    fs: FeatureSet = OHLCV_V2
+    up: np.ndarray | None = None  # (n,) 1.0 where the close N candles ahead is higher (every model is scored on it)
+    heads: dict[str, np.ndarray] | None = None  # labels of extra heads by kind (the move head's, ...)
 
     @property
     def rows(self) -> np.ndarray:
@@ -45,21 +49,38 @@ def segment_bounds(open_time: np.ndarray, interval: str) -> tuple[np.ndarray, np
 
 
 def labelled(
-    open_time: np.ndarray, close: np.ndarray, interval: str, spec: labels.LabelSpec
+    open_time: np.ndarray,
+    close: np.ndarray,
+    interval: str,
+    spec: labels.LabelSpec,
+    *,
+    lookback: int = OHLCV_V2.lookback,
+    high: np.ndarray | None = None,
+    low: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(labels, valid): which rows may be used, without computing a single feature (cheap)."""
-    y = labels.make(close, spec)
+    y = labels.make(close, spec, high, low)
     idx = np.arange(len(open_time))
     seg_start, seg_end = segment_bounds(open_time, interval)
     # a window that spans a gap is left out: lookback and horizon must both sit inside one segment
-    valid = (idx - seg_start >= features.LOOKBACK) & (seg_end - idx >= spec.horizon) & ~np.isnan(y)
+    valid = (idx - seg_start >= lookback) & (seg_end - idx >= spec.horizon) & ~np.isnan(y)
     return y, valid
 
 
-def build(df: pl.DataFrame, interval: str, spec: labels.LabelSpec) -> Dataset:
+def build(
+    df: pl.DataFrame,
+    interval: str,
+    spec: labels.LabelSpec,
+    fs: FeatureSet = OHLCV_V2,
+    extra: tuple[labels.LabelSpec, ...] = (),
+) -> Dataset:
+    """Features of ``fs`` and the labels of ``spec`` (and of the ``extra`` heads, which share its horizon: the
+    rows usable for one head are usable for all)."""
     arr = arrays_of(df)
-    X = features.frame(arr)
-    y, valid = labelled(arr.open_time, arr.close, interval, spec)
+    X = fs.frame(arr)
+    y, valid = labelled(arr.open_time, arr.close, interval, spec, lookback=fs.lookback, high=arr.high, low=arr.low)
     contiguous_next = np.zeros(len(arr), dtype=bool)
     contiguous_next[:-1] = intervals.consecutive(arr.open_time, interval)
-    return Dataset(arr.open_time, arr.close, X, y, valid, contiguous_next, intervals.approx_ms(interval))
+    heads = {h.kind: labels.make(arr.close, h, arr.high, arr.low) for h in extra}
+    return Dataset(arr.open_time, arr.close, X, y, valid, contiguous_next, intervals.approx_ms(interval), fs,
+                   labels.up_labels(arr.close, spec.horizon), heads)

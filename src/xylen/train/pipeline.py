@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from xylen.core import features, labels
+from xylen.core import features, featuresets, labels
 from xylen.core.bundle import (
     Golden,
+    Head,
     Manifest,
     TrainingWindow,
     artifact_info,
@@ -298,21 +299,54 @@ def train(
     )
 
 
+@dataclass
+class HeadModel:
+    """An extra head to publish beside the primary booster: its label, its booster, and its metrics."""
+
+    spec: labels.LabelSpec
+    booster: Any
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
 def publish_booster(
     registry: Registry,
     name: str,
     booster: Any,
     *,
+    heads: Sequence[HeadModel] = (),
     finalize: Callable[[Path, Manifest, str], None] | None = None,
     **fields: Any,
 ) -> str:
-    """Write ``booster`` and its manifest (``fields`` + the artifact) as the next version of ``name``: staged where
-    no reader looks, loaded exactly as a server would load it, then made visible whole. Returns the version."""
+    """Write ``booster`` (and the ``heads``' boosters, as <kind>.txt) and its manifest (``fields`` + the artifacts)
+    as the next version of ``name``: staged where no reader looks, loaded exactly as a server would load it, then
+    made visible whole. The heads' golden outputs are their predictions for the primary's golden rows and window.
+    Returns the version."""
     with registry.stage(name) as staging:
         model_file = staging / "model.txt"
         booster.save_model(str(model_file))
+        golden: Golden = fields.pop("golden")
+        extra = []
+        for h in heads:
+            head_file = staging / f"head-{h.spec.kind}.txt"
+            h.booster.save_model(str(head_file))
+            outputs, window_output = _head_golden(h.booster, golden, fields)
+            extra.append(
+                Head(
+                    artifact=artifact_info(head_file),
+                    label=h.spec.to_dict(),
+                    golden_outputs=outputs,
+                    window_output=window_output,
+                    metrics=h.metrics,
+                )
+            )
         manifest = new_manifest(
-            name=name, version="v0000", backend="lightgbm", artifact=artifact_info(model_file), **fields
+            name=name,
+            version="v0000",
+            backend="lightgbm",
+            artifact=artifact_info(model_file),
+            golden=golden,
+            heads=extra,
+            **fields,
         )
         write_manifest(staging, manifest)
         load_bundle(staging)  # verify what we wrote exactly as a server would, before anyone can see it
@@ -326,13 +360,29 @@ def golden_of(booster: Any, ds: Dataset, df: pl.DataFrame, rows: np.ndarray) -> 
     """Golden rows spread over the fitted rows, and the candle window of the last one, with the booster's outputs."""
     golden_rows = ds.X[rows[np.linspace(0, len(rows) - 1, N_GOLDEN).astype(int)]]
     last = int(rows[-1])
+    lb = ds.fs.lookback
     window = np.column_stack(
         [
-            ds.open_time[last - features.LOOKBACK : last + 1].astype(np.float64),
-            *(df[c].to_numpy()[last - features.LOOKBACK : last + 1] for c in OHLCV),
+            ds.open_time[last - lb : last + 1].astype(np.float64),
+            *(df[c].to_numpy()[last - lb : last + 1] for c in OHLCV),
         ]
     )
-    return make_golden(lambda X: booster.predict(X, num_threads=1), golden_rows, window)
+    return make_golden(lambda X: booster.predict(X, num_threads=1), golden_rows, window, ds.fs)
+
+
+def _head_golden(booster: Any, golden: Golden, fields: dict[str, Any]) -> tuple[list[float], float | None]:
+    """A head's outputs for the primary's golden rows and golden candle window."""
+    rows = np.array([[np.nan if v is None else v for v in r] for r in golden.rows], dtype=np.float64)
+    outputs = np.asarray(booster.predict(rows, num_threads=1), dtype=np.float64).tolist()
+    if golden.window is None:
+        return outputs, None
+    fs_fields = fields["feature_set"]
+    fs = featuresets.for_manifest(fs_fields["version"], list(fs_fields["names"]), fields.get("interval"))
+    if fs is None:
+        raise TrainingError(f"Feature set {fs_fields['version']!r} is not computed by this xylen.",
+                            hint="this is a bug: heads are trained on a feature set xylen computes.")
+    row = fs.last_row(features.CandleArrays.from_matrix(np.asarray(golden.window, dtype=np.float64)))
+    return outputs, float(booster.predict(row.reshape(1, -1), num_threads=1)[0])
 
 
 def summarize(ev: evaluate.Evaluation, bt: evaluate.Backtest) -> dict[str, Any]:
