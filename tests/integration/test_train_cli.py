@@ -49,7 +49,8 @@ def test_train_json_summary_and_bundle(home):
 def test_train_prints_tables_and_rich_summary(home):
     r = xylen(home, "train", "--profile", "8gb", "--data", str(BTC_1H), "--no-promote")
     assert r.exit_code == 0, r.output
-    assert "walk-forward" in r.output and "AUC shuffled" in r.output and "edge over the volatility" in r.output
+    assert "walk-forward" in r.output and "AUC shuffled" in r.output and "what it knows" in r.output
+    assert "forecasts move size (AUC" in r.output and "edge [95%]" in r.output  # the sentence and the table
     assert "not promoted" in r.output
     assert orjson.loads((home / "models" / "btcusdt-1h" / "CURRENT.json").read_bytes())["version"] == "v0001"
 
@@ -99,7 +100,12 @@ def _snapshot(home):
         (lambda d: _trunc(d), [], 3, "corrupt or truncated"),
         (lambda d: _clash(d), [], 3, "Two different candles open at 2022-01-13 11:00 UTC"),
         (lambda d: _short(d), [], 5, "too few for 2 walk-forward folds"),
-        (None, ["--data", str(BTC_1H), "--threshold", "0.9"], 5, "every training label is 0"),
+        (None, ["--data", str(BTC_1H), "--label", "threshold", "--threshold", "0.9"], 5, "every training label is 0"),
+        (None, ["--data", str(BTC_1H), "--threshold", "0.9"], 5, "every training label of the move head is 0"),
+        (None, ["--label", "lottery"], 2, "'lottery' is not one of"),
+        (None, ["--features", "ohlcv-v9"], 2, "'ohlcv-v9' is not one of"),
+        (None, ["--data", str(BTC_1H), "--extra-head", "direction"], 2, "The extra head 'direction' is the label"),
+        (None, ["--data", str(BTC_1H), "--label", "triple-barrier", "--lower-barrier", "-1"], 2, "-1"),
         (None, ["--symbol", "ETHUSDT"], 3, "No ETHUSDT 5m candles in the store"),
     ],
 )

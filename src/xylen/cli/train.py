@@ -15,6 +15,25 @@ if TYPE_CHECKING:
     from xylen.train import TrainOptions
 
 
+class LabelChoice(str, Enum):
+    direction = "direction"
+    threshold = "threshold"
+    move = "move"
+    triple_barrier = "triple-barrier"
+
+
+class HeadChoice(str, Enum):
+    auto = "auto"
+    move = "move"
+    direction = "direction"
+    none = "none"
+
+
+class FeatureChoice(str, Enum):
+    v2 = "ohlcv-v2"
+    ctx = "ohlcv-ctx-v1"
+
+
 class ProfileChoice(str, Enum):
     m1 = "m1"
     m4 = "m4"
@@ -47,8 +66,34 @@ def train_cmd(
         None, "--interval", help="Candle interval, e.g. 5m (default: from the files or settings)."
     ),
     name: str = typer.Option(None, "--name", help="Model name in the registry (default: <symbol>-<interval>)."),
+    label: LabelChoice = typer.Option(
+        None,
+        "--label",
+        case_sensitive=False,
+        help="What to predict over the next N candles: direction (up or not; default), threshold (up more than "
+        "theta), move (more than theta either way), triple-barrier (+theta before -lower). README: Labels.",
+    ),
+    extra_head: HeadChoice = typer.Option(
+        None,
+        "--extra-head",
+        case_sensitive=False,
+        help="A second head in the same bundle: move (P(|move| > theta), /predict's move_probability), direction "
+        "(up_probability) or none. Default auto: move, none for --label move.",
+    ),
     horizon: int = typer.Option(None, "--horizon", help="Label horizon N in candles (default 6)."),
-    threshold: float = typer.Option(None, "--threshold", help="Label threshold theta as a log return (default 0.002)."),
+    threshold: float = typer.Option(
+        None, "--threshold", help="Theta as a log return (default 0.002): threshold, move head, upper barrier."
+    ),
+    lower_barrier: float = typer.Option(
+        None, "--lower-barrier", help="Triple-barrier lower barrier as a log return (default: theta)."
+    ),
+    feature_set: FeatureChoice = typer.Option(
+        None,
+        "--features",
+        case_sensitive=False,
+        help="Feature set: ohlcv-v2 (default; requests of 49 candles) or ohlcv-ctx-v1 (adds 1-3 day returns and "
+        "daily volatility; requests of 3 days of candles + 1, 5m..2h). A retrain keeps the model's.",
+    ),
     folds: int = typer.Option(None, "--folds", help="Walk-forward folds (default 5)."),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Make the new version live (default yes)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary instead of tables."),
@@ -63,8 +108,12 @@ def train_cmd(
             profile=profile.value if profile else None,
             symbol=symbol,
             interval=interval,
+            label=label.value if label else None,
+            extra_head=extra_head.value if extra_head else None,
             label_horizon=horizon,
             label_threshold=threshold,
+            label_lower_barrier=lower_barrier,
+            feature_set=feature_set.value if feature_set else None,
             folds=folds,
         )
         from xylen.train import TrainOptions
@@ -139,17 +188,25 @@ def _print_summary(r: object) -> None:
         style="bold",
     )
     out.print(t)
-    bt = m["backtest"]
-    edge = m["auc_edge_vs_volatility"]
-    out.print(
-        f"edge over the volatility-only baseline: [bold]{edge:+.4f}[/] AUC "
-        f"({'the model adds something' if edge > 0.005 else 'the model mostly measures volatility'})",
-        markup=True,
-    )
-    out.print(
-        f"backtest (out-of-sample, {bt['fee_per_side']:.2%} fee per side): {bt['total_return']:+.2%} with "
-        f"{bt['trades']} trades vs buy-and-hold {bt['buy_hold_return']:+.2%}"
-    )
+    from xylen.train.report import BACKTEST_COLUMNS, HEAD_COLUMNS, backtest_table, heads_table
+
+    honesty = m["honesty"]
+    heads = Table(title="what it knows (95% day-block bootstrap intervals)", title_justify="left")
+    for col in HEAD_COLUMNS:
+        heads.add_column(col, justify="left" if col in ("output", "verdict") else "right")
+    for row in heads_table(honesty):
+        heads.add_row(*row)
+    out.print(heads)
+    bt = honesty.get("backtest")
+    if bt:
+        table = Table(title=f"backtest: {bt['rule']}; signal {bt['signal']} >= {bt['entry_threshold']:g}",
+                      title_justify="left")
+        for col in BACKTEST_COLUMNS:
+            table.add_column(col, justify="left" if col == "strategy" else "right")
+        for row in backtest_table(bt):
+            table.add_row(*row)
+        out.print(table)
+    out.print(f"[bold]{r.name} {r.version}[/] {honesty['sentence']}.", markup=True, soft_wrap=True)
     out.print(f"bundle: {r.bundle} ({'live' if r.promoted else 'not promoted'})")
     if r.report:
         out.print(f"report: {r.report}")

@@ -156,3 +156,20 @@ def _context(c: CandleArrays, start: int, day: int) -> np.ndarray:
     mean = s1 / day
     out[:, 3] = np.sqrt(np.maximum(s2 / day - mean * mean, 0.0) * day)
     return out
+
+
+def reads_future(fs: FeatureSet, c: CandleArrays, t: int, seed: int = 0, factor: float = 1.0) -> list[str]:
+    """The names of the features of ``fs`` whose value at some row <= ``t`` changes when every candle after ``t``
+    is changed (prices scaled by random factors, volumes reversed): a feature that reads the future. The
+    no-look-ahead property test runs this on every feature set over many (t, seed); a set with a planted leak is
+    caught by it (tests/unit/test_featuresets.py)."""
+    n = len(c)
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(0.9, 1.1, n - t - 1) * factor
+    changed = CandleArrays(c.open_time, c.open.copy(), c.high.copy(), c.low.copy(), c.close.copy(), c.volume.copy())
+    for a in (changed.open, changed.high, changed.low, changed.close):
+        a[t + 1 :] *= noise
+    changed.volume[t + 1 :] = changed.volume[t + 1 :][::-1] * noise
+    before, after = fs.frame(c)[: t + 1], fs.frame(changed)[: t + 1]
+    same = (before == after) | (np.isnan(before) & np.isnan(after))
+    return [name for name, ok in zip(fs.names, same.all(axis=0)) if not ok]

@@ -39,6 +39,11 @@ class LabelSpec:
     lower: float | None = None  # triple-barrier: the lower barrier as a positive log return (None: theta)
 
     def __post_init__(self) -> None:
+        # canonical: theta means nothing to the direction label, the lower barrier only to the triple barrier
+        if self.kind == "direction":
+            object.__setattr__(self, "threshold", 0.0)
+        if self.kind != "triple-barrier":
+            object.__setattr__(self, "lower", None)
         if self.kind not in KINDS:
             raise ConfigError(f"Label {self.kind!r} is not one xylen knows.", hint=f"use one of: {', '.join(KINDS)}.")
         if not (isinstance(self.horizon, int) and self.horizon >= 1):

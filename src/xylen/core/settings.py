@@ -167,6 +167,30 @@ class Settings(BaseSettings):
         validation_alias=_alias("label_threshold"),
         description="Label threshold theta: log return over N candles above it is 1.",
     )
+    label: Literal["direction", "threshold", "move", "triple-barrier"] = Field(
+        "direction",
+        validation_alias=_alias("label"),
+        description="What `xylen train` predicts: direction (up over N candles), threshold (up more than theta), "
+        "move (|move| above theta) or triple-barrier (theta up before lower down). See the README's Labels.",
+    )
+    extra_head: Literal["auto", "move", "direction", "none"] = Field(
+        "auto",
+        validation_alias=_alias("extra_head"),
+        description="A second head trained beside the label: auto = the move-size head (none for --label move).",
+    )
+    label_lower_barrier: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        validation_alias=_alias("label_lower_barrier"),
+        description="Triple-barrier label: the lower barrier as a log return (default: the threshold).",
+    )
+    feature_set: Literal["ohlcv-v2", "ohlcv-ctx-v1"] = Field(
+        "ohlcv-v2",
+        validation_alias=_alias("feature_set"),
+        description="Features `xylen train` uses: ohlcv-v2 (49-candle requests) or ohlcv-ctx-v1 (adds 1-3 day "
+        "context; requests of 3 days of candles + 1, intervals 5m..2h). A retrain keeps the model's.",
+    )
     fee: float = Field(
         0.001,
         ge=0,

@@ -1,4 +1,4 @@
-"""Walk-forward evaluation with purging, next to a volatility-only baseline and a shuffled-label control.
+"""Walk-forward evaluation with purging, next to volatility baselines and a shuffled-label control.
 
 For fold k of K the rows (in time order) are cut into K+1 equal chunks: chunk k is the test window and
 everything before it is training data. The last ``horizon`` rows before each test window are purged
@@ -7,6 +7,12 @@ from the rows fitted on in the same way. Three models are trained on the same fo
 feature, the same learner on volatility features alone, and the model on shuffled labels (a control that
 must score AUC ~0.5: it checks that predictions are scored against the right labels; it cannot see a feature
 that reads the future -- that is what the no-look-ahead property test of core/features.py guards).
+
+Every head (the primary label and each extra head, e.g. the move-size head) gets its own model and its own fitted
+volatility-only learner per fold, and two raw volatility features are scored as baselines too (mean 12-candle range,
+48-candle return std), each oriented on the fold's training rows (a raw feature may rank the label backwards; which
+way is decided before the test window is seen). The out-of-sample scores of all of them are kept per row, with the
+row's fold, for train/honesty.py's day-block bootstrap.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from xylen.core import features
 from xylen.core.errors import TrainingError
 from xylen.profiles import Profile
 from xylen.train import metrics
@@ -68,11 +73,23 @@ class Fold:
 
 
 @dataclass
+class HeadScores:
+    """Out-of-sample scores of one head's model and of its baselines, one value per test row."""
+
+    kind: str
+    y: np.ndarray  # the head's labels of the test rows
+    scores: dict[str, np.ndarray]  # "model", "volatility_learner", and the raw features by name (oriented)
+    best_iterations: list[int] = field(default_factory=list)  # of the head's model in each fold
+
+
+@dataclass
 class Evaluation:
     folds: list[Fold]
     test_index: np.ndarray  # row indices of all test rows, in time order
     test_proba: np.ndarray  # model probability for each
     importance: dict[str, float] = field(default_factory=dict)
+    test_fold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # fold number of each
+    heads: list[HeadScores] = field(default_factory=list)  # the primary head first
 
     def mean(self, attr: str) -> float:
         vals = [getattr(f, attr) for f in self.folds]
@@ -133,6 +150,25 @@ def _train(lgb: Any, params: dict[str, Any], data: tuple[Any, Any], rounds: int,
     )
 
 
+def _oriented(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """A raw feature as a score, its sign chosen on the training rows (never on the test window)."""
+    return x_test if metrics.auc(y_fit, x_fit) >= 0.5 else -x_test
+
+
+def _baselines(
+    lgb: Any, params: dict[str, Any], profile: Profile, ds: Dataset, y: np.ndarray, X_vol: np.ndarray,
+    fold: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Test-window scores of the fitted volatility-only learner and of the raw volatility features."""
+    fit, val, test = fold
+    rounds, early = profile.num_boost_round, profile.early_stopping_rounds
+    vol_model = _train(lgb, params, _fold_data(lgb, X_vol, y, fit, val, profile.max_bin), rounds, early)
+    out = {"volatility_learner": vol_model.predict(X_vol[test], num_iteration=vol_model.best_iteration)}
+    for name, col in zip(ds.fs.raw_volatility, ds.fs.indices(ds.fs.raw_volatility)):
+        out[name] = _oriented(ds.X[fit, col], y[fit], ds.X[test, col])
+    return out
+
+
 def walk_forward(
     ds: Dataset, profile: Profile, n_folds: int, horizon: int, on_fold: Callable[[int, int], None] | None = None
 ) -> Evaluation:
@@ -141,7 +177,7 @@ def walk_forward(
     rows = ds.rows
     splits = split(rows, n_folds, horizon)
     params = lgb_params(profile)
-    vol_cols = features.indices(features.VOLATILITY_FEATURES)
+    vol_cols = ds.fs.indices(ds.fs.volatility)
     rng = np.random.default_rng(SEED)
     y_shuf = ds.y.copy()
     y_shuf[rows] = rng.permutation(ds.y[rows])
@@ -149,10 +185,13 @@ def walk_forward(
     y_shuf = np.nan_to_num(y_shuf, nan=0.0)
     X_full = ds.X
     X_vol = np.ascontiguousarray(X_full[:, vol_cols])
-    names = list(features.NAMES)
+    names = list(ds.fs.names)
+    extra = {kind: np.nan_to_num(y, nan=0.0) for kind, y in (ds.heads or {}).items()}
     folds: list[Fold] = []
-    test_idx, test_p = [], []
-    gain = np.zeros(features.N_FEATURES)
+    test_idx, test_p, test_fold = [], [], []
+    scores: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in ["primary", *extra]}
+    gain = np.zeros(len(names))
+    best_its: dict[str, list[int]] = {}
     for k, (fit, val, test, purged) in enumerate(splits, 1):
         if on_fold:
             on_fold(k, n_folds)
@@ -161,17 +200,35 @@ def walk_forward(
                 f"Fold {k}: every training label is {int(ds.y[fit][0])}.",
                 hint="the threshold is too high or too low for this data; adjust XYLEN_LABEL_THRESHOLD.",
             )
+        for kind, y_h in extra.items():
+            if len(np.unique(y_h[fit])) < 2:
+                raise TrainingError(
+                    f"Fold {k}: every training label of the {kind} head is {int(y_h[fit][0])}.",
+                    hint="the threshold is too high or too low for this data; adjust XYLEN_LABEL_THRESHOLD, or "
+                    "train without the head (--extra-head none).",
+                )
         rounds, early = profile.num_boost_round, profile.early_stopping_rounds
         data = _fold_data(lgb, X_full, y_full, fit, val, profile.max_bin, names)
         model = _train(lgb, params, data, rounds, early)
-        vol_model = _train(lgb, params, _fold_data(lgb, X_vol, y_full, fit, val, profile.max_bin), rounds, early)
+        base_scores = _baselines(lgb, params, profile, ds, y_full, X_vol, (fit, val, test))
         # the control reuses the fold's bins (same rows, same X): only the labels differ
         shuf_data = _fold_data(lgb, X_full, y_shuf, fit, val, profile.max_bin, names, reference=data[0])
         shuf_model = _train(lgb, params, shuf_data, rounds, early)
         X_test, y_test = X_full[test], ds.y[test]
         p = model.predict(X_test, num_iteration=model.best_iteration)
-        p_vol = vol_model.predict(X_vol[test], num_iteration=vol_model.best_iteration)
+        p_vol = base_scores["volatility_learner"]
         p_shuf = shuf_model.predict(X_test, num_iteration=shuf_model.best_iteration)
+        for name, sc in {"model": p, **base_scores}.items():
+            scores["primary"].setdefault(name, []).append(sc)
+        best_its.setdefault("primary", []).append(int(model.best_iteration or rounds))
+        for kind, y_h in extra.items():  # each extra head: its own model and baselines on the same fold
+            head = _train(lgb, params, _fold_data(lgb, X_full, y_h, fit, val, profile.max_bin, names,
+                                                  reference=data[0]), rounds, early)
+            head_scores = {"model": head.predict(X_test, num_iteration=head.best_iteration),
+                           **_baselines(lgb, params, profile, ds, y_h, X_vol, (fit, val, test))}
+            for name, sc in head_scores.items():
+                scores[kind].setdefault(name, []).append(sc)
+            best_its.setdefault(kind, []).append(int(head.best_iteration or rounds))
         base = float(ds.y[np.concatenate([fit, val])].mean())
         gain += model.feature_importance("gain", iteration=model.best_iteration)
         folds.append(
@@ -197,63 +254,13 @@ def walk_forward(
         )
         test_idx.append(test)
         test_p.append(p)
+        test_fold.append(np.full(len(test), k, dtype=np.int64))
     total = gain.sum() or 1.0
-    importance = {n: float(g / total) for n, g in zip(features.NAMES, gain)}
-    return Evaluation(folds, np.concatenate(test_idx), np.concatenate(test_p), importance)
-
-
-@dataclass
-class Backtest:
-    open_time: np.ndarray
-    equity: np.ndarray
-    buy_hold: np.ndarray
-    total_return: float
-    buy_hold_return: float
-    trades: int
-    exposure: float
-    max_drawdown: float
-    fee: float
-    entry_threshold: float
-
-    def summary(self) -> dict[str, float | int]:
-        return {
-            "total_return": self.total_return,
-            "buy_hold_return": self.buy_hold_return,
-            "trades": self.trades,
-            "exposure": self.exposure,
-            "max_drawdown": self.max_drawdown,
-            "fee_per_side": self.fee,
-            "entry_threshold": self.entry_threshold,
-        }
-
-
-def backtest(ds: Dataset, ev: Evaluation, fee: float, entry_threshold: float) -> Backtest:
-    """Long while p >= threshold, flat otherwise, over the out-of-sample test rows; fee on every side."""
-    idx = ev.test_index
-    signal = (ev.test_proba >= entry_threshold).astype(np.float64)
-    # hold from close[i] to close[i+1] only when candle i+1 exists right after i (not across a gap)
-    ok = ds.contiguous_next[idx]
-    nxt = np.minimum(idx + 1, len(ds.close) - 1)
-    step_ret = np.where(ok, ds.close[nxt] / ds.close[idx] - 1.0, 0.0)
-    pos = signal * ok
-    changes = np.abs(np.diff(np.concatenate(([0.0], pos, [0.0]))))  # entries and exits, incl. final exit
-    costs = fee * changes[:-1]
-    costs[-1] += fee * changes[-1]
-    strat = pos * step_ret - costs
-    equity = np.cumprod(1.0 + strat)
-    bh = np.cumprod(1.0 + step_ret)
-    bh_final = bh[-1] * (1 - fee) ** 2
-    peak = np.maximum.accumulate(equity)
-    mdd = float(np.max(1.0 - equity / peak)) if len(equity) else 0.0
-    return Backtest(
-        open_time=ds.open_time[idx],
-        equity=equity,
-        buy_hold=bh,
-        total_return=float(equity[-1] - 1.0),
-        buy_hold_return=float(bh_final - 1.0),
-        trades=int((np.diff(np.concatenate(([0.0], pos))) > 0).sum()),
-        exposure=float(pos.mean()),
-        max_drawdown=mdd,
-        fee=fee,
-        entry_threshold=entry_threshold,
-    )
+    importance = {n: float(g / total) for n, g in zip(names, gain)}
+    index = np.concatenate(test_idx)
+    heads = [
+        HeadScores(kind, (ds.y if kind == "primary" else (ds.heads or {})[kind])[index],
+                   {name: np.concatenate(parts) for name, parts in by_name.items()}, best_its[kind])
+        for kind, by_name in scores.items()
+    ]
+    return Evaluation(folds, index, np.concatenate(test_p), importance, np.concatenate(test_fold), heads)

@@ -27,7 +27,7 @@ from xylen.core.bundle import (
     write_manifest,
 )
 from xylen.core.candles import ReadResult, combine, fmt_ts, infer_interval, read_candles, validate
-from xylen.core.errors import DataError, TrainingError, XylenError
+from xylen.core.errors import ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
 from xylen.core.registry import Registry, check_name, model_name
 from xylen.core.schema import normalize_symbol
@@ -36,6 +36,7 @@ from xylen.core.store import Store
 from xylen.profiles import Profile, resolve
 from xylen.train import evaluate
 from xylen.train.dataset import Dataset, build
+from xylen.train.honesty import assess
 from xylen.train.threads import training_threads
 
 SAMPLE_FILE = "BTCUSDT-5m-2023.parquet"
@@ -182,8 +183,8 @@ def train(
     if why:
         warnings.append(why)
         profile = replace(profile, threads=threads)
-    spec = labels.LabelSpec(horizon=settings.label_horizon, threshold=settings.label_threshold)
-    if spec.threshold < 2 * settings.fee:
+    spec, extra = label_specs(settings)
+    if spec.kind in ("threshold", "triple-barrier") and spec.threshold < 2 * settings.fee:
         warnings.append(
             f"The label threshold {spec.threshold:g} is below the round-trip fee {2 * settings.fee:g}: "
             "a positive label may still lose money."
@@ -206,11 +207,12 @@ def train(
     if reason:
         warnings.append(f"Training window cut to the most recent {keep} of {df.height} candles by {reason}.")
         df = df.tail(keep)
+    fs = featuresets.get(settings.feature_set, interval)
     say("Computing features and labels", 0.08)
-    ds = build(df, interval, spec)
+    ds = build(df, interval, spec, fs, tuple(extra))
     if ds.valid.sum() == 0:
         raise TrainingError(
-            f"No usable rows: {df.height} candles are fewer than the {features.MIN_CANDLES} of "
+            f"No usable rows: {df.height} candles are fewer than the {fs.min_candles} of "
             f"lookback plus the {spec.horizon}-candle horizon.",
             hint="use more candles.",
         )
@@ -220,8 +222,9 @@ def train(
         say(f"Walk-forward fold {k}/{n}", 0.1 + 0.7 * (k - 1) / n)
 
     ev = evaluate.walk_forward(ds, profile, folds, spec.horizon, on_fold)
-    bt = evaluate.backtest(ds, ev, settings.fee, settings.entry_threshold)
-    metrics = summarize(ev, bt)
+    say("Bootstrap intervals and the backtest", 0.78)
+    honesty, bt = assess(ds, ev, spec, extra, fee=settings.fee, entry_threshold=settings.entry_threshold)
+    metrics = summarize(ev, honesty)
     say("Training the final model", 0.82)
     import lightgbm as lgb
 
@@ -230,13 +233,20 @@ def train(
     rounds = max(10, int(np.median(best)))
     params = evaluate.lgb_params(profile)
     params_final = {k: v for k, v in params.items() if k != "metric"}
-    booster = lgb.train(
-        params_final,
-        lgb.Dataset(
-            ds.X[rows], label=ds.y[rows], feature_name=list(features.NAMES), params={"max_bin": profile.max_bin}
-        ),
-        num_boost_round=rounds,
-    )
+    dset = lgb.Dataset(ds.X[rows], label=ds.y[rows], feature_name=list(fs.names), params={"max_bin": profile.max_bin})
+    booster = lgb.train(params_final, dset, num_boost_round=rounds)
+    head_models = []
+    for h in extra:  # the same rows and bins; only the labels (and the tree count early stopping chose) differ
+        head_set = lgb.Dataset(ds.X[rows], label=(ds.heads or {})[h.kind][rows], reference=dset)
+        head_rec = next(r for r in honesty["heads"] if r["kind"] == h.kind and not r["primary"])
+        head_rounds = max(10, int(np.median(next(e for e in ev.heads if e.kind == h.kind).best_iterations)))
+        head_models.append(
+            HeadModel(
+                h,
+                lgb.train(params_final, head_set, num_boost_round=head_rounds),
+                {k: head_rec[k] for k in ("auc", "edge", "verdict", "baseline")} | {"num_boost_round": head_rounds},
+            )
+        )
     registry = Registry(settings.models_dir)
     say("Writing the bundle and report", 0.9)
     peak = peak_rss_mb()
@@ -250,9 +260,10 @@ def train(
         registry,
         name,
         booster,
+        heads=head_models,
         finalize=finalize,
-        feature_set={"version": features.VERSION, "names": list(features.NAMES)},
-        label=spec.to_dict() | {"description": spec.describe()},
+        feature_set={"version": fs.version, "names": list(fs.names)},
+        label=spec.to_dict(),
         symbol=symbol,
         interval=interval,
         training_window=TrainingWindow(
@@ -385,19 +396,45 @@ def _head_golden(booster: Any, golden: Golden, fields: dict[str, Any]) -> tuple[
     return outputs, float(booster.predict(row.reshape(1, -1), num_threads=1)[0])
 
 
-def summarize(ev: evaluate.Evaluation, bt: evaluate.Backtest) -> dict[str, Any]:
+def label_specs(settings: Settings) -> tuple[labels.LabelSpec, list[labels.LabelSpec]]:
+    """The primary label and the extra heads' labels (same horizon and theta) that settings ask for."""
+    spec = labels.LabelSpec(
+        horizon=settings.label_horizon,
+        threshold=settings.label_threshold,
+        kind=settings.label,
+        lower=settings.label_lower_barrier if settings.label == "triple-barrier" else None,
+    )
+    head = settings.extra_head
+    if head == "auto":
+        head = "none" if spec.kind == "move" else "move"
+    if head == "none":
+        return spec, []
+    if head == spec.kind:
+        raise ConfigError(
+            f"The extra head {head!r} is the label itself.",
+            hint=f"choose another --extra-head (move or direction) or --extra-head none for --label {spec.kind}.",
+        )
+    return spec, [labels.LabelSpec(horizon=spec.horizon, threshold=settings.label_threshold, kind=head)]
+
+
+def summarize(ev: evaluate.Evaluation, honesty: dict[str, Any]) -> dict[str, Any]:
     auc = ev.mean("auc")
     auc_vol = ev.mean("auc_volatility")
+    primary = honesty["heads"][0]
     return {
         "auc_mean": auc,
         "auc_volatility_mean": auc_vol,
         "auc_shuffled_mean": ev.mean("auc_shuffled"),
-        "auc_edge_vs_volatility": auc - auc_vol,
+        # the edge over the strongest volatility baseline (the fitted learner or a raw feature), interval in honesty
+        "auc_edge_vs_volatility": primary["edge"]["value"],
+        "auc_baseline_mean": primary["baseline"]["auc"],
+        "baseline": primary["baseline"]["name"],
         "logloss_mean": ev.mean("logloss"),
         "logloss_base_mean": ev.mean("logloss_base"),
         "brier_mean": ev.mean("brier"),
         "brier_base_mean": ev.mean("brier_base"),
         "base_rate_mean": ev.mean("base_rate"),
         "n_folds": len(ev.folds),
-        "backtest": bt.summary(),
+        "backtest": honesty["backtest"],
+        "honesty": honesty,
     }

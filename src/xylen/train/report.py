@@ -13,11 +13,13 @@ import numpy as np
 
 from xylen.core.bundle import Manifest
 from xylen.core.candles import fmt_ts
+from xylen.train.backtest import Backtest
 from xylen.train.dataset import Dataset
-from xylen.train.evaluate import Backtest, Evaluation
+from xylen.train.evaluate import Evaluation
+from xylen.train.honesty import _iv
 
 
-def _figures(ev: Evaluation, bt: Backtest) -> dict[str, bytes]:
+def _figures(ev: Evaluation, bt: Backtest | None, ds: Dataset) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; safe on servers
@@ -49,21 +51,18 @@ def _figures(ev: Evaluation, bt: Backtest) -> dict[str, bytes]:
     save(fig, "fold_auc.png")
 
     # 2. equity curve vs buy-and-hold over the out-of-sample windows
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    when = np.asarray(bt.open_time, dtype="datetime64[ms]")
-    ax.plot(
-        when,
-        bt.equity,
-        label=f"model, long if p >= {bt.entry_threshold:g} ({bt.total_return:+.1%})",
-        color="#2563eb",
-        lw=1.2,
-    )
-    ax.plot(when, bt.buy_hold, label=f"buy and hold ({bt.buy_hold_return:+.1%})", color="#6b7280", lw=1.0)
-    ax.set_ylabel("equity (start = 1)")
-    ax.set_title(f"Out-of-sample backtest, {bt.fee:.2%} fee per side, {bt.trades} trades")
-    ax.legend(fontsize=8)
-    fig.autofmt_xdate()
-    save(fig, "equity.png")
+    if bt is not None:
+        fig, ax = plt.subplots(figsize=(7.5, 3.6))
+        when = np.asarray(bt.open_time, dtype="datetime64[ms]")
+        ax.plot(when, bt.equity, label=f"model ({bt.model.total_return:+.1%}, {bt.model.trades} trades)",
+                color="#2563eb", lw=1.2)
+        close = ds.close[ev.test_index]
+        ax.plot(when, close / close[0], label=f"buy and hold ({bt.buy_hold:+.1%})", color="#6b7280", lw=1.0)
+        ax.set_ylabel("equity (start = 1)")
+        ax.set_title(f"Out-of-sample backtest: held {bt.horizon} candles, {bt.fee:.2%} fee per side")
+        ax.legend(fontsize=8)
+        fig.autofmt_xdate()
+        save(fig, "equity.png")
 
     # 3. feature importance (share of total gain)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -84,42 +83,74 @@ _CSS = (
 )
 
 
+def esc_(v: Any) -> str:
+    return html.escape(str(v))
+
+
 def _table(rows: list[list[str]], head: list[str]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def heads_table(honesty: dict[str, Any]) -> list[list[str]]:
+    """One row per head: output, AUC [interval], strongest baseline, edge [interval], verdict, up-vs-down AUC."""
+    return [
+        [
+            f"{h['field']} ({h['kind']})",
+            _iv(h["auc"], 4),
+            f"{h['baseline']['name']} {h['baseline']['auc']:.4f}",
+            _iv(h["edge"], 4, True),
+            h["verdict"],
+            _iv(h["auc_up"], 4),
+        ]
+        for h in honesty["heads"]
+    ]
+
+
+HEAD_COLUMNS = ["output", "AUC [95%]", "strongest baseline", "edge [95%]", "verdict", "up-vs-down AUC [95%]"]
+
+
+def backtest_table(bt: dict[str, Any]) -> list[list[str]]:
+    def row(name: str, t: dict[str, Any]) -> list[str]:
+        def num(v: Any, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        return [name, str(t["trades"]), num(t["gross_bp"], "+.1f"), num(t["net_bp"], "+.1f"), num(t["t_stat"], "+.2f"),
+                f"{t['exposure']:.1%}", f"{t['total_return']:+.1%}"]
+
+    return [row("model", bt["model"]), row("volatility timing, same exposure", bt["volatility_timing"]),
+            ["buy and hold", "1", "", "", "", "100%", f"{bt['buy_hold']:+.1%}"]]
+
+
+BACKTEST_COLUMNS = ["strategy", "trades", "gross bp/trade", "net bp/trade", "t (net)", "exposure", "total"]
+
+
 def write_report(
-    folder: Path, manifest: Manifest, ev: Evaluation, bt: Backtest, ds: Dataset, warnings: list[str]
+    folder: Path, manifest: Manifest, ev: Evaluation, bt: Backtest | None, ds: Dataset, warnings: list[str]
 ) -> Path:
-    figs = _figures(ev, bt)
+    figs = _figures(ev, bt, ds)
     (folder / "report").mkdir(exist_ok=True)
     for name, data in figs.items():
         (folder / "report" / name).write_bytes(data)
     m = manifest.metrics
-    edge = m["auc_edge_vs_volatility"]
-    verdict = (
-        "The model beats the volatility-only baseline on average."
-        if edge > 0.005
-        else "The model does not beat the volatility-only baseline: it mostly knows how volatile the market is."
-    )
+    honesty = m["honesty"]
+    verdict = f"{manifest.name} {manifest.version} {honesty['sentence']}."
     if m["auc_shuffled_mean"] > 0.53:
         verdict += " WARNING: the shuffled-label control scores above 0.53 -- the evaluation itself is suspect."
-    summary = _table(
+    summary = _table(heads_table(honesty), HEAD_COLUMNS) + _table(
         [
-            ["AUC, model", f"{m['auc_mean']:.4f}"],
-            ["AUC, volatility-only baseline", f"{m['auc_volatility_mean']:.4f}"],
             ["AUC, shuffled-label control", f"{m['auc_shuffled_mean']:.4f}"],
-            ["edge over volatility baseline", f"{edge:+.4f}"],
             ["log-loss (base rate)", f"{m['logloss_mean']:.4f} ({m['logloss_base_mean']:.4f})"],
             ["Brier (base rate)", f"{m['brier_mean']:.4f} ({m['brier_base_mean']:.4f})"],
-            ["backtest return (buy and hold)", f"{bt.total_return:+.2%} ({bt.buy_hold_return:+.2%})"],
-            ["trades / exposure / max drawdown", f"{bt.trades} / {bt.exposure:.1%} / {bt.max_drawdown:.1%}"],
             ["peak memory while training", f"{m.get('peak_rss_mb', float('nan')):.0f} MB"],
         ],
         ["metric", "value"],
     )
+    if honesty.get("backtest"):
+        b = honesty["backtest"]
+        summary += (f"<p>Backtest: {esc_(b['rule'])}; signal: {esc_(b['signal'])} >= {b['entry_threshold']:g}."
+                    "</p>" + _table(backtest_table(b), BACKTEST_COLUMNS))
     folds = _table(
         [
             [
@@ -172,6 +203,9 @@ def write_report(
 <p class="v">{esc(verdict)}</p>
 {summary}{imgs}<h2>Folds</h2>{folds}
 <h2>Notes</h2><ul>{warn or "<li>none</li>"}</ul>
+<p>Intervals: 95% day-block bootstrap (UTC days resampled within each fold, 2,000 resamples, widened for few
+days). The baseline is the strongest of the fitted volatility-only learner and the raw volatility features, each
+fitted or oriented on training rows only; "none measurable" means the edge's interval includes 0.</p>
 <p>Walk-forward: each test window is preceded by purged rows (labels that would overlap it); early stopping
 uses a purged validation slice at the end of each training window. AUC near 0.5 is a coin flip; the
 shuffled-label control must sit there (it checks the scoring, not the features: a feature that reads the future
