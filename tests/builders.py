@@ -9,12 +9,14 @@ Lives in tests/ (not the wheel): it writes CURRENT pointers without checks, and 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from xylen.core import features, labels
+from xylen.core import features, featuresets, labels
 from xylen.core.bundle import (
+    Head,
     Manifest,
     TrainingWindow,
     artifact_info,
@@ -27,7 +29,7 @@ from xylen.core.bundle import (
 )
 from xylen.core.registry import POINTER, Pointer, Registry
 
-Corruption = Literal["truncated", "wrong_sha", "wrong_features"]
+Corruption = Literal["truncated", "wrong_sha", "wrong_features", "head_truncated", "head_tampered", "head_swapped"]
 
 
 def sample_arrays(rows: int | None = None) -> features.CandleArrays:
@@ -59,18 +61,24 @@ def build_bundle(
     candles: features.CandleArrays | None = None,
     symbol: str = "BTCUSDT",
     interval: str = "5m",
+    label: labels.LabelSpec | None = None,
+    heads: tuple[str, ...] = (),
+    feature_set: str = features.VERSION,
 ) -> str:
     """Train ``rounds`` x ``leaves`` on the last ``rows`` sample candles, publish, optionally promote.
 
     ``n_features`` < N_FEATURES trains on the first n features but still names all of them in the manifest
-    (the "wrong feature count" corruption). Returns the new version.
+    (the "wrong feature count" corruption). ``label``: the primary's (default ``LabelSpec()``); ``heads``: label
+    kinds ("move", "direction") of extra heads, each a LightGBM model on the same rows (``head-<kind>.txt``);
+    ``feature_set``: a version of core/featuresets.py. Returns the new version.
     """
     import lightgbm as lgb
 
     c = candles if candles is not None else sample_arrays(rows)
-    X = features.frame(c)
-    spec = labels.LabelSpec()
-    y = labels.make(c.close, spec)
+    fs = featuresets.get(feature_set, interval)
+    X = fs.frame(c)
+    spec = label or labels.LabelSpec()
+    y = labels.make(c.close, spec, c.high, c.low)
     ok = ~np.isnan(y) & ~np.isnan(X).any(axis=1)
     idx = np.flatnonzero(ok)
     Xt = X[idx] if n_features is None else X[idx][:, :n_features]
@@ -93,16 +101,28 @@ def build_bundle(
         booster.save_model(str(model_file))
         g_rows = Xt[np.linspace(0, len(idx) - 1, 8).astype(int)]
         last = int(idx[-1])
-        window = window_matrix(c, last, features.MIN_CANDLES)
+        window = window_matrix(c, last, fs.min_candles)
         predict = lambda X: booster.predict(X, num_threads=1)  # noqa: E731
-        golden = make_golden(predict, g_rows, window if n_features is None else None)
+        golden = make_golden(predict, g_rows, window if n_features is None else None, fs)
+        extra = []
+        for kind in heads:  # same rows, same params, its own label: what pipeline.publish_booster writes
+            h_spec = labels.LabelSpec(horizon=spec.horizon, kind=kind)
+            h_y = labels.make(c.close, h_spec, c.high, c.low)[idx]
+            h_booster = lgb.train(params, lgb.Dataset(Xt, label=h_y), num_boost_round=rounds)
+            h_file = staging / f"head-{kind}.txt"
+            h_booster.save_model(str(h_file))
+            h_row = fs.last_row(features.CandleArrays.from_matrix(window)).reshape(1, -1)
+            extra.append(Head(artifact=artifact_info(h_file), label=h_spec.to_dict(),
+                              golden_outputs=h_booster.predict(g_rows, num_threads=1).tolist(),
+                              window_output=float(h_booster.predict(h_row, num_threads=1)[0])))
         manifest = new_manifest(
             name=name,
             version="v0000",
             backend="lightgbm",
             artifact=artifact_info(model_file),
-            feature_set={"version": features.VERSION, "names": list(features.NAMES)},
+            feature_set={"version": fs.version, "names": list(fs.names)},
             label=spec.to_dict(),
+            heads=extra,
             symbol=symbol,
             interval=interval,
             training_window=TrainingWindow(
@@ -131,7 +151,9 @@ def publish_corrupt(registry: Registry, name: str, kind: Corruption, *, base: st
                     shutil.copy2(f, staging / f.name)
             m = read_manifest(staging)
             art = staging / m.artifact.file
-            if kind == "truncated":
+            if kind.startswith("head_"):
+                _corrupt_head(staging, m, kind)
+            elif kind == "truncated":
                 data = art.read_bytes()
                 art.write_bytes(data[: len(data) // 2])
                 m.artifact = artifact_info(art)  # the hash matches the damage: only a load can tell
@@ -141,6 +163,25 @@ def publish_corrupt(registry: Registry, name: str, kind: Corruption, *, base: st
             version = registry.publish(name, staging)
     point(registry, name, version)
     return version
+
+
+def _corrupt_head(staging: Path, m: Manifest, kind: str) -> None:
+    """Damage the first extra head of the copy in ``staging``: ``head_truncated`` (half the file, its manifest
+    entry updated to match: only a load can tell), ``head_tampered`` (a leaf value edited, the manifest left as it
+    was: the sha256 tells), ``head_swapped`` (another model's trees with a matching manifest entry: only the
+    golden outputs tell)."""
+    head = m.heads[0]
+    art = staging / head.artifact.file
+    text = art.read_text()
+    if kind == "head_truncated":
+        art.write_text(text[: len(text) // 2])
+        head.artifact = artifact_info(art)
+    elif kind == "head_tampered":
+        at = text.index("leaf_value=") + len("leaf_value=")
+        art.write_text(text[:at] + ("9" if text[at] != "9" else "8") + text[at + 1 :])
+    else:
+        shutil.copy2(staging / m.artifact.file, art)  # the primary's trees
+        head.artifact = artifact_info(art)
 
 
 def point(registry: Registry, name: str, version: str) -> None:

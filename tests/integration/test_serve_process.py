@@ -127,6 +127,7 @@ class Load:
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     closed: str | None = None  # why the connection ended (expected only after SIGTERM)
+    fields: dict[str, frozenset[str]] = field(default_factory=dict)  # version -> the response fields it answered
 
     def run(self) -> None:
         with httpx.Client(headers=AUTH) as c:
@@ -139,7 +140,9 @@ class Load:
                 if r.status_code != 200:
                     self.failures.append(f"{r.status_code} {r.text[:200]}")
                 else:
-                    self.versions.append(r.json()["model_version"])
+                    got = r.json()
+                    self.versions.append(got["model_version"])
+                    self.fields.setdefault(got["model_version"], frozenset(got))
 
 
 def _swaps(served: Served, result: str) -> float:
@@ -156,11 +159,16 @@ def test_hot_swap_under_load_refuses_corrupt_candidates(served: Served, body: di
     worker = threading.Thread(target=load.run)
     worker.start()
     try:
-        plan: list[str] = ["good", "truncated", "good", "wrong_sha", "wrong_features", "good"]
+        # "heads": a good version with a move head; then its head file damaged (tests/builders.py) twice
+        plan = ["good", "truncated", "good", "wrong_sha", "wrong_features", "heads", "head_tampered",
+                "head_truncated", "good"]
+        heads_version = ""
         for step in plan:
             refused_before = _swaps(served, "refused")
-            if step == "good":
-                version = build_bundle(reg, MODEL, rounds=8, rows=1500, seed=len(load.versions))
+            if step in ("good", "heads"):
+                version = build_bundle(reg, MODEL, rounds=8, rows=1500, seed=len(load.versions),
+                                       heads=("move",) if step == "heads" else ())
+                heads_version = version if step == "heads" else heads_version
                 # ~1.2 s on an idle machine (poll + child verify + load; bench/bench_swaps.py measures it):
                 # the timeout only catches a swap that never happens, a busy CI box is slower
                 wait_for(lambda v=version: load.versions and load.versions[-1] == v, timeout=60,
@@ -177,7 +185,9 @@ def test_hot_swap_under_load_refuses_corrupt_candidates(served: Served, body: di
     assert not load.failures and load.closed is None, (load.failures[:3], load.closed)
     nums = [int(v[1:]) for v in load.versions]
     assert nums == sorted(nums), "model_version went backwards"
-    assert _swaps(served, "refused") == 3
+    assert _swaps(served, "refused") == 5
+    # the version with a head answered move_probability; no other did (the damaged ones never served)
+    assert [v for v, f in load.fields.items() if "move_probability" in f] == [heads_version]
     assert "refused" in served.output()
 
 

@@ -37,7 +37,8 @@ DESCRIPTION = """Trading signals from the registry's live models, hot-swapped wi
 
 `POST /predict` takes the alpha's body (candles as Binance arrays or objects) and answers for the last closed
 candle with the model of its symbol and timeframe, or the configured default model for the same timeframe, else
-404 (a still-open last candle is dropped and `notes` says so).
+404 (a still-open last candle is dropped and `notes` says so). `GET /models` states what each model's `probability`
+means, its other outputs (`up_probability`, `move_probability`) and how many candles it needs (`min_candles`).
 `/v2/...` speaks the Open Inference Protocol v2 (KServe) on feature matrices. Send `Authorization: Bearer <key>`
 or `X-API-Key: <key>` when the server has API keys (the health probes never need one). A server without keys
 answers only loopback `Host` names and those in XYLEN_ALLOWED_HOSTS (421 otherwise), and its state-changing POSTs

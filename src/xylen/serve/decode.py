@@ -93,29 +93,26 @@ def decode_predict(body: bytes) -> PredictRequest:
         if obj.get(key) is not None and not isinstance(obj[key], dict):
             raise RequestError(422, f"Field {key!r} must be a JSON object (or left out).")
     indicators = obj.get("indicators") or None
-    raw = obj.get("candles")
-    if raw is None and obj.get("features") is None and indicators is None:
-        raise RequestError(
-            422,
-            "Field 'candles' is missing; send at least "
-            f"{features.MIN_CANDLES} candles (Binance 12-field arrays or objects), "
-            "or 'indicators'/'features' for a model trained elsewhere.",
-        )
-    return PredictRequest(symbol, timeframe, raw, obj.get("features"), indicators)
+    # a body with neither candles nor features is refused once the model that answers is known (predict.py): the
+    # message names how many candles that model needs
+    return PredictRequest(symbol, timeframe, obj.get("candles"), obj.get("features"), indicators)
 
 
-def decode_candles(raw: Any) -> tuple[features.CandleArrays, float | None]:
+def decode_candles(
+    raw: Any, need: int = features.MIN_CANDLES, who: str = "the model"
+) -> tuple[features.CandleArrays, float | None]:
     """Candles (sorted, unique, open_time in ms, values checked) and the last one's close_time if it was sent.
-    Not yet checked against a model: ``closed_window`` does that."""
+    ``need``: the answering model's min_candles (``who`` names it), counted here before any parsing; the rest is
+    checked against the model by ``closed_window``."""
     if not isinstance(raw, list):
         raise RequestError(422, f"Field 'candles' must be a list of candles, got {type(raw).__name__}.")
     n = len(raw)
-    if n < features.MIN_CANDLES:
+    if n < need:
         raise RequestError(
             422,
-            f"Field 'candles' has {n} candle(s); the features need at least "
-            f"{features.MIN_CANDLES} (the last one plus {features.LOOKBACK} before it). "
-            f"Send {features.MIN_CANDLES} or more, oldest first.",
+            f"Field 'candles' has {n} candle(s); {who} needs at least {need} candles (the last one plus "
+            f"{need - 1} before it). Send {need} or more, oldest first; GET /models states each model's "
+            "min_candles.",
         )
     m = _matrix(raw)
     _check(m)
@@ -276,12 +273,14 @@ def closed_window(
     now_ms: float,
     skew_ms: float,
     who: str,
+    need: int = features.MIN_CANDLES,
 ) -> tuple[features.CandleArrays, list[str]]:
-    """The candles the features read, checked against the model ``who`` that answers (its ``interval``).
+    """The candles the features read, checked against the model ``who`` that answers (its ``interval``, and
+    ``need``, its min_candles).
 
     The last candle is dropped, with a note, while it is still open: its close_time (if sent), else the next
-    open time, is later than ``now_ms + skew_ms``. Then the trailing MIN_CANDLES must be consecutive candles of
-    ``interval`` on its grid: training leaves windows with gaps out, so serving does not predict on them.
+    open time, is later than ``now_ms + skew_ms``. Then the trailing ``need`` candles must be consecutive candles
+    of ``interval`` on its grid: training leaves windows with gaps out, so serving does not predict on them.
     """
     notes: list[str] = []
     t = c.open_time
@@ -310,12 +309,11 @@ def closed_window(
                     f"({iso(now_ms)}) too; only the last candle may still be open. Check the bot's clock and "
                     "that open_time is the candle's open time in epoch milliseconds.",
                 )
-    need = features.MIN_CANDLES
     if n < need:
         raise RequestError(
             422,
-            f"After dropping the still-open candle, {n} closed candle(s) remain; the features need {need}. "
-            f"Send {need + 1} or more, oldest first.",
+            f"After dropping the still-open candle, {n} closed candle(s) remain; {who} needs {need}. "
+            f"Send {need + 1} or more, oldest first (GET /models states each model's min_candles).",
         )
     if interval is not None:
         w = t[n - need : n]
@@ -326,15 +324,15 @@ def closed_window(
             raise RequestError(
                 422,
                 f"candles[{i}] opens at {iso(w[j])}, but the {interval} candle after candles[{i - 1}] "
-                f"({iso(w[j - 1])}) opens at {iso(intervals.next_open(int(w[j - 1]), interval))}: the last {need} "
-                f"candles must be consecutive {interval} candles without gaps ({who} is a {interval} model). "
-                f"Send consecutive {interval} candles, oldest first.",
+                f"({iso(w[j - 1])}) opens at {iso(intervals.next_open(int(w[j - 1]), interval))}: {who} reads the "
+                f"last {need} candles, which must be consecutive {interval} candles without gaps. Send consecutive "
+                f"{interval} candles, oldest first.",
             )
         if not intervals.aligned(w[-1:], interval)[0]:
             raise RequestError(
                 422,
-                f"candles[{n - 1}].open_time {iso(w[-1])} is not on the {interval} grid ({who} is a {interval} "
-                "model); send the exchange's candles as they are.",
+                f"candles[{n - 1}].open_time {iso(w[-1])} is not on the {interval} grid ({who} reads {interval} "
+                "candles); send the exchange's candles as they are.",
             )
     if n == len(t):
         return c, notes

@@ -2,8 +2,9 @@
 
 LightGBM's C API has a prepared single-row path: ``LGBM_BoosterPredictForMatSingleRowFastInit`` builds a
 FastConfig once (predict type, feature count, ``num_threads=1``) and ``...SingleRowFast`` then predicts a
-row into a preallocated buffer. A ``RowPredictor`` built here is checked equal to ``Booster.predict`` on the
-bundle's golden rows before it may serve; any other backend (or a multiclass model) uses ``bundle.predict``.
+row into a preallocated buffer. A ``RowPredictor`` built here -- for a bundle's primary head and for each of its
+extra heads -- is checked equal to that head's ``Booster.predict`` on the bundle's golden rows before it may
+serve; any other backend (or a multiclass model) uses its ``predict`` on a one-row matrix.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from xylen.core.backends import Predictor
 from xylen.core.bundle import ModelBundle
 
 RowPredictor = Callable[[np.ndarray], float]
@@ -65,15 +67,29 @@ class LightGBMFastRow:
 
 
 def row_predictor(bundle: ModelBundle) -> tuple[RowPredictor, str]:
-    """The fastest exact one-row predictor for ``bundle`` and its name (for logs and /v2 metadata)."""
-    pred = bundle.predictor
+    """The fastest exact one-row predictor for ``bundle``'s primary head and its name (for logs and /v2 metadata)."""
+    return fast_row(bundle.predictor, bundle.num_feature(), golden_rows(bundle))
+
+
+def head_row_predictors(bundle: ModelBundle) -> list[tuple[str, RowPredictor, str]]:
+    """(field, one-row predictor, its name) for each extra head, each checked like the primary's."""
+    rows = golden_rows(bundle) if bundle.heads else None
+    return [(field, *fast_row(pred, bundle.num_feature(), rows)) for field, pred in bundle.heads]
+
+
+def golden_rows(bundle: ModelBundle) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in r] for r in bundle.manifest.golden.rows], dtype=np.float64)
+
+
+def fast_row(pred: Predictor, n_features: int, rows: np.ndarray | None) -> tuple[RowPredictor, str]:
+    """LightGBM's single-row C path for ``pred`` when it gives exactly ``pred.predict`` on ``rows`` (the
+    bundle's golden rows; none: never unchecked), else ``pred.predict`` on a one-row matrix."""
     booster = getattr(pred, "booster", None)
-    if bundle.backend == "lightgbm" and booster is not None and getattr(pred, "num_class", 1) == 1:
+    single = pred.backend == "lightgbm" and getattr(pred, "num_class", 1) == 1
+    if single and booster is not None and rows is not None and len(rows):
         try:
-            fast = LightGBMFastRow(booster, bundle.num_feature())
-            rows = np.array([[np.nan if v is None else v for v in r] for r in bundle.manifest.golden.rows],
-                            dtype=np.float64)
-            want = bundle.predict(rows)
+            fast = LightGBMFastRow(booster, n_features)
+            want = pred.predict(rows)
             got = np.array([fast(np.ascontiguousarray(r)) for r in rows])
             if np.array_equal(got, want):
                 return fast, "lightgbm-c-api-single-row"
@@ -81,6 +97,6 @@ def row_predictor(bundle: ModelBundle) -> tuple[RowPredictor, str]:
             pass  # an older/newer lightgbm without this API shape: the exact slow path below still works
 
     def slow(row: np.ndarray) -> float:
-        return float(bundle.predict(row.reshape(1, -1))[0])
+        return float(pred.predict(row.reshape(1, -1))[0])
 
-    return slow, f"{bundle.backend}-predict"
+    return slow, f"{pred.backend}-predict"

@@ -172,7 +172,7 @@ class Gate:
                     raise RequestError(
                         413,
                         f"The request body is {declared} bytes; the limit is {limit} "
-                        "(max_body_bytes). Send fewer candles (100 is plenty).",
+                        f"(max_body_bytes). {_FEWER}",
                     )
         chunks = []
         size = 0
@@ -186,14 +186,16 @@ class Gate:
             if size > limit:
                 raise RequestError(
                     413,
-                    f"The request body exceeds the limit of {limit} bytes (max_body_bytes). "
-                    "Send fewer candles (100 is plenty).",
+                    f"The request body exceeds the limit of {limit} bytes (max_body_bytes). {_FEWER}",
                 )
             chunks.append(chunk)
             more = msg.get("more_body", False)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+# 1,000 Binance klines (the most one call returns) are under 200 kB as JSON: far under the 1 MB default
+_FEWER = ("Send fewer candles: the model's min_candles (GET /models; 49 for feature set ohlcv-v2), plus one when "
+          "the last may still be open, is enough; or raise XYLEN_MAX_BODY_BYTES.")
 _FAST_POST = frozenset({"/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"})
 
 

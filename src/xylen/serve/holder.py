@@ -28,7 +28,7 @@ from xylen.core.intervals import INTERVALS
 from xylen.core.rawmodel import load_raw, resolve_backend
 from xylen.core.registry import POINTER, Pointer, Registry
 from xylen.core.verify import verify_in_child, verify_raw_in_child
-from xylen.serve.fastrow import RowPredictor, row_predictor
+from xylen.serve.fastrow import RowPredictor, head_row_predictors, row_predictor
 
 log = logging.getLogger("xylen.serve")
 MODEL_PATH = "(MODEL_PATH)"
@@ -45,10 +45,19 @@ class Live:
     predict_path: str
     loaded_at: float  # time.time()
     interval: str | None = None  # the candle interval it was trained on (manifest); None: a model from elsewhere
+    # The /predict fields besides "probability", in bundle.outputs() order, each with its one-row predictor, or None
+    # where the field is the primary's own probability (up_probability of a direction model). Precomputed: a bundle
+    # without heads whose label has no field of its own has none, and its requests do no extra work.
+    extra: tuple[tuple[str, RowPredictor | None], ...] = ()
+    who: str = ""  # "model 'btcusdt-5m' (feature set ohlcv-v2)": how request errors name it
 
     @property
     def computes_features(self) -> bool:
         return self.bundle.computes_features
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("probability", *(field for field, _ in self.extra))
 
 
 def load_live(name: str | None, folder: Path) -> Live:
@@ -71,9 +80,17 @@ def _warm(name: str, bundle: ModelBundle) -> Live:
             hint="the manifest is damaged; retrain or re-import the model.",
         )
     predict_row, how = row_predictor(bundle)
+    heads = {field: (fn, path) for field, fn, path in head_row_predictors(bundle)}
+    slow = sorted({path for _, path in heads.values() if path != how})
+    if slow:  # say so in /models and the swap log: a head off the fast path costs ~tens of µs a request
+        how += f" (heads: {', '.join(slow)})"
+    extra = tuple((field, heads[field][0] if field in heads else None) for field in bundle.outputs()
+                  if field != "probability")
     warm = np.zeros(bundle.num_feature())
     for _ in range(3):  # first calls allocate LightGBM's buffers; pay that here, not in a request
         predict_row(warm)
+        for fn, _ in heads.values():
+            fn(warm)
     return Live(
         name=name,
         version=bundle.version,
@@ -82,6 +99,8 @@ def _warm(name: str, bundle: ModelBundle) -> Live:
         predict_path=how,
         loaded_at=time.time(),
         interval=interval,
+        extra=extra,
+        who=f"model {name!r} (feature set {bundle.manifest.feature_set.version})",
     )
 
 

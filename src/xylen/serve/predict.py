@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import orjson
 
-from xylen.core import features
+from xylen.core import featuresets
 from xylen.core.registry import model_name
 from xylen.serve.decode import (
     PredictRequest,
@@ -33,32 +33,36 @@ def predict(state: ServeState, body: bytes) -> bytes:
     live_map = holder.live  # read once: a swap during this request does not change our model
     notes: list[str] = []
     live = route(holder, live_map, req, notes)
-    if req.candles is not None and live.computes_features:
-        candles, close_time = decode_candles(req.candles)
+    fs = live.bundle.features  # the model's own feature set (None: it is sent features)
+    if req.candles is not None and fs is not None:
+        candles, close_time = decode_candles(req.candles, fs.min_candles, live.who)
         candles, dropped = closed_window(candles, close_time, live.interval or req.timeframe, state.clock() * 1000.0,
-                                         state.settings.clock_skew * 1000.0, f"model {live.name!r}")
-        row = features.last_row(candles)
+                                         state.settings.clock_skew * 1000.0, live.who, fs.min_candles)
+        row = fs.last_row(candles)
         notes += dropped
     elif req.features is not None:
         row = feature_vector(req.features, live.bundle.feature_names)
-    elif req.indicators is not None and not live.computes_features:
+    elif req.indicators is not None and fs is None:
         row = feature_vector(req.indicators, live.bundle.feature_names, "indicators")
-    elif live.computes_features:
-        raise RequestError(422, f"Model {live.name!r} computes its features from candles: send 'candles' (at least "
-                                f"{features.MIN_CANDLES}, oldest first), or 'features' with its "
-                                f"{live.bundle.num_feature()} values.")
+    elif fs is not None:
+        raise RequestError(422, f"Field 'candles' is missing: {live.who} computes its features from candles; send at "
+                                f"least {fs.min_candles} (GET /models states each model's min_candles), oldest "
+                                f"first, or 'features' with its {live.bundle.num_feature()} values.")
     else:
-        fs = live.bundle.manifest.feature_set.version
-        raise RequestError(422, f"Model {live.name!r} {live.version} was trained on feature set {fs!r}, which this "
-                                f"server does not compute from candles ({features.VERSION!r}); send its "
-                                f"{live.bundle.num_feature()} features by name in 'indicators' "
+        trained = live.bundle.manifest.feature_set.version
+        raise RequestError(422, f"Model {live.name!r} {live.version} was trained on feature set {trained!r}, which "
+                                f"this server does not compute from candles ({', '.join(featuresets.VERSIONS)}); send "
+                                f"its {live.bundle.num_feature()} features by name in 'indicators' "
                                 "({name: value}), or in 'features' (GET /v2/models/<name> lists them).")
     p = live.predict_row(row)
     cls = 1 if p >= 0.5 else 0
     state.metrics.predicted(live.name, cls)
-    return orjson.dumps({"prediction": cls, "confidence": p if cls else 1.0 - p, "model_version": live.version,
-                         "model": live.name, "probability": p,
-                         "feature_set": live.bundle.manifest.feature_set.version, "notes": notes})
+    out = {"prediction": cls, "confidence": p if cls else 1.0 - p, "model_version": live.version, "model": live.name,
+           "probability": p, "feature_set": live.bundle.manifest.feature_set.version, "notes": notes}
+    if live.extra:  # up_probability / move_probability: the bundle's other outputs for the same row
+        for field, head in live.extra:
+            out[field] = p if head is None else head(row)
+    return orjson.dumps(out)
 
 
 def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, notes: list[str]) -> Live:

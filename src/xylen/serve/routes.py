@@ -10,7 +10,9 @@ import orjson
 import psutil
 from fastapi import APIRouter, Request, Response
 
-from xylen.core.errors import ConfigError, XylenError
+from xylen.core import labels, summary
+from xylen.core.bundle import Manifest
+from xylen.core.errors import BundleError, ConfigError, XylenError
 from xylen.core.registry import check_name
 from xylen.serve import schemas
 from xylen.serve.auth import DETAIL
@@ -187,12 +189,25 @@ async def metrics(request: Request) -> Response:
 def model_rows(st: ServeState) -> list[dict[str, Any]]:
     return [{"name": m.name, "version": m.version, "backend": m.bundle.backend,
              "feature_set": m.bundle.manifest.feature_set.version, "n_features": m.bundle.num_feature(),
-             "loaded_at": m.loaded_at, "predict_path": m.predict_path} for m in st.holder.live.values()]
+             "loaded_at": m.loaded_at, "predict_path": m.predict_path, "label": label_of(m.bundle.manifest),
+             "outputs": m.bundle.outputs(), "min_candles": m.bundle.min_candles,
+             "summary": summary.sentence(m.bundle.manifest)} for m in st.holder.live.values()]
+
+
+def label_of(manifest: Manifest) -> dict[str, Any] | None:
+    """The manifest's label as every xylen writes it now (older spellings read through LabelSpec: the same
+    definition, with its description and what it predicts); None for a model without one (imported)."""
+    try:
+        return labels.LabelSpec.from_dict(manifest.label).to_dict()
+    except BundleError:
+        return None
 
 
 @router.get("/models", tags=["admin"], response_model=list[schemas.ModelRow])
 async def models(request: Request) -> Response:
-    """The live models and their versions."""
+    """The live models: version, what each predicts (`label`, `outputs`: the /predict fields and their meaning),
+    how many candles a /predict request must send (`min_candles`), and one sentence on what the model is worth
+    (`summary`, from its walk-forward evaluation)."""
     return json_response(model_rows(state_of(request)))
 
 

@@ -7,18 +7,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from xylen.core import features
+from xylen.core import features, featuresets
 
-CANDLES_DOC = (f"At least {features.MIN_CANDLES} closed candles, oldest first, unique open_time. Each is a Binance "
+CANDLES_DOC = ("At least the answering model's `min_candles` closed candles (GET /models states it: "
+               f"{features.MIN_CANDLES} for feature set {features.VERSION}, 3 days of candles plus one for "
+               f"{featuresets.CTX_VERSION}, e.g. 865 at 5m and 73 at 1h; fewer is a 422 naming the number), oldest "
+               "first, unique open_time. Each is a Binance "
                "12-field array [open_time, open, high, low, close, volume, close_time, quote_volume, trades, "
                "taker_buy_base, taker_buy_quote, ignore] (numbers or numeric strings) or an object with open_time|t, "
                "open|o, high|h, low|l, close|c, volume|v and optionally close_time|T. The prediction is for the LAST "
                "closed candle. Times are epoch milliseconds; seconds (below 1e11) and microseconds (1e14 and above) "
                "are recognised by their magnitude and converted, nanoseconds are refused. The last "
-               f"{features.MIN_CANDLES} candles must be consecutive candles of the model's interval (no gaps; 422 "
+               "`min_candles` candles must be consecutive candles of the model's interval (no gaps; 422 "
                "names the row). A last candle that is still open -- its close_time, or else its next open time, is "
                "later than the server's clock plus XYLEN_CLOCK_SKEW (default 2 s) -- is dropped and the response "
-               f"says so in `notes`; send {features.MIN_CANDLES + 1} candles when the last one may be open.")
+               "says so in `notes`; send `min_candles` + 1 candles when the last one may be open.")
 
 
 class PredictBody(BaseModel):
@@ -32,7 +35,7 @@ class PredictBody(BaseModel):
     timeframe: str | None = Field(None, examples=["5m"], description=(
         "Binance interval, e.g. 5m. A model never answers for another timeframe than it was trained on."))
     candles: list[list[float | str] | dict[str, float | str]] | None = Field(
-        None, min_length=features.MIN_CANDLES, description=CANDLES_DOC)
+        None, min_length=features.MIN_CANDLES, description=CANDLES_DOC)  # the least any feature set needs
     features: list[float | None] | dict[str, float | None] | None = Field(
         None, description="Feature vector in the model's order, or {name: value} (see GET /v2/models/<name>).")
     indicators: dict[str, Any] = Field(default_factory=dict, description=(
@@ -43,12 +46,25 @@ class PredictBody(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    """The alpha's fields, plus the bundle's other outputs where it has them. `prediction`, `confidence` and
+    `probability` are the primary head's: what they mean is the model's label (GET /models: `label.predicts`)."""
+
     prediction: Literal[0, 1] = Field(description="1 if probability >= 0.5 else 0.")
     confidence: float = Field(description="Probability of the predicted class.", examples=[0.85])
     model_version: str = Field(examples=["v0003"])
     model: str = Field(examples=["btcusdt-5m"])
-    probability: float = Field(description="Probability of class 1.")
+    probability: float = Field(description=(
+        "Probability of class 1 of the model's label (GET /models: `label`), e.g. P(the price is higher 6 candles "
+        "from now) for a direction label."))
     feature_set: str = Field(examples=[features.VERSION])
+    up_probability: float | None = Field(None, description=(
+        "Only for a model with a direction output: P(the close `horizon` candles after the last candle is higher "
+        "than its close). The same value as `probability` when the model's own label is direction; otherwise a "
+        "second head's. Absent when the model has none (GET /models: `outputs`)."), examples=[0.52])
+    move_probability: float | None = Field(None, description=(
+        "Only for a model with a move-size head: P(|log return| over the next `horizon` candles > its threshold), "
+        "the size of the coming move in either direction -- for position sizing and stop or grid width, not for "
+        "which way to trade. Absent when the model has none (GET /models: `outputs`)."), examples=[0.31])
     notes: list[str] = Field(default_factory=list, description=(
         "What the server did with the request besides predicting, e.g. \"dropped the still-open candle opened "
         "at 2024-01-01T00:05:00Z\", or that the default model answered for another symbol."),
@@ -112,6 +128,17 @@ class RetrainJob(BaseModel):
     result: dict[str, Any] | None = Field(description="The `xylen retrain --json` object, once it ended.")
 
 
+class LabelInfo(BaseModel):
+    """What the model's `probability` is the probability of (the manifest's label, as this xylen reads it)."""
+
+    kind: Literal["direction", "threshold", "move", "triple-barrier"]
+    horizon: int = Field(description="N: candles ahead the label looks.")
+    threshold: float | None = Field(None, description="theta, a log return (not for direction).")
+    lower: float | None = Field(None, description="triple-barrier only: the lower barrier, a log return.")
+    description: str = Field(examples=["1 if log(close[t+6] / close[t]) > 0, else 0"])
+    predicts: str = Field(examples=["P(the price is higher 6 candles from now)"])
+
+
 class ModelRow(BaseModel):
     name: str
     version: str
@@ -120,6 +147,20 @@ class ModelRow(BaseModel):
     n_features: int
     loaded_at: float
     predict_path: str
+    label: LabelInfo | None = Field(description="The primary label (null: a model imported without one).")
+    outputs: dict[str, str] = Field(description=(
+        "The /predict (and /v2 infer) probability fields this model answers with and what each means: "
+        "`probability` always, `up_probability` and `move_probability` where it has them."),
+        examples=[{"probability": "P(the price is higher 6 candles from now)",
+                   "up_probability": "P(the price is higher 6 candles from now)",
+                   "move_probability": "P(the price moves more than 0.2% either way over the next 6 candles)"}])
+    min_candles: int | None = Field(description=(
+        "Candles a /predict request must send (fewer is a 422 naming this number); one more when the last may "
+        "still be open. null: the model is sent its features, not candles."), examples=[49])
+    summary: str = Field(description=(
+        "One sentence on what the model knows, from its walk-forward evaluation (with 95% intervals), or what is "
+        "missing for one."), examples=["forecasts move size (AUC 0.73 [0.72, 0.74]); direction edge over baseline "
+                                       "+0.004 [-0.002, +0.010]: none measurable"])
 
 
 class V2Tensor(BaseModel):
@@ -136,7 +177,8 @@ class V2InferRequest(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[V2Tensor] = Field(min_length=1, max_length=1)
-    outputs: list[dict[str, Any]] | None = None
+    outputs: list[dict[str, Any]] | None = Field(None, description=(
+        "[{\"name\": ...}]: the outputs to return (see the model's metadata); left out, all of them."))
 
 
 class V2OutTensor(BaseModel):
@@ -150,7 +192,9 @@ class V2InferResponse(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
-    outputs: list[V2OutTensor]
+    outputs: list[V2OutTensor] = Field(description=(
+        "One FP64 tensor of shape [N] per output: `probability`, plus `up_probability` and `move_probability` "
+        "where the model has them (as in /predict), or those the request's `outputs` named."))
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

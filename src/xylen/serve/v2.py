@@ -1,7 +1,9 @@
 """Open Inference Protocol v2 (KServe v2 REST): health, model metadata, and infer on a feature matrix.
 
 Inputs: one tensor of datatype FP32 or FP64 and shape [N, n_features] (data flat or nested, row-major).
-Output: FP64 "probability" of shape [N]. Errors are ``{"error": "..."}`` as the protocol specifies.
+Outputs: one FP64 tensor of shape [N] per output of the bundle: "probability" always, plus "up_probability" and/or
+"move_probability" where the bundle has them (its heads, or a direction label); the request's ``outputs`` may ask
+for some of them. Errors are ``{"error": "..."}`` as the protocol specifies.
 The binary-tensor extension is not supported (tritonclient: pass ``binary_data=False``).
 """
 
@@ -16,7 +18,7 @@ from xylen import __version__
 from xylen.serve import schemas
 from xylen.serve.decode import RequestError, loads_object
 from xylen.serve.holder import Live
-from xylen.serve.routes import json_response, state_of
+from xylen.serve.routes import json_response, label_of, state_of
 from xylen.serve.state import ServeState
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -43,10 +45,13 @@ def _metadata(live: Live) -> dict[str, Any]:
         "versions": [live.version],
         "platform": f"xylen-{live.bundle.backend}",
         "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, n]}],
-        "outputs": [{"name": OUTPUT, "datatype": "FP64", "shape": [-1]}],
+        "outputs": [{"name": field, "datatype": "FP64", "shape": [-1]} for field in live.output_names],
         "parameters": {
             "feature_names": live.bundle.feature_names,
             "feature_set": live.bundle.manifest.feature_set.version,
+            "label_kind": (label_of(live.bundle.manifest) or {}).get("kind"),  # None: a model without a label
+            "min_candles": live.bundle.min_candles,
+            "outputs": live.bundle.outputs(),
         },
     }
 
@@ -161,16 +166,43 @@ def infer_body(st: ServeState, name: str, version: str | None, body: bytes) -> d
     if X.size != shape[0] * n:
         raise RequestError(400, f"inputs[0].data has {X.size} values; shape {shape} needs {shape[0] * n}.")
     X = np.ascontiguousarray(X.reshape(shape[0], n), dtype=np.float64)
-    if shape[0] == 1:  # the common case: the single-row fast path the live model was verified with
-        probs = np.array([live.predict_row(X[0])])
-    elif shape[0] == 0:
-        probs = np.zeros(0)
-    else:
-        probs = live.bundle.predict(X)
+    wanted = _requested(obj.get("outputs"), live)
+    out = _outputs(live, X)
     return {
         "model_name": live.name,
         "model_version": live.version,
         "id": obj.get("id") if isinstance(obj.get("id"), str) else None,
         "parameters": {},
-        "outputs": [{"name": OUTPUT, "shape": [shape[0]], "datatype": "FP64", "data": probs.tolist()}],
+        "outputs": [{"name": f, "shape": [shape[0]], "datatype": "FP64", "data": out[f]} for f in wanted],
     }
+
+
+def _outputs(live: Live, X: np.ndarray) -> dict[str, list[float]]:
+    """Every output of ``live`` for the rows of ``X``: one row through the single-row fast paths the live model
+    was verified with (the common case), more through each head's batch predict."""
+    if len(X) == 1:
+        p = live.predict_row(X[0])
+        out = {OUTPUT: [p]}
+        for field, head in live.extra:
+            out[field] = [p if head is None else head(X[0])]
+        return out
+    if len(X) == 0:
+        return dict.fromkeys(live.output_names, [])
+    probs = live.bundle.predict(X).tolist()
+    heads = dict(live.bundle.heads)
+    out = {OUTPUT: probs}
+    for field, _ in live.extra:
+        out[field] = probs if field not in heads else np.asarray(heads[field].predict(X)).tolist()
+    return out
+
+
+def _requested(outputs: Any, live: Live) -> tuple[str, ...]:
+    """The outputs a request asks for (``outputs: [{"name": ...}]``), in the model's order; all when it names none."""
+    if not outputs:
+        return live.output_names
+    names = [o.get("name") if isinstance(o, dict) else None for o in outputs] if isinstance(outputs, list) else [None]
+    unknown = [x for x in names if x not in live.output_names]
+    if unknown:
+        raise RequestError(400, f"Field 'outputs' asks for {str(unknown[0])[:40]!r}; model {live.name!r} has outputs "
+                                f"{', '.join(live.output_names)} (leave 'outputs' out for all of them).")
+    return tuple(f for f in live.output_names if f in names)
