@@ -105,8 +105,13 @@ def test_collect_retrain_and_the_running_server_answers_with_the_new_version(tmp
         worker.start()
         wait_for(lambda: len(answers) >= 10, timeout=TIMEOUT_S, what="the load to start")
 
+        # the flow is the point, not the gate: the default model (a direction label with a move head) moves its
+        # log-loss by a few thousandths between two windows, more than the default tolerance
         retrain = subprocess.run(
-            [sys.executable, "-m", "xylen", "retrain", "--json"], env=env, capture_output=True, timeout=TIMEOUT_S
+            [sys.executable, "-m", "xylen", "retrain", "--json"],
+            env=env | {"XYLEN_RETRAIN_TOLERANCE": "0.05"},
+            capture_output=True,
+            timeout=TIMEOUT_S,
         )
         assert retrain.returncode == 0, (retrain.stdout[-2000:], retrain.stderr[-3000:])
         (r,) = orjson.loads(retrain.stdout)["results"]

@@ -53,8 +53,9 @@ def retrain_cmd(
     ),
     lock_fd: int = typer.Option(None, "--lock-fd", hidden=True, help="Used by xylen serve for its retrain jobs."),
 ) -> None:
-    """Retrain live models on the candles `xylen collect` stored, gate each candidate against the live model on
-    the most recent holdout, and promote it only if it is no worse (running servers swap it in).
+    """Retrain live models on the candles `xylen collect` stored, keeping each one's feature set, label and extra
+    heads; gate each candidate against the live model on the most recent holdout, each head against the live
+    model's same head, and promote it only if every head is no worse (running servers swap it in).
 
     Example: xylen collect --once && xylen retrain --all
     """
@@ -156,14 +157,28 @@ def print_report(report: RunReport) -> None:
         head = f"[{style}]{r.name}[/]" if style else r.name
         out.print(f"{head}: {escape(r.message)}", markup=True)
         g = r.gate
-        if g and g.get("live"):
-            out.print(
-                f"  holdout {g['holdout']['rows']} candles over {g['holdout']['days']} days: log-loss candidate "
-                f"{g['candidate']['logloss']:.5f} vs live {g['live']['logloss']:.5f}; AUC "
-                f"{g['candidate']['auc']:.4f} vs {g['live']['auc']:.4f}"
-            )
+        if g and g.get("heads"):
+            h = g["holdout"]
+            out.print(f"  holdout {h['rows']} candles over {h['days']} days, each head scored on its own labels:")
+            parts = [(f"primary ({g['primary']['kind']}) head", g)] + [(f"{k} head", h) for k, h in g["heads"].items()]
+            for who, rec in parts:
+                decision = rec["primary"]["decision"] if rec is g else rec["decision"]
+                out.print(f"    {who}: {decision}: {_scores(rec)}", markup=False)
+        elif g and g.get("live"):
+            out.print(f"  holdout {g['holdout']['rows']} candles over {g['holdout']['days']} days: {_scores(g)}")
         if r.pruned:
             out.print(f"  retention removed {', '.join(r.pruned)}")
         if r.error and r.error.get("hint"):
             err.print(f"[yellow]hint:[/] {escape(str(r.error['hint']))}", markup=True)
     out.print(f"took {report.seconds:.1f} s")
+
+
+def _scores(rec: dict[str, Any]) -> str:
+    """One head's gate scores: against the live version's same head, or (unreadable) the constant base rate."""
+    cand = rec["candidate"]
+    if rec.get("live"):
+        return (
+            f"log-loss candidate {cand['logloss']:.5f} vs live {rec['live']['logloss']:.5f}; "
+            f"AUC {cand['auc']:.4f} vs {rec['live']['auc']:.4f}"
+        )
+    return f"log-loss candidate {cand['logloss']:.5f} vs the base rate's {rec['base_rate']['logloss']:.5f}"

@@ -16,6 +16,10 @@ quantile: 7 days covered ~87%, 3 days ~72%): the interval is widened about the m
 by sqrt(G/(G-1)) and Student's t with G-1 degrees of freedom instead of the normal, which keeps it near 95% from 2
 days up. The interval is recorded, not used in the decision: the tolerance rule is the documented gate, the
 interval says how sure it could be.
+
+A bundle with extra heads (a move-size head beside a direction model) is gated head by head, like with like: each
+head of the candidate is scored on its own labels against the live version's same head, on the same holdout, by the
+same rule; ``combine`` promotes the candidate only when every head passes, and its reason names a failing head.
 """
 
 from __future__ import annotations
@@ -108,11 +112,13 @@ def compare(
     tolerance: float,
     base_rate: float,
     purged: int,
+    why_base_rate: str = "the live model is unreadable",
 ) -> dict[str, Any]:
     """The gate's record: both scores, the difference with its interval, and the decision.
 
-    ``p_live`` None means the live model could not be scored (its bundle is corrupt): the candidate must then beat
-    the constant prediction ``base_rate`` (the training rows' share of 1 labels), the least any model must do."""
+    ``p_live`` None means the live model cannot be scored fairly (``why_base_rate``: its artifact is corrupt, ...):
+    the candidate must then beat the constant prediction ``base_rate`` (the training rows' share of 1 labels), the
+    least any model must do."""
     y = np.asarray(y, dtype=np.float64)
     cand = _score(y, p_candidate)
     base_p = np.full(len(y), min(max(base_rate, _EPS), 1 - _EPS))
@@ -121,7 +127,7 @@ def compare(
     diff = row_losses(y, p_candidate) - row_losses(y, reference)
     lo, hi, days = day_block_interval(diff, open_time)
     mean = float(diff.mean())
-    against = "the live model" if p_live is not None else "the constant base rate (the live model is unreadable)"
+    against = "the live model" if p_live is not None else f"the constant base rate ({why_base_rate})"
     allowed = tolerance if p_live is not None else 0.0
     promote = mean <= allowed
     ref_ll = cand["logloss"] - mean
@@ -158,5 +164,28 @@ def compare(
         "tolerance": tolerance,
         "compared_with": "live" if p_live is not None else "base_rate",
         "decision": "promote" if promote else "keep",
+        "reason": reason,
+    }
+
+
+def combine(primary: dict[str, Any], heads: dict[str, dict[str, Any]], primary_kind: str) -> dict[str, Any]:
+    """One gate record for a candidate with extra heads: the primary head's record (its scores stay at the top level,
+    as for a bundle without heads), each head's own record under ``heads[kind]``, and the decision: promote only when
+    every head passes. The reason names each head that failed first, then the ones that passed."""
+    if not heads:
+        return primary
+    parts = [("primary", f"primary ({primary_kind}) head", primary)]
+    parts += [(kind, f"{kind} head", rec) for kind, rec in heads.items()]
+    failed = [p for p in parts if p[2]["decision"] != "promote"]
+    passed = [p for p in parts if p[2]["decision"] == "promote"]
+    reason = "; ".join(
+        [f"{who} FAILED: {rec['reason']}" for _, who, rec in failed]
+        + [f"{who} passed: {rec['reason']}" for _, who, rec in passed]
+    )
+    return primary | {
+        "primary": {"kind": primary_kind, "decision": primary["decision"], "reason": primary["reason"]},
+        "heads": heads,
+        "failed_heads": [key for key, _, _ in failed],
+        "decision": "keep" if failed else "promote",
         "reason": reason,
     }

@@ -1,11 +1,13 @@
 """`xylen retrain`, once: new candles in the store -> a candidate -> the gate -> maybe a promotion.
 
-For each model: read the live version's manifest (its feature set, label, series and parameters are kept: changing
-them is a new model, made with `xylen train`), count the closed candles the store holds beyond its training window,
-and with enough of them train a candidate on the latest window -- a full refit with the live model's parameters, or
-(``--warm-start``) more trees boosted onto the live model (LightGBM ``init_model``). The candidate is published as a
-new immutable version whatever the gate decides (its manifest records both scores, the interval and the decision),
-and promoted only when the gate passes and the live version is still the one it was compared with
+For each model: read the live version's manifest (its feature set, label, extra heads, series and parameters are
+kept: changing them is a new model, made with `xylen train`), count the closed candles the store holds beyond its
+training window, and with enough of them train a candidate on the latest window -- a full refit with the live
+model's parameters, or
+(``--warm-start``) more trees boosted onto the live model (LightGBM ``init_model``); each extra head likewise, on
+the same rows (train/candidate.py). The candidate is published as a new immutable version whatever the gate decides
+(its manifest records both scores, the interval and the decision, per head), and promoted only when the gate passes
+for every head and the live version is still the one it was compared with
 (``Registry.promote(expect_live=...)``: a trainer never replaces a version someone promoted meanwhile).
 
 Runs never overlap: the whole run holds core/runlock.RunLock on XYLEN_HOME.
@@ -24,11 +26,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from xylen.core import features, labels
+from xylen.core import featuresets, labels
 from xylen.core.bundle import (
     Manifest,
     TrainingWindow,
-    verify_artifact,
 )
 from xylen.core.errors import BundleError, ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
@@ -37,9 +38,9 @@ from xylen.core.runlock import RunLock, describe
 from xylen.core.settings import Settings
 from xylen.core.store import Store
 from xylen.profiles import Profile, resolve
-from xylen.train import gate
-from xylen.train.dataset import build, labelled
-from xylen.train.pipeline import cap_rows, golden_of, peak_rss_mb, publish_booster
+from xylen.train import candidate, gate
+from xylen.train.dataset import build
+from xylen.train.pipeline import HeadModel, cap_rows, golden_of, peak_rss_mb, publish_booster
 from xylen.train.threads import training_threads
 
 Outcome = Literal["promoted", "kept", "nothing_new", "skipped", "busy", "conflict", "error"]
@@ -268,13 +269,19 @@ def not_retrainable(m: Manifest) -> str | None:
             f"it is an imported {m.backend} model (features xylen does not compute); retrain it where it was made "
             "and import the new version"
         )
-    if m.feature_set.version != features.VERSION or list(m.feature_set.names) != list(features.NAMES):
-        return (
-            f"it uses feature set {m.feature_set.version!r} and this xylen computes {features.VERSION!r}; "
-            "make a new model with `xylen train`"
-        )
     if not (m.symbol and m.interval and m.training_window and m.label.get("horizon") is not None):
         return "its manifest names no series, training window or label (an imported model); use `xylen train`"
+    if featuresets.for_manifest(m.feature_set.version, list(m.feature_set.names), m.interval) is None:
+        return (
+            f"it uses feature set {m.feature_set.version!r} ({len(m.feature_set.names)} features), which this xylen "
+            f"does not compute from {m.interval} candles (it computes {', '.join(featuresets.VERSIONS)}); make a new "
+            "model with `xylen train`"
+        )
+    for label in [m.label, *(h.label for h in m.heads)]:
+        try:
+            labels.LabelSpec.from_dict(label)
+        except BundleError as exc:
+            return f"{exc.message[0].lower()}{exc.message[1:].rstrip('.')}; make a new model with `xylen train`"
     return None
 
 
@@ -305,14 +312,13 @@ def retrain_model(
             raise BundleError(f"Cannot retrain {name!r} {ptr.version}: {why}.", hint="retrain another model.")
         return ModelResult(name, "skipped", f"skipped: {why}", live_version=ptr.version)
     assert m.symbol and m.interval and m.training_window
+    # what is kept: the feature set (the windows bots send keep working), the label and every head
+    fs = featuresets.for_manifest(m.feature_set.version, list(m.feature_set.names), m.interval)
+    assert fs is not None  # not_retrainable checked it
     res = ModelResult(name, "error", "", live_version=ptr.version)
-    live_problem: str | None = None
-    live = None
-    try:
-        verify_artifact(live_dir, m)
-        live = lgb.Booster(model_file=str(live_dir / m.artifact.file))
-    except (BundleError, lgb.basic.LightGBMError, OSError) as exc:
-        live_problem = exc.message if isinstance(exc, BundleError) else str(exc)[:200]
+    heads = candidate.live_heads(lgb, live_dir, m)
+    spec = heads[0].spec
+    live_problem = candidate.problems(heads)
 
     df = store.read(m.symbol, m.interval)
     if df.height == 0:
@@ -332,9 +338,9 @@ def retrain_model(
 
     keep, _reason = cap_rows(df.height, profile, approx_ms(m.interval))
     df = df.tail(keep)
-    spec = labels.LabelSpec(horizon=int(m.label["horizon"]), threshold=float(m.label["threshold"]))
     open_time = df["open_time"].to_numpy().astype(np.int64)
-    y_all, valid = labelled(open_time, df["close"].to_numpy().astype(np.float64), m.interval, spec)
+    y_all, valid = candidate.labels_and_rows(df, m.interval, heads, fs.lookback)
+    horizon = max(h.spec.horizon for h in heads)  # the purge must cover the head that looks furthest ahead
     rows = np.flatnonzero(valid)
     size = gate.holdout_size(len(rows), settings.retrain_holdout)
     if len(rows) < size + MIN_TRAIN_ROWS:
@@ -343,12 +349,14 @@ def retrain_model(
             f"{MIN_TRAIN_ROWS} to train on.",
             hint="collect more history (`xylen collect --since ...`) or lower XYLEN_RETRAIN_HOLDOUT (at least 200).",
         )
-    sp = gate.split(rows, spec.horizon, size)
+    sp = gate.split(rows, horizon, size)
     # the live model must not have trained on the holdout (nor on labels reaching into it): else it would be
-    # scored in-sample and the comparison would be rigged in its favour. Wait for enough new candles instead.
+    # scored in-sample and the comparison would be rigged in its favour. Wait for enough new candles instead (a
+    # damaged live version is no reason to wait: its heads are then compared with the base rate).
     live_last = int(np.searchsorted(open_time, tw.last_open_time, side="right")) - 1
-    if live_problem is None and live_last >= 0 and live_last + spec.horizon >= sp.holdout[0]:
-        more = live_last + spec.horizon + 1 - int(sp.holdout[0])
+    fair = not (live_last >= 0 and live_last + horizon >= sp.holdout[0])
+    if live_problem is None and not fair:
+        more = live_last + horizon + 1 - int(sp.holdout[0])
         res.outcome = "nothing_new"
         res.message = (
             f"nothing to compare yet: the live model trained on candles up to {_ts(tw.last_open_time)}, inside the "
@@ -357,18 +365,13 @@ def retrain_model(
         return res
 
     params = {k2: v for k2, v in m.params.items() if k2 != "num_boost_round"} | {"num_threads": profile.threads}
-    rounds = int(m.params.get("num_boost_round", 100))
-    y_all = np.nan_to_num(y_all, nan=0.0)
-    if len(np.unique(y_all[sp.train])) < 2:
-        raise TrainingError(
-            f"Every training label of {name!r} is {int(y_all[sp.train][0])}.",
-            hint="the label threshold does not suit this data; make a new model with `xylen train --threshold`.",
-        )
+    candidate.check_labels(heads, {h.key: y_all[h.key][sp.train] for h in heads}, name)
     warm_row = int((m.model_extra or {}).get("retrain", {}).get("warm_starts_in_row", 0))
     mode: Mode = opts.mode
     forced = None
-    if mode == "warm" and live is None:
-        mode, forced = "full", "the live model is unreadable, so there is nothing to continue"
+    if mode == "warm" and live_problem is not None:
+        unreadable = "the live model is unreadable" if heads[0].problem else "a live head is unreadable"
+        mode, forced = "full", f"{unreadable}, so there is nothing to continue"
     elif mode == "warm" and warm_row >= settings.retrain_max_warm_starts:
         mode, forced = "full", f"{warm_row} warm starts in a row (XYLEN_RETRAIN_MAX_WARM_STARTS)"
     fit = sp.train
@@ -376,34 +379,25 @@ def retrain_model(
         fresh = int((open_time[fit] > tw.last_open_time).sum())
         fit = fit[-max(fresh, min(WARM_MIN_ROWS, len(fit))) :]
     # features only where they are used: a warm start reads the newest rows, not the whole window
-    off = max(0, int(fit[0]) - features.LOOKBACK - 1) if mode == "warm" else 0
+    off = max(0, int(fit[0]) - fs.lookback - 1) if mode == "warm" else 0
     df = df.slice(off)
-    ds = build(df, m.interval, spec)
+    ds = build(df, m.interval, spec, fs, extra=tuple(h.spec for h in heads[1:]))
     fit_s, hold = fit - off, sp.holdout - off
     if not (ds.valid[fit_s].all() and ds.valid[hold].all()):  # the slice keeps every row's lookback
         raise TrainingError("The feature window of the retrain rows is incomplete.", hint="this is a bug; report it.")
-    X, y = ds.X, np.nan_to_num(ds.y, nan=0.0)
-    dset = lgb.Dataset(
-        X[fit_s], label=y[fit_s], feature_name=list(features.NAMES), params={"max_bin": params["max_bin"]}
+    fitted = candidate.fit(
+        lgb, heads, ds, fit_s, params, warm_rounds=settings.retrain_warm_rounds if mode == "warm" else None
     )
-    if mode == "warm":
-        booster = lgb.train(params, dset, num_boost_round=settings.retrain_warm_rounds, init_model=live)
-        first_open = tw.first_open_time
-    else:
-        booster = lgb.train(params, dset, num_boost_round=rounds)
-        first_open = int(open_time[fit[0]])
+    first_open = tw.first_open_time if mode == "warm" else int(open_time[fit[0]])
     res.mode, res.samples_used = mode, len(fit)
-
-    p_cand = np.asarray(booster.predict(X[hold], num_threads=1))
-    p_live = np.asarray(live.predict(X[hold], num_threads=1)) if live is not None else None
-    verdict = gate.compare(
-        ds.y[hold],
-        ds.open_time[hold],
-        p_cand,
-        p_live,
+    verdict = candidate.score(
+        fitted,
+        ds,
+        hold,
+        {h.key: float(y_all[h.key][sp.train].mean()) for h in heads},
         tolerance=settings.retrain_tolerance,
-        base_rate=float(y_all[sp.train].mean()),
         purged=sp.purged,
+        fair=fair,
     )
     res.gate = verdict
     retrain_info = {
@@ -416,25 +410,35 @@ def retrain_model(
         "live_problem": live_problem,
         "data_source": f"store {store.series_dir(m.symbol, m.interval)}",
     }
+    primary = fitted[0]
+    metrics: dict[str, Any] = {
+        "auc_holdout": primary.verdict["candidate"]["auc"],
+        "logloss_holdout": primary.verdict["candidate"]["logloss"],
+        "data_source": retrain_info["data_source"],
+    }
+    honesty = m.metrics.get("honesty")
+    if isinstance(honesty, dict):
+        # the walk-forward evaluation the model was made with: what the model knows is measured there; a retrain
+        # only checks, by the gate, that each version is no worse than the last. It names the version it evaluated
+        # (`xylen train` cannot: the version is chosen when it publishes), so the sentence can say it is inherited.
+        named = honesty.get("version") or isinstance((m.model_extra or {}).get("retrain"), dict)
+        metrics["honesty"] = honesty if named else honesty | {"version": ptr.version}
     version = publish_booster(
         registry,
         name,
-        booster,
+        primary.booster,
+        heads=[HeadModel(f.head.spec, f.booster, f.metrics()) for f in fitted[1:]],
         feature_set=m.feature_set.model_dump(),
-        label=m.label,
+        label=spec.to_dict(),
         symbol=m.symbol,
         interval=m.interval,
         training_window=TrainingWindow(
             first_open_time=first_open, last_open_time=int(open_time[fit[-1]]), rows=len(fit)
         ),
         profile=profile.to_dict(),
-        params=params | {"num_boost_round": booster.current_iteration()},
-        metrics={
-            "auc_holdout": verdict["candidate"]["auc"],
-            "logloss_holdout": verdict["candidate"]["logloss"],
-            "data_source": retrain_info["data_source"],
-        },
-        golden=golden_of(booster, ds, df, fit_s),
+        params=params | {"num_boost_round": primary.booster.current_iteration()},
+        metrics=metrics,
+        golden=golden_of(primary.booster, ds, df, fit_s),
         gate=verdict,
         retrain=retrain_info,
     )
