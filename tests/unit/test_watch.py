@@ -69,7 +69,7 @@ def trained(tmp_path_factory, candles):
     """A home whose store held the first TRAIN_ROWS candles when `xylen train` trained btcusdt-1h v0001 on it, and
     holds every later candle (but the HOLE) now."""
     home = tmp_path_factory.mktemp("watch-home")
-    settings = settings_for(home)
+    settings = settings_for(home, label="threshold", extra_head="none")  # the labels the checks below rebuild
     store = Store(settings.data_dir)
     store.append("BTCUSDT", "1h", candles.head(TRAIN_ROWS))
     prof = replace(resolve("8gb"), num_boost_round=60, early_stopping_rounds=10, threads=1)
@@ -536,3 +536,43 @@ def test_importing_the_watch_module_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+# -- other feature sets and labels --------------------------------------------------------------------------------
+OLD_LABEL = {"horizon": 6, "threshold": 0.002, "kind": "forward_log_return_above_threshold"}
+
+
+@pytest.mark.parametrize(
+    ("feature_set", "label"),
+    [("ohlcv-ctx-v1", {"kind": "direction", "horizon": 6}), ("ohlcv-v2", OLD_LABEL)],
+    ids=["context-features-direction", "old-manifest-threshold"],
+)
+def test_a_model_is_scored_with_its_own_feature_set_and_label(tmp_path, candles, feature_set, label):
+    """The watch computes the live model's own feature set (the context set reads 3 days, not 48 candles) and its
+    own label (an old manifest's 'forward_log_return_above_threshold' is the threshold label), and its volatility
+    baseline sees that set's volatility features."""
+    from tests.helpers import heads_home
+    from xylen.core import featuresets, labels
+    from xylen.train.dataset import arrays_of
+
+    home = tmp_path / "home"
+    heads_home(home, new_rows=1500, feature_set=feature_set, label=label, heads=())
+    t = candles["open_time"].to_numpy()
+    since = int(t[len(t) - 1400])
+    promote_at(home, "v0001", since)
+    rec = record(home)
+    fs = featuresets.get(feature_set, "1h")
+    spec = labels.LabelSpec.from_dict(label)
+    X = fs.frame(arrays_of(candles))
+    y_all = labels.make(candles["close"].to_numpy(), spec)
+    rows = np.flatnonzero((t >= since) & ~np.isnan(y_all))  # the series has no gaps
+    y = y_all[rows]
+    p = lgb.Booster(model_file=str(home / "models" / NAME / "v0001" / "model.txt")).predict(X[rows])
+    assert rec["rows"] == len(rows) > 1300 and rec["base_rate"] == pytest.approx(y.mean())
+    assert rec["model"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert rec["volatility_baseline"] is not None and rec["note"] is None
+    m = read_manifest(home / "models" / NAME / "v0001")
+    booster, why = watch.baseline(settings_for(home), Store(home / "data"), m)  # the cached one
+    assert why is None and booster.num_feature() == len(fs.volatility)
+    p_vol = booster.predict(np.ascontiguousarray(X[rows][:, fs.indices(fs.volatility)]))
+    assert rec["volatility_baseline"]["auc"] == pytest.approx(roc_auc_score(y, p_vol), abs=1e-12)

@@ -2,9 +2,10 @@
 
 ``record`` scores the live version on every candle of its series (from the store) that opened at or after its
 promotion -- and after its training window, so nothing it trained on is counted -- and whose label is complete,
-built by the same code as training (``dataset.build``: windows whose lookback or horizon spans a gap are left out).
-Next to it, the same metrics for the volatility baseline: a LightGBM on ``features.VOLATILITY_FEATURES`` alone,
-fitted on the live model's training window with its params and number of trees; with a threshold label volatility
+built by the same code as training (``dataset.build`` with the model's own feature set and label: windows whose
+lookback or horizon spans a gap are left out). Next to it, the same metrics for the volatility baseline: a LightGBM on
+the volatility features of the model's feature set alone (``FeatureSet.volatility``), fitted on the live model's
+training window with its params and number of trees; with a threshold label volatility
 alone is predictive, so the model's edge over that baseline is what says whether it knows anything (see
 DESIGN.md). The record is stored beside CURRENT.json as ``models/<name>/WATCH.json``; ``read`` returns it only while
 it describes the version that is live now.
@@ -29,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from xylen.core import features, labels
+from xylen.core import featuresets, labels
 from xylen.core.bundle import Manifest
-from xylen.core.errors import XylenError
+from xylen.core.errors import BundleError, XylenError
 from xylen.core.intervals import approx_ms
 from xylen.core.registry import Registry
 from xylen.core.storage import Conflict
@@ -171,25 +172,19 @@ def _well_formed(rec: dict[str, Any]) -> bool:
 
 
 # -- computing --------------------------------------------------------------------------------------------------
-def watchable(m: Manifest) -> labels.LabelSpec | None:
-    """The label of a xylen-trained LightGBM bundle that can be scored from candles, else None (imported models,
-    another feature-set version, no training window or series, a label this xylen does not build)."""
-    if (
-        m.backend != "lightgbm"
-        or m.feature_set.version != features.VERSION
-        or tuple(m.feature_set.names) != features.NAMES
-        or m.training_window is None
-        or not m.symbol
-        or not m.interval
-    ):
+def watchable(m: Manifest) -> tuple[labels.LabelSpec, featuresets.FeatureSet] | None:
+    """The label (of the primary head) and the feature set of a xylen-trained LightGBM bundle that can be scored from
+    candles, else None (imported models, a feature set this xylen does not compute, no training window or series, a
+    label this xylen does not read)."""
+    if m.backend != "lightgbm" or m.training_window is None or not m.symbol or not m.interval:
         return None
-    horizon, threshold = m.label.get("horizon"), m.label.get("threshold")
-    kind = m.label.get("kind", labels.LabelSpec.kind)
-    if kind != labels.LabelSpec.kind or not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+    fs = featuresets.for_manifest(m.feature_set.version, list(m.feature_set.names), m.interval)
+    if fs is None or m.label.get("horizon") is None:  # no horizon: an imported model's empty label
         return None
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
+    try:
+        return labels.LabelSpec.from_dict(m.label), fs
+    except BundleError:
         return None
-    return labels.LabelSpec(horizon=horizon, threshold=float(threshold))
 
 
 def _num(v: float | None) -> float | None:
@@ -223,9 +218,10 @@ def record(
     if live is None:
         return None
     m = registry.manifest(name, live.version)
-    spec = watchable(m)
-    if spec is None:
+    got = watchable(m)
+    if got is None:
         return None
+    spec, fs = got
     assert m.training_window is not None and m.symbol and m.interval  # watchable() checked them
     rec: dict[str, Any] = {
         "name": name,
@@ -252,8 +248,8 @@ def record(
     since = max(int(promoted * 1000), m.training_window.last_open_time + 1)
     from xylen.train.dataset import build
 
-    df = store.read(m.symbol, m.interval, start=since - _margin_ms(m.interval, features.LOOKBACK + 1))
-    ds = build(df, m.interval, spec)
+    df = store.read(m.symbol, m.interval, start=since - _margin_ms(m.interval, fs.lookback + 1))
+    ds = build(df, m.interval, spec, fs)
     rows = ds.rows[ds.open_time[ds.rows] >= since]
     y = ds.y[rows]
     rec["rows"] = len(rows)
@@ -278,7 +274,7 @@ def record(
     if booster is None:
         rec["note"] = f"no volatility baseline: {why}"
     else:
-        X_vol = np.ascontiguousarray(ds.X[rows][:, features.indices(features.VOLATILITY_FEATURES)])
+        X_vol = np.ascontiguousarray(ds.X[rows][:, fs.indices(fs.volatility)])
         rec["volatility_baseline"] = scores(y, booster.predict(X_vol, num_threads=1), settings.entry_threshold)
         a, b = rec["model"]["auc"], rec["volatility_baseline"]["auc"]
         rec["auc_edge_vs_volatility"] = None if a is None or b is None else a - b
@@ -302,7 +298,7 @@ def _store(registry: Registry, name: str, rec: dict[str, Any]) -> dict[str, Any]
 
 
 # -- the volatility baseline ------------------------------------------------------------------------------------
-def _window_frame(store: Store, m: Manifest, spec: labels.LabelSpec) -> Dataset:
+def _window_frame(store: Store, m: Manifest, spec: labels.LabelSpec, fs: featuresets.FeatureSet) -> Dataset:
     from xylen.train.dataset import build
 
     assert m.training_window is not None and m.symbol and m.interval
@@ -314,10 +310,10 @@ def _window_frame(store: Store, m: Manifest, spec: labels.LabelSpec) -> Dataset:
 
         df = read_candles(sample_path()).frame
     else:
-        lo = tw.first_open_time - _margin_ms(m.interval, features.LOOKBACK + 1)
+        lo = tw.first_open_time - _margin_ms(m.interval, fs.lookback + 1)
         hi = tw.last_open_time + _margin_ms(m.interval, spec.horizon + 1)
         df = store.read(m.symbol, m.interval, start=lo, end=hi)
-    return build(df, m.interval, spec)
+    return build(df, m.interval, spec, fs)
 
 
 def _params(settings: Settings, m: Manifest) -> tuple[dict[str, Any], int] | str:
@@ -341,7 +337,7 @@ def _cache_path(settings: Settings, m: Manifest) -> Path:
     return settings.home / "cache" / "watch" / m.name / f"{m.version}.json"
 
 
-def _cached(path: Path, m: Manifest) -> Any:
+def _cached(path: Path, m: Manifest, n_features: int) -> Any:
     """The cached baseline booster, or None when there is none or it cannot be trusted (its model text is checked
     against the sha256 stored beside it before LightGBM reads it: a damaged text model can crash the process)."""
     try:
@@ -365,7 +361,7 @@ def _cached(path: Path, m: Manifest) -> Any:
         booster = lgb.Booster(model_str=text)
     except lgb.basic.LightGBMError:
         return None
-    return booster if booster.num_feature() == len(features.VOLATILITY_FEATURES) else None
+    return booster if booster.num_feature() == n_features else None
 
 
 def _write_cache(path: Path, data: bytes) -> None:
@@ -388,18 +384,21 @@ def _write_cache(path: Path, data: bytes) -> None:
 def baseline(settings: Settings, store: Store, m: Manifest) -> tuple[Any, str | None]:
     """(booster, None), or (None, why not): LightGBM on the volatility features alone, fitted on the live model's
     training window with its params and number of trees; cached per model version under XYLEN_HOME/cache/watch."""
+    what = watchable(m)
+    if what is None:
+        return None, "the live model's label or feature set cannot be rebuilt"
+    spec, fs = what
     path = _cache_path(settings, m)
-    booster = _cached(path, m)
+    booster = _cached(path, m, len(fs.volatility))
     if booster is not None:
         return booster, None
-    spec = watchable(m)
     got = _params(settings, m)
-    if spec is None or isinstance(got, str):
-        return None, got if isinstance(got, str) else "the live model's label cannot be rebuilt"
+    if isinstance(got, str):
+        return None, got
     params, rounds = got
     assert m.training_window is not None
     tw = m.training_window
-    ds = _window_frame(store, m, spec)
+    ds = _window_frame(store, m, spec, fs)
     fit = ds.rows[(ds.open_time[ds.rows] >= tw.first_open_time) & (ds.open_time[ds.rows] <= tw.last_open_time)]
     if len(fit) < MIN_WINDOW_SHARE * tw.rows or len(np.unique(ds.y[fit])) < 2:
         return None, (
@@ -409,11 +408,11 @@ def baseline(settings: Settings, store: Store, m: Manifest) -> tuple[Any, str | 
         )
     import lightgbm as lgb
 
-    X = np.ascontiguousarray(ds.X[fit][:, features.indices(features.VOLATILITY_FEATURES)])
+    X = np.ascontiguousarray(ds.X[fit][:, fs.indices(fs.volatility)])
     data = lgb.Dataset(
         X,
         label=ds.y[fit],
-        feature_name=list(features.VOLATILITY_FEATURES),
+        feature_name=list(fs.volatility),
         params={"max_bin": params.get("max_bin", 255), "verbosity": -1},
     )
     try:
