@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from xylen.cli import app, handled, out, settings_from
+
+if TYPE_CHECKING:
+    from xylen.core.bundle import Manifest
+    from xylen.core.labels import LabelSpec
 
 models_app = typer.Typer(
     help="List, inspect, promote, roll back, pin and prune model versions; import and export models."
@@ -86,12 +90,17 @@ def show_cmd(
     name: str = typer.Argument(None, help="Model name (default: the only one)."),
     version: str = typer.Argument(None, help="Version like v0003 (default: the live one)."),
     as_json: bool = typer.Option(
-        False, "--json", help='Print the whole manifest as JSON, with "watch" and "staleness" keys added.'
+        False,
+        "--json",
+        help='Print the whole manifest as JSON, with "summary", "label_spec", "outputs", "min_candles", "watch" and '
+        '"staleness" keys added.',
     ),
 ) -> None:
-    """Show a version's manifest: metrics, training window, features, profile; verifies its artifact hash. For the
-    live version also its watch record (AUC and hit rate on the candles since its promotion, next to the volatility
-    baseline) and its age against XYLEN_MODEL_MAX_AGE.
+    """Show a version: the one sentence on what it knows (its evaluation, with intervals), its label and what its
+    probability predicts, its outputs (probability, and up_probability / move_probability when it has them), its
+    feature set and the candles a request must send, metrics, training window, profile; verifies the hash of its
+    artifact and of each head's. For the live version also its watch record (AUC and hit rate on the candles since
+    its promotion, next to the volatility baseline) and its age against XYLEN_MODEL_MAX_AGE.
 
     Example: xylen models show btcusdt-5m v0002
     """
@@ -103,24 +112,43 @@ def show_cmd(
         version = version or reg.current_path(name).name
         m = reg.manifest(name, version)
         verify_artifact(reg.path(name, version), m)
+        for head in m.heads:
+            verify_artifact(reg.path(name, version), m, head.artifact)
+        from xylen.core.summary import sentence
         from xylen.train import watch
 
         live = reg.current(name)
         is_live = bool(live and live.version == version)
         record = watch.read(reg, name) if is_live else None
         age = watch.staleness(m, settings_from(ctx).model_max_age)
+        spec, outputs, min_candles = _label_spec(m.label), outputs_of(m), _min_candles(m)
         if as_json:
-            _json(m.model_dump(mode="json") | {"watch": record, "staleness": age})
+            extra = {"summary": sentence(m), "label_spec": spec.to_dict() if spec else None, "outputs": outputs}
+            _json(m.model_dump(mode="json") | extra | {"min_candles": min_candles, "watch": record, "staleness": age})
             return
         mt = m.metrics
         out.print(f"[bold]{m.name} {m.version}[/]{' (live)' if live and live.version == version else ''}", markup=True)
+        out.print(f"what it knows: {sentence(m)}", markup=False)
+        out.print(_label_line(m.label, spec), markup=False)
+        out.print("outputs: " + "; ".join(f"{k} = {v}" for k, v in outputs.items()), markup=False)
         out.print(
             f"backend {m.backend}; artifact {m.artifact.file} {m.artifact.size} bytes "
             f"sha256 {m.artifact.sha256[:16]}... (verified)"
         )
-        out.print(
-            f"features {m.feature_set.version}: {len(m.feature_set.names)} ({', '.join(m.feature_set.names[:6])}, ...)"
+        for head in m.heads:
+            out.print(
+                f"head {head.label.get('kind')}: artifact {head.artifact.file} {head.artifact.size} bytes sha256 "
+                f"{head.artifact.sha256[:16]}... (verified)",
+                markup=False,
+            )
+        window = (
+            f"a request sends at least {min_candles} candles"
+            if min_candles is not None
+            else "this xylen does not compute them from candles: a request sends them (\"features\" or \"indicators\")"
         )
+        names = m.feature_set.names
+        listed = f"{len(names)} ({', '.join(names[:6])}, ...)"
+        out.print(f"features {m.feature_set.version}: {listed}; {window}", markup=False)
         if m.training_window:
             from xylen.core.candles import fmt_ts
 
@@ -129,11 +157,18 @@ def show_cmd(
                 f"trained on {m.symbol} {m.interval}: {fmt_ts(tw.first_open_time)} .. "
                 f"{fmt_ts(tw.last_open_time)}, {tw.rows} rows"
             )
-        if "auc_mean" in mt:
-            out.print(
-                f"AUC {mt['auc_mean']:.4f} | volatility-only {mt['auc_volatility_mean']:.4f} | shuffled "
-                f"{mt['auc_shuffled_mean']:.4f} | edge {mt['auc_edge_vs_volatility']:+.4f}"
+        figures = [
+            f"{label} {mt[key]:{fmt}}"
+            for label, key, fmt in (
+                ("AUC", "auc_mean", ".4f"),
+                ("volatility-only", "auc_volatility_mean", ".4f"),
+                ("shuffled", "auc_shuffled_mean", ".4f"),
+                ("edge", "auc_edge_vs_volatility", "+.4f"),
             )
+            if isinstance(mt.get(key), (int, float)) and not isinstance(mt.get(key), bool)
+        ]
+        if figures:  # each figure the manifest has (a hand-edited or older one may lack some)
+            out.print(" | ".join(figures))
         made = (m.model_extra or {}).get("retrain")
         g = (m.model_extra or {}).get("gate")
         if isinstance(made, dict) and isinstance(g, dict):
@@ -146,6 +181,50 @@ def show_cmd(
         report = reg.path(name, version) / "report.html"
         if report.exists():
             out.print(f"report: {report}")
+
+
+def _label_spec(label: dict[str, Any]) -> LabelSpec | None:
+    from xylen.core.errors import BundleError
+    from xylen.core.labels import LabelSpec
+
+    if not label:
+        return None
+    try:
+        return LabelSpec.from_dict(label)
+    except BundleError:
+        return None
+
+
+def _label_line(label: dict[str, Any], spec: LabelSpec | None) -> str:
+    if spec is None:
+        what = f"not one this xylen reads ({str(label)[:80]})" if label else "none recorded (an imported model)"
+        return f"label: {what}"
+    return f"label: {spec.kind}, {spec.horizon} candles ahead: {spec.describe()}; predicts {spec.predicts()}"
+
+
+def outputs_of(m: Manifest) -> dict[str, str]:
+    """The probabilities a server answers with for this version (field -> what it means), from the manifest alone:
+    the map ``ModelBundle.outputs()`` gives once the bundle is loaded (tested equal), without loading the model."""
+
+    def meaning(label: dict[str, Any]) -> str:
+        return str(label.get("predicts") or label.get("description") or "the probability of the positive label")
+
+    from xylen.core.labels import OUTPUT_FIELD
+
+    out = {"probability": meaning(m.label)}
+    for label in (m.label, *(h.label for h in m.heads)):
+        spec = _label_spec(label)  # an old manifest's spelling of the kind, read as today's
+        field = OUTPUT_FIELD.get(str(spec.kind if spec else label.get("kind")))
+        if field:
+            out[field] = meaning(label)
+    return out
+
+
+def _min_candles(m: Manifest) -> int | None:
+    from xylen.core import featuresets
+
+    fs = featuresets.for_manifest(m.feature_set.version, list(m.feature_set.names), m.interval)
+    return fs.min_candles if fs is not None else None
 
 
 def _span(seconds: float) -> str:

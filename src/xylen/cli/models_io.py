@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
 from xylen.cli import handled, out
 from xylen.cli.models import _json, _registry, models_app
+
+if TYPE_CHECKING:
+    from xylen.core.registry import Registry
 
 
 @models_app.command("export")
@@ -20,16 +23,30 @@ def export_cmd(
     new_name: str = typer.Option(None, "--name", help="Register the result under this name (default NAME-onnx)."),
     out_dir: Path = typer.Option(None, "--out", help="Also copy the new bundle folder here (new or empty folder)."),
     promote: bool = typer.Option(False, "--promote", help="Make the new version live."),
+    primary_only: bool = typer.Option(
+        False,
+        "--primary-only",
+        help="Export a bundle with extra heads anyway, as its primary model alone: the ONNX bundle answers "
+        "`probability` (and `up_probability` for a direction label) but not its heads' outputs (e.g. "
+        "move_probability).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Convert a LightGBM bundle to a new ONNX bundle; predictions are checked equal (1e-5) before it is saved.
+
+    An ONNX bundle has one model, so a bundle with extra heads (move_probability beside a direction model) is
+    refused (exit 2) rather than exported without them: serve the LightGBM bundle, which answers every head, or
+    pass --primary-only.
 
     Example: xylen models export btcusdt-5m --format onnx --promote
     """
     with handled():
         from xylen.core.onnx_export import export_onnx
 
-        res = export_onnx(_registry(ctx), name, version, new_name=new_name, out=out_dir, promote=promote)
+        registry = _registry(ctx)
+        if not primary_only:
+            refuse_heads(registry, name, version)
+        res = export_onnx(registry, name, version, new_name=new_name, out=out_dir, promote=promote)
         if as_json:
             _json(res.to_dict())
             return
@@ -39,6 +56,26 @@ def export_cmd(
             out.print(f"copied to {res.out}")
         if not res.promoted:
             out.print(f"make it live: xylen models promote {res.name} {res.version}")
+
+
+def refuse_heads(registry: Registry, name: str, version: str | None) -> None:
+    """ConfigError when the version has extra heads: its ONNX export would silently answer without them."""
+    from xylen.cli.models import outputs_of
+    from xylen.core.errors import ConfigError
+
+    name = registry.resolve_name(name)
+    version = version or registry.current_path(name).name
+    m = registry.manifest(name, version)
+    if not m.heads:
+        return
+    kept = outputs_of(m.model_copy(update={"heads": []}))  # what the primary model alone answers
+    lost = [f for f in outputs_of(m) if f not in kept]
+    raise ConfigError(
+        f"{name} {version} has {len(m.heads)} extra head(s) ({', '.join(lost)}) beside its probability; an ONNX "
+        "bundle holds one model, so the export would serve without them.",
+        hint=f"serve the LightGBM bundle (it answers every head), or `xylen models export {name} {version} "
+        "--primary-only` for an ONNX bundle of the primary model alone.",
+    )
 
 
 def _feature_names(features: str | None, features_file: Path | None) -> list[str] | None:
