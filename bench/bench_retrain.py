@@ -1,4 +1,5 @@
-"""`xylen retrain` benchmarks (issue #8): retrain time, and how fast a promotion reaches a loaded server.
+"""`xylen retrain` benchmarks (issues #8, #10): retrain time with one head and two, and how fast a promotion reaches
+a loaded server.
 
     python bench/bench_retrain.py [--reps 3] [--promotions 3] [--rate 250]
 
@@ -6,16 +7,20 @@
    included). The store holds the whole bundled sample (BTCUSDT 5m 2023, 104,816 candles). The gate's holdout is the
    last H = max(2,000, 10 % of the window) candles (H = 10,482 here), which the live model must not have seen, so the
    live model is `xylen train --profile 8gb` on the sample minus its last H + 1,000 candles: the candidate then fits
-   1,000 candles the live model never saw, and both are scored on the same H candles neither saw. Each run is a
+   1,000 candles the live model never saw, and both are scored on the same H candles neither saw. Two live models:
+   one head (`--label direction --extra-head none`) and two heads (`--label direction --extra-head move`, the
+   default): the same primary, so the difference is the move head's refit and gate. Each run is a
    `python -m xylen retrain --json` process on a fresh copy of that home (so each one has the same new candles):
-   full refit, warm start, and the same-run baseline -- a plain `lgb.train` of the full refit's rows with its
-   parameters and tree count, in this process, features already computed -- alternating, medians printed.
-   Wall = the process from start to exit (Python start-up included); "run" = the seconds the run reports itself.
+   full refit and warm start of each, and the same-run baseline -- a plain `lgb.train` of the one-head full refit's
+   rows with its parameters and tree count, in this process, features already computed -- alternating, medians
+   printed. Wall = the process from start to exit (Python start-up included); "run" = the seconds the run reports.
 2. A promotion reaches a server answering ~250 req/s (aim: within 2 s, 0 failed requests): `xylen serve` on the
-   home, a client thread sending POST /predict at --rate, then `xylen retrain` promotes; measured from the moment
-   CURRENT.json is replaced (its ctime) to the first answer that names the new version. Between promotions,
-   `xylen models rollback` makes the old version live again: a swap under the same load with no trainer running
-   beside the server, timed the same way -- the same-run baseline (its failures count too).
+   two-head home, a client thread sending POST /predict at --rate, then `xylen retrain` promotes (with
+   XYLEN_RETRAIN_TOLERANCE=0.05: this measures the swap, and a direction model's log-loss moves by a few thousandths
+   between two windows, more than the default tolerance); measured from the moment CURRENT.json is replaced (its
+   ctime) to the first answer that names the new version. Between promotions, `xylen models rollback` makes the old
+   version live again: a swap under the same load with no trainer running beside the server, timed the same way --
+   the same-run baseline (its failures count too).
 """
 
 from __future__ import annotations
@@ -41,10 +46,14 @@ from bench_predict import free_port, request_body  # noqa: E402
 
 MODEL = "btcusdt-5m"
 NEW = 1000
+HEADS = {"one head": ("--label", "direction", "--extra-head", "none"), "two heads": ("--label", "direction")}
+PROMOTE_ENV = {"XYLEN_RETRAIN_TOLERANCE": "0.05"}
 
 
-def xylen(home: Path, *args: str, check: bool = True) -> tuple[float, subprocess.CompletedProcess[bytes]]:
-    env = {**os.environ, "XYLEN_HOME": str(home)}
+def xylen(
+    home: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    env = {**os.environ, "XYLEN_HOME": str(home)} | (env or {})
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "xylen", *args], env=env, capture_output=True, check=False)
     wall = time.perf_counter() - t
@@ -53,7 +62,7 @@ def xylen(home: Path, *args: str, check: bool = True) -> tuple[float, subprocess
     return wall, proc
 
 
-def make_template(root: Path) -> tuple[Path, int, float]:
+def make_template(root: Path, heads: str) -> Path:
     from xylen.core.candles import read_candles
     from xylen.core.store import Store
     from xylen.train import gate
@@ -61,16 +70,17 @@ def make_template(root: Path) -> tuple[Path, int, float]:
 
     frame = read_candles(sample_path()).frame
     hold = gate.holdout_size(frame.height, 2000)  # 10 % of the window: more than the 2,000 minimum
-    home = root / "template"
+    home = root / f"template-{heads.replace(' ', '-')}"
     old = root / "live-window.parquet"
     frame.head(frame.height - hold - NEW).write_parquet(old)
-    wall, _ = xylen(home, "train", "--profile", "8gb", "--data", str(old), "--symbol", "BTCUSDT", "--interval", "5m")
+    args = ("train", "--profile", "8gb", "--data", str(old), "--symbol", "BTCUSDT", "--interval", "5m", *HEADS[heads])
+    wall, _ = xylen(home, *args)
     Store(home / "data").append("BTCUSDT", "5m", frame)
     print(
-        f"store: the bundled sample, {frame.height} candles; live v0001 = `xylen train --profile 8gb` on all but "
-        f"the last {hold} + {NEW} of them ({wall:.1f} s, walk-forward evaluation included)"
+        f"{heads}: store = the bundled sample, {frame.height} candles; live v0001 = `xylen {' '.join(args[:3])} "
+        f"{' '.join(HEADS[heads])}` on all but the last {hold} + {NEW} of them ({wall:.1f} s, walk-forward included)"
     )
-    return home, hold, wall
+    return home
 
 
 def retrain_once(template: Path, work: Path, mode: str) -> dict[str, Any]:
@@ -89,7 +99,7 @@ def plain_fit(work: Path, version: str) -> Any:
     import lightgbm as lgb
     import numpy as np
 
-    from xylen.core import features, labels
+    from xylen.core import featuresets, labels
     from xylen.core.registry import Registry
     from xylen.core.store import Store
     from xylen.train.dataset import build
@@ -97,7 +107,9 @@ def plain_fit(work: Path, version: str) -> Any:
     m = Registry(work / "models").manifest(MODEL, version)
     assert m.training_window is not None
     df = Store(work / "data").read("BTCUSDT", "5m")
-    ds = build(df, "5m", labels.LabelSpec(int(m.label["horizon"]), float(m.label["threshold"])))
+    fs = featuresets.for_manifest(m.feature_set.version, list(m.feature_set.names), "5m")
+    assert fs is not None
+    ds = build(df, "5m", labels.LabelSpec.from_dict(m.label), fs)
     tw = m.training_window
     rows = ds.rows[(ds.open_time[ds.rows] >= tw.first_open_time) & (ds.open_time[ds.rows] <= tw.last_open_time)]
     assert len(rows) == tw.rows, (len(rows), tw.rows)
@@ -107,42 +119,52 @@ def plain_fit(work: Path, version: str) -> Any:
 
     def fit() -> float:
         t = time.perf_counter()
-        dset = lgb.Dataset(X, label=y, feature_name=list(features.NAMES), params={"max_bin": params["max_bin"]})
+        dset = lgb.Dataset(X, label=y, feature_name=list(fs.names), params={"max_bin": params["max_bin"]})
         lgb.train(params, dset, num_boost_round=rounds)
         return time.perf_counter() - t
 
     return fit, len(rows), rounds, params.get("num_threads")
 
 
-def bench_retrain(template: Path, root: Path, reps: int) -> None:
+def bench_retrain(templates: dict[str, Path], root: Path, reps: int) -> None:
     work = root / "work"
-    runs: dict[str, list[dict[str, Any]]] = {"--full": [], "--warm-start": []}
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(h, m): [] for h in HEADS for m in ("--full", "--warm-start")}
     base: list[float] = []
     fit = None
     for i in range(reps):
-        for mode in ("--full", "--warm-start"):
-            runs[mode].append(retrain_once(template, work, mode))
-            if mode == "--full" and fit is None:
-                fit, n, rounds, threads = plain_fit(work, runs[mode][-1]["result"]["candidate_version"])
-                print(f"baseline: plain lgb.train of the full refit's {n} rows, {rounds} trees, {threads} thread(s)")
+        for heads, mode in runs:
+            runs[heads, mode].append(retrain_once(templates[heads], work, mode))
+            if (heads, mode) == ("one head", "--full") and fit is None:
+                fit, n, rounds, threads = plain_fit(work, runs[heads, mode][-1]["result"]["candidate_version"])
+                print(
+                    f"baseline: plain lgb.train of the one-head full refit's {n} rows, {rounds} trees, "
+                    f"{threads} thread(s)"
+                )
         base.append(fit())  # type: ignore[misc]
         print(
-            f"  rep {i + 1}: full {runs['--full'][-1]['wall']:.2f} s, warm {runs['--warm-start'][-1]['wall']:.2f} s, "
-            f"plain fit {base[-1]:.2f} s"
+            f"  rep {i + 1}: "
+            + ", ".join(f"{h} {m[2:]} {v[-1]['wall']:.2f} s" for (h, m), v in runs.items())
+            + f", plain fit {base[-1]:.2f} s"
         )
     med_base = statistics.median(base)
     print(f"\nretrain on the bundled sample plus {NEW} new candles (median of {reps}, alternating):")
-    for mode, aim in (("--full", 10.0), ("--warm-start", 3.0)):
-        wall = statistics.median(r["wall"] for r in runs[mode])
-        run = statistics.median(r["run"] for r in runs[mode])
-        r = runs[mode][-1]["result"]
+    wall = {k: statistics.median(r["wall"] for r in v) for k, v in runs.items()}
+    for (heads, mode), aim in zip(runs, (10.0, 3.0, 10.0, 3.0)):
+        run = statistics.median(r["run"] for r in runs[heads, mode])
+        r = runs[heads, mode][-1]["result"]
         g = r["gate"]
-        print(
-            f"  {mode:13s} wall {wall:5.2f} s (aim <= {aim:g} s), run {run:5.2f} s = {wall / med_base:4.1f}x the "
-            f"plain fit; {r['outcome']}, fits {r['samples_used']} rows, holdout {g['holdout']['rows']}, "
-            f"log-loss {g['candidate']['logloss']:.5f} vs live {g['live']['logloss']:.5f}, "
-            f"peak RSS {r['peak_rss_mb']:.0f} MB"
+        per_head = "; ".join(
+            f"{k} {h['decision']} ({h['candidate']['logloss']:.5f} vs {h['live']['logloss']:.5f})"
+            for k, h in (g.get("heads") or {}).items()
         )
+        print(
+            f"  {heads:9s} {mode:13s} wall {wall[heads, mode]:5.2f} s (aim <= {aim:g} s), run {run:5.2f} s = "
+            f"{wall[heads, mode] / med_base:4.1f}x the plain fit; {r['outcome']}, fits {r['samples_used']} rows, "
+            f"holdout {g['holdout']['rows']}, log-loss {g['candidate']['logloss']:.5f} vs live "
+            f"{g['live']['logloss']:.5f}{'; ' + per_head if per_head else ''}; peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
+    for mode in ("--full", "--warm-start"):
+        print(f"  two heads / one head, {mode[2:]}: wall {wall['two heads', mode] / wall['one head', mode]:.2f}x")
     print(f"  baseline      plain lgb.train {med_base:.2f} s")
 
 
@@ -210,7 +232,7 @@ def bench_promotion(template: Path, root: Path, promotions: int, rate: float) ->
                 at = current.stat().st_ctime
                 back = served("v0001", at)
                 rollback_lat.append(float("inf") if back is None else back - at)
-            wall, proc = xylen(home, "retrain", MODEL, "--json")
+            wall, proc = xylen(home, "retrain", MODEL, "--json", env=PROMOTE_ENV)
             (r,) = orjson.loads(proc.stdout)["results"]
             if r["outcome"] != "promoted":
                 raise SystemExit(f"retrain did not promote: {r['message']}")
@@ -256,11 +278,11 @@ def main() -> None:
     # the machine may be shared: the load says how much of it the figures had
     print(f"{os.cpu_count()} CPUs, load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())} at the start")
     try:
-        template, _hold, _ = make_template(root)
+        templates = {h: make_template(root, h) for h in HEADS if args.only != "promotion" or h == "two heads"}
         if args.only != "promotion":
-            bench_retrain(template, root, args.reps)
+            bench_retrain(templates, root, args.reps)
         if args.only != "retrain":
-            bench_promotion(template, root, args.promotions, args.rate)
+            bench_promotion(templates["two heads"], root, args.promotions, args.rate)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
