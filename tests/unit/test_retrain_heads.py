@@ -328,3 +328,31 @@ def test_a_model_made_by_xylen_train_with_a_head_and_context_features_keeps_them
     (again,) = retrain(settings(home, retrain_tolerance=0.5), RetrainOptions(min_new_samples=100)).results
     assert again.outcome == "promoted", again.message
     assert reg(home).manifest(NAME, "v0003").metrics["honesty"]["version"] == "v0001"
+
+
+@pytest.mark.parametrize(
+    ("label", "head"),
+    [
+        ({"kind": "direction", "horizon": 6}, {"kind": "move", "horizon": 12, "threshold": 0.015}),
+        ({"kind": "triple-barrier", "horizon": 6, "threshold": 0.004}, {"kind": "direction", "horizon": 6}),
+    ],
+    ids=["head-looks-further-ahead", "triple-barrier-with-direction-head"],
+)
+def test_other_labels_and_a_head_with_a_longer_horizon_retrain(
+    tmp_path: Path, label: dict[str, Any], head: dict[str, Any]
+) -> None:
+    """The purge covers the head that looks furthest ahead (no training label of any head reads the holdout), and a
+    triple-barrier label (which reads highs and lows) keeps its definition."""
+    home = tmp_path / "home"
+    heads_home(home, label=label, heads=(head,))
+    (res,) = retrain(settings(home, retrain_tolerance=0.5), RetrainOptions()).results
+    assert res.outcome == "promoted" and res.gate is not None, res.message
+    horizon = max(label["horizon"], head["horizon"])
+    assert res.gate["holdout"]["purged"] == horizon
+    m = reg(home).manifest(NAME, "v0002")
+    assert m.training_window is not None
+    assert m.training_window.last_open_time + horizon * 3_600_000 < res.gate["holdout"]["first_open_time"]
+    # the same definitions (a triple-barrier's default lower barrier is written out explicitly: compare the dicts)
+    (p_old, h_old), (p_new, h_new) = specs(home, "v0001"), specs(home, "v0002")
+    assert p_new.to_dict() == p_old.to_dict() and [h.to_dict() for h in h_new] == [h.to_dict() for h in h_old]
+    assert res.gate["heads"][head["kind"]]["decision"] == "promote"
