@@ -356,3 +356,18 @@ def test_other_labels_and_a_head_with_a_longer_horizon_retrain(
     (p_old, h_old), (p_new, h_new) = specs(home, "v0001"), specs(home, "v0002")
     assert p_new.to_dict() == p_old.to_dict() and [h.to_dict() for h in h_new] == [h.to_dict() for h in h_old]
     assert res.gate["heads"][head["kind"]]["decision"] == "promote"
+
+
+@pytest.mark.parametrize("recorded", [10**9, -5, "many", True, None])
+def test_a_heads_hostile_tree_count_falls_back_to_the_trees_it_has(home: Path, recorded: Any) -> None:
+    """A hand-edited head's num_boost_round is not a reason to fit a billion trees, nor to crash."""
+    folder = reg(home).path(NAME, "v0001")
+    m = read_manifest(folder)
+    if recorded is None:
+        m.heads[0].metrics.pop("num_boost_round")
+    else:
+        m.heads[0].metrics["num_boost_round"] = recorded
+    write_manifest(folder, m)
+    (res,) = retrain(settings(home, retrain_tolerance=0.5), RetrainOptions()).results
+    assert res.outcome == "promoted", res.message
+    assert booster(home, "v0002", "head-move.txt").num_trees() == 60  # the live head's own count
