@@ -375,11 +375,6 @@ def test_export_primary_only_gives_an_onnx_bundle_of_the_primary_model(heads_bas
     assert np.max(np.abs(onnx_bundle.predict(X) - src.predict(X))) < 1e-5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/onnx_export.py computes the golden window's row with ohlcv-v2 whatever the bundle's feature set "
-    "(make_golden gets no fs): exit 1 for an ohlcv-ctx-v1 bundle; the lead owns the fix",
-)
 def test_export_of_a_context_feature_set_bundle(tmp_path):
     from tests.helpers import heads_home
 

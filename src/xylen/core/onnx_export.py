@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from xylen.core import featuresets
 from xylen.core.backends import load_predictor
 from xylen.core.bundle import artifact_info, load_bundle, make_golden, new_manifest, write_manifest
 from xylen.core.convert import ARTIFACTS, ModelIOResult
@@ -220,7 +221,9 @@ def export_onnx(
                 f"on {len(X)} check rows.",
                 hint="nothing was written; serve the lightgbm bundle.",
             )
-        new_golden = make_golden(onnx_pred.predict, golden, None if g.window is None else np.asarray(g.window))
+        window = None if g.window is None else np.asarray(g.window)
+        # the window's row by the bundle's own feature set (ohlcv-ctx-v1 reads days, not 49 candles)
+        new_golden = make_golden(onnx_pred.predict, golden, window, src.features or featuresets.OHLCV_V2)
         m = src.manifest
         manifest = new_manifest(
             name=target,
