@@ -36,8 +36,12 @@ def main() -> None:
     ap.add_argument("--labels", default="direction,threshold,move,triple-barrier")
     ap.add_argument("--threshold", type=float, default=0.002)
     ap.add_argument("--skip-features", action="store_true", help="only the labels, not the feature-set comparison")
+    ap.add_argument("--cost", action="store_true", help="what the intervals, baselines and the move head cost")
     args = ap.parse_args()
     import_lightgbm()
+    if args.cost:
+        cost()
+        return
     df = read_candles(args.data or sample_path()).frame
     prof = resolve("8gb")
     print(f"data: {args.data or 'bundled sample'} ({df.height} candles, {args.interval}); profile {prof.name}")
@@ -83,6 +87,44 @@ def main() -> None:
         diff = bootstrap.auc_edge_interval(y, ev_ctx.test_proba, ev_v2.test_proba, t, ev_ctx.test_fold)
         print(f"{kind:15s} AUC ctx {ev_ctx.mean('auc'):.4f} v2 {ev_v2.mean('auc'):.4f}  difference "
               f"{fmt(diff.to_dict())}", flush=True)
+
+
+def cost(repeat: int = 3) -> None:
+    """Full `xylen train --profile 8gb` on the bundled sample, timed by part: the bootstrap intervals and the backtest
+    (honesty.assess), the raw-feature baselines (their orientation on training rows), and the move head (the default
+    against --extra-head none, alternating runs). Median of ``repeat`` each."""
+    import tempfile
+
+    from xylen.core.settings import Settings
+    from xylen.train import honesty, pipeline
+
+    spent = {"assess": 0.0, "raw": 0.0}
+
+    def timed(key, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - t0
+        return wrapper
+
+    pipeline.assess = timed("assess", honesty.assess)  # type: ignore[assignment]
+    evaluate._oriented = timed("raw", evaluate._oriented)  # type: ignore[assignment]
+    runs: dict[str, list[tuple[float, float, float]]] = {"direction + move head (default)": [],
+                                                          "direction, --extra-head none": []}
+    for _ in range(repeat):
+        for name, head in (("direction + move head (default)", "auto"), ("direction, --extra-head none", "none")):
+            with tempfile.TemporaryDirectory() as home:
+                spent.update(assess=0.0, raw=0.0)
+                settings = Settings(home=Path(home), profile="8gb", extra_head=head)
+                t0 = time.perf_counter()
+                pipeline.train(settings, pipeline.TrainOptions())
+                runs[name].append((time.perf_counter() - t0, spent["assess"], spent["raw"]))
+    for name, rs in runs.items():
+        total, assess_s, raw_s = (float(np.median([r[i] for r in rs])) for i in range(3))
+        print(f"{name}: train {total:.2f} s; intervals + backtest {assess_s:.2f} s ({assess_s / total:.1%}); raw "
+              f"baselines {raw_s:.3f} s ({raw_s / total:.1%}); runs {[round(r[0], 2) for r in rs]}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def test_trains_only_when_no_model_is_live(tmp_path, monkeypatch):
     env = {"XYLEN_FOLDS": "2", "XYLEN_PROFILE": "8gb"}
     r = runner.invoke(app, ["--home", str(tmp_path), "serve", "--train-if-missing"], env=env)
     assert r.exit_code == 0, r.output
-    assert "training one first" in r.output and "edge over the volatility-only baseline" in r.output
+    assert "training one first" in r.output and "what it knows (95% day-block bootstrap intervals)" in r.output
     ptr = orjson.loads((tmp_path / "models" / "btcusdt-5m" / "CURRENT.json").read_bytes())
     assert ptr["version"] == "v0001"
     r = runner.invoke(app, ["--home", str(tmp_path), "serve", "--train-if-missing"], env=env)

@@ -64,7 +64,7 @@ def test_first_command_trains_serves_and_answers_the_curl_call(tmp_path):
             what="training on the bundled sample, then a ready server",
         )
         assert proc.poll() is None, log.read_text()[-3000:]
-        assert "edge over the volatility-only baseline" in log.read_text()
+        assert "what it knows (95% day-block bootstrap intervals)" in log.read_text()
         argv = [a.replace("localhost:8000", f"127.0.0.1:{port}") for a in shlex.split(curl)]
         answer = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
         body = json.loads(answer.stdout)

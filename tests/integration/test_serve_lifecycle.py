@@ -56,7 +56,7 @@ def test_train_if_missing_trains_in_a_child_and_the_server_stays_lean(tmp_path: 
     env = {"XYLEN_FOLDS": "2", "XYLEN_PROFILE": "8gb"}
     with serving(home, "--train-if-missing", env=env, timeout=240) as (proc, url, log):
         text = log.read_text()
-        assert "training one first" in text and "edge over the volatility-only baseline" in text
+        assert "training one first" in text and "what it knows (95% day-block bootstrap intervals)" in text
         assert "already imported before the server started" not in text, text[-2000:]
         assert loaded_libraries(proc.pid) == set()  # polars, matplotlib: the training child's, gone with it
         assert httpx.get(f"{url}/health/ready").json()["models"] == {"btcusdt-5m": "v0001"}

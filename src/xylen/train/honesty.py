@@ -101,7 +101,7 @@ def assess(
         vol_col = ds.fs.indices([ds.fs.raw_volatility[0]])[0]
         bt = backtest.run(
             ds.open_time, ds.close, can_hold(ds, primary.horizon), idx, long_head.scores["model"] >= entry_threshold,
-            ds.X[idx, vol_col], horizon=primary.horizon, fee=fee,
+            np.nan_to_num(ds.X[idx, vol_col], nan=0.0), horizon=primary.horizon, fee=fee,
         )
     bt_record = None if bt is None or long_head is None else bt.to_dict() | {
         "entry_threshold": entry_threshold,
@@ -112,6 +112,8 @@ def assess(
 
 def _iv(d: dict[str, Any], digits: int, signed: bool = False) -> str:
     fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    if d.get("value") is None:  # every fold had one class: no AUC at all
+        return "n/a"
     if d.get("low") is None or d.get("high") is None:
         return f"{fmt.format(d['value'])} [no interval]"
     return f"{fmt.format(d['value'])} [{fmt.format(d['low'])}, {fmt.format(d['high'])}]"
