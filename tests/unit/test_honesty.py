@@ -16,7 +16,8 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize(
     ("low", "high", "word"),
     [(0.001, 0.01, "measurable"), (-0.002, 0.01, "none measurable"), (0.0, 0.01, "none measurable"),
-     (-0.01, -0.001, "below the baseline"), (float("nan"), float("nan"), "not measurable (too few days for an interval)")],
+     (-0.01, -0.001, "below the baseline"),
+     (float("nan"), float("nan"), "not measurable (too few days for an interval)")],
 )
 def test_the_verdict_follows_the_interval(low, high, word):
     assert honesty.verdict(Interval(0.004, low, high, 30, 2000)) == word
