@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import DATA, heads_home
 from xylen.cli import app
-from xylen.cli.models import outputs_of
-from xylen.core.bundle import load_bundle
+from xylen.core.bundle import load_bundle, outputs_of
 from xylen.core.registry import Registry
 from xylen.core.settings import load_settings
 from xylen.core.summary import sentence

@@ -105,7 +105,7 @@ def show_cmd(
     Example: xylen models show btcusdt-5m v0002
     """
     with handled():
-        from xylen.core.bundle import verify_artifact
+        from xylen.core.bundle import outputs_of, verify_artifact
 
         reg = _registry(ctx)
         name = reg.resolve_name(name)
@@ -200,24 +200,6 @@ def _label_line(label: dict[str, Any], spec: LabelSpec | None) -> str:
         what = f"not one this xylen reads ({str(label)[:80]})" if label else "none recorded (an imported model)"
         return f"label: {what}"
     return f"label: {spec.kind}, {spec.horizon} candles ahead: {spec.describe()}; predicts {spec.predicts()}"
-
-
-def outputs_of(m: Manifest) -> dict[str, str]:
-    """The probabilities a server answers with for this version (field -> what it means), from the manifest alone:
-    the map ``ModelBundle.outputs()`` gives once the bundle is loaded (tested equal), without loading the model."""
-
-    def meaning(label: dict[str, Any]) -> str:
-        return str(label.get("predicts") or label.get("description") or "the probability of the positive label")
-
-    from xylen.core.labels import OUTPUT_FIELD
-
-    out = {"probability": meaning(m.label)}
-    for label in (m.label, *(h.label for h in m.heads)):
-        spec = _label_spec(label)  # an old manifest's spelling of the kind, read as today's
-        field = OUTPUT_FIELD.get(str(spec.kind if spec else label.get("kind")))
-        if field:
-            out[field] = meaning(label)
-    return out
 
 
 def _min_candles(m: Manifest) -> int | None:

@@ -11,7 +11,7 @@ from xylen.cli import handled, out
 from xylen.cli.models import _json, _registry, models_app
 
 if TYPE_CHECKING:
-    from xylen.core.registry import Registry
+    pass
 
 
 @models_app.command("export")
@@ -44,9 +44,9 @@ def export_cmd(
         from xylen.core.onnx_export import export_onnx
 
         registry = _registry(ctx)
-        if not primary_only:
-            refuse_heads(registry, name, version)
-        res = export_onnx(registry, name, version, new_name=new_name, out=out_dir, promote=promote)
+        res = export_onnx(
+            registry, name, version, new_name=new_name, out=out_dir, promote=promote, primary_only=primary_only
+        )
         if as_json:
             _json(res.to_dict())
             return
@@ -56,26 +56,6 @@ def export_cmd(
             out.print(f"copied to {res.out}")
         if not res.promoted:
             out.print(f"make it live: xylen models promote {res.name} {res.version}")
-
-
-def refuse_heads(registry: Registry, name: str, version: str | None) -> None:
-    """ConfigError when the version has extra heads: its ONNX export would silently answer without them."""
-    from xylen.cli.models import outputs_of
-    from xylen.core.errors import ConfigError
-
-    name = registry.resolve_name(name)
-    version = version or registry.current_path(name).name
-    m = registry.manifest(name, version)
-    if not m.heads:
-        return
-    kept = outputs_of(m.model_copy(update={"heads": []}))  # what the primary model alone answers
-    lost = [f for f in outputs_of(m) if f not in kept]
-    raise ConfigError(
-        f"{name} {version} has {len(m.heads)} extra head(s) ({', '.join(lost)}) beside its probability; an ONNX "
-        "bundle holds one model, so the export would serve without them.",
-        hint=f"serve the LightGBM bundle (it answers every head), or `xylen models export {name} {version} "
-        "--primary-only` for an ONNX bundle of the primary model alone.",
-    )
 
 
 def _feature_names(features: str | None, features_file: Path | None) -> list[str] | None:

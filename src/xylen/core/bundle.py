@@ -213,13 +213,7 @@ class ModelBundle:
 
     def outputs(self) -> dict[str, str]:
         """Every probability this bundle answers with: field -> what it means (from the heads' labels)."""
-        out = {"probability": _meaning(self.manifest.label)}
-        field = _field_of(self.manifest.label)
-        if field:
-            out[field] = out["probability"]
-        for head in self.manifest.heads:
-            out[_field_of(head.label) or "?"] = _meaning(head.label)
-        return out
+        return outputs_of(self.manifest)
 
     @property
     def name(self) -> str:
@@ -327,6 +321,18 @@ def load_bundle(folder: str | Path, *, check_golden: bool = True, num_threads: i
     if check_golden:
         bundle.check_golden()
     return bundle
+
+
+def outputs_of(manifest: Manifest) -> dict[str, str]:
+    """The probabilities a server answers with for this manifest (field -> what it means), without loading the
+    model: "probability" always; "up_probability" too when the primary label is direction; each head's field."""
+    out = {"probability": _meaning(manifest.label)}
+    field = _field_of(manifest.label)
+    if field:
+        out[field] = out["probability"]
+    for head in manifest.heads:
+        out[_field_of(head.label) or "?"] = _meaning(head.label)
+    return out
 
 
 def _field_of(label: dict[str, Any]) -> str | None:

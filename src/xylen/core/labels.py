@@ -36,7 +36,7 @@ class LabelSpec:
     horizon: int = 6  # N candles ahead
     threshold: float = 0.002  # theta, a log return; default = the round-trip fee at 0.1% per side
     kind: str = "threshold"  # the alpha's; `xylen train` defaults to DEFAULT_KIND (settings.label)
-    lower: float | None = None  # triple-barrier: the lower barrier as a positive log return (None: theta)
+    lower: float | None = None  # triple-barrier: the lower barrier as a positive log return (default: theta)
 
     def __post_init__(self) -> None:
         # canonical: theta means nothing to the direction label, the lower barrier only to the triple barrier
@@ -44,6 +44,8 @@ class LabelSpec:
             object.__setattr__(self, "threshold", 0.0)
         if self.kind != "triple-barrier":
             object.__setattr__(self, "lower", None)
+        elif self.lower is None:  # the default lower barrier is theta, spelled out so a round trip compares equal
+            object.__setattr__(self, "lower", self.threshold)
         if self.kind not in KINDS:
             raise ConfigError(f"Label {self.kind!r} is not one xylen knows.", hint=f"use one of: {', '.join(KINDS)}.")
         if not (isinstance(self.horizon, int) and self.horizon >= 1):

@@ -25,7 +25,7 @@ import numpy as np
 
 from xylen.core import featuresets
 from xylen.core.backends import load_predictor
-from xylen.core.bundle import artifact_info, load_bundle, make_golden, new_manifest, write_manifest
+from xylen.core.bundle import artifact_info, load_bundle, make_golden, new_manifest, outputs_of, write_manifest
 from xylen.core.convert import ARTIFACTS, ModelIOResult
 from xylen.core.errors import BundleError, ConfigError
 from xylen.core.registry import Registry, check_name
@@ -188,13 +188,27 @@ def export_onnx(
     new_name: str | None = None,
     out: Path | None = None,
     promote: bool = False,
+    primary_only: bool = False,
 ) -> ModelIOResult:
-    """Convert a LightGBM bundle to a new ONNX bundle, registered as the next version of ``new_name``."""
+    """Convert a LightGBM bundle to a new ONNX bundle, registered as the next version of ``new_name``.
+
+    An ONNX bundle holds one model: a bundle with extra heads is refused (ConfigError naming the outputs it would
+    lose) unless ``primary_only`` says to export its primary model alone."""
     t0 = time.perf_counter()
     require_onnx()
     name = registry.resolve_name(name)
     version = version or registry.current_path(name).name
     src = load_bundle(registry.path(name, version))
+    if src.manifest.heads and not primary_only:
+        m = src.manifest
+        kept = outputs_of(m.model_copy(update={"heads": []}))  # what the primary model alone answers
+        lost = [f for f in outputs_of(m) if f not in kept]
+        raise ConfigError(
+            f"{name} {version} has {len(m.heads)} extra head(s) ({', '.join(lost)}) beside its probability; an "
+            "ONNX bundle holds one model, so the export would serve without them.",
+            hint=f"serve the LightGBM bundle (it answers every head), or `xylen models export {name} {version} "
+            "--primary-only` for an ONNX bundle of the primary model alone.",
+        )
     if src.backend != "lightgbm":
         raise ConfigError(
             f"{name} {version} is a {src.backend} bundle; only lightgbm bundles export to ONNX.",
