@@ -361,6 +361,18 @@ def test_export_of_a_bundle_with_heads_is_refused_naming_what_it_would_drop(head
     assert registry(home).names() == ["btcusdt-1h"]  # nothing was written
 
 
+def test_the_python_export_refuses_heads_too(heads_base, tmp_path):
+    """The refusal lives in core.onnx_export, not only in the CLI: a Python caller cannot drop heads unawares."""
+    from xylen.core.errors import ConfigError
+    from xylen.core.onnx_export import export_onnx
+
+    home = tmp_path / "home"
+    shutil.copytree(heads_base, home)
+    with pytest.raises(ConfigError, match="move_probability"):
+        export_onnx(registry(home), "btcusdt-1h")
+    assert registry(home).names() == ["btcusdt-1h"]
+
+
 def test_export_primary_only_gives_an_onnx_bundle_of_the_primary_model(heads_base, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(heads_base, home)
