@@ -1,14 +1,21 @@
 """Benchmark `xylen serve` POST /predict end to end, with the in-process cost as a same-run baseline.
 
-    python bench/bench_predict.py [--home /tmp/xylen-bench] [--duration 10] [--connections 32]
+    python bench/bench_predict.py [--home /tmp/xylen-bench] [--duration 10] [--connections 32] [--rounds 3]
 
-1. Builds (or reuses) a 500-tree x 31-leaf LightGBM model on the full feature set of the bundled sample
-   (fixed 500 rounds, no early stopping) and promotes it in <home>/models.
+1. Builds (or reuses) three 500-tree x 31-leaf LightGBM models on the whole bundled sample (fixed 500 rounds,
+   no early stopping) and promotes them in <home>/models:
+   - btcusdt-5m: one head, a threshold label (the alpha's response: no extra field);
+   - ethusdt-5m: two heads, a direction label + a move head (xylen train's default: up_probability and
+     move_probability in every answer), feature set ohlcv-v2;
+   - xrpusdt-5m: the same two heads on feature set ohlcv-ctx-v1 (daily context: a request sends 865 candles).
 2. Baseline, in this process: the /predict handler on the same body (orjson decode + validation + features +
-   predict) and features + predict alone, per call.
+   predict) and its parts, per call, for each model.
 3. Starts `xylen serve` (one worker) as a subprocess, drives POST /predict with 100 candles over loopback:
    concurrency 1 (latency) and concurrency N (throughput) with wrk + a Lua body script when wrk is installed,
    else an asyncio raw-socket keep-alive client; prints p50/p99/requests/s/errors and RSS after load.
+4. Same run, same server, alternating ``--rounds`` times: two heads vs one head on the same 100-candle window
+   (the issue's aim: p50 within 10%), and the context model's 865-candle request vs the two-head ohlcv-v2 model's
+   100 candles; medians and their ratios.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,69 +38,111 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.builders: the test bundle writer
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = "btcusdt-5m"
+MODEL, HEADS, CTX = "btcusdt-5m", "ethusdt-5m", "xrpusdt-5m"
+# name: (symbol, label kind, extra heads, feature set version, candles a request sends)
+SPECS = {
+    MODEL: ("BTCUSDT", "threshold", (), "ohlcv-v2", 100),
+    HEADS: ("ETHUSDT", "direction", ("move",), "ohlcv-v2", 100),
+    CTX: ("XRPUSDT", "direction", ("move",), "ohlcv-ctx-v1", 865),
+}
 
 
 def build(home: Path) -> None:
     from tests.builders import build_bundle
 
-    from xylen.core import features
+    from xylen.core import labels
     from xylen.core.registry import Registry
 
     reg = Registry(home / "models")
-    live = reg.current(MODEL)
-    manifest = reg.manifest(MODEL, live.version) if live is not None else None
-    if manifest is not None and manifest.params.get("num_boost_round") == 500 and (
-            manifest.feature_set.version == features.VERSION):
-        print(f"model: reusing {reg.current_path(MODEL)}")
-        return
-    t = time.perf_counter()
-    v = build_bundle(reg, MODEL, rounds=500, leaves=31, rows=0)
-    print(f"model: trained 500 trees x 31 leaves on the full sample in {time.perf_counter() - t:.1f} s -> {v}")
+    for name, (symbol, kind, heads, fs, _) in SPECS.items():
+        live = reg.current(name)
+        m = reg.manifest(name, live.version) if live is not None else None
+        if m is not None and m.params.get("num_boost_round") == 500 and m.feature_set.version == fs and (
+                m.label.get("kind") == kind and tuple(h.label["kind"] for h in m.heads) == heads):
+            print(f"model: reusing {reg.current_path(name)}")
+            continue
+        t = time.perf_counter()
+        v = build_bundle(reg, name, rounds=500, leaves=31, rows=0, symbol=symbol, label=labels.LabelSpec(kind=kind),
+                         heads=heads, feature_set=fs)
+        print(f"model: {name} ({kind}{' + ' + ', '.join(heads) if heads else ''}, {fs}): trained "
+              f"{1 + len(heads)} x 500 trees x 31 leaves on the full sample in {time.perf_counter() - t:.1f} s -> {v}")
 
 
-def request_body() -> bytes:
+def request_body(name: str = MODEL) -> bytes:
     from tests.builders import sample_arrays, window_matrix
 
-    c = sample_arrays(500)
-    w = window_matrix(c, len(c) - 1, 100)
+    symbol, _, _, _, n = SPECS[name]
+    c = sample_arrays(1000)
+    w = window_matrix(c, len(c) - 1, n)
     rows = [[int(r[0]), *(repr(float(x)) for x in r[1:6]), int(r[0]) + 299_999, "0", 0,
              "0", "0", "0"] for r in w]
-    return orjson.dumps({"symbol": "BTCUSDT", "timeframe": "5m", "candles": rows, "indicators": {}, "meta": {}})
+    return orjson.dumps({"symbol": symbol, "timeframe": "5m", "candles": rows, "indicators": {}, "meta": {}})
 
 
-def baseline(home: Path, body: bytes) -> dict[str, float]:
-    """µs per call in this process: the whole handler, and features + predict alone."""
-    from xylen.core import features
+def state_of(home: Path) -> object:
+    """The server's state with every bench model live, published as the watcher would (no watcher)."""
     from xylen.core.registry import Registry
     from xylen.core.settings import load_settings
-    from xylen.serve.decode import decode_candles, decode_predict
     from xylen.serve.holder import ModelHolder, load_live
     from xylen.serve.metrics import Metrics
-    from xylen.serve.predict import predict
     from xylen.serve.state import ServeState
 
-    live = load_live(MODEL, Registry(home / "models").current_path(MODEL))
-    candles, _ = decode_candles(decode_predict(body).candles)
-    holder = ModelHolder(None)  # no watcher: the one model, published as the watcher would
-    holder.live, holder.served, holder.started = {MODEL: live}, (MODEL,), True
-    state = ServeState(settings=load_settings({"home": home}, environ={}), holder=holder,
-                       metrics=Metrics(), keys=None)  # type: ignore[arg-type]
+    reg = Registry(home / "models")
+    holder = ModelHolder(None)
+    holder.live = {name: load_live(name, reg.current_path(name)) for name in SPECS}
+    holder.served, holder.started = tuple(SPECS), True
+    return ServeState(settings=load_settings({"home": home}, environ={}), holder=holder,
+                      metrics=Metrics(), keys=None)  # type: ignore[arg-type]
 
-    def per_call(fn, n: int = 3000) -> float:  # type: ignore[no-untyped-def]
-        for _ in range(200):
+
+def per_call(fn, n: int = 3000) -> float:  # type: ignore[no-untyped-def]
+    """µs per call: median of 5 timed batches after a warm-up."""
+    for _ in range(200):
+        fn()
+    best = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
             fn()
-        best = []
-        for _ in range(5):
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            best.append((time.perf_counter() - t) / n * 1e6)
-        return float(np.median(best))
+        best.append((time.perf_counter() - t) / n * 1e6)
+    return float(np.median(best))
+
+
+def baseline_models(state: object) -> dict[str, dict[str, float]]:
+    """µs per call in this process, per model: the handler, decoding the candles, features, all heads' predicts."""
+    from xylen.serve.decode import decode_candles, decode_predict
+    from xylen.serve.predict import predict
+
+    out = {}
+    for name in SPECS:
+        body = request_body(name)
+        live = state.holder.live[name]  # type: ignore[attr-defined]
+        fs = live.bundle.features
+        raw = decode_predict(body).candles
+        candles, _ = decode_candles(raw, fs.min_candles)
+        row = fs.last_row(candles)
+        heads = [fn for _, fn in live.extra if fn is not None]
+        out[name] = {
+            "handler_us": per_call(lambda b=body: predict(state, b), 1000),  # type: ignore[arg-type]
+            "decode_us": per_call(lambda r=raw, k=fs.min_candles: decode_candles(r, k), 1000),
+            "features_us": per_call(lambda f=fs, c=candles: f.last_row(c), 1000),
+            "predict_us": per_call(lambda lv=live, x=row, hs=heads: [lv.predict_row(x), *(h(x) for h in hs)]),
+        }
+    return out
+
+
+def baseline(state: object, body: bytes) -> dict[str, float]:
+    """µs per call in this process for the one-head model: the whole handler, and features + predict alone."""
+    from xylen.core import features
+    from xylen.serve.decode import decode_candles, decode_predict
+    from xylen.serve.predict import predict
+
+    live = state.holder.live[MODEL]  # type: ignore[attr-defined]
+    candles, _ = decode_candles(decode_predict(body).candles)
 
     row = features.last_row(candles)
     return {
-        "handler_us": per_call(lambda: predict(state, body)),
+        "handler_us": per_call(lambda: predict(state, body)),  # type: ignore[arg-type]
         "features_predict_us": per_call(lambda: live.predict_row(features.last_row(candles))),
         "features_us": per_call(lambda: features.last_row(candles)),
         "predict_us": per_call(lambda: live.predict_row(row)),
@@ -106,11 +156,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(home: Path, port: int, models: tuple[str, ...] = (MODEL,),
+                 src: Path | None = None) -> subprocess.Popen[bytes]:
+    """``xylen serve`` of ``models``; ``src``: the xylen package of another checkout's src/ folder instead."""
     env = {**os.environ, "XYLEN_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "xylen", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    only = [x for m in models for x in ("--model", m)]
+    proc = subprocess.Popen([sys.executable, "-m", "xylen", "serve", "--port", str(port), *only], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
 
     deadline = time.monotonic() + 30
@@ -125,7 +180,7 @@ def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
             break
         time.sleep(0.02)
     proc.kill()
-    raise SystemExit(f"server did not become ready:\n{proc.stdout.read().decode() if proc.stdout else ''}")
+    raise SystemExit(f"server did not become ready (exit code {proc.poll()}); run `xylen serve` by hand to see why")
 
 
 async def _client(port: int, raw: bytes, stop_at: float, lat: list[float], errors: list[int]) -> None:
@@ -208,16 +263,25 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of each comparison (medians reported)")
+    ap.add_argument("--compare-duration", type=float, default=5.0, help="seconds per comparison run")
+    ap.add_argument("--against", type=Path, help=(
+        "another checkout's src/ folder (e.g. the code before a change): a second server running it answers the "
+        "one-head model in the same alternating runs"))
     args = ap.parse_args()
     build(args.home)
     body = request_body()
-    base = baseline(args.home, body)
+    state = state_of(args.home)
+    base = baseline(state, body)
     print("in-process baseline (µs/call): " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in base.items()))
+    for name, parts in baseline_models(state).items():
+        print(f"in-process {name} ({SPECS[name][4]} candles, {1 + len(SPECS[name][2])} head(s), {SPECS[name][3]}): "
+              + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in parts.items()))
+    use_wrk = bool(args.client in ("auto", "wrk") and shutil.which("wrk"))
+    load = wrk_load if use_wrk else python_load
     port = free_port()
     proc = start_server(args.home, port)
     try:
-        use_wrk = args.client in ("auto", "wrk") and shutil.which("wrk")
-        load = wrk_load if use_wrk else python_load
         print(f"client: {'wrk -t1' if use_wrk else 'python asyncio raw keep-alive'}; body {len(body)} bytes, "
               "100 candles")
         python_load(port, body, 4, 2.0)  # warm-up
@@ -233,6 +297,51 @@ def main() -> None:
         proc.terminate()
         proc.wait(15)
         print(f"server exit code after SIGTERM: {proc.returncode}")
+    compare(args, load)  # type: ignore[arg-type]
+
+
+def compare(args: argparse.Namespace, load: Callable[[int, bytes, int, float], dict[str, float] | None]) -> None:
+    """Two heads vs one head (same 100-candle window), and the context model's 865 candles vs 100: one server with
+    the three models, runs alternating so that a change in the machine's load hits both sides alike."""
+    port = free_port()
+    proc = start_server(args.home, port, tuple(SPECS))
+    other = start_server(args.home, other_port := free_port(), (MODEL,), args.against) if args.against else None
+    bodies = {name: request_body(name) for name in SPECS}
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    targets = [(name, port) for name in SPECS] + ([("against", other_port)] if other else [])
+    try:
+        for name, at in targets:
+            python_load(at, bodies.get(name, bodies[MODEL]), 4, 1.0)  # warm-up
+        for _ in range(args.rounds):
+            for conns in (1, args.connections):
+                for name, at in targets:
+                    r = load(at, bodies.get(name, bodies[MODEL]), conns, args.compare_duration)
+                    assert r is not None and r["errors"] == 0, r
+                    runs.setdefault((name, conns), []).append(r)
+        print(f"server RSS with the three models after load: {rss_mb(proc.pid):.0f} MB")
+    finally:
+        for p in (proc, other):
+            if p is not None:
+                p.terminate()
+                p.wait(15)
+
+    def med(name: str, conns: int, key: str) -> float:
+        return float(np.median([r[key] for r in runs[(name, conns)]]))
+
+    print(f"same run, {args.rounds} alternating rounds of {args.compare_duration:.0f} s, medians:")
+    for name, (_, kind, heads, fs, n) in SPECS.items():
+        print(f"  {name:<11} {kind}{' + ' + ', '.join(heads) if heads else '':<8} {fs:<13} {n:>4} candles "
+              f"({len(bodies[name]):>7,} bytes): c=1 p50 {med(name, 1, 'p50_ms'):.3f} ms  "
+              f"c={args.connections} {med(name, args.connections, 'rps'):,.0f} req/s")
+    pairs = [(HEADS, MODEL, "two heads / one head (100 candles; aim: p50 within 10%)"),
+             (CTX, HEADS, "ohlcv-ctx-v1 865 candles / ohlcv-v2 100 candles (two heads each)")]
+    if other is not None:
+        print(f"  {MODEL} served by {args.against}: c=1 p50 {med('against', 1, 'p50_ms'):.3f} ms  "
+              f"c={args.connections} {med('against', args.connections, 'rps'):,.0f} req/s")
+        pairs.append((MODEL, "against", f"one head, this code / {args.against}"))
+    for a, b, what in pairs:
+        print(f"  {what}: p50 x{med(a, 1, 'p50_ms') / med(b, 1, 'p50_ms'):.2f}, "
+              f"req/s x{med(a, args.connections, 'rps') / med(b, args.connections, 'rps'):.2f}")
 
 
 if __name__ == "__main__":
