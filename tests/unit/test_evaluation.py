@@ -128,3 +128,30 @@ def test_the_shuffled_control_cannot_see_a_leaking_feature():
     ev = evaluate.walk_forward(ds, prof, 3, spec.horizon)
     assert ev.mean("auc") > 0.95
     assert abs(ev.mean("auc_shuffled") - 0.5) < 0.05
+
+
+def test_the_volatility_learner_of_the_context_set_sees_its_daily_volatility():
+    """The baseline must know every volatility feature the model knows: a label driven by the daily volatility alone
+    (dvol_1d, a context feature) is no edge over volatility. With the baseline blind to dvol_1d, the model would
+    show an edge of ~0.3 AUC that is pure volatility -- the overclaim the strongest-baseline rule exists to stop."""
+    from dataclasses import replace
+
+    from xylen.core import featuresets
+    from xylen.train.dataset import Dataset
+
+    fs = featuresets.get(featuresets.CTX_VERSION, "1h")
+    assert set(fs.volatility) >= {"dvol_1d", *featuresets.OHLCV_V2.volatility}
+    rng = np.random.default_rng(3)
+    n = 4_000
+    X = rng.normal(size=(n, fs.n_features))  # noise, but for the daily volatility
+    dvol = X[:, fs.names.index("dvol_1d")]
+    y = (dvol + rng.normal(0, 0.5, n) > 0.3).astype(float)
+    ds = Dataset(np.arange(n, dtype=np.int64) * 3_600_000, np.ones(n), X, y, np.ones(n, bool), np.ones(n, bool),
+                 3_600_000, fs)
+    prof = replace(load("8gb"), num_boost_round=60, early_stopping_rounds=10, threads=1, min_data_in_leaf=20)
+    ev = evaluate.walk_forward(ds, prof, 2, 6)
+    scores = ev.heads[0].scores
+    y_test = ev.heads[0].y
+    model, learner = metrics.auc(y_test, scores["model"]), metrics.auc(y_test, scores["volatility_learner"])
+    assert model > 0.75
+    assert learner > model - 0.03  # the baseline knows what the model knows: no edge

@@ -120,7 +120,9 @@ def _ctx_set(day: int) -> FeatureSet:
         def compute(c: CandleArrays, start: int) -> np.ndarray:
             return np.hstack((features.compute(c, start), _context(c, start, day)))
 
-        fs = FeatureSet(CTX_VERSION, features.NAMES + CTX_NAMES, max(features.LOOKBACK, 3 * day), compute)
+        # the daily volatility is a volatility feature: a baseline blind to it would credit the model with it
+        fs = FeatureSet(CTX_VERSION, features.NAMES + CTX_NAMES, max(features.LOOKBACK, 3 * day), compute,
+                        volatility=(*features.VOLATILITY_FEATURES, "dvol_1d"))
         _CTX_CACHE[day] = fs
     return fs
 
