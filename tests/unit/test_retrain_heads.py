@@ -235,6 +235,32 @@ def test_a_head_whose_label_this_xylen_does_not_read_is_skipped_with_the_reason(
     assert reg(home).versions(NAME) == ["v0001"]
 
 
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [("threshold", "has no /predict field"), ("duplicate", "duplicates another head"),
+     ("primary-kind", "duplicates another head")],
+)
+def test_heads_a_server_would_refuse_are_skipped_before_any_training(home: Path, edit: str, why: str) -> None:
+    """A hand-edited live manifest whose heads no server loads (a head without a /predict field, two heads of one
+    field, a head of the primary's own field): retrain used to train a full candidate, then fail publishing it
+    (exit 4 naming a staging folder under .tmp)."""
+    folder = reg(home).path(NAME, "v0001")
+    m = read_manifest(folder)
+    if edit == "duplicate":
+        m.heads.append(m.heads[0].model_copy(deep=True))
+        m.heads[1].label["horizon"] = 3
+    else:
+        m.heads[0].label["kind"] = "threshold" if edit == "threshold" else "direction"
+    write_manifest(folder, m)
+    body = orjson.loads(runner.invoke(app, ["--home", str(home), "retrain", "--all", "--json"], env=ENV).stdout)
+    (res,) = body["results"]
+    assert res["outcome"] == "skipped" and why in res["message"] and body["exit_code"] == 0, res
+    assert ".tmp" not in res["message"] and res["samples_used"] == 0
+    r = runner.invoke(app, ["--home", str(home), "retrain", NAME], env=ENV)
+    assert r.exit_code == 4 and why in r.output and "Traceback" not in r.output
+    assert reg(home).versions(NAME) == ["v0001"]
+
+
 def test_a_feature_set_this_xylen_does_not_compute_is_skipped_with_the_reason(home: Path) -> None:
     folder = reg(home).path(NAME, "v0001")
     m = read_manifest(folder)

@@ -343,16 +343,14 @@ def _meaning(label: dict[str, Any]) -> str:
     return str(label.get("predicts") or label.get("description") or "the probability of the positive label")
 
 
-def _load_heads(folder: Path, manifest: Manifest, num_threads: int) -> list[tuple[str, Predictor]]:
-    """Verify and load the extra heads: LightGBM models on the bundle's features, one per /predict field."""
-    if not manifest.heads:
-        return []
-    where = f"Bundle {str(folder)!r}"
-    if manifest.backend != "lightgbm":
+def head_fields(manifest: Manifest, where: str = "The manifest") -> list[str]:
+    """The /predict field of each extra head, in order; a BundleError when a server would refuse the heads (so
+    `xylen retrain` skips such a model instead of training a candidate no server could load)."""
+    if manifest.heads and manifest.backend != "lightgbm":
         raise BundleError(f"{where}: extra heads are LightGBM models, but the bundle's backend is "
                           f"{manifest.backend}.", hint="the manifest is damaged; retrain or re-import.")
     fields = {_field_of(manifest.label)}
-    out: list[tuple[str, Predictor]] = []
+    out: list[str] = []
     for head in manifest.heads:
         labels.LabelSpec.from_dict(head.label)  # a label this xylen reads, or a BundleError naming it
         field = _field_of(head.label)
@@ -366,6 +364,17 @@ def _load_heads(folder: Path, manifest: Manifest, num_threads: int) -> list[tupl
         if head.artifact.file == manifest.artifact.file:
             raise BundleError(f"{where}: a head reuses the primary artifact {head.artifact.file!r}.",
                               hint="the manifest is damaged; retrain.")
+        out.append(field)
+    return out
+
+
+def _load_heads(folder: Path, manifest: Manifest, num_threads: int) -> list[tuple[str, Predictor]]:
+    """Verify and load the extra heads: LightGBM models on the bundle's features, one per /predict field."""
+    if not manifest.heads:
+        return []
+    where = f"Bundle {str(folder)!r}"
+    out: list[tuple[str, Predictor]] = []
+    for field, head in zip(head_fields(manifest, where), manifest.heads):
         pred = load_predictor("lightgbm", verify_artifact(folder, manifest, head.artifact), num_threads=num_threads)
         if pred.num_feature() != len(manifest.feature_set.names):
             raise BundleError(

@@ -30,6 +30,7 @@ from xylen.core import featuresets, labels
 from xylen.core.bundle import (
     Manifest,
     TrainingWindow,
+    head_fields,
 )
 from xylen.core.errors import BundleError, ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
@@ -277,11 +278,11 @@ def not_retrainable(m: Manifest) -> str | None:
             f"does not compute from {m.interval} candles (it computes {', '.join(featuresets.VERSIONS)}); make a new "
             "model with `xylen train`"
         )
-    for label in [m.label, *(h.label for h in m.heads)]:
-        try:
-            labels.LabelSpec.from_dict(label)
-        except BundleError as exc:
-            return f"{exc.message[0].lower()}{exc.message[1:].rstrip('.')}; make a new model with `xylen train`"
+    try:
+        labels.LabelSpec.from_dict(m.label)
+        head_fields(m)  # heads a server would refuse: a candidate with them could never be promoted
+    except BundleError as exc:
+        return f"{exc.message[0].lower()}{exc.message[1:].rstrip('.')}; make a new model with `xylen train`"
     return None
 
 
