@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import typer
 
 from xylen.cli import handled, out
 from xylen.cli.models import _json, _registry, models_app
-
-if TYPE_CHECKING:
-    pass
 
 
 @models_app.command("export")
