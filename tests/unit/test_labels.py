@@ -108,3 +108,11 @@ def test_what_each_head_answers_as():
     assert LabelSpec(kind="direction").output_field == "up_probability"
     assert LabelSpec(kind="move").output_field == "move_probability"
     assert LabelSpec(kind="threshold").output_field is None
+
+
+def test_what_a_label_predicts_states_its_barriers_exactly():
+    """/models, the manifest and `models show` read this sentence: 1.25% must not be shown as 1.2%."""
+    assert "more than 1.25% over the next 6" in LabelSpec(6, 0.0125, "threshold").predicts()
+    assert "more than 0.2% either way" in LabelSpec(6, 0.002, "move").predicts()
+    tb = LabelSpec(6, 0.0125, "triple-barrier", lower=0.0075).predicts()
+    assert "rises 1.25% before it falls 0.75% within the next 6" in tb

@@ -119,7 +119,7 @@ class LabelSpec:
     def predicts(self) -> str:
         """What the probability means, in words (for /models, the report and the manifest)."""
         n = self.horizon
-        pct = f"{self.threshold * 100:.2g}%"
+        pct = f"{self.threshold * 100:g}%"  # as many digits as describe()'s theta: 1.25%, not 1.2%
         if self.kind == "threshold":
             return f"P(the price rises more than {pct} over the next {n} candles)"
         if self.kind == "direction":
@@ -127,7 +127,7 @@ class LabelSpec:
         if self.kind == "move":
             return f"P(the price moves more than {pct} either way over the next {n} candles)"
         return (
-            f"P(the price rises {pct} before it falls {self.barrier_down * 100:.2g}% within the next {n} candles)"
+            f"P(the price rises {pct} before it falls {self.barrier_down * 100:g}% within the next {n} candles)"
         )
 
 
