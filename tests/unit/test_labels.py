@@ -116,3 +116,21 @@ def test_what_a_label_predicts_states_its_barriers_exactly():
     assert "more than 0.2% either way" in LabelSpec(6, 0.002, "move").predicts()
     tb = LabelSpec(6, 0.0125, "triple-barrier", lower=0.0075).predicts()
     assert "rises 1.25% before it falls 0.75% within the next 6" in tb
+
+
+@pytest.mark.parametrize(
+    ("settings", "says", "fix"),
+    [({"label_threshold": 0.0}, "The extra move head (--extra-head auto): A move label needs a threshold above 0",
+      "--extra-head none"),
+     ({"label": "direction", "extra_head": "direction"}, "'direction' is the label itself", "--extra-head move,"),
+     ({"label": "move", "extra_head": "move"}, "'move' is the label itself", "--extra-head direction,")],
+)
+def test_a_head_the_options_cannot_make_is_named_with_the_fix(tmp_path, settings, says, fix):
+    """`--threshold 0` is a fine direction label; what it breaks is the default move head, and the message says so."""
+    from xylen.core.settings import Settings
+    from xylen.train.pipeline import label_specs
+
+    with pytest.raises(ConfigError) as exc:
+        label_specs(Settings(home=tmp_path, **settings))
+    assert says in exc.value.message and fix in exc.value.hint
+    assert label_specs(Settings(home=tmp_path, label_threshold=0.0, extra_head="none"))[1] == []

@@ -410,11 +410,18 @@ def label_specs(settings: Settings) -> tuple[labels.LabelSpec, list[labels.Label
     if head == "none":
         return spec, []
     if head == spec.kind:
+        other = "direction" if head == "move" else "move"
         raise ConfigError(
             f"The extra head {head!r} is the label itself.",
-            hint=f"choose another --extra-head (move or direction) or --extra-head none for --label {spec.kind}.",
+            hint=f"choose --extra-head {other}, or --extra-head none for --label {spec.kind}.",
         )
-    return spec, [labels.LabelSpec(horizon=spec.horizon, threshold=settings.label_threshold, kind=head)]
+    try:
+        return spec, [labels.LabelSpec(horizon=spec.horizon, threshold=settings.label_threshold, kind=head)]
+    except ConfigError as exc:  # e.g. --threshold 0: fine for a direction label, not for the default move head
+        raise ConfigError(
+            f"The extra {head} head (--extra-head {settings.extra_head}): {exc.message}",
+            hint=f"{(exc.hint or 'fix the threshold.').rstrip('.')}, or train without it: --extra-head none.",
+        ) from None
 
 
 def summarize(ev: evaluate.Evaluation, honesty: dict[str, Any]) -> dict[str, Any]:
