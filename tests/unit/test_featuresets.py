@@ -123,3 +123,10 @@ def test_a_manifest_feature_set_is_computed_only_when_version_and_names_match():
     assert featuresets.for_manifest(CTX_VERSION, names, "1d") is None
     assert featuresets.for_manifest("external", ["a", "b"], "5m") is None
     assert featuresets.for_manifest(OHLCV_V2.version, list(OHLCV_V2.names), "1M") is OHLCV_V2
+
+
+@pytest.mark.parametrize(("interval", "needs"), [("5m", 865), ("15m", 289), ("30m", 145), ("1h", 73), ("2h", 49)])
+def test_the_context_set_needs_3_days_plus_one_and_never_fewer_than_ohlcv_v2(interval, needs):
+    """README and --help: 3 days of candles plus one, never fewer than ohlcv-v2's 49 (at 2h, 3 days are 36)."""
+    assert featuresets.get(CTX_VERSION, interval).min_candles == needs == max(3 * featuresets.candles_per_day(
+        interval) + 1, OHLCV_V2.min_candles)

@@ -92,7 +92,7 @@ def train_cmd(
         "--features",
         case_sensitive=False,
         help="Feature set: ohlcv-v2 (default; requests of 49 candles) or ohlcv-ctx-v1 (adds 1-3 day returns and "
-        "daily volatility; requests of 3 days of candles + 1, 5m..2h). A retrain keeps the model's.",
+        "daily volatility; requests of 3 days of candles + 1, at least 49; 5m..2h). A retrain keeps the model's.",
     ),
     folds: int = typer.Option(None, "--folds", help="Walk-forward folds (default 5)."),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Make the new version live (default yes)."),

@@ -4,7 +4,8 @@
   volume, time of day). A request needs 49 candles.
 - ``ohlcv-ctx-v1``: those 30 plus daily context: the log returns over the last 1, 2 and 3 days and the daily
   volatility. "A day" is counted in candles (288 at 5m, 24 at 1h), so the set is defined for intervals from 5m to
-  2h, and a request needs 3 days of candles plus one (865 at 5m, 73 at 1h; Binance returns up to 1,000 a call).
+  2h, and a request needs 3 days of candles plus one, never fewer than ohlcv-v2's 49 (865 at 5m, 73 at 1h, 49 at
+  2h; Binance returns up to 1,000 a call).
 
 The same rules as core/features.py hold for every set: a value at row i reads only candles up to i, and every
 rolling statistic is reduced along its own C-contiguous window in a fixed order, so the training row and the

@@ -189,7 +189,8 @@ class Settings(BaseSettings):
         "ohlcv-v2",
         validation_alias=_alias("feature_set"),
         description="Features `xylen train` uses: ohlcv-v2 (49-candle requests) or ohlcv-ctx-v1 (adds 1-3 day "
-        "context; requests of 3 days of candles + 1, intervals 5m..2h). A retrain keeps the model's.",
+        "context; requests of 3 days of candles + 1, at least 49; intervals 5m..2h). A retrain keeps the "
+        "model's.",
     )
     fee: float = Field(
         0.001,
