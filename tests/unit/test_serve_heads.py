@@ -242,6 +242,8 @@ def test_v2_metadata_and_infer_carry_every_output(client: Any, bundles: dict[str
         for field in fields[1:]:  # batches: each head's Booster.predict (the primary's where it is its own field)
             want = heads[field].predict(Xs) if field in heads else b.predict(Xs)
             assert out[field]["data"] == want.tolist()
+            asked = client.post(f"/v2/models/{name}/infer", json=req | {"outputs": [{"name": field}]}).json()
+            assert asked["outputs"] == [out[field]]
         # one row: the fast paths, equal to /predict's answer for the same candles
         w = window_matrix(sample_candles, len(sample_candles) - 1, b.min_candles or 0)
         row = b.row_of(features.CandleArrays.from_matrix(w))

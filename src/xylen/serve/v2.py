@@ -167,7 +167,7 @@ def infer_body(st: ServeState, name: str, version: str | None, body: bytes) -> d
         raise RequestError(400, f"inputs[0].data has {X.size} values; shape {shape} needs {shape[0] * n}.")
     X = np.ascontiguousarray(X.reshape(shape[0], n), dtype=np.float64)
     wanted = _requested(obj.get("outputs"), live)
-    out = _outputs(live, X)
+    out = _outputs(live, X, wanted)
     return {
         "model_name": live.name,
         "model_version": live.version,
@@ -177,22 +177,27 @@ def infer_body(st: ServeState, name: str, version: str | None, body: bytes) -> d
     }
 
 
-def _outputs(live: Live, X: np.ndarray) -> dict[str, list[float]]:
-    """Every output of ``live`` for the rows of ``X``: one row through the single-row fast paths the live model
-    was verified with (the common case), more through each head's batch predict."""
+def _outputs(live: Live, X: np.ndarray, wanted: tuple[str, ...]) -> dict[str, list[float]]:
+    """The ``wanted`` outputs of ``live`` for the rows of ``X``: one row through the single-row fast paths the live
+    model was verified with (the common case), more through each head's batch predict. A head nobody asked for is
+    not run; the primary always is (a direction model's up_probability is its value)."""
     if len(X) == 1:
         p = live.predict_row(X[0])
         out = {OUTPUT: [p]}
         for field, head in live.extra:
-            out[field] = [p if head is None else head(X[0])]
+            if field in wanted:
+                out[field] = [p if head is None else head(X[0])]
         return out
     if len(X) == 0:
-        return dict.fromkeys(live.output_names, [])
+        return dict.fromkeys(wanted, [])
     probs = live.bundle.predict(X).tolist()
     heads = dict(live.bundle.heads)
     out = {OUTPUT: probs}
-    for field, _ in live.extra:
-        out[field] = probs if field not in heads else np.asarray(heads[field].predict(X)).tolist()
+    for field in wanted:
+        if field in heads:
+            out[field] = np.asarray(heads[field].predict(X)).tolist()
+        elif field != OUTPUT:
+            out[field] = probs  # the primary's own field
     return out
 
 
