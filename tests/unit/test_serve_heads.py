@@ -111,7 +111,8 @@ def test_two_heads_answer_exactly_the_offline_path(client: Any, bundles: dict[st
 
 def test_a_context_model_answers_its_window_exactly(client: Any, bundles: dict[str, ModelBundle],
                                                     sample_candles: Any) -> None:
-    assert CTX_MIN == 865
+    assert CTX_MIN == 865  # README: 865 at 5m, 73 at 1h (below), never fewer than ohlcv-v2's 49 (at 2h: 49)
+    assert featuresets.get(featuresets.CTX_VERSION, "2h").min_candles == features.MIN_CANDLES
     for n in (CTX_MIN, 1000):
         w = window_matrix(sample_candles, len(sample_candles) - 1, n)
         r = ask(client, CTX, w)

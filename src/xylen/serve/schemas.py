@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field
 from xylen.core import features, featuresets
 
 CANDLES_DOC = ("At least the answering model's `min_candles` closed candles (GET /models states it: "
-               f"{features.MIN_CANDLES} for feature set {features.VERSION}, 3 days of candles plus one for "
-               f"{featuresets.CTX_VERSION}, e.g. 865 at 5m and 73 at 1h; fewer is a 422 naming the number), oldest "
+               f"{features.MIN_CANDLES} for feature set {features.VERSION}; for {featuresets.CTX_VERSION} 3 days of "
+               f"candles plus one but never fewer than {features.MIN_CANDLES}, e.g. 865 at 5m, 73 at 1h, 49 at 2h; "
+               "fewer is a 422 naming the number), oldest "
                "first, unique open_time. Each is a Binance "
                "12-field array [open_time, open, high, low, close, volume, close_time, quote_volume, trades, "
                "taker_buy_base, taker_buy_quote, ignore] (numbers or numeric strings) or an object with open_time|t, "
