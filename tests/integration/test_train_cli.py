@@ -255,4 +255,23 @@ def test_weekly_and_monthly_candles_reach_training(tmp_path, every):
     bars.write_parquet(path)
     r = xylen(tmp_path, "train", "--profile", "8gb", "--data", str(path), "--interval", interval)
     assert r.exit_code == 5, r.output
-    assert f"No usable rows: {bars.height} candles are fewer than the 49 of lookback" in r.output
+    assert f"No usable rows: {bars.height} candles are fewer than the 49 of lookback (ohlcv-v2)" in r.output
+
+
+def test_gaps_that_leave_no_stretch_long_enough_are_named_not_called_too_few_candles(tmp_path):
+    """Thousands of 1h candles with a gap every 2 days: every stretch is shorter than ohlcv-ctx-v1's 73 candles.
+    The message says so (and how to fix it) instead of calling the candles too few."""
+    import polars as pl
+
+    from xylen.core.candles import read_candles
+
+    hourly = read_candles(BTC_1H).frame
+    gappy = hourly.filter(pl.int_range(pl.len()) % 48 != 47)  # drop one candle in every 48
+    path = tmp_path / "BTCUSDT-1h-gappy.parquet"
+    gappy.write_parquet(path)
+    r = xylen(tmp_path, "train", "--profile", "8gb", "--data", str(path), "--interval", "1h", "--features",
+              "ohlcv-ctx-v1")
+    assert r.exit_code == 5, r.output
+    text = " ".join(r.output.split())
+    assert f"the {gappy.height} candles have gaps, and no stretch between two gaps holds the 73 of lookback" in text
+    assert "--features ohlcv-v2" in text and "are fewer than" not in text

@@ -211,11 +211,14 @@ def train(
     say("Computing features and labels", 0.08)
     ds = build(df, interval, spec, fs, tuple(extra))
     if ds.valid.sum() == 0:
-        raise TrainingError(
-            f"No usable rows: {df.height} candles are fewer than the {fs.min_candles} of "
-            f"lookback plus the {spec.horizon}-candle horizon.",
-            hint="use more candles.",
-        )
+        need = f"the {fs.min_candles} of lookback ({fs.version}) plus the {spec.horizon}-candle horizon"
+        if df.height >= fs.min_candles + spec.horizon:  # enough candles, but gaps cut every stretch short
+            raise TrainingError(
+                f"No usable rows: the {df.height} candles have gaps, and no stretch between two gaps holds {need}.",
+                hint="collect the missing candles (`xylen collect --since ...`), or use a feature set that reads "
+                "fewer candles (--features ohlcv-v2).",
+            )
+        raise TrainingError(f"No usable rows: {df.height} candles are fewer than {need}.", hint="use more candles.")
     folds = settings.folds
 
     def on_fold(k: int, n: int) -> None:
