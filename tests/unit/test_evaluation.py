@@ -155,3 +155,28 @@ def test_the_volatility_learner_of_the_context_set_sees_its_daily_volatility():
     model, learner = metrics.auc(y_test, scores["model"]), metrics.auc(y_test, scores["volatility_learner"])
     assert model > 0.75
     assert learner > model - 0.03  # the baseline knows what the model knows: no edge
+
+
+def test_a_raw_volatility_baseline_is_oriented_on_training_rows_never_on_the_test_window():
+    """README: each raw baseline has "its sign chosen on training rows only". A feature that ranks the label one way
+    in training and the other way in the test window must score below 0.5 there: choosing its sign on the test
+    window would flatter the baseline with hindsight (and is not what is documented)."""
+    from dataclasses import replace
+
+    from xylen.core.featuresets import OHLCV_V2
+    from xylen.train.dataset import Dataset
+
+    rng = np.random.default_rng(5)
+    n = 6_000
+    X = rng.normal(size=(n, OHLCV_V2.n_features))
+    y = (rng.random(n) < 0.4).astype(float)
+    col = OHLCV_V2.names.index("range_12")
+    sign = np.where(np.arange(n) < 4_000, 1.0, -1.0)  # fold 1 tests rows 2000..3999, fold 2 rows 4000..5999
+    X[:, col] = sign * (y + rng.normal(0, 0.5, n))
+    ds = Dataset(np.arange(n, dtype=np.int64) * 300_000, np.ones(n), X, y, np.ones(n, bool), np.ones(n, bool),
+                 300_000)
+    prof = replace(load("8gb"), num_boost_round=5, early_stopping_rounds=2, threads=1)
+    ev = evaluate.walk_forward(ds, prof, 2, 6)
+    head = ev.heads[0]
+    by_fold = [metrics.auc(head.y[ev.test_fold == k], head.scores["range_12"][ev.test_fold == k]) for k in (1, 2)]
+    assert by_fold[0] > 0.8 and by_fold[1] < 0.2

@@ -54,3 +54,30 @@ def test_a_trade_is_held_only_where_the_next_n_candles_follow_without_a_gap():
     ok = honesty.can_hold(ds, 3)
     # i..i+3 must not cross 5->6, and i+3 must exist
     assert ok.tolist() == [True, True, True, False, False, False, True, True, True, False, False, False]
+
+
+def test_the_edge_is_measured_against_the_strongest_baseline_on_the_same_rows():
+    """README: the baseline is the strongest of the fitted volatility learner and the raw features, and the edge is
+    AUC(model) - AUC(that baseline) with its paired interval; the up-vs-down AUC scores the same probabilities."""
+    from xylen.core.labels import LabelSpec
+    from xylen.train import bootstrap, metrics
+    from xylen.train.evaluate import HeadScores
+
+    rng = np.random.default_rng(2)
+    n = 40 * 48
+    open_time = np.arange(n, dtype=np.int64) * 1_800_000  # 30m candles: 48 a day, 40 days
+    fold = 1 + np.arange(n) * 4 // n
+    y = (rng.random(n) < 0.3).astype(float)
+    up = (rng.random(n) < 0.5).astype(float)
+    scores = {"model": y + rng.normal(0, 1.0, n), "volatility_learner": y + rng.normal(0, 3.0, n),
+              "range_12": y + rng.normal(0, 1.2, n), "vol_48": rng.normal(0, 1.0, n)}
+    rec = honesty.assess_head(HeadScores("primary", y, scores), LabelSpec(kind="threshold"), up, open_time, fold,
+                              True)
+    fold_mean = {k: np.mean([metrics.auc(y[fold == f], s[fold == f]) for f in range(1, 5)]) for k, s in scores.items()}
+    assert rec["baseline"]["name"] == "range_12" == max(set(fold_mean) - {"model"}, key=fold_mean.__getitem__)
+    assert rec["edge"]["value"] == pytest.approx(fold_mean["model"] - fold_mean["range_12"])
+    want = bootstrap.auc_edge_interval(y, scores["model"], scores["range_12"], open_time, fold).to_dict()
+    assert rec["edge"] == want and rec["verdict"] == honesty.verdict(Interval(want["value"], want["low"],
+                                                                             want["high"], 0, 0))
+    assert rec["auc_up"]["value"] == pytest.approx(np.mean([metrics.auc(up[fold == f], scores["model"][fold == f])
+                                                            for f in range(1, 5)]))
