@@ -81,3 +81,43 @@ def test_the_edge_is_measured_against_the_strongest_baseline_on_the_same_rows():
                                                                              want["high"], 0, 0))
     assert rec["auc_up"]["value"] == pytest.approx(np.mean([metrics.auc(up[fold == f], scores["model"][fold == f])
                                                             for f in range(1, 5)]))
+
+
+def _scored(kinds):
+    """A Dataset and an Evaluation whose heads (primary first) are scored on 20 days of 30m candles."""
+    from xylen.core.featuresets import OHLCV_V2
+    from xylen.train.evaluate import Evaluation, HeadScores
+
+    rng = np.random.default_rng(4)
+    n = 20 * 48
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.003, n)))
+    X = np.abs(rng.normal(size=(n, OHLCV_V2.n_features)))
+    up = np.append((close[6:] > close[:-6]).astype(float), np.full(6, np.nan))
+    ds = Dataset(np.arange(n, dtype=np.int64) * 1_800_000, close, X, up.copy(), ~np.isnan(up), np.ones(n, bool),
+                 1_800_000, OHLCV_V2, up)
+    idx = np.arange(n // 2, n - 6)
+    fold = 1 + (idx - idx[0]) * 2 // len(idx)
+    heads = []
+    for kind in kinds:
+        y = (rng.random(len(idx)) < 0.4).astype(float)
+        s = {"model": rng.random(len(idx)), "volatility_learner": rng.random(len(idx)),
+             "range_12": rng.random(len(idx)), "vol_48": rng.random(len(idx))}
+        heads.append(HeadScores(kind, y, s))
+    return ds, Evaluation([], idx, heads[0].scores["model"], {}, fold, heads)
+
+
+def test_the_backtest_trades_the_head_whose_1_means_up_and_a_move_model_alone_has_none():
+    from xylen.core.labels import LabelSpec
+
+    move, direction = LabelSpec(kind="move"), LabelSpec(kind="direction")
+    ds, ev = _scored(["primary"])
+    rec, bt = honesty.assess(ds, ev, move, fee=0.001, entry_threshold=0.5)
+    assert rec["backtest"] is None and bt is None and "bp" not in rec["sentence"]  # |move| says nothing of the sign
+    ds, ev = _scored(["primary", "direction"])
+    rec, bt = honesty.assess(ds, ev, move, (direction,), fee=0.001, entry_threshold=0.5)
+    assert rec["backtest"]["signal"] == "up_probability" and bt is not None
+    assert [h["field"] for h in rec["heads"]] == ["probability", "up_probability"]
+    ds, ev = _scored(["primary", "move"])
+    rec, _ = honesty.assess(ds, ev, LabelSpec(kind="threshold"), (move,), fee=0.001, entry_threshold=0.5)
+    assert rec["backtest"]["signal"] == "probability"
+    assert rec["sentence"].startswith("forecasts move size")  # move size first, whatever the primary
