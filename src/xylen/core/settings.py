@@ -165,7 +165,8 @@ class Settings(BaseSettings):
         ge=0,
         lt=1,
         validation_alias=_alias("label_threshold"),
-        description="Label threshold theta: log return over N candles above it is 1.",
+        description="Theta, a log return over N candles: threshold label r > theta, move label or head |r| > theta, "
+        "triple-barrier upper barrier. Not used by the direction label.",
     )
     label: Literal["direction", "threshold", "move", "triple-barrier"] = Field(
         "direction",
