@@ -84,3 +84,13 @@ def test_the_cli_table_report_and_sentence_say_the_same(tmp_path):
     bt = honesty["backtest"]
     assert bt["horizon"] == 6 and bt["model"]["trades"] >= 0 and "volatility_timing" in bt
     assert "the model adds something" not in r.output  # the alpha's unqualified claim is gone
+    # `xylen models list` shows the edge only with its interval and verdict, and the label
+    rows = orjson.loads(runner.invoke(app, ["--home", str(tmp_path), "models", "list", "--json"]).output)
+    edge = honesty["heads"][0]["edge"]
+    assert rows[0]["label"] == "direction"
+    assert rows[0]["edge"] == {"value": edge["value"], "low": edge["low"], "high": edge["high"],
+                               "verdict": honesty["heads"][0]["verdict"]}
+    table = runner.invoke(app, ["--home", str(tmp_path), "models", "list"], env={"COLUMNS": "200"}).output
+    assert f"{edge['value']:+.4f} [{edge['low']:+.4f}, {edge['high']:+.4f}]" in table and "direction" in table
+    shown = runner.invoke(app, ["--home", str(tmp_path), "models", "show", "btcusdt-1h"], env={"COLUMNS": "200"})
+    assert "edge +" not in shown.output.replace(honesty["sentence"], "")  # no bare edge beside the sentence

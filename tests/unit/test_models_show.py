@@ -144,3 +144,13 @@ def test_a_label_this_xylen_does_not_read_is_shown_as_such(home: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "label: not one this xylen reads ({'kind': 'sharpe-above', 'horizon': 6})" in r.output
     assert shown_json(home)["label_spec"] is None
+
+
+def test_models_list_never_shows_an_edge_without_saying_whether_it_has_an_interval():
+    from xylen.cli.models import _edge_cell
+
+    edge = {"value": 0.0447, "low": 0.0354, "high": 0.0546, "verdict": "measurable"}
+    assert _edge_cell(edge, 0.0447) == "+0.0447 [+0.0354, +0.0546] measurable"
+    assert _edge_cell(None, 0.0066) == "+0.0066 (no interval)"  # a model trained by xylen 0.1
+    assert _edge_cell({"value": 0.01, "low": None, "high": None}, 0.01) == "+0.0100 (no interval)"
+    assert _edge_cell(None, None) == _edge_cell({"value": "x"}, True) == ""  # imported or hand-edited: nothing

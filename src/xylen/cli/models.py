@@ -62,11 +62,13 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
         from rich.table import Table
 
         t = Table()
-        for col in ("name", "version", "live", "backend", "created", "AUC", "edge vs vol", "rows", "stale", "pinned"):
+        for col in ("name", "version", "live", "backend", "label", "created", "AUC", "edge [95%]", "rows", "stale",
+                    "pinned"):
             t.add_column(col)
         for r in rows:
             if not r["ok"]:
-                broken = (r["name"], r["version"], "*" if r["live"] else "", "BROKEN", r["error"][:60], "", "", "", "")
+                broken = (r["name"], r["version"], "*" if r["live"] else "", "BROKEN", "", r["error"][:60], "", "", "",
+                          "")
                 t.add_row(*broken, "pin" if r.get("pinned") else "")
                 continue
             t.add_row(
@@ -74,14 +76,24 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
                 r["version"],
                 "*" if r["live"] else "",
                 r["backend"],
+                r.get("label") or "",
                 r["created_at"],
                 _fmt(r["auc"]),
-                _fmt(r["edge_vs_volatility"]),
+                _edge_cell(r.get("edge"), r.get("edge_vs_volatility")),
                 str(r["rows"] or ""),
                 _stale_cell(r.get("stale")),
                 "pin" if r.get("pinned") else "",
             )
         out.print(t)
+
+
+def _edge_cell(edge: dict[str, Any] | None, legacy: Any) -> str:
+    """The primary head's edge with its interval and verdict; an older model's edge says it has no interval."""
+    if edge and all(isinstance(edge.get(k), (int, float)) for k in ("value", "low", "high")):
+        return f"{edge['value']:+.4f} [{edge['low']:+.4f}, {edge['high']:+.4f}] {edge.get('verdict') or ''}".strip()
+    if isinstance(legacy, (int, float)) and not isinstance(legacy, bool):
+        return f"{legacy:+.4f} (no interval)"
+    return ""
 
 
 @models_app.command("show")
@@ -163,7 +175,6 @@ def show_cmd(
                 ("AUC", "auc_mean", ".4f"),
                 ("volatility-only", "auc_volatility_mean", ".4f"),
                 ("shuffled", "auc_shuffled_mean", ".4f"),
-                ("edge", "auc_edge_vs_volatility", "+.4f"),
             )
             if isinstance(mt.get(key), (int, float)) and not isinstance(mt.get(key), bool)
         ]

@@ -390,6 +390,9 @@ class Registry:
                         "created_at": m.created_at,
                         "auc": auc,
                         "edge_vs_volatility": m.metrics.get("auc_edge_vs_volatility"),
+                        "label": _label_kind(m.label),
+                        # the primary head's edge with its interval and verdict (None: no walk-forward with intervals)
+                        "edge": _primary_edge(m.metrics),
                         "rows": m.training_window.rows if m.training_window else None,
                         "ok": True,
                     }
@@ -406,3 +409,21 @@ class Registry:
                     }
                 )
         return rows
+
+
+def _label_kind(label: dict[str, Any]) -> str | None:
+    from xylen.core.labels import _LEGACY
+
+    kind = label.get("kind")
+    return _LEGACY.get(str(kind), str(kind)) if kind is not None else None
+
+
+def _primary_edge(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    honesty = metrics.get("honesty")
+    heads = honesty.get("heads") if isinstance(honesty, dict) else None
+    if not (isinstance(heads, list) and heads and isinstance(heads[0], dict)):
+        return None
+    edge, verdict = heads[0].get("edge"), heads[0].get("verdict")
+    if not isinstance(edge, dict):
+        return None
+    return {k: edge.get(k) for k in ("value", "low", "high")} | {"verdict": verdict}
