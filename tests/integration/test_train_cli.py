@@ -103,6 +103,7 @@ def _snapshot(home):
         (None, ["--data", str(BTC_1H), "--label", "threshold", "--threshold", "0.9"], 5, "every training label is 0"),
         (None, ["--data", str(BTC_1H), "--threshold", "0.9"], 5, "every training label of the move head is 0"),
         (None, ["--label", "lottery"], 2, "'lottery' is not one of"),
+        (None, ["--data", str(BTC_1H), "--lower-barrier", "0.003"], 2, "but the label is 'direction'"),
         (None, ["--features", "ohlcv-v9"], 2, "'ohlcv-v9' is not one of"),
         (None, ["--data", str(BTC_1H), "--extra-head", "direction"], 2, "The extra head 'direction' is the label"),
         (None, ["--data", str(BTC_1H), "--label", "triple-barrier", "--lower-barrier", "-1"], 2, "-1"),

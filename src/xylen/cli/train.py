@@ -116,6 +116,14 @@ def train_cmd(
             feature_set=feature_set.value if feature_set else None,
             folds=folds,
         )
+        if lower_barrier is not None and settings.label != "triple-barrier":
+            from xylen.core.errors import ConfigError
+
+            raise ConfigError(
+                f"--lower-barrier {lower_barrier:g} is the triple-barrier label's lower barrier, but the label is "
+                f"{settings.label!r}.",
+                hint="add --label triple-barrier, or leave --lower-barrier out.",
+            )
         from xylen.train import TrainOptions
 
         opts = TrainOptions(data=data, symbol=symbol, interval=interval, name=name, promote=promote)

@@ -74,8 +74,9 @@ def build(
     fs: FeatureSet = OHLCV_V2,
     extra: tuple[labels.LabelSpec, ...] = (),
 ) -> Dataset:
-    """Features of ``fs`` and the labels of ``spec`` (and of the ``extra`` heads, which share its horizon: the
-    rows usable for one head are usable for all)."""
+    """Features of ``fs`` and the labels of ``spec`` and of the ``extra`` heads. ``valid`` follows the primary's
+    horizon: `xylen train`'s heads share it; a retrain of a head that looks further picks its rows from every head's
+    labels (train/candidate.py)."""
     arr = arrays_of(df)
     X = fs.frame(arr)
     y, valid = labelled(arr.open_time, arr.close, interval, spec, lookback=fs.lookback, high=arr.high, low=arr.low)

@@ -6,7 +6,7 @@ everything before it is training data. The last ``horizon`` rows before each tes
 from the rows fitted on in the same way. Three models are trained on the same folds: the model on every
 feature, the same learner on volatility features alone, and the model on shuffled labels (a control that
 must score AUC ~0.5: it checks that predictions are scored against the right labels; it cannot see a feature
-that reads the future -- that is what the no-look-ahead property test of core/features.py guards).
+that reads the future -- that is what the no-look-ahead property test of core/featuresets.py guards).
 
 Every head (the primary label and each extra head, e.g. the move-size head) gets its own model and its own fitted
 volatility-only learner per fold, and two raw volatility features are scored as baselines too (mean 12-candle range,
