@@ -154,3 +154,5 @@ def test_models_list_never_shows_an_edge_without_saying_whether_it_has_an_interv
     assert _edge_cell(None, 0.0066) == "+0.0066 (no interval)"  # a model trained by xylen 0.1
     assert _edge_cell({"value": 0.01, "low": None, "high": None}, 0.01) == "+0.0100 (no interval)"
     assert _edge_cell(None, None) == _edge_cell({"value": "x"}, True) == ""  # imported or hand-edited: nothing
+    assert _edge_cell({**edge, "verdict": "none measurable"}, 0.0447, short=True) == "none"
+    assert _edge_cell(None, 0.0066, short=True) == "no interval"

@@ -61,38 +61,47 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
             return
         from rich.table import Table
 
-        t = Table()
-        for col in ("name", "version", "live", "backend", "label", "created", "AUC", "edge [95%]", "rows", "stale",
-                    "pinned"):
-            t.add_column(col)
+        # fits 80 columns (* marks the live version): the edge's figures and interval are in `xylen models show`
+        # and --json; here its verdict
+        t = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+        for col in ("name", "version", "label", "created", "AUC", "edge", "stale", "pinned"):
+            t.add_column(col, no_wrap=col in ("name", "version"))
         for r in rows:
             if not r["ok"]:
-                broken = (r["name"], r["version"], "*" if r["live"] else "", "BROKEN", "", r["error"][:60], "", "", "",
-                          "")
+                broken = (r["name"], _version_cell(r), "BROKEN", r["error"][:60], "", "", "")
                 t.add_row(*broken, "pin" if r.get("pinned") else "")
                 continue
             t.add_row(
                 r["name"],
-                r["version"],
-                "*" if r["live"] else "",
-                r["backend"],
-                r.get("label") or "",
-                r["created_at"],
+                _version_cell(r),
+                # an imported model has no label: its backend says what it is
+                r.get("label") or (r["backend"] if r["backend"] != "lightgbm" else ""),
+                str(r["created_at"])[:10],
                 _fmt(r["auc"]),
-                _edge_cell(r.get("edge"), r.get("edge_vs_volatility")),
-                str(r["rows"] or ""),
+                _edge_cell(r.get("edge"), r.get("edge_vs_volatility"), short=True),
                 _stale_cell(r.get("stale")),
                 "pin" if r.get("pinned") else "",
             )
         out.print(t)
 
 
-def _edge_cell(edge: dict[str, Any] | None, legacy: Any) -> str:
-    """The primary head's edge with its interval and verdict; an older model's edge says it has no interval."""
+SHORT_VERDICT = {"measurable": "measurable", "none measurable": "none", "below the baseline": "below"}
+
+
+def _version_cell(r: dict[str, Any]) -> str:
+    return f"{r['version']} *" if r["live"] else str(r["version"])  # * marks the live version
+
+
+def _edge_cell(edge: dict[str, Any] | None, legacy: Any, *, short: bool = False) -> str:
+    """The primary head's edge with its interval and verdict (``short``: the verdict alone); an older model's edge
+    says it has no interval."""
     if edge and all(isinstance(edge.get(k), (int, float)) for k in ("value", "low", "high")):
+        if short:  # one word for a narrow column: measurable | none (measurable) | below (the baseline) | n/a
+            verdict = str(edge.get("verdict") or "")
+            return SHORT_VERDICT.get(verdict, verdict[:10])
         return f"{edge['value']:+.4f} [{edge['low']:+.4f}, {edge['high']:+.4f}] {edge.get('verdict') or ''}".strip()
     if isinstance(legacy, (int, float)) and not isinstance(legacy, bool):
-        return f"{legacy:+.4f} (no interval)"
+        return "no interval" if short else f"{legacy:+.4f} (no interval)"
     return ""
 
 
