@@ -134,3 +134,11 @@ def test_a_head_the_options_cannot_make_is_named_with_the_fix(tmp_path, settings
         label_specs(Settings(home=tmp_path, **settings))
     assert says in exc.value.message and fix in exc.value.hint
     assert label_specs(Settings(home=tmp_path, label_threshold=0.0, extra_head="none"))[1] == []
+
+
+def test_reading_a_manifest_label_that_may_be_missing_or_unreadable():
+    old = {"horizon": 6, "threshold": 0.002, "kind": "forward_log_return_above_threshold"}
+    assert labels.kind_of(old) == "threshold" and labels.kind_of({}) is None
+    assert labels.kind_of({"kind": "lottery"}) == "lottery"  # the spelling, even of a label xylen cannot read
+    assert labels.read(old) == LabelSpec(6, 0.002, "threshold")
+    assert labels.read({}) is None and labels.read({"kind": "lottery", "horizon": 6}) is None

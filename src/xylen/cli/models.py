@@ -127,6 +127,7 @@ def show_cmd(
     """
     with handled():
         from xylen.core.bundle import outputs_of, verify_artifact
+        from xylen.core.labels import read as read_label
 
         reg = _registry(ctx)
         name = reg.resolve_name(name)
@@ -142,7 +143,7 @@ def show_cmd(
         is_live = bool(live and live.version == version)
         record = watch.read(reg, name) if is_live else None
         age = watch.staleness(m, settings_from(ctx).model_max_age)
-        spec, outputs, min_candles = _label_spec(m.label), outputs_of(m), _min_candles(m)
+        spec, outputs, min_candles = read_label(m.label), outputs_of(m), _min_candles(m)
         if as_json:
             extra = {"summary": sentence(m), "label_spec": spec.to_dict() if spec else None, "outputs": outputs}
             _json(m.model_dump(mode="json") | extra | {"min_candles": min_candles, "watch": record, "staleness": age})
@@ -201,18 +202,6 @@ def show_cmd(
         report = reg.path(name, version) / "report.html"
         if report.exists():
             out.print(f"report: {report}")
-
-
-def _label_spec(label: dict[str, Any]) -> LabelSpec | None:
-    from xylen.core.errors import BundleError
-    from xylen.core.labels import LabelSpec
-
-    if not label:
-        return None
-    try:
-        return LabelSpec.from_dict(label)
-    except BundleError:
-        return None
 
 
 def _label_line(label: dict[str, Any], spec: LabelSpec | None) -> str:

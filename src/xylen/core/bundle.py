@@ -336,7 +336,7 @@ def outputs_of(manifest: Manifest) -> dict[str, str]:
 
 
 def _field_of(label: dict[str, Any]) -> str | None:
-    return labels.OUTPUT_FIELD.get(labels._LEGACY.get(str(label.get("kind")), str(label.get("kind"))))
+    return labels.OUTPUT_FIELD.get(labels.kind_of(label) or "")
 
 
 def _meaning(label: dict[str, Any]) -> str:

@@ -131,6 +131,22 @@ class LabelSpec:
         )
 
 
+def kind_of(label: dict[str, Any]) -> str | None:
+    """A manifest label's kind as today's xylen spells it (None: none recorded); the label may be unreadable."""
+    kind = label.get("kind")
+    return None if kind is None else _LEGACY.get(str(kind), str(kind))
+
+
+def read(label: dict[str, Any]) -> LabelSpec | None:
+    """A manifest's label, or None when it has none or one this xylen cannot read (an imported model)."""
+    if not label:
+        return None
+    try:
+        return LabelSpec.from_dict(label)
+    except BundleError:
+        return None
+
+
 def make(
     close: np.ndarray, spec: LabelSpec, high: np.ndarray | None = None, low: np.ndarray | None = None
 ) -> np.ndarray:

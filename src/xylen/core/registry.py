@@ -29,6 +29,7 @@ import orjson
 
 from xylen.core.bundle import Manifest, now_iso, read_manifest, verify_artifact, write_durably
 from xylen.core.errors import BundleError, ConfigError
+from xylen.core.labels import kind_of
 from xylen.core.storage import Conflict, LocalStorage, Missing
 
 POINTER = "CURRENT.json"
@@ -390,7 +391,7 @@ class Registry:
                         "created_at": m.created_at,
                         "auc": auc,
                         "edge_vs_volatility": m.metrics.get("auc_edge_vs_volatility"),
-                        "label": _label_kind(m.label),
+                        "label": kind_of(m.label),
                         # the primary head's edge with its interval and verdict (None: no walk-forward with intervals)
                         "edge": _primary_edge(m.metrics),
                         "rows": m.training_window.rows if m.training_window else None,
@@ -409,13 +410,6 @@ class Registry:
                     }
                 )
         return rows
-
-
-def _label_kind(label: dict[str, Any]) -> str | None:
-    from xylen.core.labels import _LEGACY
-
-    kind = label.get("kind")
-    return _LEGACY.get(str(kind), str(kind)) if kind is not None else None
 
 
 def _primary_edge(metrics: dict[str, Any]) -> dict[str, Any] | None:

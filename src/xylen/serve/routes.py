@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from xylen.core import labels, summary
 from xylen.core.bundle import Manifest
-from xylen.core.errors import BundleError, ConfigError, XylenError
+from xylen.core.errors import ConfigError, XylenError
 from xylen.core.registry import check_name
 from xylen.serve import schemas
 from xylen.serve.auth import DETAIL
@@ -197,10 +197,8 @@ def model_rows(st: ServeState) -> list[dict[str, Any]]:
 def label_of(manifest: Manifest) -> dict[str, Any] | None:
     """The manifest's label as every xylen writes it now (older spellings read through LabelSpec: the same
     definition, with its description and what it predicts); None for a model without one (imported)."""
-    try:
-        return labels.LabelSpec.from_dict(manifest.label).to_dict()
-    except BundleError:
-        return None
+    spec = labels.read(manifest.label)
+    return spec.to_dict() if spec is not None else None
 
 
 @router.get("/models", tags=["admin"], response_model=list[schemas.ModelRow])
