@@ -364,3 +364,26 @@ def test_a_bad_head_is_refused_at_swap_and_the_old_version_keeps_serving(
     text = c.get("/metrics").text
     assert f'xylen_model_swaps_total{{model="{TWO}",result="refused"}}' in text
 
+
+
+def test_a_head_artifact_path_that_leaves_the_bundle_is_refused(tmp_path):
+    """A crafted manifest cannot make a head load a file outside its bundle folder (a planted ../model.txt)."""
+    import shutil
+
+    import orjson
+
+    from tests.builders import build_bundle
+    from xylen.core.bundle import load_bundle
+    from xylen.core.errors import BundleError
+    from xylen.core.registry import Registry
+
+    reg = Registry(tmp_path / "models")
+    version = build_bundle(reg, rows=1500, rounds=5, heads=("move",))
+    folder = reg.path("btcusdt-5m", version)
+    outside = folder.parent / "head-move.txt"
+    shutil.copy(folder / "head-move.txt", outside)  # the same bytes, so only the path check can refuse it
+    m = orjson.loads((folder / "manifest.json").read_bytes())
+    m["heads"][0]["artifact"]["file"] = "../head-move.txt"
+    (folder / "manifest.json").write_bytes(orjson.dumps(m))
+    with pytest.raises(BundleError, match="leaves the bundle folder"):
+        load_bundle(folder)
