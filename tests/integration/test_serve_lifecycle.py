@@ -93,4 +93,7 @@ def test_the_exit_code_docs_say_what_serve_does() -> None:
         assert f"\n| {code} |" in readme, code
     assert "SIGTERM is the normal stop of `xylen serve`, which drains requests in flight" in EXIT_CODES[130]
     assert "`xylen serve` stopped by SIGTERM (systemd, Docker, Kubernetes) drains and exits 0" in readme
-    assert "| 130 | interrupted by Ctrl-C, or by SIGTERM during `xylen collect` or a one-off `xylen retrain`;" in readme
+    assert (
+        "| 130 | interrupted by Ctrl-C, or by SIGTERM during `xylen collect --once`/`--until` or a one-off "
+        "`xylen retrain`;" in readme
+    )

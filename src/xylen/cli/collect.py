@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from xylen.cli import app, err, handled, out, settings_from
+from xylen.core.errors import ExchangeTemporaryError
 
 collect_app = typer.Typer(
     help="Collect Binance candles into the store: backfill by REST, then follow live by websocket.\n\n"
@@ -97,18 +100,29 @@ def collect_cmd(
             once,
         )
         bars = None if (quiet or as_json) else _Bars()
-        with stop_on_signals() as should_stop:
+
+        def retrying(exc: ExchangeTemporaryError, delay: float) -> None:
+            err.print(
+                f"[yellow]warning:[/] {escape(exc.message)} Retrying in {delay:.0f} s (following live, `xylen "
+                "collect` outlasts an unreachable exchange; --once gives up instead).",
+                markup=True,
+            )
+
+        with stop_on_signals() as stop:
             if bars is not None:
                 with bars.progress:
-                    result = collect(settings, opts, progress=bars, should_stop=should_stop)
+                    result = collect(settings, opts, progress=bars, should_stop=stop, on_retry=retrying)
             else:
-                result = collect(settings, opts, should_stop=should_stop)
+                result = collect(settings, opts, should_stop=stop, on_retry=retrying)
         if as_json:
             _json(result.to_dict())
         else:
             (err if not quiet else out).print(result.line())
         if result.interrupted:
-            raise typer.Exit(130)
+            # Following live, SIGTERM is a service's normal stop (systemd, launchd, Docker): exit 0 as serve and
+            # retrain --loop do. Ctrl-C, and any signal that cuts a --once/--until run short, exit 130.
+            follows = not (once or opts.until is not None)
+            raise typer.Exit(0 if follows and stop.signum == signal.SIGTERM else 130)
 
 
 @collect_app.command("status")

@@ -10,7 +10,7 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,7 +19,7 @@ from typing import Any
 from xylen.collect.backfill import Progress, SeriesResult, backfill_series
 from xylen.collect.governor import Governor, wall_clock_ms
 from xylen.collect.rest import Rest, make_client
-from xylen.core.errors import ConfigError
+from xylen.core.errors import ConfigError, ExchangeTemporaryError
 from xylen.core.intervals import INTERVALS
 from xylen.core.schema import normalize_symbol
 from xylen.core.settings import Settings
@@ -132,6 +132,10 @@ def make_rest(
     return Rest(make_client(settings.binance_base_url, timeout_s), gov)
 
 
+# Seconds between attempts when the exchange cannot be reached before following live (the last one repeats).
+RETRY_DELAYS_S = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
 def collect(
     settings: Settings,
     opts: CollectOptions,
@@ -140,11 +144,18 @@ def collect(
     clock: Callable[[], int] = wall_clock_ms,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    on_retry: Callable[[ExchangeTemporaryError, float], None] | None = None,
+    retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
 ) -> CollectResult:
     """Backfill every series up to ``clock()`` (or ``until``). Follow live afterwards unless ``once``/``until``.
 
     Every series is compacted first (unreadable files move to quarantine, so the backfill fetches their
-    candles again) and again at the end (the tails of small last pages fold into their month files)."""
+    candles again) and again at the end (the tails of small last pages fold into their month files).
+
+    When following live (a service), a temporary exchange failure before the follow starts (unreachable network,
+    5xx, a ban window) is reported to ``on_retry`` with the wait, and the backfill resumes from the last stored
+    candle after ``retry_delays_s`` (growing, the last repeats) instead of ending the run: a service must not die
+    because the network was down when it started. ``--once`` and ``--until`` runs (cron) still fail with it."""
     if opts.since is not None and opts.until is not None and opts.since >= opts.until:
         raise ConfigError(
             f"--since ({opts.since}) is not before --until ({opts.until}).", hint="swap them or pick a later --until."
@@ -154,28 +165,24 @@ def collect(
     store.clean_temp()
     rest = rest or make_rest(settings, clock=clock)
     result = CollectResult()
+    follows = not (opts.once or opts.until is not None)
     try:
-        rest.check_symbols(opts.symbols)  # -1121 for any unknown symbol, before anything is stored
-        for symbol, interval in opts.series:
-            store.compact(symbol, interval)
-        for symbol, interval in opts.series:
-            if should_stop():
-                result.interrupted = True
+        failures = 0
+        while True:
+            try:
+                _backfill_all(rest, store, opts, result, clock, progress, should_stop)
                 break
-            result.series.append(
-                backfill_series(
-                    rest,
-                    store,
-                    symbol,
-                    interval,
-                    clock(),
-                    since=opts.since,
-                    until=opts.until,
-                    progress=progress,
-                    should_stop=should_stop,
-                )
-            )
-        if not (opts.once or opts.until is not None or result.interrupted):
+            except ExchangeTemporaryError as exc:
+                if not follows:
+                    raise
+                delay = retry_delays_s[min(failures, len(retry_delays_s) - 1)]
+                failures += 1
+                if on_retry is not None:
+                    on_retry(exc, delay)
+                if _wait_unless_stopped(delay, should_stop):
+                    result.interrupted = True
+                    break
+        if follows and not result.interrupted:
             follow(settings, opts, rest, store, clock, should_stop)
             result.interrupted = should_stop()
         for symbol, interval in opts.series:
@@ -187,6 +194,54 @@ def collect(
         result.seconds = time.monotonic() - started
         rest.close()
     return result
+
+
+def _backfill_all(
+    rest: Rest,
+    store: Store,
+    opts: CollectOptions,
+    result: CollectResult,
+    clock: Callable[[], int],
+    progress: Progress | None,
+    should_stop: Callable[[], bool],
+) -> None:
+    """Check the symbols and backfill each series not yet done (``result.series`` holds the done ones, so a
+    retry after a temporary failure resumes where it stopped; the store resumes from its last candle)."""
+    if not result.series:
+        rest.check_symbols(opts.symbols)  # -1121 for any unknown symbol, before anything is stored
+        for symbol, interval in opts.series:
+            store.compact(symbol, interval)
+    done = {(s.symbol, s.interval) for s in result.series}
+    for symbol, interval in opts.series:
+        if (symbol, interval) in done:
+            continue
+        if should_stop():
+            result.interrupted = True
+            return
+        result.series.append(
+            backfill_series(
+                rest,
+                store,
+                symbol,
+                interval,
+                clock(),
+                since=opts.since,
+                until=opts.until,
+                progress=progress,
+                should_stop=should_stop,
+            )
+        )
+
+
+def _wait_unless_stopped(seconds: float, should_stop: Callable[[], bool]) -> bool:
+    """Sleep ``seconds`` in short steps; True as soon as a stop was asked for."""
+    deadline = time.monotonic() + seconds
+    while not should_stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(0.2, left))
+    return True
 
 
 def follow(
@@ -213,22 +268,34 @@ def _stop_when(should_stop: Callable[[], bool], follower: Any) -> None:
     follower.stop()
 
 
+class StopRequest:
+    """``should_stop`` for :func:`collect`: true once SIGTERM or SIGINT arrived; ``signum`` says which came first."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+
 @contextmanager
-def stop_on_signals() -> Iterator[Callable[[], bool]]:
+def stop_on_signals() -> Iterator[StopRequest]:
     """SIGTERM/SIGINT ask for a clean stop (checked between pages); a second one interrupts at once.
     Store writes are atomic either way: nothing is left half-written."""
-    flag = threading.Event()
+    stop = StopRequest()
     previous = {}
 
     def handler(signum: int, frame: Any) -> None:
-        if flag.is_set():
+        if stop.event.is_set():
             raise KeyboardInterrupt
-        flag.set()
+        stop.signum = signum
+        stop.event.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, handler)
     try:
-        yield flag.is_set
+        yield stop
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)

@@ -75,7 +75,7 @@ EXIT_CODES = {
     4: "model bundle or registry problem: missing, corrupt or tampered model (replace or roll back)",
     5: "training failed: too little data for the folds, memory cap too small, evaluation impossible",
     6: "exchange error: rate limit, ban, unreachable endpoint or unusable answer",
-    130: "interrupted by Ctrl-C, or by SIGTERM during `xylen collect` or a one-off `xylen retrain`; nothing was left "
-    "half-written (SIGTERM is the normal stop of `xylen serve`, which drains requests in flight, and of "
-    "`xylen retrain --loop`: both exit 0)",
+    130: "interrupted by Ctrl-C, or by SIGTERM during `xylen collect --once`/`--until` or a one-off `xylen retrain`; "
+    "nothing was left half-written (SIGTERM is the normal stop of `xylen serve`, which drains requests in flight, of "
+    "`xylen retrain --loop` and of `xylen collect` following live: they exit 0)",
 }
