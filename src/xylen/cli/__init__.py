@@ -106,6 +106,7 @@ def _register() -> None:
         models_retention,  # noqa: F401  (`xylen models pin|unpin|prune`)
         retrain,  # noqa: F401
         serve,  # noqa: F401
+        service,  # noqa: F401  (`xylen install-service`, `xylen uninstall-service`)
         train,
     )
 
