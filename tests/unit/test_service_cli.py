@@ -41,6 +41,9 @@ fail = os.environ.get("STUB_FAIL")
 if fail and fail in " ".join([name, *args]):
     print("Failed to " + fail + ": Access denied", file=sys.stderr)
     sys.exit(4)
+if name == "systemctl" and "disable" in args and os.environ.get("STUB_NOT_LOADED"):
+    print("Failed to stop xylen-serve.service: Unit xylen-serve.service not loaded.", file=sys.stderr)
+    sys.exit(5)
 if name == "launchctl" and args[:1] == ["bootout"]:
     print("Boot-out failed: 3: No such process", file=sys.stderr)
     sys.exit(3)
@@ -67,6 +70,7 @@ class Env:
             "XDG_CONFIG_HOME": None,
             "XYLEN_HOME": None,
             "STUB_FAIL": None,
+            "STUB_NOT_LOADED": None,
         }
 
     @property
@@ -466,3 +470,19 @@ def test_write_atomic_leaves_the_old_file_when_interrupted(tmp_path: Path, monke
     with pytest.raises(OSError, match="Input/output"):
         I.write_atomic(target, b"new\n", 0o644)
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["x.service"]
+
+
+def test_uninstall_of_units_never_loaded_still_removes_them(env: Env) -> None:
+    """Installed without --enable and never daemon-reloaded: `disable --now` has nothing to stop, which is fine."""
+    assert env.cli("install-service", "--platform", "systemd", "--user").exit_code == 0
+    r = env.cli("uninstall-service", "--platform", "systemd", "--user", STUB_NOT_LOADED="1")
+    assert r.exit_code == 0, r.output
+    assert not any((env.unit_dir / u).exists() for u in UNITS)
+
+
+def test_uninstall_stops_at_a_failing_disable_and_keeps_the_files(env: Env) -> None:
+    assert env.cli("install-service", "--platform", "systemd", "--user").exit_code == 0
+    r = env.cli("uninstall-service", "--platform", "systemd", "--user", STUB_FAIL="disable")
+    assert r.exit_code == 2 and "Failed to disable: Access denied" in r.output
+    assert all((env.unit_dir / u).exists() for u in UNITS), "nothing removed while the services may still run"
+    assert env.calls()[-1][:4] == ["systemctl", "--user", "disable", "--now"]

@@ -19,7 +19,8 @@ from pathlib import Path
 from xylen.core.errors import ConfigError
 from xylen.service.render import Platform, Scope, label, unit_name
 
-_NOT_LOADED = ("No such process", "Could not find", "not loaded")  # launchctl bootout of a job that is not loaded
+# launchctl bootout of a job that is not loaded; systemctl disable --now of a unit the manager never loaded
+_NOT_LOADED = ("No such process", "Could not find", "not loaded")
 TIMEOUT_S = 300  # enable --now waits for Type=exec to start the process: seconds, never minutes
 
 
@@ -122,7 +123,8 @@ def disable_commands(platform: Platform, scope: Scope, services: Sequence[str]) 
     if platform == "systemd":
         units = tuple(unit_name(s) for s in services)
         return (
-            [Command(("systemctl", *_flag(scope), "disable", "--now", *units))],
+            # a unit never loaded (installed without --enable, no daemon-reload since) has nothing to stop
+            [Command(("systemctl", *_flag(scope), "disable", "--now", *units), not_loaded_ok=True)],
             [Command(("systemctl", *_flag(scope), "daemon-reload"))],
         )
     domain = launchd_domain(scope)
