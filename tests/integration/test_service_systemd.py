@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -170,6 +171,8 @@ def test_systemd_reads_back_every_value_we_wrote(world: Path, scope: str) -> Non
         assert shlex.split(got["Command Line"][0]) == [str(xylen), *ARGS[service]]
         assert got["WorkingDirectory"] == [str(home)]
         env = [f"XYLEN_HOME={home}"] + (["OMP_NUM_THREADS=1"] if service == "serve" else [])
+        if scope == "system" and service != "collect":  # matplotlib's folder: the home is read-only there
+            env.append(f"MPLCONFIGDIR={home}/cache/matplotlib")
         assert got["Environment"] == env
         assert got["MemoryMax"] == [str(CAPS[service][0])]
         assert got["Type"] == ["exec"] and got["Restart"] == ["on-failure"] and got["RestartSec"] == ["5s"]
@@ -181,3 +184,37 @@ def test_systemd_reads_back_every_value_we_wrote(world: Path, scope: str) -> Non
             assert got["PrivateTmp"] == ["yes"]
         else:
             assert "ReadWritePaths" not in got and "User" not in got and got["ProtectSystem"] == ["no"]
+
+
+@needs_analyze
+@pytest.mark.parametrize("service", ["serve", "retrain"])
+def test_matplotlib_writes_under_xylen_home_in_a_system_unit(world: Path, service: str) -> None:
+    """retrain (and serve's POST /retrain child) draw the training report with matplotlib, which writes its config
+    and font cache under $HOME. A system unit makes HOME read-only (ProtectHome=read-only, ProtectSystem=strict):
+    the unit must point MPLCONFIGDIR into XYLEN_HOME, the one writable path. Run with the environment systemd
+    read back and a HOME that cannot be written, matplotlib must neither warn nor fall back to a temporary folder."""
+    home = hostile_home(world)
+    folder = world / "units"
+    write_units(folder, "system", home, find_xylen())
+    got = dump_unit(folder, f"xylen-{service}.service", world)
+    env = dict(e.partition("=")[::2] for e in got["Environment"])
+    writable = [Path(p) for p in got["ReadWritePaths"]]
+    assert any(Path(env.get("MPLCONFIGDIR", "/")).is_relative_to(p) for p in writable), env
+    run_env = {"PATH": os.environ["PATH"], "HOME": "/dev/null/home"} | env  # a HOME nothing can be written in
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as p; "
+            "p.subplots()[0].savefig(__import__('io').BytesIO(), format='png'); print(matplotlib.get_cachedir())",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=run_env,
+        cwd=world,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "temporary" not in done.stderr, done.stderr[-2000:]
+    assert Path(done.stdout.strip()).is_relative_to(home), done.stdout

@@ -177,6 +177,7 @@ def render_unit(service: str, inputs: Inputs) -> str:
         "HOME_PATH": home.replace("%", "%%"),
         "HOME_ENV": systemd_word(f"XYLEN_HOME={home}"),
         "HOME_WORD": systemd_word(home),
+        "MPL_ENV": systemd_word(f"MPLCONFIGDIR={inputs.home / 'cache' / 'matplotlib'}"),
         "RUN_USER": (inputs.run_user or "").replace("%", "%%"),
         "MEMORY_MAX": f"{cap // MIB}M",
         "MEMORY_COMMENT": note,
