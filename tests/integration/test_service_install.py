@@ -165,3 +165,37 @@ def test_a_wheel_built_from_the_repo_carries_the_templates(tmp_path: Path) -> No
         check=False,
     )
     assert done.returncode == 0 and done.stdout.strip() == "6", done.stdout + done.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="runs the command as nobody, which needs root and setpriv",
+)
+def test_a_models_env_the_service_user_could_not_read_is_refused_without_root(world: Path) -> None:
+    """System services run as the owner of XYLEN_HOME (daemon here); a models.env of another user (nobody, who
+    runs install) would be unreadable to them at 0600, and only root can hand it over: exit 2 with the chown."""
+    home = world / "xylen-home"
+    home.mkdir()
+    os.chown(home, 1, 1)
+    menv = home / "models.env"
+    menv.write_text("XYLEN_PROFILE=8gb\n")
+    menv.chmod(0o600)
+    os.chown(menv, NOBODY, NOBODY)
+    out = world / "out"
+    out.mkdir()
+    os.chown(out, NOBODY, NOBODY)
+    r = as_nobody(
+        world,
+        "--home",
+        str(home),
+        "install-service",
+        "--platform",
+        "systemd",
+        "--system",
+        "--output",
+        str(out),
+        home_dir=out,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"sudo chown 1 {menv}" in r.stderr and "Traceback" not in r.stderr
+    assert list(out.iterdir()) == [] and menv.stat().st_uid == NOBODY

@@ -172,6 +172,23 @@ def test_root_hands_a_new_models_env_and_logs_to_the_owner_of_xylen_home(env: En
     assert "<key>UserName</key>\n\t<string>nobody</string>" in (tmp_path / "o" / "io.xylen.serve.plist").read_text()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can hand a file to another user")
+@pytest.mark.parametrize("mode", [0o644, 0o600])
+def test_root_hands_an_existing_models_env_to_the_user_the_services_run_as(env: Env, tmp_path: Path, mode: int) -> None:
+    """`sudo nano models.env` leaves a root-owned file in a home the services run as the owner of: at mode 0600
+    (set by install, or already) the services could not read their settings and would stop with exit 2."""
+    os.chown(env.home, 65534, 65534)
+    menv = env.home / "models.env"
+    menv.write_text("XYLEN_PROFILE=8gb\n")
+    menv.chmod(mode)
+    r = env.cli("install-service", "--platform", "systemd", "--system", "--output", str(tmp_path / "o"))
+    assert r.exit_code == 0, r.output
+    st = menv.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600), "User=nobody must read it"
+    assert menv.read_text() == "XYLEN_PROFILE=8gb\n"
+    assert "\nUser=nobody\n" in (tmp_path / "o" / UNITS[0]).read_text()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the default scope is --system only as root")
 def test_default_scope_as_root_is_system_and_runs_as_the_owner(env: Env, tmp_path: Path) -> None:
     os.chown(env.home, 1, 1)  # daemon

@@ -174,6 +174,8 @@ def _print_dry_run(plan: Plan) -> None:
     env = {"create": "would create {} (mode 0600)", "chmod": "would set {} to mode 0600", "ok": "{} is mode 0600"}
     if plan.env_action in env:
         typer.echo("# " + env[plan.env_action].format(plan.env_file))
+    if plan.env_owner is not None and plan.env_action != "create":
+        typer.echo(f"# would hand {plan.env_file} to uid {plan.env_owner[0]}, the owner of XYLEN_HOME")
     for cmd in plan.after:
         typer.echo(f"# would run: {cmd}")
     typer.echo("# dry run: nothing was written")

@@ -70,7 +70,9 @@ class Plan:
     files: list[FilePlan]
     output: Path | None = None
     env_action: Literal["create", "chmod", "ok", "keep"] = "keep"
-    env_owner: tuple[int, int] | None = None  # chown a models.env that root creates to XYLEN_HOME's owner
+    # chown models.env to XYLEN_HOME's owner: one root creates, or one a system service (running as that owner)
+    # could not read at 0600
+    env_owner: tuple[int, int] | None = None
     logs_dir: Path | None = None  # launchd writes the services' output there; created when missing
     before: list[Command] = field(default_factory=list)
     after: list[Command] = field(default_factory=list)
@@ -234,6 +236,16 @@ def _plan_env_file(plan: Plan) -> None:
         if not path.is_file():
             raise ConfigError(f"{str(path)!r} is not a file.", hint="remove it; models.env holds KEY=value settings.")
         st = path.stat()
+        uid, gid, _name = _owner(plan.home)
+        if plan.scope == "system" and uid not in (0, st.st_uid):
+            # system services run as XYLEN_HOME's owner, who could not read another user's file at mode 0600
+            if os.geteuid() != 0:
+                raise ConfigError(
+                    f"{str(path)!r} belongs to uid {st.st_uid}, but the services run as the owner of XYLEN_HOME "
+                    f"(uid {uid}) and could not read it at mode 0600.",
+                    hint=f"`sudo chown {uid} {path}`, or run this with sudo.",
+                )
+            plan.env_owner = (uid, gid)
         if st.st_mode & 0o777 == 0o600:
             plan.env_action = "ok"
             return
@@ -307,15 +319,18 @@ _PAST = {"create": "created", "update": "updated", "replace": "replaced (--force
 
 def _apply_env_file(plan: Plan) -> list[str]:
     path = plan.env_file
+    done = []
     if plan.env_action == "create":
         write_atomic(path, ENV_HEADER.encode(), 0o600)
-        if plan.env_owner is not None:
-            os.chown(path, *plan.env_owner)
-        return [f"created {path} (mode 0600)"]
-    if plan.env_action == "chmod":
+        done.append(f"created {path} (mode 0600)")
+    elif plan.env_action == "chmod":
         os.chmod(path, 0o600)
-        return [f"set {path} to mode 0600"]
-    return []
+        done.append(f"set {path} to mode 0600")
+    if plan.env_owner is not None:
+        os.chown(path, *plan.env_owner)
+        if plan.env_action != "create":
+            done.append(f"handed {path} to uid {plan.env_owner[0]}, the owner of XYLEN_HOME the services run as")
+    return done
 
 
 def _restore(written: list[FilePlan]) -> None:
