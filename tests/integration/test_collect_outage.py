@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.fakes import FakeBinance, load_series
 from xylen.collect import CollectOptions, collect, make_rest
 from xylen.core.errors import ExchangeTemporaryError
@@ -71,3 +72,26 @@ def test_the_documented_waits() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "its wait (5 s, growing to 5 minutes)" in readme
     assert RETRY_DELAYS_S[0] == 5 and RETRY_DELAYS_S[-1] == 300 and list(RETRY_DELAYS_S) == sorted(RETRY_DELAYS_S)
+
+
+def test_a_stop_during_the_retries_of_an_outage_ends_the_run_at_once(tmp_path: Path) -> None:
+    """SIGTERM while the governor backs off between attempts (real waits, 0.5 s growing to 30 s): the run ends
+    without making the remaining attempts (the old code made all 8, up to ~90 s, outlasting a 30 s stop timeout)."""
+    rows = load_series(BTC_1H, "1h")
+    with FakeBinance({("BTCUSDT", "1h"): rows}) as fake:
+        fake.faults.server_error(503, path="/api", times=1000)
+        settings = load_settings(
+            {"home": tmp_path, "binance_base_url": fake.base_url, "binance_ws_url": fake.ws_url}, environ={}
+        )
+        stop = threading.Event()
+        stopper = threading.Thread(target=lambda: (wait_for(lambda: len(fake.requests) >= 2, timeout=60), stop.set()))
+        stopper.start()
+        result = collect(
+            settings,
+            CollectOptions(["BTCUSDT"], ["1h"], since=SINCE, until=None, once=False),
+            rest=make_rest(settings),
+            should_stop=stop.is_set,
+        )
+        stopper.join(60)
+        assert result.interrupted and result.series == []
+        assert len(fake.requests) <= 4  # stopped inside the backoff, not after 8 attempts

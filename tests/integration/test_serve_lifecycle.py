@@ -74,6 +74,19 @@ def test_a_failed_training_stops_serve_with_the_trainers_exit_code(tmp_path: Pat
     assert "Traceback" not in proc.stderr
 
 
+def test_a_refused_bind_fails_before_training(tmp_path: Path) -> None:
+    """--host 0.0.0.0 without API keys is refused (exit 2) before --train-if-missing trains anything (the Docker
+    image's default command without a key used to train for half a minute, then refuse)."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XYLEN_")}
+    env["XYLEN_HOME"] = str(home)
+    proc = subprocess.run([sys.executable, "-m", "xylen", "serve", "--host", "0.0.0.0", "--train-if-missing",
+                           "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "0.0.0.0" in proc.stderr and "training one first" not in proc.stderr
+    assert not (home / "models").exists() or not any((home / "models").iterdir())
+
+
 def test_sigterm_is_a_clean_stop_and_ctrl_c_is_130(home_copy: Path) -> None:
     for sig, code in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
         with serving(home_copy) as (proc, _url, log):

@@ -100,3 +100,21 @@ def test_5xx_and_timeouts_back_off_with_jitter_then_give_up() -> None:
     assert all(0.1 * top <= s <= top for s, top in zip(c.slept, ceilings))
     assert len(set(c.slept)) == 4  # jittered
     assert g.stats.server_errors == 5
+
+
+def test_a_stop_request_ends_a_wait_within_a_poll_step() -> None:
+    """SIGTERM during a retry's backoff or a Retry-After window: the wait ends at the next poll step (0.2 s), not
+    after the whole window (up to 600 s), so a service stops within its stop timeout; no further call is made."""
+    from xylen.collect.governor import STOP_POLL_S, StopRequested
+
+    c = Clock()
+    g = gov(c, share=1.0)
+    g.block(300, 429)  # a five-minute Retry-After window
+    g.should_stop = lambda: len(c.slept) >= 3  # SIGTERM arrives during the third poll step
+    calls = []
+    with pytest.raises(StopRequested):
+        g.call(lambda: calls.append(1), weight=2, what="klines")
+    assert calls == [] and len(c.slept) == 3 and all(s <= STOP_POLL_S for s in c.slept)
+    g.should_stop = None  # without a stop request the same wait is one sleep of the whole window
+    g.call(lambda: calls.append(1), weight=2, what="klines")
+    assert calls == [1] and c.slept[3] > 290

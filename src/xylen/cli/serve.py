@@ -71,7 +71,7 @@ def serve_cmd(
     Example: XYLEN_API_KEYS=secret xylen serve --host 0.0.0.0 --port 8000
     """
     with handled():
-        from xylen.serve.server import ServeOptions, serve
+        from xylen.serve.server import ServeOptions, check_options, serve
 
         settings = settings_from(
             ctx,
@@ -81,14 +81,13 @@ def serve_cmd(
             log_format=log_format.value if log_format else None,
             allow_unauthenticated=allow_unauthenticated,
         )
-        if train_if_missing and settings.model_path is None:
-            _train_if_missing(settings, list(model))
-        serve(
-            settings,
-            ServeOptions(
-                names=list(model), workers=workers, drain_seconds=drain_seconds, model_path=settings.model_path
-            ),
+        opts = ServeOptions(
+            names=list(model), workers=workers, drain_seconds=drain_seconds, model_path=settings.model_path
         )
+        if train_if_missing and settings.model_path is None:
+            check_options(settings, opts)  # a refused bind fails now, not after training
+            _train_if_missing(settings, list(model))
+        serve(settings, opts)
 
 
 def _train_if_missing(settings: Settings, names: list[str]) -> None:

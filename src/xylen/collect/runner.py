@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from xylen.collect.backfill import Progress, SeriesResult, backfill_series
-from xylen.collect.governor import Governor, wall_clock_ms
+from xylen.collect.governor import Governor, StopRequested, wall_clock_ms
 from xylen.collect.rest import Rest, make_client
 from xylen.core.errors import ConfigError, ExchangeTemporaryError
 from xylen.core.intervals import INTERVALS
@@ -164,6 +164,7 @@ def collect(
     store = Store(settings.data_dir)
     store.clean_temp()
     rest = rest or make_rest(settings, clock=clock)
+    rest.governor.should_stop = should_stop
     result = CollectResult()
     follows = not (opts.once or opts.until is not None)
     try:
@@ -171,6 +172,9 @@ def collect(
         while True:
             try:
                 _backfill_all(rest, store, opts, result, clock, progress, should_stop)
+                break
+            except StopRequested:
+                result.interrupted = True
                 break
             except ExchangeTemporaryError as exc:
                 if not follows:
@@ -258,8 +262,9 @@ def follow(
     watcher = threading.Thread(target=_stop_when, args=(should_stop, follower), daemon=True)
     watcher.start()
     asyncio.run(follower.run())
-    if follower.errors:
-        raise follower.errors[0]
+    errors = [e for e in follower.errors if not isinstance(e, StopRequested)]  # a wait cut short by the stop
+    if errors:
+        raise errors[0]
 
 
 def _stop_when(should_stop: Callable[[], bool], follower: Any) -> None:

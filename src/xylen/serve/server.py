@@ -48,16 +48,14 @@ class ServeOptions:
     model_path: Path | None = None
 
 
-def serve(settings: Settings, opts: ServeOptions) -> None:
-    """Serve until SIGTERM/SIGINT. Raises ConfigError for a refused configuration (exit 2)."""
-    from xylen.serve.auth import KeyRing, check_bind, is_loopback
-    from xylen.serve.logs import configure
+def check_options(settings: Settings, opts: ServeOptions) -> KeyRing:
+    """The checks that need no model: the API keys, the bind (a non-loopback host needs keys), --workers and
+    --drain-seconds. Raises ConfigError. `xylen serve --train-if-missing` runs them before it trains, so a refused
+    configuration fails at once instead of after a training run."""
+    from xylen.serve.auth import KeyRing, check_bind
 
     keys = KeyRing.from_settings(settings)
     check_bind(settings.host, keys, settings.allow_unauthenticated)
-    from xylen.serve.app import check_models
-
-    check_models(settings, opts.names, opts.model_path)  # a wrong MODEL_PATH/MODEL_TYPE fails now, not as 503s
     if opts.workers < 1:
         raise ConfigError(f"--workers {opts.workers} must be 1 or more.", hint="1 is best on 2 cores.")
     if not (math.isfinite(opts.drain_seconds) and opts.drain_seconds >= 0):
@@ -65,6 +63,17 @@ def serve(settings: Settings, opts: ServeOptions) -> None:
             f"--drain-seconds {opts.drain_seconds} must be a number of seconds, 0 or more.",
             hint="e.g. --drain-seconds 5: a few load-balancer health-check intervals.",
         )
+    return keys
+
+
+def serve(settings: Settings, opts: ServeOptions) -> None:
+    """Serve until SIGTERM/SIGINT. Raises ConfigError for a refused configuration (exit 2)."""
+    from xylen.serve.app import check_models
+    from xylen.serve.auth import is_loopback
+    from xylen.serve.logs import configure
+
+    keys = check_options(settings, opts)
+    check_models(settings, opts.names, opts.model_path)  # a wrong MODEL_PATH/MODEL_TYPE fails now, not as 503s
     configure(settings.log_format, settings.log_level)
     already = block_heavy_imports()
     if already:
