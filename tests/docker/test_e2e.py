@@ -160,6 +160,9 @@ def test_compose_serves_collects_retrains_and_stops_cleanly(stack: Stack) -> Non
     assert {b["HostIp"] for b in serve_cfg["PortBindings"]["8000/tcp"]} == {"127.0.0.1"}
     assert inspect(ids["collect"])["HostConfig"]["Memory"] == 768 * 2**20
     assert inspect(ids["retrain"])["HostConfig"]["Memory"] == _bytes(limits["RETRAIN_MEM_LIMIT"])
+    # the first-start training followed the container's limits (cgroup), not the host's memory and cores
+    serve_log = docker("logs", ids["serve"], check=False)
+    assert "(auto; within the cgroup limits 1 GB, 1 CPUs)" in serve_log.stdout + serve_log.stderr, stack.logs()
     for svc in SERVICES:
         host = inspect(ids[svc])["HostConfig"]
         assert host["Init"] is True and host["RestartPolicy"]["Name"] == "unless-stopped", (svc, host)

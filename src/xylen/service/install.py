@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from xylen.core.cgroup import Limits
 from xylen.core.errors import ConfigError
 from xylen.core.storage import fsync_dir
 from xylen.service.manager import (
@@ -190,7 +191,8 @@ def plan_install(
         raise ConfigError(
             exc.message, hint=exc.hint or f"fix {home / 'models.env'} (see models.env.example); nothing was written."
         ) from None
-    prof = resolve(settings.profile, max_memory_gb=settings.lgbm_max_memory_gb)
+    # the profile as the service will see it, not narrowed by the cgroup of the shell running this install
+    prof = resolve(settings.profile, max_memory_gb=settings.lgbm_max_memory_gb, limits=Limits())
     if platform == "systemd" and backoff is None:
         version = systemd_version()
         backoff = version is None or version >= 254  # RestartSteps came in 254; 252 warns on unknown keys
