@@ -503,3 +503,34 @@ def test_uninstall_stops_at_a_failing_disable_and_keeps_the_files(env: Env) -> N
     assert r.exit_code == 2 and "Failed to disable: Access denied" in r.output
     assert all((env.unit_dir / u).exists() for u in UNITS), "nothing removed while the services may still run"
     assert env.calls()[-1][:4] == ["systemctl", "--user", "disable", "--now"]
+
+
+def test_a_file_named_logs_is_refused_before_anything_is_written(env: Env) -> None:
+    """launchd writes the services' output to XYLEN_HOME/logs: a file in the way is found by the check that runs
+    before any write, not when the folder is created after the plists."""
+    (env.home / "logs").write_text("not a folder")
+    r = env.cli("install-service", "--platform", "launchd", "--user")
+    assert r.exit_code == 2 and "logs' is not a folder" in r.output, r.output
+    assert not env.agent_dir.exists() and not (env.home / "models.env").exists()
+
+
+def test_a_dangling_models_env_link_is_refused_and_kept(env: Env) -> None:
+    menv = env.home / "models.env"
+    menv.symlink_to(env.home / "secrets" / "models.env")  # e.g. on a volume not mounted yet
+    r = env.cli("install-service", "--platform", "systemd", "--user")
+    assert r.exit_code == 2 and "which does not exist" in r.output, r.output
+    assert menv.is_symlink() and not env.unit_dir.exists()
+
+
+def test_a_models_env_written_meanwhile_is_never_replaced(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the check (no models.env) and the write, someone writes one: install keeps theirs, puts the units
+    back and says so (the old code replaced it with the empty header)."""
+    plan = I.plan_install("systemd", "user", env.home, ["serve"], xylen=Path("/opt/x/bin/xylen"),
+                          user_home=env.user_home, backoff=False)
+    assert plan.env_action == "create"
+    (env.home / "models.env").write_text("XYLEN_API_KEYS=theirs\n")
+    with pytest.raises(ConfigError, match="appeared while installing"):
+        I.apply_install(plan)
+    assert (env.home / "models.env").read_text() == "XYLEN_API_KEYS=theirs\n"
+    assert not (env.unit_dir / UNITS[0]).exists(), "the unit written before was removed again"
+    assert no_temp_files(env.home) and no_temp_files(env.unit_dir)

@@ -224,6 +224,11 @@ def plan_install(
     _plan_env_file(plan)
     if platform == "launchd":
         plan.logs_dir = home / "logs"
+        if plan.logs_dir.exists() and not plan.logs_dir.is_dir() or plan.logs_dir.is_symlink():
+            raise ConfigError(
+                f"{str(plan.logs_dir)!r} is not a folder: launchd writes the services' output there.",
+                hint="move it away, then run this again.",
+            )
         if not plan.logs_dir.is_dir():
             _check_writable(plan.logs_dir, "fix XYLEN_HOME's permissions")
     if enable:
@@ -234,6 +239,11 @@ def plan_install(
 
 def _plan_env_file(plan: Plan) -> None:
     path = plan.env_file
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(
+            f"{str(path)!r} is a link to {os.readlink(path)!r}, which does not exist.",
+            hint="remove the link or create its target; models.env holds KEY=value settings.",
+        )
     if path.exists():
         if not path.is_file():
             raise ConfigError(f"{str(path)!r} is not a file.", hint="remove it; models.env holds KEY=value settings.")
@@ -282,6 +292,27 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
     fsync_dir(path.parent)
 
 
+def write_new(path: Path, data: bytes, mode: int) -> bool:
+    """Like write_atomic, but never replaces anything at ``path`` (a file written meanwhile, a dangling link):
+    the complete temp file is hard-linked into place, which fails if the name exists. False when it did."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
 def apply_install(plan: Plan) -> list[str]:
     """Write what ``plan`` says (refusing conflicts), then run its commands. Returns what was done, line by line."""
     if plan.conflicts:
@@ -303,6 +334,9 @@ def apply_install(plan: Plan) -> list[str]:
                 os.chown(plan.logs_dir, uid, gid)
             done.append(f"created {plan.logs_dir}")
         done.extend(_apply_env_file(plan))
+    except ConfigError:
+        _restore(written)
+        raise
     except OSError as exc:
         _restore(written)
         where = exc.filename or (written[-1].path if written else plan.home)
@@ -323,7 +357,11 @@ def _apply_env_file(plan: Plan) -> list[str]:
     path = plan.env_file
     done = []
     if plan.env_action == "create":
-        write_atomic(path, ENV_HEADER.encode(), 0o600)
+        if not write_new(path, ENV_HEADER.encode(), 0o600):
+            raise ConfigError(
+                f"{str(path)!r} appeared while installing (another install, an editor, a dangling link).",
+                hint="check it, then run this again; the services' files were put back.",
+            )
         done.append(f"created {path} (mode 0600)")
     elif plan.env_action == "chmod":
         os.chmod(path, 0o600)
