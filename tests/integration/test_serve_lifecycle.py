@@ -64,6 +64,41 @@ def test_train_if_missing_trains_in_a_child_and_the_server_stays_lean(tmp_path: 
         assert proc.wait(60) == 0
 
 
+@pytest.mark.slow
+def test_sigterm_while_training_first_stops_the_child_and_exits_0(tmp_path: Path) -> None:
+    """A service stopped while --train-if-missing trains (`docker compose stop`, `systemctl stop`) asks the training
+    child to stop (its Ctrl-C path, which cleans up), waits for it and exits 0 without serving. docker-init and
+    systemd's KillMode=mixed signal the server only: it used to die by the signal (exit 143 in the compose stack;
+    as PID 1 without an init, the image's default command, SIGTERM was ignored until SIGKILL) and leave the child
+    training on its own."""
+    import psutil
+
+    from xylen.core.registry import Registry
+
+    home = tmp_path / "home"
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "XYLEN_HOME": str(home), "OMP_NUM_THREADS": "1", "XYLEN_PROFILE": "8gb"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "xylen", "serve", "--port", str(free_port()),
+                                 "--train-if-missing"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    children: list[psutil.Process] = []
+    try:
+        children = wait_for(lambda: psutil.Process(proc.pid).children(), timeout=60, what="the training child")
+        # the child's own output (relayed) says training has begun: its Python is up, with its Ctrl-C handling
+        wait_for(lambda: "profile 8gb" in log.read_text(), timeout=120, what=f"training to start\n{log.read_text()}")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "stopped (SIGTERM) while training" in text and "Traceback" not in text, text[-3000:]
+        assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), "child left running"
+        assert Registry(home / "models").current("btcusdt-5m") is None  # cut short: nothing went live
+    finally:
+        for c in [*children, psutil.Process(proc.pid)] if proc.poll() is None else children:
+            if c.is_running():
+                c.kill()
+        proc.wait()
+
+
 def test_a_failed_training_stops_serve_with_the_trainers_exit_code(tmp_path: Path) -> None:
     """No ETHUSDT 1h candles anywhere: the training child exits 3 (bad data), and no server starts."""
     env = {**os.environ, "XYLEN_HOME": str(tmp_path / "home"), "XYLEN_SYMBOL": "ETHUSDT", "XYLEN_INTERVAL": "1h"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -116,7 +117,11 @@ def _train_if_missing(settings: Settings, names: list[str]) -> None:
         "--interval",
         settings.interval,
     ]
-    rc = _relay(argv)
+    rc, terminated = _relay(argv)
+    if terminated:
+        # a service manager's stop (docker compose stop, systemctl stop): a clean stop, like the server's own
+        err.print(f"stopped (SIGTERM) while training {default}; not starting the server.")
+        raise typer.Exit(0)
     if rc != 0:
         err.print(
             f"[bold red]error:[/] training {default} failed (exit {rc}, see above); not starting the server.",
@@ -125,19 +130,37 @@ def _train_if_missing(settings: Settings, names: list[str]) -> None:
         raise typer.Exit(130 if rc < 0 else rc)
 
 
-def _relay(argv: list[str]) -> int:
-    """Run ``argv``, copying its stdout and stderr to ours line by line (also when ours is not a terminal)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
-    assert proc.stdout is not None and proc.stderr is not None
-    errors = threading.Thread(target=_copy, args=(proc.stderr, sys.stderr), daemon=True)
-    errors.start()
+def _relay(argv: list[str]) -> tuple[int, bool]:
+    """Run ``argv``, copying its stdout and stderr to ours line by line (also when ours is not a terminal).
+
+    Returns its exit code and whether SIGTERM arrived meanwhile. docker-init and systemd (KillMode=mixed) send
+    SIGTERM to this process only: it is passed on as SIGINT, the child's Ctrl-C path (it cleans up and exits), and
+    waited for. Without the handler this process died at once (as PID 1 it ignored the signal) and left the child."""
+    terminated: list[int] = []
+    proc: subprocess.Popen[str] | None = None
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        _copy(proc.stdout, sys.stdout)
-        errors.join()
-        return proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached the child too (same process group); let it finish its cleanup
-        proc.wait()
-        raise
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+        if terminated:  # arrived before the child existed
+            proc.send_signal(signal.SIGINT)
+        assert proc.stdout is not None and proc.stderr is not None
+        errors = threading.Thread(target=_copy, args=(proc.stderr, sys.stderr), daemon=True)
+        errors.start()
+        try:
+            _copy(proc.stdout, sys.stdout)
+            errors.join()
+            return proc.wait(), bool(terminated)
+        except KeyboardInterrupt:  # Ctrl-C reached the child too (same process group); let it finish its cleanup
+            proc.wait()
+            raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _copy(src: IO[str], dst: IO[str]) -> None:
