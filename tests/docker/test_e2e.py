@@ -209,6 +209,11 @@ def test_compose_serves_collects_retrains_and_stops_cleanly(stack: Stack) -> Non
 
     # The image's default command on the same volume: serve on 0.0.0.0, allowed because models.env holds a key.
     volume = next(m["Name"] for m in inspect(ids["serve"])["Mounts"] if m["Destination"] == HOME)
+    # README: compose names the volume <project>_xylen-home (a plain `-v xylen-home:...` is another volume), and any
+    # other command reaches the stack's volume through `compose run`
+    assert volume == f"{stack.project}_xylen-home", volume
+    listed = stack.compose("run", "--rm", "--no-deps", "-T", "serve", "models", "list", timeout=300)
+    assert "btcusdt-5m" in listed and answer["model_version"] in listed, listed
     port = free_port()
     plain = docker("run", "-d", "-v", f"{volume}:{HOME}", "-p", f"127.0.0.1:{port}:8000", image_tag(stack)).stdout
     cid = plain.strip()
