@@ -275,15 +275,27 @@ def _plan_env_file(plan: Plan) -> None:
         plan.env_owner = (uid, gid)
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder: readers see the old file or the new one."""
+def _write_temp(path: Path, data: bytes, mode: int) -> str:
+    """A complete, fsynced temp file beside ``path`` with ``mode`` set before any byte lands (a secret is never
+    readable by others); removed again if writing fails."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)  # before any byte lands: a secret is never readable by others
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Temp file in the same folder, fsync, rename, fsync the folder: readers see the old file or the new one."""
+    tmp = _write_temp(path, data, mode)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -295,17 +307,11 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
 def write_new(path: Path, data: bytes, mode: int) -> bool:
     """Like write_atomic, but never replaces anything at ``path`` (a file written meanwhile, a dangling link):
     the complete temp file is hard-linked into place, which fails if the name exists. False when it did."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _write_temp(path, data, mode)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
