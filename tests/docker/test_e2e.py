@@ -26,6 +26,9 @@ from tests.docker.conftest import FIGURES, REPO, Image, docker, inspect, log_dir
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 HOME = "/var/lib/xylen"
 SERVICES = ("serve", "collect", "retrain")
+# The README's compose file, and the test's override: collect and retrain get no network (no test may reach the
+# internet), collect an exchange URL on its own loopback where nothing listens.
+COMPOSE_FILES = ("-f", str(REPO / "docker-compose.yml"), "-f", str(REPO / "tests" / "docker" / "loopback-exchange.yml"))
 # Clean-stop exit codes (README "Exit codes"): SIGTERM is the normal stop of serve (it drains), of the retrain loop
 # and of collect following live: all exit 0. docker-init passes the child's code through.
 CLEAN_EXIT = {"serve": 0, "collect": 0, "retrain": 0}
@@ -94,7 +97,7 @@ class Stack:
     url: str
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
-        return run(["docker-compose", "-p", self.project, "-f", str(REPO / "docker-compose.yml"), *args],
+        return run(["docker-compose", "-p", self.project, *COMPOSE_FILES, *args],
                    env=self.env, cwd=REPO, timeout=timeout, check=check).stdout
 
     def container(self, service: str) -> str:
@@ -129,7 +132,7 @@ def stack(image: Image) -> Iterator[Stack]:
 def test_compose_serves_collects_retrains_and_stops_cleanly(stack: Stack) -> None:
     started = time.monotonic()
     # `up` returns once serve is healthy (collect and retrain wait for it): its first start trains the sample
-    up = run(["docker-compose", "-p", stack.project, "-f", str(REPO / "docker-compose.yml"), "up", "-d", "--no-build"],
+    up = run(["docker-compose", "-p", stack.project, *COMPOSE_FILES, "up", "-d", "--no-build"],
              env=stack.env, cwd=REPO, timeout=1200, check=False)
     assert up.returncode == 0, f"docker-compose up failed:\n{up.stderr[-3000:]}\n{stack.logs()}"
     FIGURES["compose up (first-start training included)"] = f"{time.monotonic() - started:.0f} s"
@@ -170,6 +173,10 @@ def test_compose_serves_collects_retrains_and_stops_cleanly(stack: Stack) -> Non
     # The retrain loop ran (one JSON line per run in logs/retrain.jsonl, shared volume) ...
     wait_for(lambda: docker("exec", ids["retrain"], "cat", f"{HOME}/logs/retrain.jsonl", check=False).stdout.strip(),
              timeout=600, interval=2, what=f"a retrain run's log line\n{stack.logs()}")
+    # ... collect cannot reach its exchange (the override): it says so with its wait and keeps going ...
+    wait_for(lambda: "Retrying in" in docker("logs", ids["collect"], check=False).stderr, timeout=300, interval=2,
+             what=f"collect's outage warning\n{stack.logs()}")
+    assert inspect(ids["collect"])["HostConfig"]["NetworkMode"] == "none"
     # ... and collect and retrain stay up: sampled for 20 s, never restarting, never restarted.
     window_end = time.monotonic() + 20
     while True:
@@ -187,7 +194,7 @@ def test_compose_serves_collects_retrains_and_stops_cleanly(stack: Stack) -> Non
     assert client.post("/predict", json=example).status_code == 200
 
     # API keys the README's way: appended to models.env on the volume by a one-off container, then a restart.
-    keys = run(["docker-compose", "-p", stack.project, "-f", str(REPO / "docker-compose.yml"), "run", "--rm",
+    keys = run(["docker-compose", "-p", stack.project, *COMPOSE_FILES, "run", "--rm",
                 "--no-deps", "-T", "--entrypoint", "sh", "serve", "-c",
                 'umask 077 && cat >> "$XYLEN_HOME/models.env" && stat -c "%a %u" "$XYLEN_HOME/models.env"'],
                input=f"XYLEN_API_KEYS={KEY}\n", env=stack.env, cwd=REPO, timeout=300)
