@@ -118,3 +118,15 @@ def test_a_stop_request_ends_a_wait_within_a_poll_step() -> None:
     g.should_stop = None  # without a stop request the same wait is one sleep of the whole window
     g.call(lambda: calls.append(1), weight=2, what="klines")
     assert calls == [1] and c.slept[3] > 290
+
+
+def test_a_stoppable_wait_lasts_exactly_as_long_as_an_unstoppable_one() -> None:
+    """The poll steps add up to the whole wait, to the millisecond (a step short let a call out 1 ms before the
+    exchange's window ended, and the fake answered with more used weight than the cap)."""
+    for seconds in (60.0, 1.001, 0.3, 59.999):
+        c = Clock()
+        g = gov(c)
+        g.should_stop = lambda: False
+        start = c.now
+        g._wait(seconds, "test")
+        assert c.now - start == round(seconds * 1000), seconds

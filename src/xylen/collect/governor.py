@@ -130,13 +130,15 @@ class Governor:
         if self.should_stop is None:
             self.sleep(seconds)
             return
-        left = seconds
-        while left > 0:
+        # counted in whole milliseconds, so the steps add up to exactly the wait (a fake clock that advances by
+        # int(seconds * 1000) per sleep would otherwise fall a millisecond short after a float remainder)
+        total_ms, done_ms = round(seconds * 1000, 6), 0.0
+        while done_ms < total_ms:
             if self.should_stop():
                 raise StopRequested(message)
-            step = min(STOP_POLL_S, left)
-            self.sleep(step)
-            left -= step
+            step_ms = min(STOP_POLL_S * 1000, total_ms - done_ms)
+            self.sleep(step_ms / 1000)
+            done_ms += step_ms
         if self.should_stop():
             raise StopRequested(message)
 
