@@ -23,7 +23,7 @@ from xylen.core.rawmodel import resolve_backend
 from xylen.core.registry import Registry
 from xylen.core.settings import Settings
 from xylen.core.verify import verify_in_child
-from xylen.serve import routes, v2
+from xylen.serve import docs, routes, v2
 from xylen.serve.auth import KeyRing
 from xylen.serve.decode import RequestError
 from xylen.serve.gate import Gate, error_bytes
@@ -76,10 +76,12 @@ def create_app(settings: Settings, *, names: list[str] | None = None, model_path
             if jobs is not None:
                 await jobs.shutdown()  # a retrain child still running gets SIGTERM and its record says "aborted"
 
-    app = FastAPI(title="xylen", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="xylen", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # FastAPI's pages load a CDN: ours, from the package
     app.state.xylen = state
     app.include_router(routes.router)
     app.include_router(v2.router)
+    docs.install(app)
 
     async def on_request_error(_r: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)

@@ -23,6 +23,7 @@ import orjson
 
 from xylen.serve.auth import DETAIL, HostCheck, presented_key
 from xylen.serve.decode import RequestError
+from xylen.serve.docs import ASSETS
 from xylen.serve.predict import predict
 from xylen.serve.state import ServeState
 from xylen.serve.v2 import infer_body
@@ -56,6 +57,7 @@ _EXACT = frozenset(
         "/redoc",
     }
 )
+_ASSETS = ASSETS + "/"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _JSON_TYPES = (b"application/json", b"application/cloudevents+json", b"text/json")
 
@@ -64,6 +66,8 @@ def route_of(path: str) -> str:
     """A bounded label for ``path``: the route template, or "other"."""
     if path in _EXACT:
         return path
+    if path.startswith(_ASSETS):  # after the exact table: /predict never gets here
+        return "/static/docs/{file}"
     if path.startswith("/v2/models/"):
         tail = "/versions/{version}" if "/versions/" in path else ""
         for suffix in ("/infer", "/ready"):
