@@ -48,6 +48,18 @@ def chromium() -> str:
     return found
 
 
+def test_without_chromium_the_browser_tests_skip_unless_asked_to_run(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", str(tmp_path / "chromium"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("XYLEN_BROWSER_TESTS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium not found"):
+        chromium()
+    monkeypatch.setenv("XYLEN_BROWSER_TESTS", "1")
+    with pytest.raises(pytest.fail.Exception, match="chromium not found; install Debian's chromium"):
+        chromium()
+
+
 @dataclass
 class Server:
     proc: subprocess.Popen[bytes]
