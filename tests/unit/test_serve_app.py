@@ -95,31 +95,49 @@ def test_a_symbol_without_a_model_is_404_naming_the_live_ones(client: Any, body:
 
 
 def _bad_bodies(body: dict[str, Any]) -> list[tuple[str, bytes, str]]:
+    """Bad bodies whose fault lies in the candles the model reads (the last 50 of 100: min_candles + 1)."""
     c = body["candles"]
+    n = len(c)
     nan = [list(x) for x in c]
     nan[-1][4] = "NaN"
     neg = [list(x) for x in c]
-    neg[10][3] = "-1"
-    dup = c[:50] + [c[49]] + c[50:]
+    neg[-10][3] = "-1"
+    dup = c[:-10] + [c[-11]] + c[-10:]
     word = [list(x) for x in c]
-    word[5][2] = "abc"
+    word[-5][2] = "abc"
+    huge = [list(x) for x in c]
+    huge[-3][2] = "1e300"
+    tiny = [list(x) for x in c]
+    tiny[-2][3] = "1e-30"
+    much = [list(x) for x in c]
+    much[-4][5] = "1e30"
     return [
         ("malformed JSON", b'{"candles": [', "not valid JSON"),
+        ("malformed JSON before the window", orjson.dumps(body).replace(b"],[", b"],,[", 1), "not valid JSON"),
+        ("bad UTF-8 in an unused field", orjson.dumps(body | {"note": "x"}).replace(b'"x"', b'"\xff"'),
+         "not valid JSON"),
         ("not an object", b"[1, 2]", "JSON object"),
         ("missing candles", orjson.dumps({"symbol": "BTCUSDT"}), "'candles' is missing"),
+        ("candles not a list", orjson.dumps(body | {"candles": "all of them"}), "'candles' must be a list"),
+        ("meta not an object", orjson.dumps(body | {"meta": [1]}), "'meta' must be a JSON object"),
         ("too few candles", orjson.dumps(body | {"candles": c[:20]}), f"at least {features.MIN_CANDLES}"),
         ("unsorted", orjson.dumps(body | {"candles": c[::-1]}), "sorted oldest first"),
-        ("duplicate", orjson.dumps(body | {"candles": dup}), "repeats"),
-        ("NaN price", orjson.dumps(body | {"candles": nan}), "not finite"),
-        ("negative price", orjson.dumps(body | {"candles": neg}), "greater than 0"),
-        ("string price", orjson.dumps(body | {"candles": word}), "candles[5]: field 'high' value 'abc'"),
+        ("duplicate", orjson.dumps(body | {"candles": dup}), f"candles[{n - 10}].open_time repeats"),
+        ("NaN price", orjson.dumps(body | {"candles": nan}), f"candles[{n - 1}].close is not finite"),
+        ("negative price", orjson.dumps(body | {"candles": neg}), f"candles[{n - 10}].low is -1.0; prices must be "
+                                                                  "greater than 0"),
+        ("string price", orjson.dumps(body | {"candles": word}), f"candles[{n - 5}]: field 'high' value 'abc'"),
+        ("absurd price", orjson.dumps(body | {"candles": huge}), f"candles[{n - 3}].high is 1e+300, outside the "
+                                                                 "prices"),
+        ("absurdly small price", orjson.dumps(body | {"candles": tiny}), f"candles[{n - 2}].low is 1e-30, outside"),
+        ("absurd volume", orjson.dumps(body | {"candles": much}), f"candles[{n - 4}].volume is 1e+30, more than"),
         ("number as symbol", orjson.dumps(body | {"symbol": 5}), "'symbol'"),
         ("bad timeframe", orjson.dumps(body | {"timeframe": "7m"}), "'timeframe'"),
-        ("short array", orjson.dumps(body | {"candles": [[1, 2, 3]] * 60}), "candles[0]: a candle array has 3 fields"),
+        ("short array", orjson.dumps(body | {"candles": [[1, 2, 3]] * 60}), "candles[10]: a candle array has 3 fields"),
         ("object lacks close", orjson.dumps({"candles": [{"t": 1, "o": 1, "h": 1, "l": 1, "v": 1}] * 60}),
-         "lacks 'close'"),
+         "candles[10]: a candle object lacks 'close'"),
         ("infinite volume", orjson.dumps({"candles": [[i, 1, 1, 1, 1, 1e309] for i in range(60)]}).replace(
-            b"null", b"1e999"), "not valid JSON"),
+            b"null", b"1e999"), "candles[10] '[10,1,1,1,1,1e999]' holds a number no 64-bit float can hold"),
     ]
 
 
@@ -214,7 +232,8 @@ def test_openapi_documents_the_bodies(client: Any) -> None:
     assert "PredictResponse" in spec["components"]["schemas"]
     assert "notes" in spec["components"]["schemas"]["PredictResponse"]["properties"]
     assert "symbol and timeframe" in spec["paths"]["/predict"]["post"]["responses"]["404"]["description"]
-    for word in ("seconds", "microseconds", "still open", "XYLEN_CLOCK_SKEW", "consecutive"):
+    for word in ("seconds", "microseconds", "still open", "XYLEN_CLOCK_SKEW", "consecutive", "only the last",
+                 "1e-20 to 1e+20", "0 to 1e+24"):
         assert word in req["properties"]["candles"]["description"], word
     assert "409" in spec["paths"]["/models/{name}/rollback"]["post"]["responses"]  # nothing to roll back to
     assert client.get("/docs").status_code == 200

@@ -189,10 +189,10 @@ def test_times_in_seconds_and_microseconds_are_read_by_magnitude(served: Any, of
 def test_times_that_no_unit_explains_are_refused_with_the_fix(served: Any, candle_window: np.ndarray,
                                                               value: Any, needle: str) -> None:
     c = rows(candle_window)
-    c[3] = [value, *c[3][1:]]
+    c[93] = [value, *c[93][1:]]  # inside the window the model reads (the last 50 of 100)
     r = served({"candles": c})
     assert r.status_code == 422, r.text
-    assert "candles[3].open_time" in r.json()["error"] and needle in r.json()["error"]
+    assert "candles[93].open_time" in r.json()["error"] and needle in r.json()["error"]
     assert "epoch milliseconds like 1704067200000" in r.json()["error"]
 
 

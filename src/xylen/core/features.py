@@ -24,6 +24,14 @@ LOOKBACK = 48
 MIN_CANDLES = LOOKBACK + 1
 """Candles a request needs: the feature of the last candle reads the 48 before it."""
 
+PRICE_RANGE = (1e-20, 1e20)
+MAX_VOLUME = 1e24
+"""Inputs for which every feature of every feature set is finite, in any mix within one window: the widest ratio of
+two prices (1e40) and the largest volume, squared and summed over a window, stay far below the largest double
+(1.8e308), and the smallest values are normal doubles. Real markets sit well inside (prices of 1e-10 BTC to 1e9
+IDR, volumes under 1e16). /predict refuses candles outside with a 422 naming the candle and field; the property
+test in tests/unit/test_features_extreme.py drives extreme values inside through every feature set."""
+
 NAMES: tuple[str, ...] = (
     *(f"ret_{k}" for k in RET_LAGS),
     *(f"vol_{w}" for w in VOL_WINDOWS),

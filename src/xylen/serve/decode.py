@@ -7,6 +7,12 @@ is a ``RequestError`` whose message names the field and the fix; the gate turns 
 Two steps: ``decode_predict`` checks what needs no model (JSON shape, numbers, OHLC sanity, sorted unique
 times, the time unit); ``closed_window`` then checks the candles against the model that will answer (its
 interval, the still-open candle, gaps inside the feature window).
+
+Long windows: bots forward Binance's klines page as it comes (500 candles by default, 1,000 at most), but a model
+reads only its last ``min_candles``. The whole body is checked to be well-formed JSON (msgspec's decoder skips the
+candles without building them), then only the tail that the model reads, plus one candle in case the last is still
+open, is converted and checked; the candles before it are only counted. A request's cost therefore stops growing with
+the candles it sends beyond the model's window (bench/bench_predict.py measures 100 against 1,000).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -40,22 +47,42 @@ class RequestError(Exception):
 class PredictRequest:
     symbol: str | None
     timeframe: str | None
-    candles: Any  # the JSON value, decoded by ``decode_candles`` only for a model that computes features from it
+    # the JSON value, decoded by ``decode_candles`` only for a model that computes features from it: a list of
+    # msgspec.Raw (each candle's JSON text, from the fast decoder) or of decoded values (from orjson)
+    candles: Any
     features: Any  # list of numbers or {name: number}; checked against the model's names by the route
     indicators: dict[str, Any] | None  # the alpha's {name: value}: the features of a model trained elsewhere
 
 
+class _Body(msgspec.Struct):
+    """The /predict body as the fast decoder reads it: each candle stays raw JSON text (validated, not built)."""
+
+    symbol: Any = None
+    timeframe: Any = None
+    candles: list[msgspec.Raw] | None = None
+    features: Any = None
+    indicators: Any = None
+    meta: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_BODY = msgspec.json.Decoder(_Body)
+_EMPTY = (
+    "The request body is empty; send a JSON object like "
+    '{"symbol": "BTCUSDT", "timeframe": "5m", "candles": [...]}.'
+)
+
+
+def _not_json(exc: Exception) -> RequestError:
+    return RequestError(400, f"The request body is not valid JSON ({exc}); send a JSON object.")
+
+
 def loads_object(body: bytes) -> dict[str, Any]:
     if not body:
-        raise RequestError(
-            400,
-            "The request body is empty; send a JSON object like "
-            '{"symbol": "BTCUSDT", "timeframe": "5m", "candles": [...]}.',
-        )
+        raise RequestError(400, _EMPTY)
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise RequestError(400, f"The request body is not valid JSON ({exc}); send a JSON object.") from None
+        raise _not_json(exc) from None
     if not isinstance(obj, dict):
         raise RequestError(
             400,
@@ -77,8 +104,31 @@ def _opt_str(obj: dict[str, Any], key: str) -> str | None:
 
 
 def decode_predict(body: bytes) -> PredictRequest:
-    """Parse a /predict body. Candles and ``features`` are checked once the model that answers is known."""
+    """Parse a /predict body. Candles and ``features`` are checked once the model that answers is known.
+
+    The fast decoder validates the whole body as JSON but keeps each candle as its JSON text. It skips strings
+    without checking their UTF-8, so a body with any non-ASCII byte (rare: bots send ASCII) goes to orjson, which
+    checks it all; so does a body of an unexpected shape, for orjson's path to name what is wrong."""
+    if not body:
+        raise RequestError(400, _EMPTY)
+    if body.isascii():
+        try:
+            b = _BODY.decode(body)
+        except msgspec.ValidationError:
+            pass  # not an object, or candles not a list: the path below says which
+        except msgspec.DecodeError as exc:
+            raise _not_json(exc) from None
+        else:
+            meta = bytes(b.meta)  # never built: only its kind is checked
+            fields = {"symbol": b.symbol, "timeframe": b.timeframe, "features": b.features, "indicators": b.indicators}
+            return _request(fields, b.candles, meta == b"null" or meta[:1] == b"{")
     obj = loads_object(body)
+    return _request(obj, obj.get("candles"), obj.get("meta") is None or isinstance(obj["meta"], dict))
+
+
+def _request(obj: dict[str, Any], candles: Any, meta_ok: bool) -> PredictRequest:
+    if not meta_ok:
+        raise RequestError(422, "Field 'meta' must be a JSON object (or left out).")
     symbol = _opt_str(obj, "symbol")
     if symbol is not None and not (symbol.isascii() and symbol.isalnum() and 2 <= len(symbol) <= 20):
         raise RequestError(
@@ -89,21 +139,27 @@ def decode_predict(body: bytes) -> PredictRequest:
         raise RequestError(
             422, f"Field 'timeframe' {timeframe[:20]!r} is not a Binance interval; use one of {' '.join(INTERVALS)}."
         )
-    for key in ("indicators", "meta"):
-        if obj.get(key) is not None and not isinstance(obj[key], dict):
-            raise RequestError(422, f"Field {key!r} must be a JSON object (or left out).")
+    if obj.get("indicators") is not None and not isinstance(obj["indicators"], dict):
+        raise RequestError(422, "Field 'indicators' must be a JSON object (or left out).")
     indicators = obj.get("indicators") or None
     # a body with neither candles nor features is refused once the model that answers is known (predict.py): the
     # message names how many candles that model needs
-    return PredictRequest(symbol, timeframe, obj.get("candles"), obj.get("features"), indicators)
+    return PredictRequest(symbol, timeframe, candles, obj.get("features"), indicators)
 
 
-def decode_candles(
-    raw: Any, need: int = features.MIN_CANDLES, who: str = "the model"
-) -> tuple[features.CandleArrays, float | None]:
-    """Candles (sorted, unique, open_time in ms, values checked) and the last one's close_time if it was sent.
-    ``need``: the answering model's min_candles (``who`` names it), counted here before any parsing; the rest is
-    checked against the model by ``closed_window``."""
+@dataclass(frozen=True)
+class Window:
+    """The candles ``decode_candles`` converted: the request's last ones, from index ``first`` of its 'candles'."""
+
+    candles: features.CandleArrays
+    close_time: float | None  # the last candle's close_time if it was sent, in ms
+    first: int
+
+
+def decode_candles(raw: Any, need: int = features.MIN_CANDLES, who: str = "the model") -> Window:
+    """The last ``need + 1`` candles (sorted, unique, open_time in ms, values checked): what a model with
+    min_candles ``need`` reads (``who`` names it), and one more in case the last is still open. Earlier candles are
+    counted, not converted or checked. The rest is checked against the model by ``closed_window``."""
     if not isinstance(raw, list):
         raise RequestError(422, f"Field 'candles' must be a list of candles, got {type(raw).__name__}.")
     n = len(raw)
@@ -114,12 +170,34 @@ def decode_candles(
             f"{need - 1} before it). Send {need} or more, oldest first; GET /models states each model's "
             "min_candles.",
         )
-    m = _matrix(raw)
-    _check(m)
-    return features.CandleArrays.from_matrix(m), _sent_close_time(raw[-1], n - 1)
+    first = max(0, n - need - 1)
+    tail = raw[first:]
+    if tail and type(tail[0]) is msgspec.Raw:
+        tail = _decode_raw(tail, first)
+    m = _matrix(tail, first)
+    _check(m, first)
+    return Window(features.CandleArrays.from_matrix(m), _sent_close_time(tail[-1], n - 1), first)
 
 
-def _matrix(raw: list[Any]) -> np.ndarray:
+def _decode_raw(tail: list[Any], first: int) -> list[Any]:
+    """Candles kept as JSON text by the fast decoder -> values (one orjson call for the whole tail)."""
+    try:
+        return orjson.loads(b"[" + b",".join(tail) + b"]")  # type: ignore[no-any-return]
+    except orjson.JSONDecodeError:
+        pass  # valid JSON (the whole body was checked), but a number no double holds, e.g. 1e400: find the candle
+    for i, r in enumerate(tail):
+        try:
+            orjson.loads(memoryview(r))
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(
+                422,
+                f"candles[{first + i}] {bytes(r)[:120].decode()!r} holds a number no 64-bit float can hold ({exc}); "
+                "send the exchange's values.",
+            ) from None
+    raise AssertionError("unreachable: the joined candles failed but each one parses")  # pragma: no cover
+
+
+def _matrix(raw: list[Any], first: int) -> np.ndarray:
     """An (n, 6) float64 matrix: open_time, open, high, low, close, volume."""
     if all(type(r) is list for r in raw):
         # the fast path: one flat list, numeric strings and numbers alike parsed in C; every row gave 6 values
@@ -128,9 +206,9 @@ def _matrix(raw: list[Any]) -> np.ndarray:
         if len(flat) == 6 * len(raw):
             try:
                 return np.array(flat, dtype=_FLOAT).reshape(-1, 6)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, OverflowError):
                 pass  # a bad value: locate it for the message below
-    return np.array([_row(i, r) for i, r in enumerate(raw)], dtype=_FLOAT)
+    return np.array([_row(first + i, r) for i, r in enumerate(raw)], dtype=_FLOAT)
 
 
 def _row(i: int, rec: Any) -> list[float]:
@@ -141,38 +219,60 @@ def _row(i: int, rec: Any) -> list[float]:
         raise RequestError(422, f"candles[{i}]: {exc.message}" + (f" Fix: {exc.hint}" if exc.hint else "")) from None
 
 
-def _check(m: np.ndarray) -> None:
+def _check(m: np.ndarray, first: int) -> None:
+    """Values every feature can represent finitely (features.PRICE_RANGE, MAX_VOLUME), OHLC consistency, sorted
+    unique open times in ms. Indices in messages count from the request's first candle."""
     if not np.isfinite(m).all():
         i, j = (int(x) for x in np.argwhere(~np.isfinite(m))[0])
         raise RequestError(
-            422, f"candles[{i}].{_OHLCV_FIELDS[j]} is not finite ({m[i, j]}); send real numbers (no NaN or infinity)."
+            422,
+            f"candles[{first + i}].{_OHLCV_FIELDS[j]} is not finite ({m[i, j]}); send real numbers (no NaN or "
+            "infinity).",
         )
     t = m[:, 0]
     if t.min() < SECONDS_BELOW or t.max() >= MICROS_FROM:  # not all milliseconds: read each by its magnitude
-        _to_ms(t)
+        _to_ms(t, first)
     prices = m[:, 1:5]
     if (prices <= 0).any():
         i, j = (int(x) for x in np.argwhere(prices <= 0)[0])
         raise RequestError(
-            422, f"candles[{i}].{_OHLCV_FIELDS[j + 1]} is {prices[i, j]}; prices must be greater than 0."
+            422, f"candles[{first + i}].{_OHLCV_FIELDS[j + 1]} is {prices[i, j]}; prices must be greater than 0."
+        )
+    lo, hi = features.PRICE_RANGE
+    out = (prices < lo) | (prices > hi)
+    if out.any():
+        i, j = (int(x) for x in np.argwhere(out)[0])
+        raise RequestError(
+            422,
+            f"candles[{first + i}].{_OHLCV_FIELDS[j + 1]} is {float(prices[i, j])!r}, outside the prices xylen's "
+            f"features can represent finitely ({lo:g} to {hi:g}); send the exchange's prices.",
         )
     if (m[:, 5] < 0).any():
         i = int(np.argmax(m[:, 5] < 0))
-        raise RequestError(422, f"candles[{i}].volume is {m[i, 5]}; volume must be 0 or more.")
+        raise RequestError(422, f"candles[{first + i}].volume is {m[i, 5]}; volume must be 0 or more.")
+    if (m[:, 5] > features.MAX_VOLUME).any():
+        i = int(np.argmax(m[:, 5] > features.MAX_VOLUME))
+        raise RequestError(
+            422,
+            f"candles[{first + i}].volume is {float(m[i, 5])!r}, more than xylen's features can represent finitely "
+            f"({features.MAX_VOLUME:g}); send the exchange's volume (in the base asset).",
+        )
     dt = np.diff(m[:, 0])
     if (dt <= 0).any():
         i = int(np.argmax(dt <= 0)) + 1
         what = "repeats" if dt[i - 1] == 0 else "is earlier than"
         raise RequestError(
-            422, f"candles[{i}].open_time {what} candles[{i - 1}]'s; send unique candles sorted oldest first."
+            422,
+            f"candles[{first + i}].open_time {what} candles[{first + i - 1}]'s; send unique candles sorted oldest "
+            "first.",
         )
-    hi, lo = m[:, 2], m[:, 3]
-    bad = (hi < np.maximum(m[:, 1], m[:, 4])) | (lo > np.minimum(m[:, 1], m[:, 4]))
+    hi_, lo_ = m[:, 2], m[:, 3]
+    bad = (hi_ < np.maximum(m[:, 1], m[:, 4])) | (lo_ > np.minimum(m[:, 1], m[:, 4]))
     if bad.any():
         i = int(np.argmax(bad))
         raise RequestError(
             422,
-            f"candles[{i}] has high {hi[i]} / low {lo[i]} outside its open and close; "
+            f"candles[{first + i}] has high {hi_[i]} / low {lo_[i]} outside its open and close; "
             "send candles as the exchange reports them.",
         )
 
@@ -212,15 +312,34 @@ def feature_vector(raw: Any, names: list[str], field: str = "features") -> np.nd
             raise RequestError(
                 422, f"Field {field!r}: feature {names[i][:40]!r} is {str(v)[:40]!r}; send numbers (null for missing)."
             )
-    return np.array([np.nan if v is None else v for v in raw], dtype=_FLOAT)
+    try:
+        row = np.array([np.nan if v is None else v for v in raw], dtype=_FLOAT)
+    except OverflowError:  # an integer beyond any double (JSON allows any number of digits)
+        row = np.array([np.nan if v is None else _to_float(v) for v in raw], dtype=_FLOAT)
+    if np.isinf(row).any():  # null is the only non-finite value a request may send: missing (LightGBM's NaN)
+        i = int(np.argmax(np.isinf(row)))
+        raise RequestError(
+            422,
+            f"Field {field!r}: feature {names[i][:40]!r} is {str(raw[i])[:40]!r}, beyond a 64-bit float; send finite "
+            "numbers (null for missing).",
+        )
+    return row
 
 
-def _to_ms(t: np.ndarray) -> None:
+def _to_float(v: float) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return np.inf
+
+
+def _to_ms(t: np.ndarray, first: int) -> None:
     """Open times in seconds, milliseconds or microseconds -> milliseconds, in place (the readers' rule)."""
     try:
         t[:] = to_epoch_ms(t)[0]
     except TimeUnitError as exc:
-        raise RequestError(422, f"candles[{exc.index}].open_time {exc.value:.0f} is {_unit_problem(exc)}") from None
+        where = f"candles[{first + exc.index}].open_time"
+        raise RequestError(422, f"{where} {exc.value:.0f} is {_unit_problem(exc)}") from None
 
 
 def _unit_problem(exc: TimeUnitError) -> str:
@@ -274,6 +393,7 @@ def closed_window(
     skew_ms: float,
     who: str,
     need: int = features.MIN_CANDLES,
+    first: int = 0,
 ) -> tuple[features.CandleArrays, list[str]]:
     """The candles the features read, checked against the model ``who`` that answers (its ``interval``, and
     ``need``, its min_candles).
@@ -281,6 +401,7 @@ def closed_window(
     The last candle is dropped, with a note, while it is still open: its close_time (if sent), else the next
     open time, is later than ``now_ms + skew_ms``. Then the trailing ``need`` candles must be consecutive candles
     of ``interval`` on its grid: training leaves windows with gaps out, so serving does not predict on them.
+    ``first``: the index of ``c``'s first candle in the request (``Window.first``), for the messages.
     """
     notes: list[str] = []
     t = c.open_time
@@ -291,8 +412,8 @@ def closed_window(
         if close_time is not None and close_time < last:
             raise RequestError(
                 422,
-                f"candles[{len(t) - 1}].close_time {close_time:.0f} is earlier than its open_time {last}; send "
-                "Binance's close_time (open time + interval - 1 ms) or leave the field out.",
+                f"candles[{first + len(t) - 1}].close_time {close_time:.0f} is earlier than its open_time {last}; "
+                "send Binance's close_time (open time + interval - 1 ms) or leave the field out.",
             )
         # open if either time says so: a close_time that is too early must not let an open candle through
         ends = max(
@@ -305,7 +426,7 @@ def closed_window(
             if n and interval is not None and intervals.next_open(int(t[n - 1]), interval) > limit:
                 raise RequestError(
                     422,
-                    f"candles[{n - 1}] (opened at {iso(t[n - 1])}) closes after the server's clock "
+                    f"candles[{first + n - 1}] (opened at {iso(t[n - 1])}) closes after the server's clock "
                     f"({iso(now_ms)}) too; only the last candle may still be open. Check the bot's clock and "
                     "that open_time is the candle's open time in epoch milliseconds.",
                 )
@@ -320,7 +441,7 @@ def closed_window(
         ok = intervals.consecutive(w, interval)
         if not ok.all():
             j = int(np.argmin(ok)) + 1
-            i = n - need + j
+            i = first + n - need + j
             raise RequestError(
                 422,
                 f"candles[{i}] opens at {iso(w[j])}, but the {interval} candle after candles[{i - 1}] "
@@ -331,8 +452,8 @@ def closed_window(
         if not intervals.aligned(w[-1:], interval)[0]:
             raise RequestError(
                 422,
-                f"candles[{n - 1}].open_time {iso(w[-1])} is not on the {interval} grid ({who} reads {interval} "
-                "candles); send the exchange's candles as they are.",
+                f"candles[{first + n - 1}].open_time {iso(w[-1])} is not on the {interval} grid ({who} reads "
+                f"{interval} candles); send the exchange's candles as they are.",
             )
     if n == len(t):
         return c, notes

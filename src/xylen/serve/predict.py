@@ -10,9 +10,13 @@ answers for a series it was not trained for unless the operator said it may.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import orjson
 
 from xylen.core import featuresets
+from xylen.core.featuresets import FeatureSet
 from xylen.core.registry import model_name
 from xylen.serve.decode import (
     PredictRequest,
@@ -35,11 +39,8 @@ def predict(state: ServeState, body: bytes) -> bytes:
     live = route(holder, live_map, req, notes)
     fs = live.bundle.features  # the model's own feature set (None: it is sent features)
     if req.candles is not None and fs is not None:
-        candles, close_time = decode_candles(req.candles, fs.min_candles, live.who)
-        candles, dropped = closed_window(candles, close_time, live.interval or req.timeframe, state.clock() * 1000.0,
-                                         state.settings.clock_skew * 1000.0, live.who, fs.min_candles)
-        row = fs.last_row(candles)
-        notes += dropped
+        row = candle_row(fs, req.candles, live.interval or req.timeframe, state.clock() * 1000.0,
+                         state.settings.clock_skew * 1000.0, live.who, notes)
     elif req.features is not None:
         row = feature_vector(req.features, live.bundle.feature_names)
     elif req.indicators is not None and fs is None:
@@ -63,6 +64,23 @@ def predict(state: ServeState, body: bytes) -> bytes:
         for field, head in live.extra:
             out[field] = p if head is None else head(row)
     return orjson.dumps(out)
+
+
+def candle_row(fs: FeatureSet, raw: Any, interval: str | None, now_ms: float, skew_ms: float, who: str,
+               notes: list[str]) -> np.ndarray:
+    """The features of the last closed candle of ``raw`` (a request's 'candles') for the model ``who``: decoded,
+    checked against the model (decode.py), computed. Never a non-finite value: decode refuses candles outside what
+    the features represent finitely, and this checks the row itself too, so that no model ever sees one."""
+    w = decode_candles(raw, fs.min_candles, who)
+    candles, dropped = closed_window(w.candles, w.close_time, interval, now_ms, skew_ms, who, fs.min_candles, w.first)
+    notes += dropped
+    row = fs.last_row(candles)
+    if not np.isfinite(row).all():
+        j = int(np.argmin(np.isfinite(row)))
+        raise RequestError(422, f"The candles give feature {fs.names[j]!r} the value {row[j]}, which is not finite, "
+                                f"so {who} was not asked. Send the exchange's candles; if these are, report "
+                                f"it as a bug in feature set {fs.version!r}.")
+    return row
 
 
 def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, notes: list[str]) -> Live:

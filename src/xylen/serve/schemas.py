@@ -1,5 +1,5 @@
 """Pydantic models that DOCUMENT the HTTP bodies (OpenAPI at /docs). The hot path never parses with them:
-serve/decode.py reads orjson values directly (pydantic parsing costs 1.6x requests/s here)."""
+serve/decode.py reads msgspec/orjson values directly (pydantic parsing costs 1.6x requests/s here)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ CANDLES_DOC = ("At least the answering model's `min_candles` closed candles (GET
                "`min_candles` candles must be consecutive candles of the model's interval (no gaps; 422 "
                "names the row). A last candle that is still open -- its close_time, or else its next open time, is "
                "later than the server's clock plus XYLEN_CLOCK_SKEW (default 2 s) -- is dropped and the response "
-               "says so in `notes`; send `min_candles` + 1 candles when the last one may be open.")
+               "says so in `notes`; send `min_candles` + 1 candles when the last one may be open. A whole klines "
+               "page (up to 1,000) is fine: the body must be valid JSON throughout, but only the last "
+               "`min_candles` + 1 candles are converted and checked; earlier ones are only counted. Values must be "
+               f"finite, prices from {features.PRICE_RANGE[0]:g} to {features.PRICE_RANGE[1]:g} and volumes from 0 to "
+               f"{features.MAX_VOLUME:g} (what the features represent finitely); 422 names the candle and field.")
 
 
 class PredictBody(BaseModel):
@@ -38,7 +42,8 @@ class PredictBody(BaseModel):
     candles: list[list[float | str] | dict[str, float | str]] | None = Field(
         None, min_length=features.MIN_CANDLES, description=CANDLES_DOC)  # the least any feature set needs
     features: list[float | None] | dict[str, float | None] | None = Field(
-        None, description="Feature vector in the model's order, or {name: value} (see GET /v2/models/<name>).")
+        None, description="Feature vector in the model's order, or {name: value} (see GET /v2/models/<name>). "
+                          "Finite numbers; null means missing (LightGBM's NaN).")
     indicators: dict[str, Any] = Field(default_factory=dict, description=(
         "{name: value}: the features of a model trained elsewhere (a bare MODEL_PATH file, `xylen models "
         "import`), by the model's feature names; other keys are ignored, a missing name is a 422 listing them. "

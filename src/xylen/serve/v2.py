@@ -159,13 +159,24 @@ def infer_body(st: ServeState, name: str, version: str | None, body: bytes) -> d
         )
     if shape[0] > MAX_ROWS:
         raise RequestError(400, f"inputs[0].shape asks for {shape[0]} rows; send at most {MAX_ROWS}.")
+    data = t.get("data")
     try:
-        X = np.array(t.get("data"), dtype=np.float32 if dtype == "FP32" else np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # a value beyond FP32 becomes inf: refused below
+            X = np.array(data, dtype=np.float32 if dtype == "FP32" else np.float64)
     except (TypeError, ValueError):
         raise RequestError(400, "inputs[0].data must hold only numbers.") from None
     if X.size != shape[0] * n:
         raise RequestError(400, f"inputs[0].data has {X.size} values; shape {shape} needs {shape[0] * n}.")
     X = np.ascontiguousarray(X.reshape(shape[0], n), dtype=np.float64)
+    if not np.isfinite(X).all():  # null, "NaN"/"inf" strings, or beyond FP32's range (3.4e38): never to a model
+        r, j = (int(x) for x in np.argwhere(~np.isfinite(X))[0])
+        sent = data[r * n + j] if isinstance(data, list) and len(data) == X.size else X[r, j]
+        raise RequestError(
+            400,
+            f"inputs[0].data[{r * n + j}] (row {r}, feature {live.bundle.feature_names[j][:40]!r}) is "
+            f"{str(sent)[:40]!r}, which is not a finite {dtype} number; send finite numbers"
+            f"{' within +-3.4e38, or datatype FP64' if dtype == 'FP32' else ''}.",
+        )
     wanted = _requested(obj.get("outputs"), live)
     out = _outputs(live, X, wanted)
     return {
