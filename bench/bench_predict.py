@@ -14,8 +14,10 @@
    concurrency 1 (latency) and concurrency N (throughput) with wrk + a Lua body script when wrk is installed,
    else an asyncio raw-socket keep-alive client; prints p50/p99/requests/s/errors and RSS after load.
 4. Same run, same server, alternating ``--rounds`` times: two heads vs one head on the same 100-candle window
-   (the issue's aim: p50 within 10%), and the context model's 865-candle request vs the two-head ohlcv-v2 model's
-   100 candles; medians and their ratios.
+   (the issue's aim: p50 within 10%), the context model's 865-candle request vs the two-head ohlcv-v2 model's
+   100 candles, and the one-head model sent a whole klines page (500 and 1,000 candles, of which it reads the last
+   50) vs 100 candles (aim: 1,000 within 2x); medians and their ratios. With ``--against``, a second server runs
+   another checkout on the 100- and 1,000-candle bodies in the same alternation.
 """
 
 from __future__ import annotations
@@ -68,11 +70,13 @@ def build(home: Path) -> None:
               f"{1 + len(heads)} x 500 trees x 31 leaves on the full sample in {time.perf_counter() - t:.1f} s -> {v}")
 
 
-def request_body(name: str = MODEL) -> bytes:
+def request_body(name: str = MODEL, candles: int | None = None) -> bytes:
+    """A bot's body for model ``name``: its SPECS candle count, or ``candles`` (a whole klines page: 1,000)."""
     from tests.builders import sample_arrays, window_matrix
 
     symbol, _, _, _, n = SPECS[name]
-    c = sample_arrays(1000)
+    n = candles or n
+    c = sample_arrays(max(1000, n))
     w = window_matrix(c, len(c) - 1, n)
     rows = [[int(r[0]), *(repr(float(x)) for x in r[1:6]), int(r[0]) + 299_999, "0", 0,
              "0", "0", "0"] for r in w]
@@ -119,7 +123,7 @@ def baseline_models(state: object) -> dict[str, dict[str, float]]:
         live = state.holder.live[name]  # type: ignore[attr-defined]
         fs = live.bundle.features
         raw = decode_predict(body).candles
-        candles, _ = decode_candles(raw, fs.min_candles)
+        candles = decode_candles(raw, fs.min_candles).candles
         row = fs.last_row(candles)
         heads = [fn for _, fn in live.extra if fn is not None]
         out[name] = {
@@ -138,7 +142,7 @@ def baseline(state: object, body: bytes) -> dict[str, float]:
     from xylen.serve.predict import predict
 
     live = state.holder.live[MODEL]  # type: ignore[attr-defined]
-    candles, _ = decode_candles(decode_predict(body).candles)
+    candles = decode_candles(decode_predict(body).candles).candles
 
     row = features.last_row(candles)
     return {
@@ -307,8 +311,12 @@ def compare(args: argparse.Namespace, load: Callable[[int, bytes, int, float], d
     proc = start_server(args.home, port, tuple(SPECS))
     other = start_server(args.home, other_port := free_port(), (MODEL,), args.against) if args.against else None
     bodies = {name: request_body(name) for name in SPECS}
+    pages = {f"{n} candles": request_body(MODEL, n) for n in (500, 1000)}  # a klines page as bots forward it
+    bodies |= pages | {"against 1000": pages["1000 candles"]}
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
-    targets = [(name, port) for name in SPECS] + ([("against", other_port)] if other else [])
+    targets = [(name, port) for name in (*SPECS, *pages)]
+    if other:
+        targets += [("against", other_port), ("against 1000", other_port)]
     try:
         for name, at in targets:
             python_load(at, bodies.get(name, bodies[MODEL]), 4, 1.0)  # warm-up
@@ -333,12 +341,22 @@ def compare(args: argparse.Namespace, load: Callable[[int, bytes, int, float], d
         print(f"  {name:<11} {kind}{' + ' + ', '.join(heads) if heads else '':<8} {fs:<13} {n:>4} candles "
               f"({len(bodies[name]):>7,} bytes): c=1 p50 {med(name, 1, 'p50_ms'):.3f} ms  "
               f"c={args.connections} {med(name, args.connections, 'rps'):,.0f} req/s")
+    for label in pages:
+        size = len(bodies[label])
+        print(f"  {MODEL:<11} {SPECS[MODEL][1]:<16} {SPECS[MODEL][3]:<13} {label:>12} ({size:>7,} bytes): "
+              f"c=1 p50 {med(label, 1, 'p50_ms'):.3f} ms  c={args.connections} "
+              f"{med(label, args.connections, 'rps'):,.0f} req/s")
     pairs = [(HEADS, MODEL, "two heads / one head (100 candles; aim: p50 within 10%)"),
-             (CTX, HEADS, "ohlcv-ctx-v1 865 candles / ohlcv-v2 100 candles (two heads each)")]
+             (CTX, HEADS, "ohlcv-ctx-v1 865 candles / ohlcv-v2 100 candles (two heads each)"),
+             ("500 candles", MODEL, "one head, 500 candles / 100 candles"),
+             ("1000 candles", MODEL, "one head, 1,000 candles / 100 candles (aim: p50 within 2x)")]
     if other is not None:
         print(f"  {MODEL} served by {args.against}: c=1 p50 {med('against', 1, 'p50_ms'):.3f} ms  "
               f"c={args.connections} {med('against', args.connections, 'rps'):,.0f} req/s")
-        pairs.append((MODEL, "against", f"one head, this code / {args.against}"))
+        print(f"  {MODEL} served by {args.against}, 1,000 candles: c=1 p50 {med('against 1000', 1, 'p50_ms'):.3f} ms"
+              f"  c={args.connections} {med('against 1000', args.connections, 'rps'):,.0f} req/s")
+        pairs += [(MODEL, "against", f"one head, this code / {args.against}"),
+                  ("against 1000", "against", f"{args.against}: 1,000 candles / 100 candles")]
     for a, b, what in pairs:
         print(f"  {what}: p50 x{med(a, 1, 'p50_ms') / med(b, 1, 'p50_ms'):.2f}, "
               f"req/s x{med(a, args.connections, 'rps') / med(b, args.connections, 'rps'):.2f}")
