@@ -120,3 +120,24 @@ def test_decode_converts_only_the_tail(page: list[list[Any]]) -> None:
         decode.decode_candles(short.candles, features.MIN_CANDLES)
     np.testing.assert_array_equal(
         decode.decode_candles(page[-WINDOW:], features.MIN_CANDLES).candles.close, w.candles.close)
+
+
+def test_deep_nesting_is_refused_as_orjson_refused_it_and_never_a_500(client: Any, page: list[list[Any]]) -> None:
+    """msgspec's decoder recurses on the interpreter's stack: nesting it cannot follow (here 1,000-3,000 levels, in
+    a skipped candle, in ``meta`` or in ``features``) is read by orjson instead, which refuses beyond 1,024 levels
+    and reads what is shallower, as before the fast decoder."""
+    body = orjson.dumps({"symbol": "BTCUSDT", "timeframe": "5m", "candles": page})
+    want = answer(client, page)
+    for d in (1000, 3000):
+        nest = b"[" * d + b"]" * d
+        for label, deep, shallow in (
+            ("a nested candle before the window", body.replace(b"[[", b"[" + nest + b",[", 1), 200),
+            ("nested meta", body[:-1] + b',"meta":{"x":' + nest + b"}}", 200),
+            ("nested features", b'{"features":' + nest + b"}", 422),
+        ):
+            r = post(client, deep)
+            if d > 1024:
+                assert r.status_code == 400 and "not valid JSON" in r.json()["error"], (label, r.text)
+            else:
+                assert r.status_code == shallow, (label, r.text)
+                assert r.json() == want if shallow == 200 else "has 1 value(s)" in r.json()["error"], (label, r.text)

@@ -116,6 +116,8 @@ def decode_predict(body: bytes) -> PredictRequest:
             b = _BODY.decode(body)
         except msgspec.ValidationError:
             pass  # not an object, or candles not a list: the path below says which
+        except RecursionError:
+            pass  # nested deeper than msgspec follows on the interpreter's stack: orjson refuses past 1,024 levels
         except msgspec.DecodeError as exc:
             raise _not_json(exc) from None
         else:
