@@ -168,3 +168,18 @@ def test_v2_refuses_values_that_are_not_finite(client: Any, dtype: str, value: A
     assert needle in r.json()["error"]
     data[n + 3] = 3e38 if dtype == "FP32" else 1e308  # the largest values are fine
     assert post(client, "/v2/models/btcusdt-5m/infer", body).status_code == 200
+
+
+@pytest.mark.parametrize(("dtype", "value", "needle"), [
+    ("FP32", 1e39, "is '1e+39', which is not a finite FP32 number"),
+    ("FP64", None, "is 'None', which is not a finite FP64 number"),
+])
+def test_v2_quotes_the_value_sent_in_nested_data_too(client: Any, dtype: str, value: Any, needle: str) -> None:
+    """The protocol lets data be nested [[row], [row]]: the message quotes what was sent, not numpy's inf/nan."""
+    n = features.N_FEATURES
+    data = [[0.5] * n, [0.5] * n]
+    data[1][3] = value
+    body = {"inputs": [{"name": "x", "shape": [2, n], "datatype": dtype, "data": data}]}
+    r = post(client, "/v2/models/btcusdt-5m/infer", body)
+    assert r.status_code == 400, r.text
+    assert f"inputs[0].data[{n + 3}] (row 1, feature {features.NAMES[3]!r}) {needle}" in r.json()["error"]

@@ -135,6 +135,11 @@ async def infer_version(request: Request, name: str, version: str) -> Response:
     return json_response(infer_body(state_of(request), name, version, await request.body()))
 
 
+def _flat(data: Any) -> list[Any]:
+    """Tensor data as sent (flat, or nested rows: numpy already read it, so at most 32 levels), row-major."""
+    return [y for x in data for y in _flat(x)] if isinstance(data, list) else [data]
+
+
 def infer_body(st: ServeState, name: str, version: str | None, body: bytes) -> dict[str, Any]:
     live = _live(st, name, version)
     obj = loads_object(body)
@@ -170,7 +175,7 @@ def infer_body(st: ServeState, name: str, version: str | None, body: bytes) -> d
     X = np.ascontiguousarray(X.reshape(shape[0], n), dtype=np.float64)
     if not np.isfinite(X).all():  # null, "NaN"/"inf" strings, or beyond FP32's range (3.4e38): never to a model
         r, j = (int(x) for x in np.argwhere(~np.isfinite(X))[0])
-        sent = data[r * n + j] if isinstance(data, list) and len(data) == X.size else X[r, j]
+        sent = _flat(data)[r * n + j] if isinstance(data, list) else X[r, j]  # what was sent, nested or not
         raise RequestError(
             400,
             f"inputs[0].data[{r * n + j}] (row {r}, feature {live.bundle.feature_names[j][:40]!r}) is "
