@@ -141,3 +141,15 @@ def test_deep_nesting_is_refused_as_orjson_refused_it_and_never_a_500(client: An
             else:
                 assert r.status_code == shallow, (label, r.text)
                 assert r.json() == want if shallow == 200 else "has 1 value(s)" in r.json()["error"], (label, r.text)
+
+
+def test_a_candle_off_the_grid_by_less_than_a_second_is_told_in_milliseconds(client: Any,
+                                                                               page: list[list[Any]]) -> None:
+    off = [list(r) for r in page]
+    off[-5][0] += 250  # 250 ms late: the message must not say it opens when it should
+    r = post(client, orjson.dumps({"symbol": "BTCUSDT", "timeframe": "5m", "candles": off}))
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert f"candles[{N - 5}] opens at {decode.iso(page[-5][0] + 250)}" in err and ".250Z" in err, err
+    assert f"opens at {decode.iso(page[-5][0])}" in err
+    assert decode.iso(1_704_067_200_000) == "2024-01-01T00:00:00Z"

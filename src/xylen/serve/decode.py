@@ -383,8 +383,10 @@ def _sent_close_time(rec: Any, i: int) -> float | None:
 
 
 def iso(ms: float) -> str:
-    """An epoch time in ms as ISO 8601 UTC, for messages and notes."""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """An epoch time in ms as ISO 8601 UTC, for messages and notes; milliseconds shown when it has any (a candle
+    off the grid by less than a second must not read like the time it should have)."""
+    t = datetime.fromtimestamp(int(ms) // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{t}.{int(ms) % 1000:03d}Z" if int(ms) % 1000 else f"{t}Z"
 
 
 def closed_window(
