@@ -90,3 +90,21 @@ def home_copy(trained_home: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "home"
     shutil.copytree(trained_home, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def served_client(trained_home: Path) -> Any:
+    """An in-process client (the gate + FastAPI app, loopback Host) of ``trained_home``'s server, once ready."""
+    import warnings
+
+    from xylen.core.settings import load_settings
+    from xylen.serve.app import create_app
+
+    with warnings.catch_warnings():  # starlette warns at import that httpx2 would be preferred
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    app = create_app(load_settings({"home": trained_home}, environ={}))
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        wait_for(lambda: c.get("/health/ready").status_code == 200, timeout=60, what="readiness")
+        yield c

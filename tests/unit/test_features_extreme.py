@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import binance_rows, wait_for
-from tests.unit.test_serve_app import open_client
+from tests.conftest import binance_rows
 from xylen.core import features, featuresets
 from xylen.core.featuresets import FeatureSet
 from xylen.serve import decode
@@ -111,10 +108,8 @@ def test_decode_refuses_values_just_outside_naming_the_candle_and_field(candle_w
 
 
 @pytest.fixture(scope="module")
-def client(trained_home: Path) -> Iterator[Any]:
-    with open_client(trained_home) as c:
-        wait_for(lambda: c.get("/health/ready").status_code == 200, timeout=60, what="readiness")
-        yield c
+def client(served_client: Any) -> Any:
+    return served_client
 
 
 def post(client: Any, url: str, body: Any) -> Any:

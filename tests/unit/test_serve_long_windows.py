@@ -4,8 +4,6 @@ the window are counted, not converted."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,8 +11,7 @@ import orjson
 import pytest
 
 from tests.builders import window_matrix
-from tests.conftest import binance_rows, wait_for
-from tests.unit.test_serve_app import open_client
+from tests.conftest import binance_rows
 from xylen.core import features
 from xylen.serve import decode
 
@@ -24,10 +21,8 @@ WINDOW = features.MIN_CANDLES + 1  # the candles a request's answer reads: 49 + 
 
 
 @pytest.fixture(scope="module")
-def client(trained_home: Path) -> Iterator[Any]:
-    with open_client(trained_home) as c:
-        wait_for(lambda: c.get("/health/ready").status_code == 200, timeout=60, what="readiness")
-        yield c
+def client(served_client: Any) -> Any:
+    return served_client
 
 
 @pytest.fixture(scope="module")
