@@ -208,7 +208,7 @@ def _matrix(raw: list[Any], first: int) -> np.ndarray:
         if len(flat) == 6 * len(raw):
             try:
                 return np.array(flat, dtype=_FLOAT).reshape(-1, 6)
-            except (ValueError, TypeError, OverflowError):
+            except (ValueError, TypeError):
                 pass  # a bad value: locate it for the message below
     return np.array([_row(first + i, r) for i, r in enumerate(raw)], dtype=_FLOAT)
 
