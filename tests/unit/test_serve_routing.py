@@ -154,10 +154,31 @@ def test_without_symbol_and_timeframe(ready_client: Any, trained_home: Path, mul
 def test_hostile_symbols_and_timeframes_are_4xx(ready_client: Any, trained_home: Path,
                                                 candle_window: np.ndarray) -> None:
     c = ready_client(trained_home)
-    for symbol in ("../../etc/passwd", "x" * 5000, "BTC USDT", "BTC/USDT", "", "ÄÖÜ\u202e", "btcusdt-5m", 7):
+    for symbol in ("../../etc/passwd", "x" * 5000, "BTC USDT", "BTC//USDT", "BTC/USDT:USDT", "", "ÄÖÜ\u202e",
+                   "b/t-c", 7):
         r = c.post("/predict", json={"symbol": symbol, "timeframe": "5m", "candles": rows(candle_window)})
         assert r.status_code == 422, (str(symbol)[:20], r.status_code, r.text[:200])
         assert "'symbol'" in r.json()["error"] and len(r.json()["error"]) < 200  # quoted, truncated
+    # one separator is a spelling of the same pair (ccxt's BTC/USDT, OKX's BTC-USDT); a model name is no symbol
+    for symbol in ("BTC/USDT", "btc-usdt", "BTC_USDT"):
+        r = c.post("/predict", json={"symbol": symbol, "timeframe": "5m", "candles": rows(candle_window)})
+        assert r.status_code == 200 and r.json()["model"] == "btcusdt-5m", (symbol, r.text[:200])
+    r = c.post("/predict", json={"symbol": "btcusdt-5m", "timeframe": "5m", "candles": rows(candle_window)})
+    assert r.status_code == 404 and "BTCUSDT5M" in r.json()["error"]
+    for exchange in ("Kraken ", "ftx", "", 7, "binance/../x"):
+        r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": "5m", "exchange": exchange,
+                                     "candles": rows(candle_window)})
+        assert r.status_code == 422 and "'exchange'" in r.json()["error"], (exchange, r.text[:200])
+    # another exchange's market is not Binance's: no model for it, whatever the symbol
+    r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": "5m", "exchange": "kraken",
+                                 "candles": rows(candle_window)})
+    assert r.status_code == 404 and "kraken-btcusdt-5m" in r.json()["error"], r.text[:300]
+    assert "--exchange kraken" in r.json()["error"]
+    r = c.post("/predict", json={"symbol": "BTCUSDT", "exchange": "kraken", "candles": rows(candle_window)})
+    assert r.status_code == 404 and "kraken BTCUSDT" in r.json()["error"], r.text[:300]
+    r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": "5m", "exchange": "binance",
+                                 "candles": rows(candle_window)})
+    assert r.status_code == 200 and r.json()["model"] == "btcusdt-5m"
     for timeframe in ("5M", "1M ", "", "5m\x00", 5):
         r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": timeframe, "candles": rows(candle_window)})
         assert r.status_code == 422 and "timeframe" in r.json()["error"], timeframe

@@ -13,8 +13,10 @@ from xylen.cli import app, err, handled, out, settings_from
 from xylen.core.errors import ExchangeTemporaryError
 
 collect_app = typer.Typer(
-    help="Collect Binance candles into the store: backfill by REST, then follow live by websocket.\n\n"
-    "Example: xylen collect --symbols BTCUSDT,ETHUSDT --intervals 5m,1h --since 2024-01-01",
+    help="Collect candles into the store: backfill by REST, then follow live (Binance by websocket; binanceus, "
+    "bybit, okx, kraken and coinbase through ccxt, by REST polling just after each candle closes).\n\n"
+    "Example: xylen collect --symbols BTCUSDT,ETHUSDT --intervals 5m,1h --since 2024-01-01\n\n"
+    "Example: xylen collect --exchange kraken --symbols BTC/USD --intervals 1h --once",
     invoke_without_command=True,
 )
 app.add_typer(collect_app, name="collect")
@@ -52,8 +54,18 @@ class _Bars:
 @collect_app.callback()
 def collect_cmd(
     ctx: typer.Context,
+    exchange: str = typer.Option(
+        None,
+        "--exchange",
+        "-e",
+        help="binance (default), binanceus, bybit, okx, kraken or coinbase (default: the exchange setting).",
+    ),
     symbols: str = typer.Option(
-        None, "--symbols", "-s", help="Comma-separated pairs, e.g. BTCUSDT,ETHUSDT (default: the symbol setting)."
+        None,
+        "--symbols",
+        "-s",
+        help="Comma-separated pairs in the exchange's spelling (BTCUSDT, BTC-USDT, XBTUSD) or ccxt's BTC/USDT; "
+        "stored as BTCUSDT (default: the symbol setting).",
     ),
     intervals: str = typer.Option(
         None,
@@ -91,13 +103,14 @@ def collect_cmd(
             stop_on_signals,
         )
 
-        settings = settings_from(ctx)
+        settings = settings_from(ctx, exchange=exchange)
         opts = CollectOptions(
             parse_symbols(symbols or settings.symbol),
             parse_intervals(intervals or settings.interval),
             parse_time(since, "--since"),
             parse_time(until, "--until"),
             once,
+            settings.exchange,
         )
         bars = None if (quiet or as_json) else _Bars()
 
@@ -141,8 +154,10 @@ def status_cmd(
         from xylen.collect.status import rows_for_table, status
         from xylen.core.store import Store
 
-        store = Store(settings_from(ctx).data_dir)
-        summaries = status(store, int(time.time() * 1000))
+        root = settings_from(ctx).data_dir
+        now = int(time.time() * 1000)
+        summaries = [s for ex in Store.exchanges(root) for s in status(Store(root, exchange=ex), now)]
+        store = Store(root)
         if as_json:
             _json([s.to_dict() for s in summaries])
             return
@@ -162,7 +177,7 @@ def status_cmd(
         out.print(t)
         for s in summaries:
             for q in s.quarantined:
-                out.print(f"quarantined ({s.symbol} {s.interval}, unreadable): {q.file}\n  fix: {q.fix}")
+                out.print(f"quarantined ({s.exchange} {s.symbol} {s.interval}, unreadable): {q.file}\n  fix: {q.fix}")
 
 
 @collect_app.command("import")
@@ -181,6 +196,13 @@ def import_cmd(
     interval: str = typer.Option(
         None, "--interval", help="Interval (1s to 1M), when neither the name nor the candles say."
     ),
+    exchange: str = typer.Option(
+        None,
+        "--exchange",
+        "-e",
+        help="Whose market the candles are from: binance, binanceus, bybit, okx, kraken or coinbase "
+        "(default: the exchange setting, binance).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Import candle files into the store; all are checked before any is written. Duplicates are merged.
@@ -191,7 +213,9 @@ def import_cmd(
         from xylen.collect.archive import import_files
         from xylen.core.store import Store
 
-        result = import_files(Store(settings_from(ctx).data_dir), paths, symbol=symbol, interval=interval)
+        settings = settings_from(ctx, exchange=exchange)
+        store = Store(settings.data_dir, exchange=settings.exchange)
+        result = import_files(store, paths, symbol=symbol, interval=interval)
         if as_json:
             _json(result.to_dict())
         else:
@@ -204,6 +228,14 @@ def export_cmd(
     symbol: str = typer.Option(..., "--symbol", help="Pair, e.g. BTCUSDT."),
     interval: str = typer.Option(..., "--interval", help="Interval, e.g. 5m."),
     fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl, csv or parquet."),
+    exchange: str = typer.Option(
+        None,
+        "--exchange",
+        "-e",
+        help="Whose series: binance, binanceus, bybit, okx, kraken or coinbase "
+        "(default: the exchange setting, binance).",
+    ),
+
     out_path: Path = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
 ) -> None:
     """Export one stored series as JSONL, CSV or Parquet.
@@ -217,6 +249,8 @@ def export_cmd(
 
         if fmt not in ("jsonl", "csv", "parquet"):
             raise ConfigError(f"--format {fmt!r} is unknown.", hint="use jsonl, csv or parquet.")
-        n = export_series(Store(settings_from(ctx).data_dir), symbol, interval, fmt, out_path)  # type: ignore[arg-type]
+        settings = settings_from(ctx, exchange=exchange)
+        store = Store(settings.data_dir, exchange=settings.exchange)
+        n = export_series(store, symbol, interval, fmt, out_path)  # type: ignore[arg-type]
         if out_path is not None:
             err.print(f"exported {n} candles to {out_path}")

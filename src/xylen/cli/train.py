@@ -65,7 +65,17 @@ def train_cmd(
     interval: str = typer.Option(
         None, "--interval", help="Candle interval, e.g. 5m (default: from the files or settings)."
     ),
-    name: str = typer.Option(None, "--name", help="Model name in the registry (default: <symbol>-<interval>)."),
+    exchange: str = typer.Option(
+        None,
+        "--exchange",
+        help="Whose candles in the store: binance (default), binanceus, bybit, okx, kraken or coinbase.",
+    ),
+    name: str = typer.Option(
+        None,
+        "--name",
+        help="Model name in the registry (default: <symbol>-<interval>, on other exchanges than binance "
+        "<exchange>-<symbol>-<interval>, e.g. kraken-btcusd-1h).",
+    ),
     label: LabelChoice = typer.Option(
         None,
         "--label",
@@ -108,6 +118,7 @@ def train_cmd(
             profile=profile.value if profile else None,
             symbol=symbol,
             interval=interval,
+            exchange=exchange,
             label=label.value if label else None,
             extra_head=extra_head.value if extra_head else None,
             label_horizon=horizon,
@@ -126,7 +137,9 @@ def train_cmd(
             )
         from xylen.train import TrainOptions
 
-        opts = TrainOptions(data=data, symbol=symbol, interval=interval, name=name, promote=promote)
+        opts = TrainOptions(
+            data=data, symbol=symbol, interval=interval, name=name, promote=promote, exchange=settings.exchange
+        )
         run_training(settings, opts, as_json=as_json)
 
 

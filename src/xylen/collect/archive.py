@@ -22,7 +22,7 @@ import polars as pl
 from xylen.core import intervals
 from xylen.core.candles import ReadResult, combine, infer_interval, read_candles, validate
 from xylen.core.errors import ConfigError, DataError
-from xylen.core.schema import normalize_symbol
+from xylen.core.markets import canonical_symbol as normalize_symbol  # BTC/USDT is BTCUSDT
 from xylen.core.store import Store
 
 ExportFormat = Literal["jsonl", "csv", "parquet"]

@@ -6,19 +6,28 @@ candles twice (no trading, maintenance) are recorded as known gaps, so they are 
 and then never, and are never filled with invented candles. Grids come from :mod:`xylen.core.intervals`
 (weeks open on Mondays, months on the 1st). Rows whose ``close_time >= now`` (the still-open candle)
 are dropped. Each page is appended as it arrives: a kill at any point loses at most one page.
+
+The same loop serves every exchange: ``source`` is Binance's :class:`~xylen.collect.rest.Rest` or a
+:class:`~xylen.collect.ccxt_source.CcxtSource`; pages are the exchange's biggest (``source.page_limit``). An exchange
+that serves only its most recent candles (Kraken: 720, ``source.reach``) is never asked for older ones: that range
+is recorded as a known gap, with a warning, and never invented.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from xylen.collect.rest import PAGE_LIMIT, Rest, rows_to_frame
 from xylen.core import intervals
+from xylen.core.candles import fmt_ts
 from xylen.core.store import Store
+
+log = logging.getLogger("xylen.collect")
 
 DEFAULT_LOOKBACK_MS = 365 * 86_400_000  # an empty series without --since starts a year back
 
@@ -34,6 +43,7 @@ class SeriesResult:
     requests: int = 0
     ranges: list[tuple[int, int]] = field(default_factory=list)
     new_known_gaps: list[tuple[int, int]] = field(default_factory=list)
+    unreachable: list[tuple[int, int]] = field(default_factory=list)  # older than the exchange serves (Kraken)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -43,6 +53,7 @@ class SeriesResult:
             "added": self.added,
             "requests": self.requests,
             "new_known_gaps": [list(g) for g in self.new_known_gaps],
+            "unreachable": [list(g) for g in self.unreachable],
         }
 
 
@@ -76,8 +87,20 @@ def plan(
     return [(max(a, lo), min(b, end), tail) for a, b, tail in ranges if min(b, end) > max(a, lo)]
 
 
+def reach_start(source: Any, interval: str, now: int) -> int | None:
+    """The oldest open time the exchange still serves for ``interval`` (None: all of them). Kraken's OHLC answers
+    only its most recent ``reach`` candles, the still-open one included."""
+    reach = getattr(source, "reach", None)
+    if not reach:
+        return None
+    t = intervals.floor(now, interval)  # the open candle, the newest of the `reach`
+    for _ in range(reach - 1):
+        t = intervals.floor(t - 1, interval)
+    return t
+
+
 def backfill_series(
-    rest: Rest,
+    rest: Any,
     store: Store,
     symbol: str,
     interval: str,
@@ -87,14 +110,18 @@ def backfill_series(
     until: int | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    limit: int = PAGE_LIMIT,
+    limit: int | None = None,
 ) -> SeriesResult:
-    """Fetch every planned range of one series and append it; record holes the exchange has no data for.
+    """Fetch every planned range of one series from ``rest`` (the exchange's source) and append it; record holes
+    the exchange has no data for.
 
     A hole becomes a known gap only when a second request for it also comes back empty: one empty answer
-    (a glitch, a lagging replica) must not hide candles for ever."""
+    (a glitch, a lagging replica) must not hide candles for ever. A range older than the exchange serves at all
+    (``rest.reach``) is not asked for: it is recorded as a known gap and logged."""
     result = SeriesResult(symbol, interval)
+    limit = limit or rest.page_limit
     ranges = plan(store, symbol, interval, now, since, until)
+    ranges = _within_reach(rest, store, symbol, interval, now, ranges, result)
     result.ranges = [(a, b) for a, b, _ in ranges]
     pager = _Pager(rest, store, symbol, interval, now, limit, result, should_stop, progress)
     pager.total = sum(intervals.slots(a, b, interval) for a, b, _ in ranges)
@@ -125,7 +152,7 @@ class _Pager:
 
     def __init__(
         self,
-        rest: Rest,
+        rest: Any,
         store: Store,
         symbol: str,
         interval: str,
@@ -151,9 +178,9 @@ class _Pager:
         while cursor < b:
             if self.should_stop():
                 return got, False
-            rows = self.rest.klines(self.symbol, self.interval, cursor, b - 1, self.limit)
+            page, sent = self.rest.candles(self.symbol, self.interval, cursor, b - 1, self.limit)
             self.result.requests += 1
-            df = rows_to_frame(rows).filter(
+            df = page.filter(
                 (pl.col("open_time") >= cursor) & (pl.col("open_time") < b) & (pl.col("close_time") < self.now)
             )
             if df.height == 0:
@@ -165,9 +192,40 @@ class _Pager:
             self.done += intervals.slots(cursor, nxt, self.interval)
             self.report(self.done)
             cursor = nxt
-            if len(rows) < self.limit:
+            if sent < self.limit:
                 break  # the exchange sent all it has in the range
         return got, True
+
+
+def _within_reach(
+    source: Any,
+    store: Store,
+    symbol: str,
+    interval: str,
+    now: int,
+    ranges: list[tuple[int, int, bool]],
+    result: SeriesResult,
+) -> list[tuple[int, int, bool]]:
+    """``ranges`` cut to what the exchange still serves; what it cannot serve becomes a known gap (said once)."""
+    first = reach_start(source, interval, now)
+    if first is None:
+        return ranges
+    kept = []
+    known = store.known_gaps(symbol, interval)
+    for a, b, tail in ranges:
+        if a < first and not any(x <= a and min(b, first) <= y for x, y in known):  # said before: not again
+            result.unreachable.append((a, min(b, first)))
+        if b > first:
+            kept.append((max(a, first), b, tail))
+    if result.unreachable:
+        store.add_known_gaps(symbol, interval, result.unreachable)
+        lo, hi = result.unreachable[0][0], result.unreachable[-1][1]
+        log.warning(
+            "%s %s %s: %s serves only its most recent %d candles; %s .. %s is out of its reach and recorded as a "
+            "known gap (nothing invented). Import older candles from a file with `xylen collect import`.",
+            source.exchange, symbol, interval, source.exchange, source.reach, fmt_ts(lo), fmt_ts(hi),
+        )
+    return kept
 
 
 def _holes(a: int, b: int, got: list[np.ndarray], interval: str) -> list[tuple[int, int]]:

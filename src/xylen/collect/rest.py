@@ -35,7 +35,12 @@ def make_client(base_url: str, timeout_s: float = 10.0) -> Any:
 
 
 class Rest:
-    """The few market-data calls xylen needs, each governed and classified."""
+    """The few market-data calls xylen needs, each governed and classified. The backfill calls ``candles``,
+    ``resolve`` and ``check_intervals``, as it does on :class:`xylen.collect.ccxt_source.CcxtSource`."""
+
+    exchange = "binance"
+    page_limit = PAGE_LIMIT
+    reach: int | None = None  # Binance serves every candle since a market opened
 
     def __init__(self, client: Any, governor: Governor) -> None:
         self.client = client
@@ -84,7 +89,57 @@ class Rest:
             )
         return rows
 
-    def check_symbols(self, symbols: list[str]) -> None:
+    def candles(
+        self, symbol: str, interval: str, start: int, end: int | None = None, limit: int = PAGE_LIMIT
+    ) -> tuple[pl.DataFrame, int]:
+        """One page as a candle frame (sorted, one row per open_time), and how many rows Binance sent."""
+        rows = self.klines(symbol, interval, start, end, limit)
+        return rows_to_frame(rows), len(rows)
+
+    def check_intervals(self, intervals: list[str]) -> None:
+        """Binance has every interval xylen knows (xylen's interval names are Binance's)."""
+
+    def resolve(self, symbols: list[str]) -> list[Any]:
+        """Each symbol (BTCUSDT, btc/usdt, BTC-USDT) as a :class:`xylen.collect.venues.Market`, checked by one
+        exchangeInfo call; an unknown one is an ExchangeError with close matches from Binance's market list."""
+        from xylen.collect.venues import Market
+        from xylen.core.markets import canonical_symbol
+
+        names = list(dict.fromkeys(canonical_symbol(s) for s in symbols))
+        try:
+            got = self.check_symbols(names)
+        except ExchangeError as exc:
+            if "-1121" not in exc.message:
+                raise
+            raise self._unknown(exc, names) from None
+        listed = got.get("symbols", []) if isinstance(got, dict) else []
+        info = {i.get("symbol"): i for i in listed if isinstance(i, dict)}
+        out = []
+        for n in names:
+            i = info.get(n, {})
+            base, quote = i.get("baseAsset"), i.get("quoteAsset")
+            out.append(Market(n, f"{base}/{quote}" if base and quote else n, n))
+        return out
+
+    def _unknown(self, exc: ExchangeError, names: list[str]) -> ExchangeError:
+        """The -1121 answer, with close matches from the whole market list (one more call, 20 weight)."""
+        from difflib import get_close_matches
+
+        bad = names[0]
+        try:
+            everything = self._run(lambda: self.client._get("exchangeInfo"), "the market list", EXCHANGE_INFO_WEIGHT)
+            listed = [i["symbol"] for i in everything.get("symbols", []) if isinstance(i, dict) and "symbol" in i]
+        except (ExchangeError, AttributeError, TypeError, KeyError):
+            return exc  # the list is a courtesy: the refusal stands without it
+        unknown = [n for n in names if n not in set(listed)] or [bad]
+        close = get_close_matches(unknown[0], listed, n=5, cutoff=0.6)
+        return ExchangeError(
+            f"Binance does not list the symbol {unknown[0]!r}.",
+            hint=(f"did you mean {', '.join(close)}? " if close else "")
+            + "use Binance's spelling, e.g. BTCUSDT, or ccxt's BTC/USDT.",
+        )
+
+    def check_symbols(self, symbols: list[str]) -> Any:
         """One exchangeInfo call; an unknown symbol becomes the exchange's -1121 as a clear error."""
         import orjson
 
@@ -96,7 +151,7 @@ class Rest:
             )
 
         try:
-            info(symbols)
+            return info(symbols)
         except ExchangeError as exc:
             if "-1121" not in exc.message or len(symbols) == 1:
                 raise

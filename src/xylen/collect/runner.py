@@ -2,11 +2,16 @@
 
 Everything here is callable without the CLI; time (``clock``, ``sleep``) and progress reporting are
 arguments. Bad options raise ConfigError before anything touches the network or the store.
+
+Binance is reached through python-binance and followed by websocket; the other exchanges
+(:data:`xylen.core.markets.EXCHANGES`) through ccxt, followed by REST polling just after each candle closes. Both
+feed the same backfill, into the exchange's own partition of the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import threading
 import time
@@ -21,18 +26,31 @@ from xylen.collect.governor import Governor, StopRequested, wall_clock_ms
 from xylen.collect.rest import Rest, make_client
 from xylen.core.errors import ConfigError, ExchangeTemporaryError
 from xylen.core.intervals import INTERVALS
-from xylen.core.schema import normalize_symbol
+from xylen.core.markets import DEFAULT_EXCHANGE
 from xylen.core.settings import Settings
 from xylen.core.store import Store
 
+_SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_-]{1,29}")
+
 
 def parse_symbols(value: str | list[str]) -> list[str]:
-    """--symbols: comma-separated, normalised (stripped, upper case), letters and digits only."""
+    """--symbols: comma-separated, stripped; the exchange's spelling (XBTUSDT, BTC-USDT), ccxt's BTC/USDT or the
+    canonical BTCUSDT. Which market each is, is the exchange's answer (``resolve``), before anything is stored."""
     items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
-    out = [normalize_symbol(s) for s in items if s.strip()]
+    out = [_symbol(s) for s in items if s.strip()]
     if not out:
         raise ConfigError("No symbol given.", hint="pass --symbols BTCUSDT,ETHUSDT.")
     return list(dict.fromkeys(out))
+
+
+def _symbol(value: str) -> str:
+    v = value.strip()
+    if not _SYMBOL.fullmatch(v):
+        raise ConfigError(
+            f"Symbol {v[:40]!r} is not a trading pair.",
+            hint="use the exchange's spelling (BTCUSDT, BTC-USDT, XBTUSD) or ccxt's BASE/QUOTE (BTC/USDT).",
+        )
+    return v
 
 
 def parse_intervals(value: str | list[str]) -> list[str]:
@@ -78,6 +96,7 @@ class CollectOptions:
     since: int | None = None
     until: int | None = None
     once: bool = False
+    exchange: str = DEFAULT_EXCHANGE
 
     @property
     def series(self) -> list[tuple[str, str]]:
@@ -127,9 +146,15 @@ def make_rest(
     clock: Callable[[], int] = wall_clock_ms,
     sleep: Callable[[float], None] = time.sleep,
     timeout_s: float = 10.0,
-) -> Rest:
-    gov = Governor(settings.weight_budget_share, clock=clock, sleep=sleep)
-    return Rest(make_client(settings.binance_base_url, timeout_s), gov)
+    exchange: str = DEFAULT_EXCHANGE,
+) -> Any:
+    """The exchange's source: Binance's :class:`Rest` (python-binance, weight budget) or a ccxt source."""
+    if exchange == DEFAULT_EXCHANGE:
+        gov = Governor(settings.weight_budget_share, clock=clock, sleep=sleep)
+        return Rest(make_client(settings.binance_base_url, timeout_s), gov)
+    from xylen.collect.ccxt_source import make_source
+
+    return make_source(exchange, base_url=settings.exchange_base_url, timeout_s=timeout_s, clock=clock, sleep=sleep)
 
 
 # Seconds between attempts when the exchange cannot be reached before following live (the last one repeats).
@@ -161,9 +186,10 @@ def collect(
             f"--since ({opts.since}) is not before --until ({opts.until}).", hint="swap them or pick a later --until."
         )
     started = time.monotonic()
-    store = Store(settings.data_dir)
+    migrate_if_needed(settings.data_dir)
+    store = Store(settings.data_dir, exchange=opts.exchange)
     store.clean_temp()
-    rest = rest or make_rest(settings, clock=clock)
+    rest = rest or make_rest(settings, clock=clock, exchange=opts.exchange)
     rest.governor.should_stop = should_stop
     result = CollectResult()
     follows = not (opts.once or opts.until is not None)
@@ -187,7 +213,12 @@ def collect(
                     result.interrupted = True
                     break
         if follows and not result.interrupted:
-            follow(settings, opts, rest, store, clock, should_stop)
+            if opts.exchange == DEFAULT_EXCHANGE:
+                follow(settings, opts, rest, store, clock, should_stop)
+            else:
+                from xylen.collect.poll import Poller
+
+                Poller(rest, store, opts.series, clock, should_stop).run()
             result.interrupted = should_stop()
         for symbol, interval in opts.series:
             store.compact(symbol, interval)
@@ -212,7 +243,7 @@ def _backfill_all(
     """Check the symbols and backfill each series not yet done (``result.series`` holds the done ones, so a
     retry after a temporary failure resumes where it stopped; the store resumes from its last candle)."""
     if not result.series:
-        rest.check_symbols(opts.symbols)  # -1121 for any unknown symbol, before anything is stored
+        resolve(rest, store, opts)  # an unknown symbol or interval is refused before anything is stored
         for symbol, interval in opts.series:
             store.compact(symbol, interval)
     done = {(s.symbol, s.interval) for s in result.series}
@@ -235,6 +266,28 @@ def _backfill_all(
                 should_stop=should_stop,
             )
         )
+
+
+def resolve(source: Any, store: Store, opts: CollectOptions) -> None:
+    """Check the intervals and symbols with the exchange; ``opts.symbols`` become the canonical names (BTCUSDT),
+    and each market's own spelling is kept in the store's metadata (``meta/exchange=.../<SYMBOL>.market.json``)."""
+    source.check_intervals(opts.intervals)
+    markets = source.resolve(opts.symbols)
+    opts.symbols = list(dict.fromkeys(m.canonical for m in markets))
+    for m in markets:
+        if store.market(m.canonical) != m.to_dict():
+            store.set_market(m.canonical, m.to_dict())
+
+
+def migrate_if_needed(root: Any) -> None:
+    """A store from before exchanges (``klines/symbol=...``) is moved in place to ``exchange=binance`` first."""
+    import logging
+
+    from xylen.core.store_migrate import migrate, needs_migration
+
+    if needs_migration(root) is not None:
+        done = migrate(root)
+        logging.getLogger("xylen.collect").warning("store: moved the layout from before exchanges: %s", done)
 
 
 def _wait_unless_stopped(seconds: float, should_stop: Callable[[], bool]) -> bool:

@@ -80,6 +80,7 @@ class Manifest(BaseModel):
     label: dict[str, Any] = Field(default_factory=dict)
     symbol: str | None = None
     interval: str | None = None
+    exchange: str = "binance"  # where the candles came from (bundles before exchanges: binance)
     training_window: TrainingWindow | None = None
     profile: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)

@@ -30,6 +30,7 @@ import orjson
 from xylen.core.bundle import Manifest, now_iso, read_manifest, verify_artifact, write_durably
 from xylen.core.errors import BundleError, ConfigError
 from xylen.core.labels import kind_of
+from xylen.core.markets import model_name  # noqa: F401  (the registry's names: one rule in markets.py)
 from xylen.core.storage import Conflict, LocalStorage, Missing
 
 POINTER = "CURRENT.json"
@@ -39,12 +40,6 @@ HISTORY_LIMIT = 50
 _CAS_RETRIES = 200
 
 Verifier = Callable[[Path], "str | None"]  # None: the bundle is good; else the reason it is not
-
-
-def model_name(symbol: str, interval: str) -> str:
-    """The registry name of a series' model: ``btcusdt-5m``. Names are lower case, so the calendar month ``1M``
-    is spelled ``1mo`` (``1m`` is the minute)."""
-    return f"{symbol.lower()}-{'1mo' if interval == '1M' else interval}"
 
 
 def check_name(name: str) -> str:

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     symbol: str = Field(
         "BTCUSDT", validation_alias=_alias("symbol"), description="Default trading pair for train/serve, e.g. BTCUSDT."
     )
+    exchange: str = Field(
+        "binance",
+        validation_alias=_alias("exchange"),
+        description="Default exchange for collect/train/retrain: binance, binanceus, bybit, okx, kraken or coinbase.",
+    )
     interval: str = Field(
         "5m",
         validation_alias=_alias("interval"),
@@ -335,6 +340,12 @@ class Settings(BaseSettings):
         validation_alias=_alias("binance_base_url"),
         description="Binance REST base URL (keyless market data by default).",
     )
+    exchange_base_url: str | None = Field(
+        None,
+        validation_alias=_alias("exchange_base_url"),
+        description="REST base URL for the exchanges xylen reaches through ccxt (all but binance); unset: the "
+        "exchange's own public API. Point it at a mirror, a proxy or a test fake.",
+    )
     binance_ws_url: str = Field(
         "wss://data-stream.binance.vision/ws",
         validation_alias=_alias("binance_ws_url"),
@@ -363,12 +374,31 @@ class Settings(BaseSettings):
     @field_validator("symbol")
     @classmethod
     def _symbol(cls, v: str) -> str:
-        from xylen.core.schema import normalize_symbol  # the one symbol rule (store, collect, train)
+        from xylen.core.markets import canonical_symbol  # the one symbol rule (store, collect, train)
 
         try:
-            return normalize_symbol(v)
+            return canonical_symbol(v)
         except ConfigError:
-            raise ValueError("a symbol is letters and digits like BTCUSDT") from None
+            raise ValueError("a symbol is a pair like BTCUSDT or BTC/USDT") from None
+
+    @field_validator("exchange")
+    @classmethod
+    def _exchange(cls, v: str) -> str:
+        from xylen.core.markets import EXCHANGES, check_exchange
+
+        try:
+            return check_exchange(v)
+        except ConfigError:
+            raise ValueError(f"use one of {', '.join(EXCHANGES)}") from None
+
+    @field_validator("exchange_base_url", mode="before")
+    @classmethod
+    def _exchange_url(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip() or None
+            if v is not None and not v.startswith(("http://", "https://")):
+                raise ValueError("an http:// or https:// URL, like https://api.bybit.com")
+        return v
 
     @field_validator("interval")
     @classmethod

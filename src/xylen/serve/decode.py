@@ -26,7 +26,8 @@ import numpy as np
 import orjson
 
 from xylen.core import features, intervals
-from xylen.core.errors import DataError
+from xylen.core.errors import ConfigError, DataError
+from xylen.core.markets import DEFAULT_EXCHANGE, EXCHANGES, canonical_symbol
 from xylen.core.schema import INTERVALS, MICROS_FROM, SECONDS_BELOW, TimeUnitError, record_to_row, to_epoch_ms
 
 _OHLCV_FIELDS = ("open_time", "open", "high", "low", "close", "volume")
@@ -45,8 +46,9 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class PredictRequest:
-    symbol: str | None
+    symbol: str | None  # canonical (BTCUSDT), whatever the spelling sent (btc/usdt, BTC-USDT)
     timeframe: str | None
+    exchange: str  # binance unless the request names another
     # the JSON value, decoded by ``decode_candles`` only for a model that computes features from it: a list of
     # msgspec.Raw (each candle's JSON text, from the fast decoder) or of decoded values (from orjson)
     candles: Any
@@ -59,6 +61,7 @@ class _Body(msgspec.Struct):
 
     symbol: Any = None
     timeframe: Any = None
+    exchange: Any = None
     candles: list[msgspec.Raw] | None = None
     features: Any = None
     indicators: Any = None
@@ -98,9 +101,12 @@ def _opt_str(obj: dict[str, Any], key: str) -> str | None:
         return v
     raise RequestError(
         422,
-        f"Field {key!r} must be a string like {'BTCUSDT' if key == 'symbol' else '5m'}, "
+        f"Field {key!r} must be a string like {_EXAMPLES.get(key, '5m')}, "
         f"got {type(v).__name__} {str(v)[:40]!r}.",
     )
+
+
+_EXAMPLES = {"symbol": "BTCUSDT", "exchange": "binance"}
 
 
 def decode_predict(body: bytes) -> PredictRequest:
@@ -122,7 +128,8 @@ def decode_predict(body: bytes) -> PredictRequest:
             raise _not_json(exc) from None
         else:
             meta = bytes(b.meta)  # never built: only its kind is checked
-            fields = {"symbol": b.symbol, "timeframe": b.timeframe, "features": b.features, "indicators": b.indicators}
+            fields = {"symbol": b.symbol, "timeframe": b.timeframe, "exchange": b.exchange, "features": b.features,
+                      "indicators": b.indicators}
             return _request(fields, b.candles, meta == b"null" or meta[:1] == b"{")
     obj = loads_object(body)
     return _request(obj, obj.get("candles"), obj.get("meta") is None or isinstance(obj["meta"], dict))
@@ -132,9 +139,15 @@ def _request(obj: dict[str, Any], candles: Any, meta_ok: bool) -> PredictRequest
     if not meta_ok:
         raise RequestError(422, "Field 'meta' must be a JSON object (or left out).")
     symbol = _opt_str(obj, "symbol")
-    if symbol is not None and not (symbol.isascii() and symbol.isalnum() and 2 <= len(symbol) <= 20):
+    if symbol is not None:
+        symbol = _symbol(symbol)
+    exchange = _opt_str(obj, "exchange")
+    if exchange is None:
+        exchange = DEFAULT_EXCHANGE
+    elif exchange not in EXCHANGES:
         raise RequestError(
-            422, f"Field 'symbol' {symbol[:40]!r} is not a Binance symbol; send letters and digits like BTCUSDT."
+            422, f"Field 'exchange' {exchange[:40]!r} is not an exchange xylen collects from; use one of "
+            f"{', '.join(EXCHANGES)} (lower case), or leave it out for binance."
         )
     timeframe = _opt_str(obj, "timeframe")
     if timeframe is not None and timeframe not in INTERVALS:
@@ -146,7 +159,19 @@ def _request(obj: dict[str, Any], candles: Any, meta_ok: bool) -> PredictRequest
     indicators = obj.get("indicators") or None
     # a body with neither candles nor features is refused once the model that answers is known (predict.py): the
     # message names how many candles that model needs
-    return PredictRequest(symbol, timeframe, candles, obj.get("features"), indicators)
+    return PredictRequest(symbol, timeframe, exchange, candles, obj.get("features"), indicators)
+
+
+def _symbol(sent: str) -> str:
+    """The canonical symbol (markets.canonical_symbol's rule) or a 422 quoting what was sent."""
+    if sent.isascii() and sent.isalnum() and 2 <= len(sent) <= 20:
+        return sent.upper()  # the usual case, without a regex
+    try:
+        return canonical_symbol(sent)
+    except ConfigError:
+        raise RequestError(
+            422, f"Field 'symbol' {sent[:40]!r} is not a trading pair; send it like BTCUSDT or BTC/USDT."
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import orjson
 
 from xylen.core import featuresets
 from xylen.core.featuresets import FeatureSet
-from xylen.core.registry import model_name
+from xylen.core.markets import DEFAULT_EXCHANGE, exchange_flag, model_name
 from xylen.serve.decode import (
     PredictRequest,
     RequestError,
@@ -85,32 +85,37 @@ def candle_row(fs: FeatureSet, raw: Any, interval: str | None, now_ms: float, sk
 
 def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, notes: list[str]) -> Live:
     """The model that answers ``req`` (see the module docstring), or a RequestError saying why none does."""
-    symbol, timeframe = req.symbol, req.timeframe
+    symbol, timeframe, exchange = req.symbol, req.timeframe, req.exchange
+    on = exchange_flag(exchange)
     if symbol is not None and timeframe is not None:
-        name = model_name(symbol, timeframe)
+        name = model_name(symbol, timeframe, exchange)
         live = live_map.get(name)
         if live is not None:
             if live.interval is not None and live.interval != timeframe:
                 raise RequestError(422, f"Model {name!r} was trained on {live.interval} candles, but the request "
                                         f"says timeframe {timeframe!r}; retrain it on {timeframe} candles "
-                                        f"(`xylen train --symbol {symbol.upper()} --interval {timeframe}`).")
+                                        f"(`xylen train{on} --symbol {symbol} --interval {timeframe}`).")
             trained_on = live.bundle.manifest.symbol
-            if trained_on is not None and trained_on != symbol.upper():  # a misnamed model: the name is no proof
-                raise RequestError(422, f"Model {name!r} was trained on {trained_on} candles, not {symbol.upper()}; "
-                                        f"train one on {symbol.upper()} (`xylen train --symbol {symbol.upper()} "
+            if trained_on is not None and trained_on != symbol:  # a misnamed model: the name is no proof
+                raise RequestError(422, f"Model {name!r} was trained on {trained_on} candles, not {symbol}; "
+                                        f"train one on {symbol} (`xylen train{on} --symbol {symbol} "
+                                        f"--interval {timeframe}`) or rename that model.")
+            if live.exchange != exchange:
+                raise RequestError(422, f"Model {name!r} was trained on {live.exchange} candles, not {exchange}'s; "
+                                        f"train one on {exchange}'s (`xylen train{on} --symbol {symbol} "
                                         f"--interval {timeframe}`) or rename that model.")
             return live
         _not_loaded(holder, live_map, name)
         default = _default(holder, live_map)
         if default is not None and default.interval in (None, timeframe):
             trained_on = default.bundle.manifest.symbol
-            if trained_on is not None and trained_on != symbol.upper():  # say so: the bot may not expect it
-                notes.append(f"no model for {symbol} {timeframe}: answered by the default model "
-                             f"{default.name!r} (trained on {trained_on})")
+            if trained_on is not None and (trained_on, default.exchange) != (symbol, exchange):  # say so
+                notes.append(f"no model for {_market(exchange, symbol)} {timeframe}: answered by the default model "
+                             f"{default.name!r} (trained on {_market(default.exchange, trained_on)})")
             return default
-        raise RequestError(404, f"No model for {symbol} {timeframe} ({name!r})"
+        raise RequestError(404, f"No model for {_market(exchange, symbol)} {timeframe} ({name!r})"
                                 f"{_default_says(default, timeframe)}; live: {_names(live_map)}. Train one: "
-                                f"`xylen train --symbol {symbol.upper()} --interval {timeframe}`, or set "
+                                f"`xylen train{on} --symbol {symbol} --interval {timeframe}`, or set "
                                 "XYLEN_DEFAULT_MODEL to a model that may answer for other symbols.")
     if not live_map:
         _not_loaded(holder, live_map, None)
@@ -125,13 +130,20 @@ def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, n
                                 f"live: {_names(live_map)}. Send 'symbol' too, or train one with "
                                 f"`xylen train --symbol SYMBOL --interval {timeframe}`.")
     trained_on = live.bundle.manifest.symbol
-    if symbol is not None and trained_on is not None and trained_on != symbol.upper():
+    if symbol is not None and trained_on is not None and (trained_on, live.exchange) != (symbol, exchange):
         if live is not default:  # the only model served is no permission to answer for another series
-            raise RequestError(404, f"No model for {symbol}: the only live model, {live.name!r}, was trained on "
-                                    f"{trained_on}. Train one (`xylen train --symbol {symbol.upper()}`), or set "
-                                    "XYLEN_DEFAULT_MODEL to a model that may answer for other symbols.")
-        notes.append(f"no model for {symbol}: answered by the default model {live.name!r} (trained on {trained_on})")
+            raise RequestError(404, f"No model for {_market(exchange, symbol)}: the only live model, {live.name!r}, "
+                                    f"was trained on {_market(live.exchange, trained_on)}. Train one (`xylen "
+                                    f"train{on} --symbol {symbol}`), or set XYLEN_DEFAULT_MODEL to a model that may "
+                                    "answer for other symbols.")
+        notes.append(f"no model for {_market(exchange, symbol)}: answered by the default model {live.name!r} "
+                     f"(trained on {_market(live.exchange, trained_on)})")
     return live
+
+
+def _market(exchange: str, symbol: str) -> str:
+    """A market as messages name it: BTCUSDT on binance, 'kraken BTCUSD' elsewhere."""
+    return symbol if exchange == DEFAULT_EXCHANGE else f"{exchange} {symbol}"
 
 
 def _default(holder: ModelHolder, live_map: dict[str, Live]) -> Live | None:

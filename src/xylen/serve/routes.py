@@ -187,7 +187,8 @@ async def metrics(request: Request) -> Response:
 
 
 def model_rows(st: ServeState) -> list[dict[str, Any]]:
-    return [{"name": m.name, "version": m.version, "backend": m.bundle.backend,
+    return [{"name": m.name, "version": m.version, "backend": m.bundle.backend, "exchange": m.exchange,
+             "symbol": m.bundle.manifest.symbol, "interval": m.interval,
              "feature_set": m.bundle.manifest.feature_set.version, "n_features": m.bundle.num_feature(),
              "loaded_at": m.loaded_at, "predict_path": m.predict_path, "label": label_of(m.bundle.manifest),
              "outputs": m.bundle.outputs(), "min_candles": m.bundle.min_candles,

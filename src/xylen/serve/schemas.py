@@ -33,12 +33,18 @@ class PredictBody(BaseModel):
     """POST /predict. Send `candles` (models trained by xylen) or `features` (models trained elsewhere)."""
 
     symbol: str | None = Field(None, examples=["BTCUSDT"], description=(
-        "With timeframe, routes to model <symbol lower>-<timeframe>; without one, the default model "
+        "BTCUSDT, or BTC/USDT, BTC-USDT (the same market). With timeframe, routes to model "
+        "<symbol lower>-<timeframe> (see exchange); without one, the default model "
         "(XYLEN_DEFAULT_MODEL, the first --model, MODEL_PATH) answers if it has the same timeframe, else 404. "
         "Without timeframe: the default model, or the only model served if it was trained on this symbol "
         "(else 404). Left out: the default model, or the only model served."))
     timeframe: str | None = Field(None, examples=["5m"], description=(
         "Binance interval, e.g. 5m. A model never answers for another timeframe than it was trained on."))
+    exchange: str | None = Field(None, examples=["binance"], description=(
+        "Whose market the candles are from: binance (the default when left out), binanceus, bybit, okx, kraken or "
+        "coinbase. With symbol and timeframe, routes to model <exchange>-<symbol lower>-<timeframe> (binance: "
+        "<symbol lower>-<timeframe>); a model never answers for another exchange's market unless it is the default "
+        "model, and then `notes` says so."))
     candles: list[list[float | str] | dict[str, float | str]] | None = Field(
         None, min_length=features.MIN_CANDLES, description=CANDLES_DOC)  # the least any feature set needs
     features: list[float | None] | dict[str, float | None] | None = Field(
@@ -149,6 +155,13 @@ class ModelRow(BaseModel):
     name: str
     version: str
     backend: str
+    exchange: str = Field(description=(
+        "Whose candles it was trained on (binance, binanceus, bybit, okx, kraken, coinbase); /predict's "
+        "`exchange` (default binance) routes to it."), examples=["binance"])
+    symbol: str | None = Field(description="The market it was trained on (null: a model imported without one).",
+                               examples=["BTCUSDT"])
+    interval: str | None = Field(description="Its candle interval (null: a model imported without one).",
+                                 examples=["5m"])
     feature_set: str
     n_features: int
     loaded_at: float

@@ -29,8 +29,8 @@ from xylen.core.bundle import (
 from xylen.core.candles import ReadResult, combine, fmt_ts, infer_interval, read_candles, validate
 from xylen.core.errors import ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
-from xylen.core.registry import Registry, check_name, model_name
-from xylen.core.schema import normalize_symbol
+from xylen.core.markets import DEFAULT_EXCHANGE, canonical_symbol, check_exchange, exchange_flag, model_name
+from xylen.core.registry import Registry, check_name
 from xylen.core.settings import Settings
 from xylen.core.store import Store
 from xylen.profiles import Profile, resolve
@@ -56,6 +56,7 @@ class TrainOptions:
     interval: str | None = None
     name: str | None = None
     promote: bool = True
+    exchange: str | None = None  # whose candles in the store (default: the exchange setting, binance)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrainResult:
     symbol: str
     interval: str
     source: str
+    exchange: str
     rows_total: int
     rows_used: int
     metrics: dict[str, Any]
@@ -86,6 +88,7 @@ class TrainResult:
             "promoted": self.promoted,
             "symbol": self.symbol,
             "interval": self.interval,
+            "exchange": self.exchange,
             "source": self.source,
             "rows_total": self.rows_total,
             "rows_used": self.rows_used,
@@ -110,7 +113,7 @@ def sample_path() -> Path:
 
 
 def load_candles(settings: Settings, opts: TrainOptions, warnings: list[str]) -> tuple[pl.DataFrame, str, str, str]:
-    """Candles from --data files, else the store, else (for the default series) the bundled sample."""
+    """Candles from --data files, else the exchange's store, else (Binance's default series) the bundled sample."""
     if opts.data:
         reads: list[ReadResult] = [read_candles(p, interval=opts.interval, symbol=opts.symbol) for p in opts.data]
         symbols = {r.symbol for r in reads if r.symbol}
@@ -130,28 +133,35 @@ def load_candles(settings: Settings, opts: TrainOptions, warnings: list[str]) ->
         interval = opts.interval or next(iter(intervals), None) or infer_interval(df)
         if interval is None:
             raise DataError(f"Cannot tell the interval of {[str(p) for p in opts.data]}.", hint="pass --interval 5m.")
-        symbol = normalize_symbol(opts.symbol or next(iter(symbols), None) or settings.symbol)
+        symbol = canonical_symbol(opts.symbol or next(iter(symbols), None) or settings.symbol)
         for r in reads:
             warnings += [f"{Path(r.source).name}: {n}" for n in r.notes]
         source = ", ".join(str(p) for p in opts.data)
         return df, symbol, interval, source
-    symbol = normalize_symbol(opts.symbol) if opts.symbol else settings.symbol
+    symbol = canonical_symbol(opts.symbol) if opts.symbol else settings.symbol
     interval = opts.interval or settings.interval
-    store = Store(settings.data_dir)
+    exchange = exchange_of(settings, opts)
+    store = Store(settings.data_dir, exchange=exchange)
     df = store.read(symbol, interval)
     if df.height:
         return df, symbol, interval, f"store {store.series_dir(symbol, interval)}"
-    if (symbol, interval) == SAMPLE_SERIES:
+    on = exchange_flag(exchange)
+    if (symbol, interval) == SAMPLE_SERIES and exchange == DEFAULT_EXCHANGE:
         warnings.append(
             f"No {symbol} {interval} candles in the store; trained on the bundled 2023 sample. "
             "Run `xylen collect` for current data."
         )
         return read_candles(sample_path()).frame, symbol, interval, f"bundled sample {SAMPLE_FILE}"
     raise DataError(
-        f"No {symbol} {interval} candles in the store {str(store.klines)!r}.",
-        hint=f"collect them (`xylen collect --symbols {symbol} --intervals {interval} --once`) "
+        f"No {exchange} {symbol} {interval} candles in the store {str(store.klines)!r}.",
+        hint=f"collect them (`xylen collect{on} --symbols {symbol} --intervals {interval} --once`) "
         "or pass files with --data.",
     )
+
+
+def exchange_of(settings: Settings, opts: TrainOptions) -> str:
+    """The exchange a model is trained for: --exchange, else the exchange setting (binance)."""
+    return check_exchange(opts.exchange) if opts.exchange else settings.exchange
 
 
 def cap_rows(n_rows: int, profile: Profile, step_ms: int) -> tuple[int, str | None]:
@@ -194,7 +204,8 @@ def train(
     import_lightgbm()  # before evaluate or anything else imports it with scikit-learn & co (seconds of start-up)
     say("Reading candles", 0.02)
     df, symbol, interval, source = load_candles(settings, opts, warnings)
-    name = check_name(opts.name or model_name(symbol, interval))
+    exchange = exchange_of(settings, opts)
+    name = check_name(opts.name or model_name(symbol, interval, exchange))
     report = validate(df, interval, source)
     if report.gaps:
         warnings.append(
@@ -269,6 +280,7 @@ def train(
         label=spec.to_dict(),
         symbol=symbol,
         interval=interval,
+        exchange=exchange,
         training_window=TrainingWindow(
             first_open_time=int(ds.open_time[rows[0]]), last_open_time=int(ds.open_time[rows[-1]]), rows=len(rows)
         ),
@@ -300,6 +312,7 @@ def train(
         symbol=symbol,
         interval=interval,
         source=source,
+        exchange=exchange,
         rows_total=df.height,
         rows_used=len(rows),
         metrics=metrics,

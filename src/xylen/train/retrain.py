@@ -34,6 +34,7 @@ from xylen.core.bundle import (
 )
 from xylen.core.errors import BundleError, ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
+from xylen.core.markets import exchange_flag, store_of
 from xylen.core.registry import PromotionConflict, Registry
 from xylen.core.runlock import RunLock, describe
 from xylen.core.settings import Settings
@@ -321,11 +322,14 @@ def retrain_model(
     spec = heads[0].spec
     live_problem = candidate.problems(heads)
 
+    store = store_of(store, m.exchange)
     df = store.read(m.symbol, m.interval)
     if df.height == 0:
+        on = exchange_flag(m.exchange)
         raise DataError(
-            f"No {m.symbol} {m.interval} candles in the store {str(store.klines)!r} to retrain {name!r} on.",
-            hint=f"collect them: `xylen collect --symbols {m.symbol} --intervals {m.interval} --once`.",
+            f"No {m.exchange} {m.symbol} {m.interval} candles in the store {str(store.klines)!r} to retrain "
+            f"{name!r} on.",
+            hint=f"collect them: `xylen collect{on} --symbols {m.symbol} --intervals {m.interval} --once`.",
         )
     tw = m.training_window
     open_time = df["open_time"].to_numpy()
@@ -433,6 +437,7 @@ def retrain_model(
         label=spec.to_dict(),
         symbol=m.symbol,
         interval=m.interval,
+        exchange=m.exchange,
         training_window=TrainingWindow(
             first_open_time=first_open, last_open_time=int(open_time[fit[-1]]), rows=len(fit)
         ),

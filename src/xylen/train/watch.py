@@ -34,6 +34,7 @@ from xylen.core import featuresets, labels
 from xylen.core.bundle import Manifest
 from xylen.core.errors import BundleError, XylenError
 from xylen.core.intervals import approx_ms
+from xylen.core.markets import exchange_flag, store_of
 from xylen.core.registry import Registry
 from xylen.core.storage import Conflict
 from xylen.train import metrics
@@ -248,7 +249,7 @@ def record(
     since = max(int(promoted * 1000), m.training_window.last_open_time + 1)
     from xylen.train.dataset import build
 
-    df = store.read(m.symbol, m.interval, start=since - _margin_ms(m.interval, fs.lookback + 1))
+    df = store_of(store, m.exchange).read(m.symbol, m.interval, start=since - _margin_ms(m.interval, fs.lookback + 1))
     ds = build(df, m.interval, spec, fs)
     rows = ds.rows[ds.open_time[ds.rows] >= since]
     y = ds.y[rows]
@@ -312,7 +313,7 @@ def _window_frame(store: Store, m: Manifest, spec: labels.LabelSpec, fs: feature
     else:
         lo = tw.first_open_time - _margin_ms(m.interval, fs.lookback + 1)
         hi = tw.last_open_time + _margin_ms(m.interval, spec.horizon + 1)
-        df = store.read(m.symbol, m.interval, start=lo, end=hi)
+        df = store_of(store, m.exchange).read(m.symbol, m.interval, start=lo, end=hi)
     return build(df, m.interval, spec, fs)
 
 
@@ -404,7 +405,8 @@ def baseline(settings: Settings, store: Store, m: Manifest) -> tuple[Any, str | 
         return None, (
             f"the store holds {len(fit)} usable candles of the training window ({iso(tw.first_open_time / 1000)} .. "
             f"{iso(tw.last_open_time / 1000)}, {tw.rows} trained on); collect them with `xylen collect --symbols "
-            f"{m.symbol} --intervals {m.interval} --since {iso(tw.first_open_time / 1000)[:10]} --once`"
+            f"{m.symbol} --intervals {m.interval}{exchange_flag(m.exchange)} "
+            f"--since {iso(tw.first_open_time / 1000)[:10]} --once`"
         )
     import lightgbm as lgb
 
