@@ -64,6 +64,7 @@ def build_bundle(
     label: labels.LabelSpec | None = None,
     heads: tuple[str, ...] = (),
     feature_set: str = features.VERSION,
+    exchange: str = "binance",
 ) -> str:
     """Train ``rounds`` x ``leaves`` on the last ``rows`` sample candles, publish, optionally promote.
 
@@ -125,6 +126,7 @@ def build_bundle(
             heads=extra,
             symbol=symbol,
             interval=interval,
+            exchange=exchange,
             training_window=TrainingWindow(
                 first_open_time=int(c.open_time[idx[0]]), last_open_time=int(c.open_time[idx[-1]]), rows=len(idx)
             ),

@@ -328,3 +328,44 @@ def test_a_503_and_the_probes_read_no_disk(tmp_path: Path, monkeypatch: pytest.M
             assert c.post("/predict", json={"candles": rows(candle_window)}).status_code == 503
         assert c.get("/health/ready").status_code == 503
         assert len(calls) == before
+
+
+@pytest.fixture(scope="module")
+def exchanges_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """btcusdt-5m (Binance) and kraken-btcusdt-5m (the same pair on Kraken) live; kraken-ethusdt-5m is named for
+    Kraken but trained on Binance's candles (a misnamed model)."""
+    home = tmp_path_factory.mktemp("exchanges") / "home"
+    reg = Registry(home / "models")
+    build_bundle(reg, "btcusdt-5m", rounds=5, rows=800)
+    build_bundle(reg, "kraken-btcusdt-5m", rounds=5, rows=800, seed=4, exchange="kraken")
+    build_bundle(reg, "kraken-ethusdt-5m", rounds=5, rows=800, seed=5, symbol="ETHUSDT")
+    return home
+
+
+def test_each_exchange_is_answered_by_its_own_model(ready_client: Any, exchanges_home: Path,
+                                                    candle_window: np.ndarray) -> None:
+    c = ready_client(exchanges_home)
+    window = rows(candle_window)
+    for sent, model in (({}, "btcusdt-5m"), ({"exchange": "binance"}, "btcusdt-5m"),
+                        ({"exchange": "kraken"}, "kraken-btcusdt-5m")):
+        r = c.post("/predict", json={"symbol": "BTC/USDT", "timeframe": "5m", "candles": window, **sent})
+        assert r.status_code == 200 and r.json()["model"] == model, (sent, r.text[:300])
+        assert r.json()["notes"] == []
+    r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": "5m", "exchange": "okx", "candles": window})
+    assert r.status_code == 404 and "okx-btcusdt-5m" in r.json()["error"] and "--exchange okx" in r.json()["error"]
+    # a model named for Kraken but trained on Binance's candles never answers for Kraken's market
+    r = c.post("/predict", json={"symbol": "ETHUSDT", "timeframe": "5m", "exchange": "kraken", "candles": window})
+    assert r.status_code == 422 and "trained on binance candles, not kraken's" in r.json()["error"], r.text[:300]
+    models = {m["name"]: m for m in c.get("/models").json()}
+    assert (models["kraken-btcusdt-5m"]["exchange"], models["kraken-btcusdt-5m"]["symbol"]) == ("kraken", "BTCUSDT")
+    assert (models["btcusdt-5m"]["exchange"], models["btcusdt-5m"]["interval"]) == ("binance", "5m")
+
+
+def test_the_default_model_answering_another_exchange_says_so(ready_client: Any, exchanges_home: Path,
+                                                              candle_window: np.ndarray) -> None:
+    c = ready_client(exchanges_home, env={"XYLEN_DEFAULT_MODEL": "btcusdt-5m"})
+    r = c.post("/predict", json={"symbol": "BTCUSDT", "timeframe": "5m", "exchange": "okx",
+                                 "candles": rows(candle_window)})
+    assert r.status_code == 200 and r.json()["model"] == "btcusdt-5m"
+    assert r.json()["notes"] == ["no model for okx BTCUSDT 5m: answered by the default model 'btcusdt-5m' "
+                                 "(trained on BTCUSDT)"]

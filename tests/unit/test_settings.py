@@ -43,6 +43,13 @@ def test_alpha_names_are_accepted(tmp_path):
     assert s.training_interval == 6 * 3600
 
 
+def test_symbol_spellings_and_the_exchange_setting(tmp_path):
+    s = load_settings({}, environ={"XYLEN_HOME": str(tmp_path), "XYLEN_SYMBOL": "btc/usdt", "XYLEN_EXCHANGE": "Kraken"})
+    assert (s.symbol, s.exchange, s.exchange_base_url) == ("BTCUSDT", "kraken", None)
+    s = load_settings({}, environ={"XYLEN_HOME": str(tmp_path), "XYLEN_EXCHANGE_BASE_URL": " "})
+    assert (s.exchange, s.exchange_base_url) == ("binance", None)
+
+
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
@@ -51,7 +58,10 @@ def test_alpha_names_are_accepted(tmp_path):
         ({"XYLEN_PROFILE": "9gb"}, "XYLEN_PROFILE (environment) = '9gb'"),
         ({"XYLEN_INTERVAL": "7m"}, "use one of 1s 1m"),
         ({"TRAINING_INTERVAL": "soon"}, "a duration is seconds"),
-        ({"XYLEN_SYMBOL": "BTC/USDT"}, "letters and digits"),
+        ({"XYLEN_SYMBOL": "BTC//USDT"}, "a pair like BTCUSDT or BTC/USDT"),
+        ({"XYLEN_SYMBOL": "../etc"}, "XYLEN_SYMBOL (environment) = '../etc'"),
+        ({"XYLEN_EXCHANGE": "ftx"}, "use one of binance, binanceus, bybit, okx, kraken, coinbase"),
+        ({"XYLEN_EXCHANGE_BASE_URL": "api.bybit.com"}, "an http:// or https:// URL"),
     ],
 )
 def test_bad_values_name_the_variable_and_the_fix(tmp_path, env, needle):

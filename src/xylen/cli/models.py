@@ -176,7 +176,7 @@ def show_cmd(
 
             tw = m.training_window
             out.print(
-                f"trained on {m.symbol} {m.interval}: {fmt_ts(tw.first_open_time)} .. "
+                f"trained on {m.exchange} {m.symbol} {m.interval}: {fmt_ts(tw.first_open_time)} .. "
                 f"{fmt_ts(tw.last_open_time)}, {tw.rows} rows"
             )
         figures = [

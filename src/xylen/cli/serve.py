@@ -101,7 +101,7 @@ def _train_if_missing(settings: Settings, names: list[str]) -> None:
     from xylen.core.registry import Registry, model_name
 
     registry = Registry(settings.models_dir)
-    default = model_name(settings.symbol, settings.interval)
+    default = model_name(settings.symbol, settings.interval, settings.exchange)
     if registry.current(default) is not None or (names and default not in names):
         return
     err.print(f"No live {default} model in {registry.root}: training one first.")
@@ -116,6 +116,8 @@ def _train_if_missing(settings: Settings, names: list[str]) -> None:
         settings.symbol,
         "--interval",
         settings.interval,
+        "--exchange",
+        settings.exchange,
     ]
     rc, terminated = _relay(argv)
     if terminated:
