@@ -44,8 +44,8 @@ def test_partitions_span_months_and_are_hive_readable(tmp_path: Path, btc: pl.Da
     store.add_known_gaps("BTCUSDT", "1h", [(0, HOUR)])
     files = store.files("BTCUSDT", "1h")
     assert [f.relative_to(store.klines).as_posix() for f in files] == [
-        "symbol=BTCUSDT/interval=1h/year=2022/month=01/data.parquet",
-        "symbol=BTCUSDT/interval=1h/year=2022/month=02/data.parquet",
+        "exchange=binance/symbol=BTCUSDT/interval=1h/year=2022/month=01/data.parquet",
+        "exchange=binance/symbol=BTCUSDT/interval=1h/year=2022/month=02/data.parquet",
     ]
     assert "symbol" not in pl.read_parquet(files[0]).columns  # key columns live in the path only
     # the whole tree, no glob, no conversion: only parquet files live under klines/

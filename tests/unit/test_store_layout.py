@@ -53,7 +53,7 @@ def test_symbols_are_normalised_so_lower_case_finds_the_stored_series(tmp_path: 
     store.append("btcusdt", "1h", frame([0, 3_600_000], 1.0, 3_600_000))
     assert store.series() == [("BTCUSDT", "1h")]
     assert store.read("BTCUSDT", "1h").height == 2 and store.read(" btcUSDT", "1h").height == 2
-    assert store.series_dir("btcusdt", "1h") == store.klines / "symbol=BTCUSDT" / "interval=1h"
+    assert store.series_dir("btcusdt", "1h") == store.klines / "exchange=binance" / "symbol=BTCUSDT" / "interval=1h"
 
 
 def test_weekly_candles_open_on_mondays_and_monthly_on_the_first(tmp_path: Path) -> None:
@@ -64,9 +64,9 @@ def test_weekly_candles_open_on_mondays_and_monthly_on_the_first(tmp_path: Path)
         store.append("BTCUSDT", "1w", frame([ms(2024, 1, 4)], 1.0, WEEK))
     files = [f.relative_to(store.klines).as_posix().rsplit("/", 1)[0] for f in store.files("BTCUSDT", "1w")]
     assert files == [  # a weekly candle belongs to the month of its open time
-        "symbol=BTCUSDT/interval=1w/year=2024/month=01",
-        "symbol=BTCUSDT/interval=1w/year=2024/month=02",
-        "symbol=BTCUSDT/interval=1w/year=2024/month=03",
+        "exchange=binance/symbol=BTCUSDT/interval=1w/year=2024/month=01",
+        "exchange=binance/symbol=BTCUSDT/interval=1w/year=2024/month=02",
+        "exchange=binance/symbol=BTCUSDT/interval=1w/year=2024/month=03",
     ]
     months = [ms(2023, m, 1) for m in (10, 11, 12)] + [ms(2024, m, 1) for m in (1, 4, 5)]
     store.append("BTCUSDT", "1M", frame(months, 1.0, 30 * DAY))

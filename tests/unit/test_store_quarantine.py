@@ -44,7 +44,7 @@ def test_an_append_to_a_torn_month_moves_it_to_quarantine(tmp_path: Path, caplog
         store.append("BTCUSDT", "1h", hours(JAN + 100 * HOUR, 1))
     [moved] = list(store.quarantine.rglob("*"))[-1:]
     assert moved.relative_to(store.quarantine).as_posix().startswith(
-        "klines/symbol=BTCUSDT/interval=1h/year=2024/month=01/data.parquet."
+        "klines/exchange=binance/symbol=BTCUSDT/interval=1h/year=2024/month=01/data.parquet."
     )
     assert moved.read_bytes() == torn  # nothing deleted: the 100 candles' bytes are kept
     assert str(month) in caplog.text and str(moved) in caplog.text and "unreadable" in caplog.text
@@ -101,14 +101,14 @@ def test_status_lists_quarantined_files_with_their_fix(tmp_path: Path) -> None:
     by = {s["symbol"]: s for s in orjson.loads(r.stdout)}
     assert by["BTCUSDT"]["quarantined"] == [] and by["BTCUSDT"]["rows"] == 24 * 31 + 5
     [q] = by["ETHUSDT"]["quarantined"]
-    assert by["ETHUSDT"]["rows"] == 0 and "/quarantine/klines/symbol=ETHUSDT/" in q["file"]
+    assert by["ETHUSDT"]["rows"] == 0 and "/quarantine/klines/exchange=binance/symbol=ETHUSDT/" in q["file"]
     assert "--symbols ETHUSDT --intervals 1h --since 2024-01-01 --until 2024-02-01 --once" in q["fix"]
     assert [f.name for f in store.files("BTCUSDT", "1h")] == ["data.parquet"] * 2  # status folded February's tail
     r = runner.invoke(app, ["--home", str(home), "collect", "status"])
     assert r.exit_code == 0 and "Traceback" not in r.output
     text = " ".join(r.stdout.split())
-    assert "quarantined (ETHUSDT 1h, unreadable)" in text and "fix: fetch its candles again" in text
-    where = "/quarantine/klines/symbol=ETHUSDT/interval=1h/year=2024/month=01/data.parquet."
+    assert "quarantined (binance ETHUSDT 1h, unreadable)" in text and "fix: fetch its candles again" in text
+    where = "/quarantine/klines/exchange=binance/symbol=ETHUSDT/interval=1h/year=2024/month=01/data.parquet."
     assert where in r.stdout.replace("\n", "")
 
 

@@ -104,7 +104,7 @@ def test_a_complete_month_is_folded_when_the_series_moves_on(tmp_path: Path) -> 
     assert sum(n.startswith("tail-") for n in names(store)) == 2
     store.append("BTCUSDT", "1m", ones(FEB, 1))  # the first candle of February
     files = [f.relative_to(store.klines).as_posix() for f in store.files("BTCUSDT", "1m")]
-    assert files[0] == "symbol=BTCUSDT/interval=1m/year=2024/month=01/data.parquet"
+    assert files[0] == "exchange=binance/symbol=BTCUSDT/interval=1m/year=2024/month=01/data.parquet"
     assert len(files) == 2 and "/month=02/tail-" in files[1]
     assert pl.read_parquet(store.klines / files[0]).height == 100
 
@@ -149,7 +149,7 @@ def test_a_crash_between_swap_and_delete_changes_no_view(tmp_path: Path, monkeyp
     assert len(names(store)) == 2  # the folded tail is still there, its candle also in data.parquet
     assert store.read("BTCUSDT", "1m").equals(want)
     lf = pl.scan_parquet(store.klines, hive_partitioning=True)
-    direct = lf.drop("symbol", "interval", "year", "month").collect()
+    direct = lf.drop("exchange", "symbol", "interval", "year", "month").collect()
     assert direct.height == 102  # a direct reader sees that candle twice, with the same values
     assert direct.unique().sort("open_time").equals(want)
     store.compact("BTCUSDT", "1m")
@@ -263,7 +263,7 @@ def test_the_month_file_copy_wins_over_a_tail_and_the_last_named_tail_over_other
     """The README's rule for copies that differ (only two writers storing one candle at once can make them)."""
     store = Store(tmp_path)
     store.append("BTCUSDT", "1m", ones(JAN, 100))
-    prefix = "klines/symbol=BTCUSDT/interval=1m/year=2024/month=01"
+    prefix = "klines/exchange=binance/symbol=BTCUSDT/interval=1m/year=2024/month=01"
     t = JAN + 5 * MIN
     store.storage.put_new(f"{prefix}/tail-{t}-{t}-{'f' * 32}.parquet", sf.encode(ones(t, 1, marker=9.0)))
     late = JAN + 100 * MIN

@@ -180,6 +180,30 @@ def status_cmd(
                 out.print(f"quarantined ({s.exchange} {s.symbol} {s.interval}, unreadable): {q.file}\n  fix: {q.fix}")
 
 
+@collect_app.command("migrate")
+def migrate_cmd(
+    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")
+) -> None:
+    """Move a store written before exchanges (klines/symbol=...) in place to klines/exchange=binance/...,
+    with its known gaps and quarantined files. Each file moves atomically and nothing is overwritten (a file
+    already at the new place is merged); if it is interrupted, run it again to finish. Files that are not the
+    store's are left where they are and listed.
+
+    Example: xylen collect migrate
+    """
+    with handled():
+        from xylen.core.store_migrate import migrate
+
+        def waiting() -> None:
+            err.print("another `xylen collect migrate` is moving this store; waiting for it to finish")
+
+        result = migrate(settings_from(ctx).data_dir, on_wait=waiting)
+        if as_json:
+            _json(result.to_dict())
+        else:
+            out.print(escape(result.line()))
+
+
 @collect_app.command("import")
 def import_cmd(
     ctx: typer.Context,

@@ -1,11 +1,12 @@
 """The market-data store: hive-partitioned Parquet, per series and month one ``data.parquet`` plus small tails.
 
-    XYLEN_HOME/data/klines/symbol=BTCUSDT/interval=5m/year=2024/month=01/data.parquet
-    XYLEN_HOME/data/klines/symbol=BTCUSDT/interval=5m/year=2024/month=01/tail-<first>-<last>-<uuid>.parquet
+    XYLEN_HOME/data/klines/exchange=binance/symbol=BTCUSDT/interval=5m/year=2024/month=01/data.parquet
+                                                                            .../month=01/tail-<first>-<last>-<uuid>.parquet
 
-Key columns (symbol, interval, year, month) live in the path, not in the files, so polars, DuckDB and dask read
-the tree with hive partitioning and no conversion; every file under ``klines`` is Parquet with the same columns.
-A candle belongs to the month of its open_time (a weekly candle too).
+Key columns (exchange, symbol, interval, year, month) live in the path, not in the files, so polars, DuckDB and
+dask read the tree with hive partitioning and no conversion; every file under ``klines`` is Parquet with the same
+columns. A candle belongs to the month of its open_time (a weekly candle too). One ``Store`` reads and writes one
+exchange's series; ``Store.exchanges(root)`` lists the exchanges a root holds.
 
 Every write goes through the storage seam (:mod:`xylen.core.storage`), which offers no rename, append or lock
 (an object store can stand behind it):
@@ -29,12 +30,19 @@ tails (or after a crash in between, until the next compaction) it sees those can
 values: keep one row per open_time.
 
 Nothing is ever deleted: a file that cannot be read (torn by a foreign tool, a bad disk) is copied to
-``data/quarantine/<its path>.<UTC time>`` with a logged warning before its month is rewritten without it, and
-``xylen collect status`` lists it with the command that fetches its candles again. ``read`` and
-``last_open_time`` refuse a series with an unreadable file (DataError naming it), never returning fewer rows.
+``data/quarantine/<its path>.<UTC time>`` (``quarantine/klines/exchange=E/...``) with a logged warning before its
+month is rewritten without it, and ``xylen collect status`` lists it with the command that fetches its candles
+again. ``read`` and ``last_open_time`` refuse a series with an unreadable file (DataError naming it), never
+returning fewer rows.
 
 Known gaps (ranges the exchange answered twice with no candles: no trading) live in
-``data/meta/<SYMBOL>-<interval>.known_gaps.json``, merged by compare-and-swap; never re-fetched.
+``data/meta/exchange=E/<SYMBOL>-<interval>.known_gaps.json``, merged by compare-and-swap; never re-fetched.
+Market metadata (the exchange's spelling of a symbol...) lives beside them in ``<SYMBOL>.market.json``
+(:mod:`xylen.core.store_meta`).
+
+A root written before exchanges (``klines/symbol=...``, no exchange level) is refused with a DataError naming
+the command that moves it in place, ``xylen collect migrate`` (:mod:`xylen.core.store_migrate`). The check runs
+once per Store; only a clean answer is remembered, so the per-candle append path pays nothing for it.
 """
 
 from __future__ import annotations
@@ -44,20 +52,22 @@ import itertools
 import logging
 import threading
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import orjson
 import polars as pl
 
 from xylen.core import intervals
 from xylen.core import store_files as sf
+from xylen.core import store_meta as meta
 from xylen.core.candles import COLUMNS, SCHEMA, empty_frame
-from xylen.core.errors import DataError
+from xylen.core.errors import ConfigError, DataError
 from xylen.core.storage import TMP_DIR, Conflict, LocalStorage, Missing, Storage
-from xylen.core.store_files import FILE_NAME, KLINES, META, QUARANTINE, Month, Unreadable
+from xylen.core.store_files import DEFAULT_EXCHANGE, FILE_NAME, KLINES, META, QUARANTINE, Month, Unreadable
+from xylen.core.store_migrate import needs_migration, old_layout_key, refusal
+from xylen.core.store_records import AppendResult, Quarantined, SeriesSummary
 
 log = logging.getLogger("xylen.store")
 
@@ -68,67 +78,20 @@ CACHE_BYTES = 128 << 20  # open times of month files kept in memory per Store (f
 
 _SCHEMA = pl.Schema(SCHEMA)
 
-__all__ = ["FILE_NAME", "AppendResult", "Quarantined", "SeriesSummary", "Store"]
-
-
-@dataclass
-class AppendResult:
-    added: int = 0
-    duplicates: int = 0
-    files: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Quarantined:
-    """One unreadable file moved aside, and how to get its candles back."""
-
-    file: str
-    fix: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"file": self.file, "fix": self.fix}
-
-
-@dataclass
-class SeriesSummary:
-    symbol: str
-    interval: str
-    rows: int
-    first: int | None
-    last: int | None
-    gaps: list[tuple[int, int]]
-    lag_ms: int | None
-    known_gaps: list[tuple[int, int]] = field(default_factory=list)  # [start, end) the exchange has nothing in
-    quarantined: list[Quarantined] = field(default_factory=list)
-
-    @property
-    def missing(self) -> int:
-        return sum(n for _, n in self.gaps)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "symbol": self.symbol,
-            "interval": self.interval,
-            "rows": self.rows,
-            "first": self.first,
-            "last": self.last,
-            "gaps": [list(g) for g in self.gaps],
-            "missing": self.missing,
-            "known_gaps": [list(g) for g in self.known_gaps],
-            "lag_ms": self.lag_ms,
-            "quarantined": [q.to_dict() for q in self.quarantined],
-        }
+__all__ = ["FILE_NAME", "AppendResult", "Quarantined", "SeriesSummary", "Store", "needs_migration"]
 
 
 class Store:
-    """The candle store under ``root`` (``XYLEN_HOME/data``).
+    """The candles of one exchange in the store under ``root`` (``XYLEN_HOME/data``).
 
-    ``serialize_writers`` takes a per-series file lock around writes: it spares concurrent writers of one
-    series their compare-and-swap retries; correctness never depends on it.
+    ``exchange`` is a name of lower-case letters and digits (``Binance`` reads as ``binance``; anything else is a
+    ConfigError before it can name a folder). ``serialize_writers`` takes a per-series file lock around writes: it
+    spares concurrent writers of one series their compare-and-swap retries; correctness never depends on it.
     """
 
-    def __init__(self, root: str | Path, *, serialize_writers: bool = True) -> None:
+    def __init__(self, root: str | Path, exchange: str = DEFAULT_EXCHANGE, *, serialize_writers: bool = True) -> None:
         self.root = Path(root)
+        self.exchange = sf.check_exchange(exchange)
         self.storage: Storage = LocalStorage(self.root)
         self.klines = self.root / KLINES
         self.meta = self.root / META
@@ -138,13 +101,44 @@ class Store:
         self._times: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}  # month key -> (file identity, open times)
         self._times_lock = threading.Lock()  # follow mode appends several series from worker threads
         self._listings: dict[str, tuple[tuple[int, ...], Month]] = {}  # month prefix -> (folder stamp, listing)
+        self._layout_ok = False  # no file from before exchanges under root (remembered once seen)
+
+    @staticmethod
+    def exchanges(root: str | Path) -> list[str]:
+        """Every exchange with a series (stored or quarantined) under ``root``, sorted."""
+        probe = Store(root)
+        probe._check_layout()
+        names = {
+            parts[depth][len("exchange=") :]
+            for base, depth in ((KLINES, 1), (f"{QUARANTINE}/{KLINES}", 2))
+            for parts in (key.split("/") for key in probe.storage.list(base))
+            if len(parts) > depth + 1 and parts[depth].startswith("exchange=")
+        }
+        found = []
+        for name in sorted(names):
+            try:
+                store = Store(root, name)
+            except ConfigError:
+                continue  # a folder someone else made
+            if store.exchange == name and (store.series() or store.quarantined_series()):
+                found.append(name)
+        return found
+
+    def _check_layout(self) -> None:
+        """Refuse a root that still holds files from before exchanges (a DataError naming one and the fix)."""
+        if self._layout_ok:
+            return
+        old = old_layout_key(self.storage)
+        if old is not None:
+            raise refusal(self.root, old)  # checked again next time: `xylen collect migrate` may run meanwhile
+        self._layout_ok = True
 
     # ---------------------------------------------------------------- layout
     def series_prefix(self, symbol: str, interval: str) -> str:
         """The storage key of a series' folder. The symbol is normalised (btcusdt -> BTCUSDT); anything that is
         not a symbol (letters and digits, 2-20) or not a Binance interval is refused with a ConfigError."""
         sym, iv = sf.check_series(symbol, interval)
-        return f"{KLINES}/symbol={sym}/interval={iv}"
+        return f"{KLINES}/exchange={self.exchange}/symbol={sym}/interval={iv}"
 
     def series_dir(self, symbol: str, interval: str) -> Path:
         return self.root / self.series_prefix(symbol, interval)
@@ -153,8 +147,9 @@ class Store:
         return self.root / self._month(symbol, interval, year, month).data_key
 
     def series(self) -> list[tuple[str, str]]:
-        """Every (symbol, interval) with at least one file under ``klines``, sorted."""
-        return sf.series_of(self.storage.list(KLINES), depth=1)
+        """Every (symbol, interval) of this exchange with at least one file under ``klines``, sorted."""
+        self._check_layout()
+        return sf.series_of(self.storage.list(f"{KLINES}/exchange={self.exchange}"), depth=2)
 
     def files(self, symbol: str, interval: str) -> list[Path]:
         """Every Parquet file of a series (month files and tails), sorted by path."""
@@ -165,6 +160,7 @@ class Store:
 
     def _months(self, symbol: str, interval: str) -> list[Month]:
         prefix = self.series_prefix(symbol, interval)
+        self._check_layout()
         return sf.months_of(prefix, self.storage.list(prefix))
 
     def _listed(self, m: Month) -> Month:
@@ -323,6 +319,7 @@ class Store:
         """Store candles (one per open_time: new rows win over stored ones). Small all-new appends are tails."""
         result = AppendResult()
         self.series_prefix(symbol, interval)
+        self._check_layout()
         if df.height == 0:
             return result
         if df.schema != _SCHEMA:  # already conforming (a decoded candle): skip two polars calls
@@ -397,6 +394,8 @@ class Store:
 
         Returns how many tails were folded. Safe while other writers append (compare-and-swap)."""
         folded = 0
+        self.series_prefix(symbol, interval)
+        self._check_layout()  # before the lock: a refused root gets no lock file either
         with self._writing(symbol, interval):
             for m in self._months(symbol, interval):
                 if not m.tails:
@@ -487,11 +486,14 @@ class Store:
     def quarantined(self, symbol: str, interval: str) -> list[Quarantined]:
         """The series' files moved to quarantine/, each with the command that fetches its candles again."""
         prefix = f"{QUARANTINE}/{self.series_prefix(symbol, interval)}"
+        self._check_layout()
         skip = len(QUARANTINE) + 1
         return [Quarantined(str(self.root / k), sf.fix_for(k[skip:])) for k in self.storage.list(prefix)]
 
     def quarantined_series(self) -> list[tuple[str, str]]:
-        return sf.series_of(self.storage.list(f"{QUARANTINE}/{KLINES}"), depth=2)
+        """Every (symbol, interval) of this exchange with a file in quarantine/, sorted."""
+        self._check_layout()
+        return sf.series_of(self.storage.list(f"{QUARANTINE}/{KLINES}/exchange={self.exchange}"), depth=3)
 
     def _writing(self, symbol: str, interval: str) -> contextlib.AbstractContextManager[None]:
         return self.lock(symbol, interval) if self.serialize_writers else contextlib.nullcontext()
@@ -505,33 +507,30 @@ class Store:
         """Remove temp files left by killed writers (their renames never happened: the data files are intact)."""
         return self.storage.clean_temp() if isinstance(self.storage, LocalStorage) else 0
 
-    # ---------------------------------------------------------------- known gaps, summary
-    def _gaps_key(self, symbol: str, interval: str) -> str:
-        sym, iv = sf.check_series(symbol, interval)
-        return f"{META}/{sym}-{iv}.known_gaps.json"
-
+    # ---------------------------------------------------------------- known gaps, market metadata, summary
     def known_gaps(self, symbol: str, interval: str) -> list[tuple[int, int]]:
         """Ranges [start, end) of open_time in which the exchange answered no candles (no trading)."""
-        got = self.storage.read_versioned(self._gaps_key(symbol, interval))
-        return [] if got is None else sf.parse_gaps(got.data)
+        key = meta.gaps_key(self.exchange, symbol, interval)
+        self._check_layout()
+        return meta.read_gaps(self.storage, key)
 
     def add_known_gaps(self, symbol: str, interval: str, gaps: list[tuple[int, int]]) -> None:
         """Merge ranges into the known gaps by compare-and-swap: two collectors never lose each other's gaps."""
-        key = self._gaps_key(symbol, interval)
-        if not gaps:
-            return
-        for _ in range(MAX_ATTEMPTS):
-            got = self.storage.read_versioned(key)
-            old = [] if got is None else sf.parse_gaps(got.data)
-            merged = sf.merge_ranges([*old, *gaps])
-            if got is not None and merged == old:
-                return
-            try:
-                self.storage.swap(key, orjson.dumps(merged), got.token if got else None)
-                return
-            except Conflict:
-                continue
-        raise DataError(f"Gave up writing {key!r}: too many conflicting writers.", hint="run it again.")
+        key = meta.gaps_key(self.exchange, symbol, interval)
+        self._check_layout()
+        meta.add_gaps(self.storage, key, gaps)
+
+    def market(self, symbol: str) -> dict[str, Any] | None:
+        """The market metadata stored for ``symbol`` (e.g. the exchange's own spelling), or None."""
+        key = meta.market_key(self.exchange, symbol)
+        self._check_layout()
+        return meta.read_market(self.storage, key)
+
+    def set_market(self, symbol: str, info: dict[str, Any]) -> None:
+        """Store ``info`` (a JSON object) as the market metadata of ``symbol``, replacing what was there."""
+        key = meta.market_key(self.exchange, symbol)
+        self._check_layout()
+        meta.write_market(self.storage, key, info)
 
     def summary(self, symbol: str, interval: str, now_ms: int | None = None) -> SeriesSummary:
         """First/last candle, rows, gaps (not counting known ones), lag behind ``now_ms``, quarantined files."""
@@ -539,7 +538,7 @@ class Store:
         known = self.known_gaps(symbol, interval)
         moved = self.quarantined(symbol, interval)
         if df.height == 0:
-            return SeriesSummary(symbol, interval, 0, None, None, [], None, known, moved)
+            return SeriesSummary(symbol, interval, 0, None, None, [], None, known, moved, self.exchange)
         t = df["open_time"].to_numpy()
         gaps = [
             gap
@@ -548,4 +547,4 @@ class Store:
         ]
         now_ms = now_ms if now_ms is not None else int(datetime.now(timezone.utc).timestamp() * 1000)
         lag = max(0, now_ms - intervals.next_open(int(t[-1]), interval))  # since the last stored candle closed
-        return SeriesSummary(symbol, interval, df.height, int(t[0]), int(t[-1]), gaps, lag, known, moved)
+        return SeriesSummary(symbol, interval, df.height, int(t[0]), int(t[-1]), gaps, lag, known, moved, self.exchange)

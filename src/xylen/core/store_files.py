@@ -1,6 +1,6 @@
 """The candle store's files: their names, their encoding, and the one rule that merges a month's copies.
 
-A month partition ``klines/symbol=S/interval=I/year=YYYY/month=MM/`` holds ``data.parquet`` and tails
+A month partition ``klines/exchange=E/symbol=S/interval=I/year=YYYY/month=MM/`` holds ``data.parquet`` and tails
 ``tail-<first open_time>-<last open_time>-<uuid>.parquet`` (same columns). :func:`view` is the only place
 that decides which copy of a candle counts; readers and compaction both use it, so a compaction never
 changes what a reader sees. See :mod:`xylen.core.store` for the design.
@@ -20,10 +20,12 @@ import polars as pl
 from xylen.core import intervals
 from xylen.core.candles import COLUMNS, SCHEMA, empty_frame
 from xylen.core.errors import ConfigError
+from xylen.core.markets import DEFAULT_EXCHANGE, EXCHANGES
 from xylen.core.schema import normalize_symbol
 
 FILE_NAME = "data.parquet"
 KLINES, META, QUARANTINE = "klines", "meta", "quarantine"
+_EXCHANGE = re.compile(r"[a-z0-9]{2,20}")  # the store accepts any well-formed name, not only EXCHANGES
 TAIL = re.compile(r"^tail-(\d+)-(\d+)-[0-9a-f]{32}\.parquet$")
 _YEAR, _MONTH = re.compile(r"^year=(\d{4})$"), re.compile(r"^month=(\d{2})$")
 
@@ -84,6 +86,17 @@ def check_series(symbol: str, interval: str) -> tuple[str, str]:
             hint=f"use one of: {' '.join(intervals.INTERVALS)} (1m is a minute, 1M a month).",
         )
     return sym, interval
+
+
+def check_exchange(exchange: str) -> str:
+    """The exchange's name as the store spells it (stripped, lower case), or a ConfigError quoting the value."""
+    name = str(exchange).strip().lower()
+    if not _EXCHANGE.fullmatch(name):
+        raise ConfigError(
+            f"Exchange {str(exchange)[:40]!r} is not an exchange name.",
+            hint=f"use lower-case letters and digits (2-20); xylen collects from {', '.join(EXCHANGES)}.",
+        )
+    return name
 
 
 def series_of(keys: list[str], depth: int) -> list[tuple[str, str]]:
@@ -189,21 +202,28 @@ def year_month(t: int) -> tuple[int, int]:
 
 
 def fix_for(key: str) -> str:
-    """The command that fetches again the candles of a store file (``klines/symbol=…/…/<name>[.<time>]``)."""
+    """The command that fetches again the candles of a store file
+    (``klines/exchange=E/symbol=S/interval=I/year=Y/month=M/<name>[.<time>]``)."""
     parts = key.split("/")
-    sym, iv = parts[1].split("=", 1)[1], parts[2].split("=", 1)[1]
-    tail = re.match(r"^tail-(\d+)-(\d+)-", parts[5])
+    part = dict(p.split("=", 1) for p in parts[:-1] if "=" in p)
+    tail = re.match(r"^tail-(\d+)-(\d+)-", parts[-1])
+    ym = (part.get("year", ""), part.get("month", ""))
     if tail:
-        since, until = tail[1], str(int(tail[2]) + 1)
-    else:
-        start = month_start(int(parts[3].split("=", 1)[1]), int(parts[4].split("=", 1)[1]))
+        span = f" --since {tail[1]} --until {int(tail[2]) + 1}"
+    elif _YEAR.match(f"year={ym[0]}") and _MONTH.match(f"month={ym[1]}") and 1 <= int(ym[1]) <= 12:
+        start = month_start(int(ym[0]), int(ym[1]))
         since, until = (
             datetime.fromtimestamp(t / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
             for t in (start, intervals.next_open(start, intervals.MONTH))
         )
+        span = f" --since {since} --until {until}"
+    else:  # a file put beside the months by hand: its range is unknown, and a backfill fetches every hole
+        span = ""
+    ex = part.get("exchange", DEFAULT_EXCHANGE)
+    venue = "" if ex == DEFAULT_EXCHANGE else f"--exchange {ex} "
     return (
-        f"fetch its candles again with `xylen collect --symbols {sym} --intervals {iv} --since {since} "
-        f"--until {until} --once`, then delete the quarantined file"
+        f"fetch its candles again with `xylen collect {venue}--symbols {part.get('symbol', '?')} --intervals "
+        f"{part.get('interval', '?')}{span} --once`, then delete the quarantined file"
     )
 
 
