@@ -191,3 +191,13 @@ def test_unknown_symbol_is_a_clear_exchange_error_and_the_store_is_untouched(
         run_collect(tmp_path, fake, clock, symbols=["BTCUSDT", "NOPEUSDT"])
     assert "NOPEUSDT" in info.value.message or "symbol" in info.value.message
     assert Store(tmp_path / "data").series() == []
+
+
+def test_an_unknown_symbol_comes_with_close_matches_from_binances_market_list(
+    tmp_path: Path, market: dict, clock: FakeClock
+) -> None:
+    with FakeBinance(market, now_ms=clock) as fake, pytest.raises(ExchangeError) as info:
+        run_collect(tmp_path, fake, clock, symbols=["BTC/USDT", "ETHUSTD"])
+    assert info.value.message == "Binance does not list the symbol 'ETHUSTD' (code -1121)."
+    assert "did you mean ETHUSDT" in info.value.hint
+    assert Store(tmp_path / "data").series() == []

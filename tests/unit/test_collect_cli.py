@@ -85,12 +85,27 @@ def test_status_json_and_table(tmp_path: Path) -> None:
     assert s["lag_ms"] > 0
     r = cli(home, "status")
     assert r.exit_code == 0 and "BTCUSDT" in r.stdout and "744" in r.stdout and "2022-01-31" in r.stdout
+    assert s["exchange"] == "binance" and "binance" in r.stdout
+    # the same pair on another exchange is another series, in its own partition, listed with its exchange
+    (tmp_path / "kraken").mkdir()
+    zipped = make_zip(tmp_path / "kraken", "BTCUSDT-1h-2022-01", csv_lines()[:100])
+    assert cli(home, "import", "--exchange", "kraken", str(zipped)).exit_code == 0
+    listed = orjson.loads(cli(home, "status", "--json").stdout)
+    assert [(x["exchange"], x["symbol"], x["rows"]) for x in listed] == [("binance", "BTCUSDT", 744),
+                                                                         ("kraken", "BTCUSDT", 100)]
+    assert "kraken" in cli(home, "status").stdout
+    assert (home / "data" / "klines" / "exchange=kraken" / "symbol=BTCUSDT").is_dir()
+    r = cli(home, "export", "--exchange", "kraken", "--symbol", "BTCUSDT", "--interval", "1h", "--format", "csv")
+    assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 101  # a header and kraken's 100 candles
 
 
 @pytest.mark.parametrize(
     ("args", "code", "quoted"),
     [
-        (["--symbols", "BTC/USDT", "--once"], 2, "'BTC/USDT'"),
+        (["--symbols", "BTC//USDT", "--once"], 2, "'BTC//USDT'"),
+        (["--symbols", "BTCUSDT", "--exchange", "ftx", "--once"], 2, "'ftx'"),
+        (["--symbols", "BTCUSDT", "--exchange", "krakn", "--once"], 2, "did you mean kraken"),
+        (["export", "--symbol", "BTCUSDT", "--interval", "1h", "--exchange", "mtgox"], 2, "'mtgox'"),
         (["--symbols", "BTCUSDT", "--intervals", "7m", "--once"], 2, "'7m'"),
         (["--symbols", "BTCUSDT", "--since", "2024-13-45", "--once"], 2, "'2024-13-45'"),
         (["--symbols", "BTCUSDT", "--since", "2024-02-01", "--until", "2024-01-01"], 2, "--since"),

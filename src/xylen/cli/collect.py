@@ -22,6 +22,13 @@ collect_app = typer.Typer(
 app.add_typer(collect_app, name="collect")
 
 
+def _exchange(value: str | None) -> str | None:
+    """--exchange checked here, so a typo gets the usual message with the list and a close match."""
+    from xylen.core.markets import check_exchange
+
+    return None if value is None else check_exchange(value)
+
+
 def _json(obj: object) -> None:
     import orjson
 
@@ -103,7 +110,7 @@ def collect_cmd(
             stop_on_signals,
         )
 
-        settings = settings_from(ctx, exchange=exchange)
+        settings = settings_from(ctx, exchange=_exchange(exchange))
         opts = CollectOptions(
             parse_symbols(symbols or settings.symbol),
             parse_intervals(intervals or settings.interval),
@@ -237,7 +244,7 @@ def import_cmd(
         from xylen.collect.archive import import_files
         from xylen.core.store import Store
 
-        settings = settings_from(ctx, exchange=exchange)
+        settings = settings_from(ctx, exchange=_exchange(exchange))
         store = Store(settings.data_dir, exchange=settings.exchange)
         result = import_files(store, paths, symbol=symbol, interval=interval)
         if as_json:
@@ -273,7 +280,7 @@ def export_cmd(
 
         if fmt not in ("jsonl", "csv", "parquet"):
             raise ConfigError(f"--format {fmt!r} is unknown.", hint="use jsonl, csv or parquet.")
-        settings = settings_from(ctx, exchange=exchange)
+        settings = settings_from(ctx, exchange=_exchange(exchange))
         store = Store(settings.data_dir, exchange=settings.exchange)
         n = export_series(store, symbol, interval, fmt, out_path)  # type: ignore[arg-type]
         if out_path is not None:

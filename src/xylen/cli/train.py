@@ -113,12 +113,14 @@ def train_cmd(
     Example: xylen train --profile 8gb --data BTCUSDT-5m-2024-01.zip --data BTCUSDT-5m-2024-02.zip
     """
     with handled():
+        from xylen.core.markets import check_exchange
+
         settings = settings_from(
             ctx,
             profile=profile.value if profile else None,
             symbol=symbol,
             interval=interval,
-            exchange=exchange,
+            exchange=check_exchange(exchange) if exchange else None,
             label=label.value if label else None,
             extra_head=extra_head.value if extra_head else None,
             label_horizon=horizon,

@@ -11,7 +11,6 @@ feed the same backfill, into the exchange's own partition of the store.
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import threading
 import time
@@ -26,11 +25,9 @@ from xylen.collect.governor import Governor, StopRequested, wall_clock_ms
 from xylen.collect.rest import Rest, make_client
 from xylen.core.errors import ConfigError, ExchangeTemporaryError
 from xylen.core.intervals import INTERVALS
-from xylen.core.markets import DEFAULT_EXCHANGE
+from xylen.core.markets import DEFAULT_EXCHANGE, canonical_symbol
 from xylen.core.settings import Settings
 from xylen.core.store import Store
-
-_SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_-]{1,29}")
 
 
 def parse_symbols(value: str | list[str]) -> list[str]:
@@ -45,11 +42,7 @@ def parse_symbols(value: str | list[str]) -> list[str]:
 
 def _symbol(value: str) -> str:
     v = value.strip()
-    if not _SYMBOL.fullmatch(v):
-        raise ConfigError(
-            f"Symbol {v[:40]!r} is not a trading pair.",
-            hint="use the exchange's spelling (BTCUSDT, BTC-USDT, XBTUSD) or ccxt's BASE/QUOTE (BTC/USDT).",
-        )
+    canonical_symbol(v)  # the spelling rule (one separator at most, letters and digits): a ConfigError quoting it
     return v
 
 

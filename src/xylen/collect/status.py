@@ -49,7 +49,7 @@ def rows_for_table(summaries: list[SeriesSummary]) -> list[dict[str, Any]]:
         known_missing = sum(intervals.slots(a, b, s.interval) for a, b in s.known_gaps)
         out.append(
             {
-                "series": f"{s.symbol} {s.interval}",
+                "series": f"{s.exchange} {s.symbol} {s.interval}",
                 "first": fmt_ts(s.first) if s.first is not None else "-",
                 "last": fmt_ts(s.last) if s.last is not None else "-",
                 "rows": f"{s.rows:,}",
