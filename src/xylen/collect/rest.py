@@ -134,7 +134,7 @@ class Rest:
         unknown = [n for n in names if n not in set(listed)] or [bad]
         close = get_close_matches(unknown[0], listed, n=5, cutoff=0.6)
         return ExchangeError(
-            f"Binance does not list the symbol {unknown[0]!r}.",
+            f"Binance does not list the symbol {unknown[0]!r} (code -1121).",
             hint=(f"did you mean {', '.join(close)}? " if close else "")
             + "use Binance's spelling, e.g. BTCUSDT, or ccxt's BTC/USDT.",
         )
