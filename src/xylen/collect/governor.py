@@ -1,4 +1,6 @@
-"""The rate-limit governor: every REST call to Binance goes through one of these.
+"""The rate-limit governor: every REST call to an exchange goes through one of these (``name`` says which in its
+messages; Binance's weight budget is the default, a ccxt venue's governor gets a budget that never binds because
+ccxt's own limiter paces its calls).
 
 python-binance has no retry and no notion of the exchange's weight budget, so the governor
 
@@ -69,7 +71,9 @@ class Governor:
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         rng: random.Random | None = None,
+        name: str = "Binance",
     ) -> None:
+        self.name = name
         self.cap = max(1, int(limit * share))
         self.clock = clock
         self.sleep = sleep
@@ -179,14 +183,18 @@ class Governor:
                 return fn()
             except Refused as exc:
                 self.block(exc.retry_after, exc.status)
-                kind = "rate limited (429)" if exc.status == 429 else "banned (418)"
+                kind = "rate limited (429)" if exc.status == 429 else f"banned ({exc.status})"
                 log.warning("%s: %s, Retry-After %ss", what, kind, exc.retry_after)
                 if exc.retry_after > 600:  # a long ban: waiting it out in-process helps nobody
                     raise ExchangeTemporaryError(
-                        f"Binance {kind} this IP for {exc.retry_after:.0f}s while fetching {what}.",
+                        f"{self.name} {kind} this IP for {exc.retry_after:.0f}s while fetching {what}.",
                         retry_after=exc.retry_after,
-                        hint="wait until the ban ends, and lower XYLEN_WEIGHT_BUDGET_SHARE if other tools "
-                        "share this IP.",
+                        hint="wait until the ban ends, and "
+                        + (
+                            "lower XYLEN_WEIGHT_BUDGET_SHARE if other tools share this IP."
+                            if self.name == "Binance"
+                            else "mind that other tools on this IP count against the same limit."
+                        ),
                     ) from None
                 # not counted as a failed attempt: the window is the exchange telling us exactly when
             except Retryable as exc:
@@ -198,9 +206,13 @@ class Governor:
                     self.stats.transport_errors += 1
                 if attempt >= self.max_attempts:
                     raise ExchangeTemporaryError(
-                        f"Binance kept failing while fetching {what}: {exc} ({attempt} attempts).",
-                        hint="check XYLEN_BINANCE_BASE_URL and the network, then run the command again; "
-                        "what was stored so far is kept.",
+                        f"{self.name} kept failing while fetching {what}: {exc} ({attempt} attempts).",
+                        hint=(
+                            "check XYLEN_BINANCE_BASE_URL and the network"
+                            if self.name == "Binance"
+                            else f"check the network and that {self.name} is reachable"
+                        )
+                        + ", then run the command again; what was stored so far is kept.",
                     ) from None
                 self._wait(self.backoff_s(attempt), f"{what}: {exc}; retry {attempt}/{self.max_attempts - 1}")
 
