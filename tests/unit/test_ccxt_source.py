@@ -178,8 +178,9 @@ def test_one_page_is_the_recorded_candles_with_end_inclusive(name: str) -> None:
 
 @pytest.mark.parametrize("name", [n for n in EXCHANGES if n != "kraken"])
 def test_a_long_range_gets_the_oldest_page_from_start_capped_at_the_page_limit(name: str) -> None:
-    """OKX answers the newest `limit` candles between its bounds: without the page's own end bound, a range wider
-    than a page would come back from its far end and the backfill would skip candles."""
+    """OKX answers the newest `limit` candles between its bounds, and Coinbase refuses a span over 350 candles: the
+    page's end bound is never more than `limit` candles past start, whatever the range's end (with the range's own
+    end, OKX would answer from the far end and the backfill would skip candles)."""
     with served(name, now=ROWS[5500][0] + 60_000) as s:
         frame, sent = s.src.candles(s.sym, "1h", ROWS[100][0], ROWS[5000][0], limit=10**6)
         limit = VENUES[name].page_limit
@@ -290,6 +291,17 @@ def test_an_unreadable_market_list_is_retried_too() -> None:
         assert [r.fault for r in s.market_requests()] == ["truncate", None]
 
 
+@pytest.mark.parametrize("name", ["bybit", "kraken", "coinbase"])
+def test_duplicated_and_shuffled_rows_become_one_sorted_row_per_candle(name: str) -> None:
+    with served(name) as s:
+        s.fake.faults.duplicate(every=2)
+        s.fake.faults.out_of_order()
+        for _ in range(2):
+            frame, sent = s.src.candles(s.sym, "1h", ROWS[2600][0], ROWS[2609][0])
+            assert frame.equals(recorded(2600, 2609), null_equal=True)
+        assert [r.fault for r in s.ohlcv_requests()] == ["duplicate", "out_of_order"]
+
+
 def test_an_empty_page_is_returned_empty_for_the_backfill_to_judge() -> None:
     with served("okx") as s:
         s.fake.faults.empty()
@@ -318,6 +330,33 @@ def test_an_exchange_that_keeps_failing_is_given_up_naming_it(name: str) -> None
             err.value.hint or ""
         )
         assert len(s.ohlcv_requests()) == s.src.governor.max_attempts
+
+
+@pytest.mark.parametrize(("name", "status"), [("okx", 403), ("coinbase", 451), ("kraken", 404)])
+def test_a_refusal_of_this_ip_or_a_wrong_path_is_final_with_a_hint(name: str, status: int) -> None:
+    with served(name) as s:
+        s.src.resolve([s.sym])
+        s.fake.faults.server_error(status, times=float("inf"))  # any status: a 4xx here
+        with pytest.raises(ExchangeError) as err:
+            s.src.candles(s.sym, "1h", ROWS[2600][0])
+        assert not isinstance(err.value, ExchangeTemporaryError) and f"HTTP {status}" in err.value.message
+        if status != 404:
+            assert "may not serve this country" in (err.value.hint or "")
+        assert len(s.ohlcv_requests()) == 1
+
+
+def test_nothing_listening_and_a_tls_mismatch_are_retried_then_given_up() -> None:
+    from tests.conftest import free_port
+
+    with FakeVenue("okx") as fake:
+        for url in (f"http://127.0.0.1:{free_port()}", fake.base_url.replace("http://", "https://")):
+            slept: list[float] = []
+            src = make_source("okx", base_url=url, timeout_s=5, sleep=slept.append)
+            with pytest.raises(ExchangeTemporaryError) as err:
+                src.resolve(["BTC-USDT"])
+            assert "OKX kept failing while fetching the spot market list: connection failed" in err.value.message
+            assert len(slept) == src.governor.max_attempts - 1
+            src.close()
 
 
 def test_a_page_of_unreadable_numbers_is_a_final_error() -> None:

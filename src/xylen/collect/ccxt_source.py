@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
+import requests
 
 from xylen.collect.governor import Governor, Refused, Retryable, wall_clock_ms
 from xylen.collect.venues import Market, Venue, make_exchange, venue
@@ -295,8 +296,17 @@ class CcxtSource:
                 return Retryable(f"{'connection failed' if status is None else 'exchange busy'} ({_first(exc)})")
             if status == 200 and self.client.last_json_response is None:
                 return Retryable(f"unreadable answer ({a.body[:60]!r})" if a else "unreadable answer")
+            if status is None and isinstance(exc.__cause__, requests.RequestException):
+                # ccxt calls a TLS failure or a broken connection an ExchangeError; rest.py retries them
+                return Retryable(f"connection failed ({type(exc.__cause__).__name__})")
         if status == 408:
             return Retryable("timed out (408)")
+        if status in (403, 451):
+            return ExchangeError(
+                f"{title} refused {what} with HTTP {status}: {_first(a.body if a and a.body else exc)}",
+                hint=f"{title} may not serve this country or network (Binance answers 451 so); "
+                "check the exchange URL, or collect from another exchange.",
+            )
         if isinstance(exc, ccxt.BadSymbol):
             return ExchangeError(
                 f"{title} does not know the market in {what}: {_first(exc)}",
@@ -322,7 +332,7 @@ def _squash(s: str) -> str:
     return s.translate(_SEPARATORS).upper()
 
 
-def _first(exc: BaseException, limit: int = 200) -> str:
+def _first(exc: object, limit: int = 200) -> str:
     text = " ".join(str(exc).split())
     return text[:limit] + ("..." if len(text) > limit else "")
 
