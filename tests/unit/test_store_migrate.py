@@ -316,6 +316,35 @@ def test_a_crash_between_a_merge_and_the_unlink_changes_nothing_on_the_next_run(
     assert state(root) == state(reference)
 
 
+def test_a_month_file_an_old_collector_replaces_during_the_move_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xylen from before exchanges, still running since the upgrade, stores a page into March (its swap replaces
+    the old month file) after the migration linked that file to its new place and before it removed the old name."""
+    root = old_store(tmp_path)
+    old_mar = root / "klines/symbol=BTCUSDT/interval=1h/year=2023/month=03/data.parquet"
+    page = frame([1679662800000], 7.0, HOUR)  # 2023-03-24 13:00, a candle the store lacks
+    fsync_dir = sm.fsync_dir
+    fired = []
+
+    def old_writer_between(folder: Path) -> None:
+        fsync_dir(folder)
+        if folder == root / BTC_MAR and not fired:  # linked, not yet unlinked
+            fired.append(1)
+            merged = sf.newer_wins(pl.read_parquet(old_mar), page)
+            with LocalStorage(root).lock(old_mar.relative_to(root).as_posix()):  # the old swap's lock
+                tmp = root / "replacement"
+                tmp.write_bytes(sf.encode(merged))
+                os.replace(tmp, old_mar)
+
+    monkeypatch.setattr(sm, "fsync_dir", old_writer_between)
+    result = migrate(root)
+    assert fired and f"{BTC_MAR}/data.parquet" in result.merged and needs_migration(root) is None
+    df = Store(root).read("BTCUSDT", "1h")
+    assert df.height == EXPECTED[0]["summary"]["rows"] + 1
+    assert df.filter(pl.col("open_time") == 1679662800000)["open"].to_list() == [7.0]
+
+
 def test_unreadable_copies_are_set_aside_never_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = old_store(tmp_path)
     store = LocalStorage(root)

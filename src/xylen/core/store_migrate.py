@@ -15,6 +15,11 @@ by the store's rule (the copy already at the new place wins a candle both hold; 
 lacks), known gaps by merging their ranges, a tail or quarantined file with other bytes kept beside it under a
 name of its own. An unreadable file is set aside in ``quarantine/`` (nothing is ever dropped).
 
+A collector of the old version still running since the upgrade may replace an old month or known-gaps file
+meanwhile: the old name is removed under the lock that version's writes take, and only while it still holds what
+reached the new place (a newer version is merged in too). Files it writes after a run listed the store stay in the
+old layout; every Store keeps refusing the root until the next run moves them.
+
 Files that are not the store's (a README in klines/, a folder someone made) stay where they are and are reported.
 Until no old file is left, :class:`xylen.core.store.Store` refuses the root (a DataError naming the file and this
 command), so no reader ever sees a store half moved. One migration runs at a time per store: a second waits for
@@ -246,10 +251,11 @@ def _move(storage: LocalStorage, old: str, new: str, result: MigrationResult) ->
     src, dst = storage.local_path(old), storage.local_path(new)
     try:
         _makedirs(dst.parent)
+        moved: bytes | None = None  # None: linked (src and dst are one file); else the bytes of src merged into dst
         try:
             os.link(src, dst)  # create-if-absent: a taken name is never overwritten
         except FileExistsError:
-            _merge(storage, old, new, result)
+            moved = _merge(storage, old, new, result)
         except FileNotFoundError:
             if not os.path.lexists(src):
                 return False
@@ -260,12 +266,24 @@ def _move(storage: LocalStorage, old: str, new: str, result: MigrationResult) ->
             # a file system without hard links: nobody else creates ``dst`` meanwhile (this run holds the
             # migration lock, and every Store refuses the root until no old file is left)
             if os.path.lexists(dst):
-                _merge(storage, old, new, result)
+                moved = _merge(storage, old, new, result)
             else:
                 os.replace(src, dst)
         fsync_dir(dst.parent)  # the new name survives a power cut before the old one is removed
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(src)
+        while True:
+            # xylen from before exchanges (a collector still running since the upgrade) replaces a month file or a
+            # known-gaps file under this lock: remove the old name only while it holds what reached the new place
+            replaceable = old.endswith((f"/{sf.FILE_NAME}", GAPS))  # tails and quarantined files are never replaced
+            with storage.lock(old) if replaceable else contextlib.nullcontext():
+                try:
+                    done = os.path.samefile(src, dst) if moved is None else src.read_bytes() == moved
+                    if done:
+                        os.unlink(src)
+                except FileNotFoundError:
+                    done = True
+            if done:
+                break
+            moved = _merge(storage, old, new, result)  # a newer version of the old file: its candles join too
         fsync_dir(src.parent)
     except OSError as exc:
         raise storage_error(exc, dst) from None
@@ -283,37 +301,38 @@ def _makedirs(folder: Path) -> None:
         fsync_dir(d.parent)
 
 
-def _merge(storage: LocalStorage, old: str, new: str, result: MigrationResult) -> None:
-    """Put what the old file holds into the file already at ``new``; the caller then removes the old one."""
+def _merge(storage: LocalStorage, old: str, new: str, result: MigrationResult) -> bytes | None:
+    """Put what the old file holds into the file already at ``new``, and return the bytes it merged (None: the two
+    names are one file). The caller then removes the old name."""
     src, dst = storage.local_path(old), storage.local_path(new)
     with contextlib.suppress(FileNotFoundError):
         if os.path.samefile(src, dst):
-            return  # a move interrupted between its link and its unlink: only the unlink is left
+            return None  # a move interrupted between its link and its unlink: only the unlink is left
     data = src.read_bytes()
     stamp = _stamp(src)
     for _ in range(MAX_ATTEMPTS):
         got = storage.read_versioned(new)
         if got is None:  # removed meanwhile: an ordinary move after all
             if storage.put_new(new, data):
-                return
+                return data
             continue
         if got.data == data:
-            return  # the same bytes (a copy made earlier): nothing to add
+            return data  # the same bytes (a copy made earlier): nothing to add
         if new not in result.merged:
             result.merged.append(new)
         name = new.rsplit("/", 1)[1]
         if new.startswith(sf.QUARANTINE + "/") or sf.TAIL.match(name):
             _beside(storage, new, data)  # immutable files with unique names: keep both
-            return
+            return data
         if new.endswith(GAPS):
             merged = _merge_gaps(storage, new, data, stamp, got.data, _stamp(dst), result)
         else:
             merged = _merge_month(storage, new, data, stamp, got.data, _stamp(dst), result)
         if merged is None:
-            return
+            return data
         try:
             storage.swap(new, merged, got.token)
-            return
+            return data
         except Conflict:
             continue
     raise DataError(f"Gave up merging {str(src)!r} into {str(dst)!r}: it kept changing.", hint="run it again.")
