@@ -460,8 +460,10 @@ def test_xylen_collect_migrate(tmp_path: Path) -> None:
     r = runner.invoke(app, ["--home", str(home), "collect", "export", "--symbol", "BTCUSDT", "--interval", "1h"])
     assert r.exit_code == 3 and "Traceback" not in r.output
     assert "xylen collect migrate" in r.stderr.replace("\n", " ") and "before exchanges" in r.stderr
-    r = runner.invoke(app, ["--home", str(home), "collect", "status"])
-    assert r.exit_code == 3 and "xylen collect migrate" in r.stderr.replace("\n", " ") and "Traceback" not in r.output
+    for args in (["collect", "status"], ["train", "--symbol", "BTCUSDT", "--interval", "1h"], ["train"]):
+        r = runner.invoke(app, ["--home", str(home), *args])  # `train`: never the bundled sample instead
+        assert r.exit_code == 3 and "xylen collect migrate" in r.stderr.replace("\n", " "), (args, r.output)
+        assert "Traceback" not in r.output and not (home / "models").exists()
     r = runner.invoke(app, ["--home", str(home), "collect", "migrate"])
     assert r.exit_code == 0, r.output
     text = " ".join(r.stdout.split())
