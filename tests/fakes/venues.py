@@ -351,7 +351,9 @@ def _transform(fault: Fault, rows: list[Any]) -> list[Any]:
 
 # ---------------------------------------------------------------------------------------------------- subprocess
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.venues", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.venues", description="Serve one loopback fake exchange (tests/fakes/venues.py)."
+    )
     parser.add_argument("--exchange", required=True, choices=EXCHANGES)
     parser.add_argument("--port", type=int, default=0, help="0: a free one (the URL is printed)")
     parser.add_argument("--series", action="append", default=[], metavar="SYMBOL:INTERVAL:FILE")
@@ -361,7 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     series = {}
     for spec in args.series:
-        symbol, interval, path = spec.split(":", 2)
+        parts = spec.split(":", 2)
+        if len(parts) != 3:
+            parser.error(f"--series {spec!r}: use SYMBOL:INTERVAL:FILE")
+        symbol, interval, path = parts
         series[(symbol.upper(), interval)] = load_series(path, interval)
     clock = FakeClock(args.now_ms) if args.now_ms is not None else None
     fake = FakeVenue(args.exchange, series, now_ms=clock, enforce_rate=not args.no_rate_limit)
