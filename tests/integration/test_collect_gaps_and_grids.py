@@ -100,7 +100,7 @@ def calendar(df: pl.DataFrame, interval: str) -> list[list]:
 
 def test_weekly_and_monthly_candles_are_collected_on_their_calendar_grids(tmp_path: Path) -> None:
     assert parse_intervals(",".join(intervals.INTERVALS)) == list(intervals.INTERVALS)  # every Binance interval
-    assert parse_symbols(" btcusdt,ETHusdt ") == ["BTCUSDT", "ETHUSDT"]
+    assert parse_symbols(" btcusdt,ETH/usdt ") == ["btcusdt", "ETH/usdt"]  # as given: the exchange resolves them
     five = read_candles(sample_path()).frame  # real BTCUSDT 5m candles, all of 2023
     weeks = [r for r in calendar(five, "1w") if r[0] >= ms(2023, 1, 2)]  # whole weeks from the first Monday
     months = calendar(five, "1M")

@@ -130,3 +130,12 @@ def test_a_stoppable_wait_lasts_exactly_as_long_as_an_unstoppable_one() -> None:
         start = c.now
         g._wait(seconds, "test")
         assert c.now - start == round(seconds * 1000), seconds
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "Wed, 21 Oct 2026 07:28:00 GMT", None, ""])
+def test_a_retry_after_that_is_no_wait_gets_the_careful_default(value: object) -> None:
+    from xylen.collect.governor import retry_after_of
+
+    assert retry_after_of({"Retry-After": value}, 429) == 60.0
+    assert retry_after_of({"Retry-After": value}, 418) == 120.0
+    assert retry_after_of({"Retry-After": "7"}, 429) == 7.0

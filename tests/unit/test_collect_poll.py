@@ -48,7 +48,7 @@ class Source:
         return rows_to_frame(page), len(page)
 
 
-@pytest.fixture()
+@pytest.fixture
 def rows() -> list:
     return load_series(BTC_1H, "1h")[:3000]
 

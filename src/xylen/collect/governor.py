@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import random
 import threading
 import time
@@ -239,10 +240,15 @@ class Retryable(Exception):
 
 
 def retry_after_of(headers: Any, status: int) -> float:
+    """Seconds to wait from a 429/418's Retry-After; a missing, negative or non-finite one (``nan``, ``inf``, a
+    date) gets the careful default."""
     try:
-        return float(headers.get("Retry-After"))
+        wait = float(headers.get("Retry-After"))
     except (TypeError, ValueError, AttributeError):
-        return 60.0 if status == 429 else 120.0  # Binance always sends it; be careful if it did not
+        wait = math.nan
+    if math.isfinite(wait) and wait >= 0:
+        return wait
+    return 60.0 if status == 429 else 120.0  # Binance always sends it; be careful if it did not
 
 
 __all__ = ["ExchangeError", "Governor", "GovernorStats", "Refused", "Retryable", "retry_after_of", "wall_clock_ms"]

@@ -60,6 +60,11 @@ def model_name(symbol: str, interval: str, exchange: str = DEFAULT_EXCHANGE) -> 
     return base if exchange == DEFAULT_EXCHANGE else f"{exchange}-{base}"
 
 
+def market_label(exchange: str, symbol: str) -> str:
+    """A market as messages name it: ``BTCUSDT`` on binance (as before exchanges), ``kraken BTCUSD`` elsewhere."""
+    return symbol if exchange == DEFAULT_EXCHANGE else f"{exchange} {symbol}"
+
+
 def exchange_flag(exchange: str) -> str:
     """The ``--exchange`` option a printed command needs ('' for binance, the default)."""
     return "" if exchange == DEFAULT_EXCHANGE else f" --exchange {exchange}"

@@ -17,7 +17,7 @@ import orjson
 
 from xylen.core import featuresets
 from xylen.core.featuresets import FeatureSet
-from xylen.core.markets import DEFAULT_EXCHANGE, exchange_flag, model_name
+from xylen.core.markets import exchange_flag, market_label, model_name
 from xylen.serve.decode import (
     PredictRequest,
     RequestError,
@@ -110,10 +110,10 @@ def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, n
         if default is not None and default.interval in (None, timeframe):
             trained_on = default.bundle.manifest.symbol
             if trained_on is not None and (trained_on, default.exchange) != (symbol, exchange):  # say so
-                notes.append(f"no model for {_market(exchange, symbol)} {timeframe}: answered by the default model "
-                             f"{default.name!r} (trained on {_market(default.exchange, trained_on)})")
+                notes.append(f"no model for {market_label(exchange, symbol)} {timeframe}: answered by the default "
+                             f"model {default.name!r} (trained on {market_label(default.exchange, trained_on)})")
             return default
-        raise RequestError(404, f"No model for {_market(exchange, symbol)} {timeframe} ({name!r})"
+        raise RequestError(404, f"No model for {market_label(exchange, symbol)} {timeframe} ({name!r})"
                                 f"{_default_says(default, timeframe)}; live: {_names(live_map)}. Train one: "
                                 f"`xylen train{on} --symbol {symbol} --interval {timeframe}`, or set "
                                 "XYLEN_DEFAULT_MODEL to a model that may answer for other symbols.")
@@ -132,18 +132,13 @@ def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, n
     trained_on = live.bundle.manifest.symbol
     if symbol is not None and trained_on is not None and (trained_on, live.exchange) != (symbol, exchange):
         if live is not default:  # the only model served is no permission to answer for another series
-            raise RequestError(404, f"No model for {_market(exchange, symbol)}: the only live model, {live.name!r}, "
-                                    f"was trained on {_market(live.exchange, trained_on)}. Train one (`xylen "
-                                    f"train{on} --symbol {symbol}`), or set XYLEN_DEFAULT_MODEL to a model that may "
-                                    "answer for other symbols.")
-        notes.append(f"no model for {_market(exchange, symbol)}: answered by the default model {live.name!r} "
-                     f"(trained on {_market(live.exchange, trained_on)})")
+            raise RequestError(404, f"No model for {market_label(exchange, symbol)}: the only live model, "
+                                    f"{live.name!r}, was trained on {market_label(live.exchange, trained_on)}. Train "
+                                    f"one (`xylen train{on} --symbol {symbol}`), or set XYLEN_DEFAULT_MODEL to a model "
+                                    "that may answer for other symbols.")
+        notes.append(f"no model for {market_label(exchange, symbol)}: answered by the default model {live.name!r} "
+                     f"(trained on {market_label(live.exchange, trained_on)})")
     return live
-
-
-def _market(exchange: str, symbol: str) -> str:
-    """A market as messages name it: BTCUSDT on binance, 'kraken BTCUSD' elsewhere."""
-    return symbol if exchange == DEFAULT_EXCHANGE else f"{exchange} {symbol}"
 
 
 def _default(holder: ModelHolder, live_map: dict[str, Live]) -> Live | None:

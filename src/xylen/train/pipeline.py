@@ -29,7 +29,14 @@ from xylen.core.bundle import (
 from xylen.core.candles import ReadResult, combine, fmt_ts, infer_interval, read_candles, validate
 from xylen.core.errors import ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
-from xylen.core.markets import DEFAULT_EXCHANGE, canonical_symbol, check_exchange, exchange_flag, model_name
+from xylen.core.markets import (
+    DEFAULT_EXCHANGE,
+    canonical_symbol,
+    check_exchange,
+    exchange_flag,
+    market_label,
+    model_name,
+)
 from xylen.core.registry import Registry, check_name
 from xylen.core.settings import Settings
 from xylen.core.store import Store
@@ -153,7 +160,7 @@ def load_candles(settings: Settings, opts: TrainOptions, warnings: list[str]) ->
         )
         return read_candles(sample_path()).frame, symbol, interval, f"bundled sample {SAMPLE_FILE}"
     raise DataError(
-        f"No {exchange} {symbol} {interval} candles in the store {str(store.klines)!r}.",
+        f"No {market_label(exchange, symbol)} {interval} candles in the store {str(store.klines)!r}.",
         hint=f"collect them (`xylen collect{on} --symbols {symbol} --intervals {interval} --once`) "
         "or pass files with --data.",
     )

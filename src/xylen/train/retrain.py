@@ -34,7 +34,7 @@ from xylen.core.bundle import (
 )
 from xylen.core.errors import BundleError, ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
-from xylen.core.markets import exchange_flag, store_of
+from xylen.core.markets import exchange_flag, market_label, store_of
 from xylen.core.registry import PromotionConflict, Registry
 from xylen.core.runlock import RunLock, describe
 from xylen.core.settings import Settings
@@ -327,7 +327,8 @@ def retrain_model(
     if df.height == 0:
         on = exchange_flag(m.exchange)
         raise DataError(
-            f"No {m.exchange} {m.symbol} {m.interval} candles in the store {str(store.klines)!r} to retrain "
+            f"No {market_label(m.exchange, m.symbol)} {m.interval} candles in the store {str(store.klines)!r} to "
+            "retrain "
             f"{name!r} on.",
             hint=f"collect them: `xylen collect{on} --symbols {m.symbol} --intervals {m.interval} --once`.",
         )
