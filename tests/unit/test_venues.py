@@ -56,15 +56,15 @@ def test_intervals_are_xylen_intervals_spelled_as_ccxt_asks_the_exchange(name: s
 
 @pytest.mark.parametrize("name", EXCHANGES)
 def test_ccxts_limiter_paces_the_ohlcv_endpoint_within_the_documented_limit(name: str) -> None:
-    import ccxt
-
     v = VENUES[name]
-    ex = getattr(ccxt, v.ccxt_id)()
+    ex = make_exchange(v)  # as xylen configures it
     node: Any = ex.api
     for key in OHLCV_COST[name]:
         node = node[key]
     per_second = 1000 / (ex.rateLimit * node["cost"])
     assert per_second <= v.rate.per_second * 1.0001, (per_second, v.rate.words)
+    if name == "bybit":  # ccxt alone paces Bybit at 10 a second; xylen within 10% of the documented 120
+        assert per_second >= v.rate.per_second / 1.1001, per_second
 
 
 @pytest.mark.parametrize("name", EXCHANGES)
