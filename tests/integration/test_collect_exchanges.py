@@ -112,6 +112,34 @@ def test_kraken_stores_what_its_reach_allows_and_records_the_rest_as_a_known_gap
     assert series.requests == 1  # never asked for what it cannot serve: one page of what it can
 
 
+PAGED = [n for n in EXCHANGES if n != "kraken"]  # Kraken's page is all it has since `since`: no page span
+
+
+@pytest.mark.parametrize("name", PAGED)
+def test_a_market_listed_more_than_a_page_after_since_is_backfilled_from_its_first_candle(
+        tmp_path: Path, clock: FakeClock, name: str) -> None:
+    # a page spans at most `limit` candles (ccxt's `until`): an empty one says nothing about the candles after it
+    sym, since = CANONICAL[name], ROWS[0][0] - 1100 * HOUR
+    with FakeVenue(name, {(sym, "1h"): ROWS}, now_ms=clock, enforce_rate=False) as fake:
+        run(tmp_path, fake, clock, name, since=since)
+    store = Store(tmp_path / "data", exchange=name)
+    assert store.read(sym, "1h")["open_time"].to_list() == [r[0] for r in ROWS[:1400]]
+    assert store.known_gaps(sym, "1h") == [(since, ROWS[0][0])]  # before the listing: asked twice, nothing there
+
+
+@pytest.mark.parametrize("name", PAGED)
+def test_a_halt_longer_than_a_page_is_a_known_gap_and_the_candles_after_it_are_stored(
+        tmp_path: Path, clock: FakeClock, name: str) -> None:
+    sym, rows = CANONICAL[name], ROWS[:200] + ROWS[1250:]  # 1,050 hours without a candle: more than any page
+    with FakeVenue(name, {(sym, "1h"): rows}, now_ms=clock, enforce_rate=False) as fake:
+        run(tmp_path, fake, clock, name, since=ROWS[0][0])
+        again = run(tmp_path, fake, clock, name, since=ROWS[0][0])
+    store = Store(tmp_path / "data", exchange=name)
+    assert store.read(sym, "1h")["open_time"].to_list() == [r[0] for r in rows[:-100]]  # all closed ones, once
+    assert store.known_gaps(sym, "1h") == [(ROWS[200][0], ROWS[1250][0])]
+    assert again.added == 0
+
+
 cli = CliRunner()
 
 

@@ -47,6 +47,9 @@ class Source:
         page = [r for r in served if r[0] >= start and (end is None or r[0] <= end)][: min(limit, self.page_limit)]
         return rows_to_frame(page), len(page)
 
+    def page_end(self, interval: str, start: int, end: int | None, limit: int | None = None) -> int | None:
+        return end  # a page is the oldest `limit` candles of [start, end], as Binance's
+
 
 @pytest.fixture
 def rows() -> list:

@@ -183,17 +183,24 @@ class _Pager:
             df = page.filter(
                 (pl.col("open_time") >= cursor) & (pl.col("open_time") < b) & (pl.col("close_time") < self.now)
             )
-            if df.height == 0:
-                break  # the exchange has nothing in [cursor, b) up to now (or says so this time)
-            self.result.added += self.store.append(self.symbol, self.interval, df).added
-            self.result.fetched += df.height
-            got.append(df.get_column("open_time").to_numpy())
-            nxt = intervals.next_open(int(df["open_time"][-1]), self.interval)
-            self.done += intervals.slots(cursor, nxt, self.interval)
+            nxt = cursor
+            if df.height:
+                self.result.added += self.store.append(self.symbol, self.interval, df).added
+                self.result.fetched += df.height
+                got.append(df.get_column("open_time").to_numpy())
+                nxt = intervals.next_open(int(df["open_time"][-1]), self.interval)
+            elif sent >= self.limit:
+                break  # a full page, none of it in [cursor, b) up to now: nothing more to ask for here
+            if sent < self.limit:  # the exchange has nothing more in the span this page covered ...
+                covered = self.rest.page_end(self.interval, cursor, b - 1, self.limit)
+                if covered is None or covered >= b - 1:
+                    break  # ... which is the whole range
+                # ... a page's span (ccxt's exchanges: `limit` candles), not the range: a halt, or a listing after
+                # the range's start, longer than a page; the candles after it are asked for next
+                nxt = max(nxt, intervals.next_open(intervals.floor(covered, self.interval), self.interval))
+            self.done += intervals.slots(cursor, min(nxt, b), self.interval)
             self.report(self.done)
             cursor = nxt
-            if sent < self.limit:
-                break  # the exchange sent all it has in the range
         return got, True
 
 

@@ -194,19 +194,27 @@ class CcxtSource:
         )
 
     # ------------------------------------------------------------------ one page
-    def _until(self, interval: str, start: int, end: int | None, limit: int) -> dict[str, Any]:
-        """The page's end bound for ccxt's ``until``: never more than ``limit`` candles past ``start``, so that
-        an exchange that answers the *newest* candles of a wider range (OKX, and Bybit may) answers these."""
+    def page_end(self, interval: str, start: int, end: int | None, limit: int | None = None) -> int | None:
+        """The newest open time a ``candles(..., start, end, limit)`` page covers: ``limit`` candles past ``start``
+        at most (``end`` if sooner), Kraken's all up to ``end``. A short page says the exchange has nothing more up
+        to here, not up to ``end``: the candles after a halt or a listing longer than a page lie beyond it."""
         if self.exchange == "kraken":
-            return {}  # OHLC has only `since`; ccxt filters and cuts the answer
+            return end  # OHLC has only `since`: an answer holds everything after it
+        limit = min(limit or self.page_limit, self.page_limit)
         last = iv.ceil(start, interval)
         if interval == iv.MONTH:
             for _ in range(limit - 1):
                 last = iv.next_open(last, interval)
         else:
             last += (limit - 1) * iv.INTERVAL_MS[interval]
-        if end is not None:
-            last = min(last, end)
+        return last if end is None else min(last, end)
+
+    def _until(self, interval: str, start: int, end: int | None, limit: int) -> dict[str, Any]:
+        """The page's end bound for ccxt's ``until``: never more than ``limit`` candles past ``start``, so that
+        an exchange that answers the *newest* candles of a wider range (OKX, and Bybit may) answers these."""
+        last = self.page_end(interval, start, end, limit)
+        if last is None:
+            return {}  # Kraken's OHLC has only `since`; ccxt filters and cuts the answer
         if self.exchange == "coinbase":
             # Coinbase's `end` is in seconds and its inclusiveness is not documented: one more candle span (what
             # ccxt itself sends) keeps the page whole either way, and ccxt cuts the answer to `limit`.

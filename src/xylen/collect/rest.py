@@ -96,6 +96,11 @@ class Rest:
         rows = self.klines(symbol, interval, start, end, limit)
         return rows_to_frame(rows), len(rows)
 
+    def page_end(self, interval: str, start: int, end: int | None, limit: int | None = None) -> int | None:
+        """The newest open time a ``candles`` page covers: ``end`` (Binance answers the oldest ``limit`` candles
+        of [startTime, endTime], so a short page means there are no more up to ``end``)."""
+        return end
+
     def check_intervals(self, intervals: list[str]) -> None:
         """Binance has every interval xylen knows (xylen's interval names are Binance's)."""
 
