@@ -369,3 +369,15 @@ def test_the_default_model_answering_another_exchange_says_so(ready_client: Any,
     assert r.status_code == 200 and r.json()["model"] == "btcusdt-5m"
     assert r.json()["notes"] == ["no model for okx BTCUSDT 5m: answered by the default model 'btcusdt-5m' "
                                  "(trained on BTCUSDT)"]
+
+
+def test_a_request_naming_another_exchange_without_a_symbol_is_not_answered_by_binances_model(
+        ready_client: Any, trained_home: Path, multi_home: Path, candle_window: np.ndarray) -> None:
+    body = {"timeframe": "5m", "exchange": "kraken", "candles": rows(candle_window)}
+    r = ready_client(trained_home).post("/predict", json=body)  # the only live model is Binance's btcusdt-5m
+    assert r.status_code == 404 and "kraken" in r.json()["error"] and "btcusdt-5m" in r.json()["error"], r.text
+    assert "--exchange kraken" in r.json()["error"]
+    r = ready_client(multi_home, env={"XYLEN_DEFAULT_MODEL": "btcusdt-5m"}).post("/predict", json=body)
+    assert r.status_code == 200 and r.json()["model"] == "btcusdt-5m"
+    assert r.json()["notes"] == ["no model for kraken's candles: answered by the default model 'btcusdt-5m' "
+                                 "(trained on binance's)"]

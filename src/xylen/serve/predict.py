@@ -17,7 +17,7 @@ import orjson
 
 from xylen.core import featuresets
 from xylen.core.featuresets import FeatureSet
-from xylen.core.markets import exchange_flag, market_label, model_name
+from xylen.core.markets import DEFAULT_EXCHANGE, exchange_flag, market_label, model_name
 from xylen.serve.decode import (
     PredictRequest,
     RequestError,
@@ -138,6 +138,13 @@ def route(holder: ModelHolder, live_map: dict[str, Live], req: PredictRequest, n
                                     "that may answer for other symbols.")
         notes.append(f"no model for {market_label(exchange, symbol)}: answered by the default model {live.name!r} "
                      f"(trained on {market_label(live.exchange, trained_on)})")
+    elif symbol is None and exchange not in (DEFAULT_EXCHANGE, live.exchange):  # named, and not the model's
+        if live is not default:
+            raise RequestError(404, f"No model for {exchange}'s candles: the only live model, {live.name!r}, was "
+                                    f"trained on {live.exchange}'s. Train one (`xylen train{on} --symbol SYMBOL`), "
+                                    "or set XYLEN_DEFAULT_MODEL to a model that may answer for other exchanges.")
+        notes.append(f"no model for {exchange}'s candles: answered by the default model {live.name!r} (trained on "
+                     f"{live.exchange}'s)")
     return live
 
 
