@@ -377,6 +377,25 @@ def test_a_page_of_unreadable_numbers_is_a_final_error() -> None:
         assert len(s.ohlcv_requests()) == 1
 
 
+def test_a_row_without_a_time_is_a_final_error_not_a_shorter_page() -> None:
+    """A candle ccxt could not read a time from (a row of an unknown shape) is never dropped quietly: a page short of
+    rows would make the backfill record their range as a known gap."""
+    with served("okx") as s:
+        s.src.resolve([s.sym])
+        real = s.fake.api.answer
+
+        def corrupt(*args: Any) -> Any:
+            ans = real(*args)
+            if ans.rows:
+                ans.rows[0][0] = "yesterday"
+                ans.body = ans.wrap(ans.rows) if ans.wrap else ans.body
+            return ans
+
+        s.fake.api.answer = corrupt  # type: ignore[method-assign]
+        with pytest.raises(ExchangeError, match="a row that is not a candle"):
+            s.src.candles(s.sym, "1h", ROWS[2600][0], ROWS[2609][0])
+
+
 # ---------------------------------------------------------------------------------------------------- the wire
 def test_every_request_goes_to_the_fake_and_nowhere_else() -> None:
     for name in EXCHANGES:

@@ -243,6 +243,18 @@ class CcxtSource:
                 f"{self.venue.title} answered {what} with {str(body)[:80]!r}, which holds no candle list.",
                 hint=f"check that the exchange URL points at {self.venue.title}'s public API.",
             )
+        for r in rows:  # ccxt leaves out a row it cannot read a time from: say so, or its range becomes a "gap"
+            try:
+                parsed = self.client.parse_ohlcv(r, None)
+            except Exception:  # noqa: BLE001 (any failure of ccxt's parser on this row means the same)
+                parsed = None
+            if not _candle_shaped(parsed):
+                raise ExchangeError(
+                    f"{self.venue.title} answered {what} with a row that is not a candle [time, open, high, low, "
+                    f"close, volume]: {str(r)[:80]}.",
+                    hint="this answer will not change on retry; report it, or collect this series from another "
+                    "exchange.",
+                )
         return len(rows)
 
     # ------------------------------------------------------------------ requests and their errors
@@ -357,10 +369,21 @@ def _window_args(start: object, end: object, limit: object, page_limit: int) -> 
     return ms("Start", start), None if end is None else ms("End", end), min(int(lim), page_limit)
 
 
+def _candle_shaped(r: Any) -> bool:
+    return isinstance(r, list | tuple) and len(r) >= 6 and isinstance(r[0], int | float) and not isinstance(r[0], bool)
+
+
 def _frame(rows: Iterable[Any], interval: str, start: int, end: int | None, v: Venue, what: str) -> pl.DataFrame:
     """ccxt's ``[ms, open, high, low, close, volume]`` rows -> a candle frame of the rows in [start, end]."""
-    kept = [r for r in rows if isinstance(r, list | tuple) and len(r) >= 6 and isinstance(r[0], int | float)]
-    kept = [r for r in kept if start <= r[0] and (end is None or r[0] <= end)]
+    rows = list(rows)
+    shapeless = next((r for r in rows if not _candle_shaped(r)), None)
+    if shapeless is not None:  # never dropped quietly: a page short of rows could be recorded as a known gap
+        raise ExchangeError(
+            f"{v.title} answered {what} with a row that is not a candle [time, open, high, low, close, volume]: "
+            f"{str(shapeless)[:80]}.",
+            hint="this answer will not change on retry; report it, or collect this series from another exchange.",
+        )
+    kept = [r for r in rows if start <= r[0] and (end is None or r[0] <= end)]
     if not kept:
         return empty_frame()
     bad = next((r for r in kept if any(x is None or not math.isfinite(float(x)) for x in r[:6])), None)

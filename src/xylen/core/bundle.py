@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from xylen import __version__
 from xylen.core import features, featuresets, labels
@@ -89,6 +89,15 @@ class Manifest(BaseModel):
     heads: list[Head] = Field(default_factory=list)
     created_at: str
     xylen_version: str
+
+    @field_validator("exchange")
+    @classmethod
+    def _exchange(cls, v: str) -> str:
+        from xylen.core.markets import EXCHANGES
+
+        if v not in EXCHANGES:  # a model answers and retrains only for a market xylen can name and collect
+            raise ValueError(f"{str(v)[:20]!r} is not one of {', '.join(EXCHANGES)}")
+        return v
 
 
 def sha256_file(path: Path) -> str:

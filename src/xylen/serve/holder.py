@@ -25,7 +25,6 @@ import numpy as np
 from xylen.core.bundle import ModelBundle, load_bundle, read_manifest
 from xylen.core.errors import BundleError, XylenError
 from xylen.core.intervals import INTERVALS
-from xylen.core.markets import EXCHANGES
 from xylen.core.rawmodel import load_raw, resolve_backend
 from xylen.core.registry import POINTER, Pointer, Registry
 from xylen.core.verify import verify_in_child, verify_raw_in_child
@@ -81,13 +80,6 @@ def _warm(name: str, bundle: ModelBundle) -> Live:
             f"Bundle {name} {bundle.version}: the manifest's interval {interval[:20]!r} is not a Binance interval.",
             hint="the manifest is damaged; retrain or re-import the model.",
         )
-    exchange = bundle.manifest.exchange
-    if exchange not in EXCHANGES:
-        raise BundleError(
-            f"Bundle {name} {bundle.version}: the manifest's exchange {str(exchange)[:20]!r} is not one of "
-            f"{', '.join(EXCHANGES)}.",
-            hint="the manifest is damaged or from a newer xylen; retrain or re-import the model.",
-        )
     predict_row, how = row_predictor(bundle)
     heads = {field: (fn, path) for field, fn, path in head_row_predictors(bundle)}
     slow = sorted({path for _, path in heads.values() if path != how})
@@ -108,7 +100,7 @@ def _warm(name: str, bundle: ModelBundle) -> Live:
         predict_path=how,
         loaded_at=time.time(),
         interval=interval,
-        exchange=exchange,
+        exchange=bundle.manifest.exchange,  # one of markets.EXCHANGES: the manifest's validator says so
         extra=extra,
         who=f"model {name!r} (feature set {bundle.manifest.feature_set.version})",
     )
