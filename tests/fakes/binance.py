@@ -21,7 +21,6 @@ import collections
 import contextlib
 import json
 import math
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +32,7 @@ from aiohttp import WSMsgType, web
 
 from tests.fakes.faults import BAN_MSG, LIMIT_MSG, Fault, Faults
 from tests.fakes.klines import FakeClock, Row, load_series
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.market import WEIGHTS, ApiError, Market
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 WEIGHT_WINDOW_MS = 60_000
-_START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class ServedRequest:
     fault: str | None = None
 
 
-class FakeBinance:
+class FakeBinance(LoopbackServer):
     """Process-local fake Binance on 127.0.0.1, served from a background thread.
 
     Args:
@@ -85,6 +84,8 @@ class FakeBinance:
     ``BinanceSocketManager.STREAM_URL``), ``faults``, ``requests``, ``max_used_weight``,
     ``requests_during_backoff``, ``missing``.
     """
+
+    name = "binance"
 
     def __init__(
         self,
@@ -111,74 +112,20 @@ class FakeBinance:
         self._state = threading.Lock()
         self._subs_changed = threading.Condition()
         self._sockets: dict[web.WebSocketResponse, tuple[set[str], bool, asyncio.Transport | None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._closing: asyncio.Event | None = None
-        self.port = 0
+        super().__init__()
 
-    # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> FakeBinance:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"fake-binance:{self.port}", daemon=True)
-        self._thread.start()
-        try:
-            self._call(self._start(sock), timeout=_START_TIMEOUT_S)
-        except BaseException:
-            self._stop_loop()
-            sock.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is None:
-            return
-        try:
-            self._call(self._stop(), timeout=_START_TIMEOUT_S)
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        assert self._loop is not None
-        assert self._thread is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=_START_TIMEOUT_S)
-        self._loop.close()
-        self._loop = None
-
-    def _call(self, coro: Any, timeout: float = 60.0) -> Any:
-        if self._loop is None:
-            coro.close()
-            raise RuntimeError("FakeBinance is not running; use it as a context manager")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    async def _start(self, sock: socket.socket) -> None:
-        self._closing = asyncio.Event()
-        app = web.Application()
+    # ------------------------------------------------------------------ lifecycle (LoopbackServer: the transport)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_get("/ws", self._handle_ws)
         app.router.add_get("/ws/{stream}", self._handle_ws)
         app.router.add_get("/stream", self._handle_ws)
         app.router.add_route("*", "/{tail:.*}", self._handle_rest)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
 
-    async def _stop(self) -> None:
-        assert self._closing is not None
-        assert self._runner is not None
-        self._closing.set()  # releases held ("timeout") requests at once
+    async def _before_stop(self) -> None:
         for ws in list(self._sockets):
             await ws.close(code=1001, message=b"server shutting down")
-        await self._runner.cleanup()
 
     # ------------------------------------------------------------------ public API
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"

@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import signal
-import socket
 import sys
 import threading
 import time
@@ -44,6 +43,7 @@ from aiohttp import web
 
 from tests.fakes.faults import Fault, Faults
 from tests.fakes.klines import FakeClock, Row, load_series
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.venue_api import Answer, ApiError, RateRule, VenueApi
 from tests.fakes.venue_apis import APIS
 from tests.fakes.venue_book import DEFAULT_EXTRA, Book
@@ -51,7 +51,6 @@ from tests.fakes.venue_book import DEFAULT_EXTRA, Book
 __all__ = ["FakeVenue", "VenueFaults", "VenueRequest", "EXCHANGES"]
 
 EXCHANGES = tuple(APIS)
-_START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ class _Limiter:
         return max(1, math.ceil(self.rule.per_s))
 
 
-class FakeVenue:
+class FakeVenue(LoopbackServer):
     """A fake exchange on 127.0.0.1:<free port>, served from a background thread.
 
     Args:
@@ -156,63 +155,13 @@ class FakeVenue:
         self._backoff_until = 0.0  # Binance.US: the 429's Retry-After window
         self._log: list[VenueRequest] = []
         self._state = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._closing: asyncio.Event | None = None
-        self.port = 0
+        super().__init__()
 
-    # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> FakeVenue:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"fake-{self.name}:{self.port}", daemon=True
-        )
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._start(sock), self._loop).result(_START_TIMEOUT_S)
-        except BaseException:
-            self._stop_loop()
-            sock.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(_START_TIMEOUT_S)
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        assert self._loop is not None and self._thread is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=_START_TIMEOUT_S)
-        self._loop.close()
-        self._loop = None
-
-    async def _start(self, sock: socket.socket) -> None:
-        self._closing = asyncio.Event()
-        app = web.Application()
+    # ------------------------------------------------------------------ lifecycle (LoopbackServer: the transport)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-
-    async def _stop(self) -> None:
-        assert self._closing is not None and self._runner is not None
-        self._closing.set()  # releases held ("timeout") requests at once
-        await self._runner.cleanup()
 
     # ------------------------------------------------------------------ public API
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     @property
     def requests(self) -> list[VenueRequest]:
         with self._state:
