@@ -359,41 +359,31 @@ def test_nothing_listening_and_a_tls_mismatch_are_retried_then_given_up() -> Non
             src.close()
 
 
-def test_a_page_of_unreadable_numbers_is_a_final_error() -> None:
-    with served("bybit") as s:
+@pytest.mark.parametrize(
+    ("name", "field", "value", "says"),
+    [
+        ("bybit", 4, "not-a-price", "no number for a price"),
+        # a row ccxt cannot read a time from is never left out quietly: a page short of rows would make the
+        # backfill record their range as a known gap
+        ("okx", 0, "yesterday", "a row that is not a candle"),
+    ],
+)
+def test_a_page_with_an_unreadable_row_is_a_final_error(name: str, field: int, value: str, says: str) -> None:
+    with served(name) as s:
         s.src.resolve([s.sym])
         real = s.fake.api.answer
 
         def corrupt(*args: Any) -> Any:
             ans = real(*args)
             if ans.rows:
-                ans.rows[0][4] = "not-a-price"
+                ans.rows[0][field] = value
                 ans.body = ans.wrap(ans.rows) if ans.wrap else ans.body
             return ans
 
         s.fake.api.answer = corrupt  # type: ignore[method-assign]
-        with pytest.raises(ExchangeError, match="no number for a price"):
+        with pytest.raises(ExchangeError, match=says):
             s.src.candles(s.sym, "1h", ROWS[2600][0], ROWS[2609][0])
         assert len(s.ohlcv_requests()) == 1
-
-
-def test_a_row_without_a_time_is_a_final_error_not_a_shorter_page() -> None:
-    """A candle ccxt could not read a time from (a row of an unknown shape) is never dropped quietly: a page short of
-    rows would make the backfill record their range as a known gap."""
-    with served("okx") as s:
-        s.src.resolve([s.sym])
-        real = s.fake.api.answer
-
-        def corrupt(*args: Any) -> Any:
-            ans = real(*args)
-            if ans.rows:
-                ans.rows[0][0] = "yesterday"
-                ans.body = ans.wrap(ans.rows) if ans.wrap else ans.body
-            return ans
-
-        s.fake.api.answer = corrupt  # type: ignore[method-assign]
-        with pytest.raises(ExchangeError, match="a row that is not a candle"):
-            s.src.candles(s.sym, "1h", ROWS[2600][0], ROWS[2609][0])
 
 
 # ---------------------------------------------------------------------------------------------------- the wire
