@@ -104,7 +104,8 @@ def test_polling_catches_up_after_a_long_pause_and_survives_failures(tmp_path: P
     assert store.read("BTCUSDT", "1h")["open_time"].to_list() == [r[0] for r in rows[990:1300]]
 
 
-def test_an_exchange_with_a_short_reach_is_never_asked_for_older_candles(tmp_path: Path, rows: list) -> None:
+def test_an_exchange_with_a_short_reach_is_never_asked_for_older_candles(tmp_path: Path, rows: list,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
     now = rows[2500][0] + 60_000
     clock = FakeClock(now)
     src = Source(rows, clock, reach=720, page_limit=720)
@@ -113,6 +114,8 @@ def test_an_exchange_with_a_short_reach_is_never_asked_for_older_candles(tmp_pat
     assert first == rows[2500 - 719][0]
     r = backfill_series(src, store, "BTCUSDT", "1h", now, since=rows[1000][0])
     assert r.unreachable == [(rows[1000][0], first)]
+    said = [m for m in caplog.messages if "serves only its most recent 720 candles" in m]
+    assert len(said) == 1 and "recorded as a known gap (nothing invented)" in said[0]
     assert all(a >= first for a, _ in src.calls)  # no request for what it cannot serve
     assert store.known_gaps("BTCUSDT", "1h") == [(rows[1000][0], first)]
     got = store.read("BTCUSDT", "1h")["open_time"].to_list()
@@ -122,3 +125,4 @@ def test_an_exchange_with_a_short_reach_is_never_asked_for_older_candles(tmp_pat
     src.calls.clear()
     again = backfill_series(src, store, "BTCUSDT", "1h", now, since=rows[1000][0])
     assert again.unreachable == [] and again.added == 0
+    assert len([m for m in caplog.messages if "most recent 720" in m]) == 1  # said once, not on every run
