@@ -149,9 +149,9 @@ def collect_cmd(
 def status_cmd(
     ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")
 ) -> None:
-    """Per stored series: first and last candle, rows, gaps, known gaps (no trading), lag behind now, and
-    unreadable files moved to quarantine with the command that fetches their candles again. Folds small
-    tail files into their month files first.
+    """Per stored series, of every exchange: first and last candle, rows, gaps, known gaps (no trading), lag
+    behind now, and unreadable files moved to quarantine with the command that fetches their candles again. Folds
+    small tail files into their month files first.
 
     Example: xylen collect status --json
     """
