@@ -66,6 +66,7 @@ def test_a_new_two_head_model_shows_its_sentence_label_outputs_and_window(home: 
     assert "move_probability = P(the price moves more than 1% either way over the next 6 candles)" in r.output
     assert "features ohlcv-ctx-v1: 34" in r.output and "a request sends at least 73 candles" in r.output
     assert "head move: artifact head-move.txt" in r.output
+    assert "trained on binance BTCUSDT 1h: " in r.output  # the market: exchange, symbol, interval
     body = shown_json(home)
     assert body["summary"] == HONEST and body["min_candles"] == 73
     assert body["label_spec"]["kind"] == "direction" and body["label_spec"]["horizon"] == 6
