@@ -1,0 +1,192 @@
+"""xylen.client against a real `xylen serve` (uvicorn on a loopback port, API keys on): /predict, /models and
+readiness, sync and asyncio, the server's sentences as ClientError, and the /ws/predict stream in send and push
+mode; plus the README's example, run as written."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from tests.conftest import binance_rows, free_port, wait_for
+from xylen.client import AsyncClient, Client, ClientError
+from xylen.core.candles import SCHEMA
+from xylen.core.features import CandleArrays
+from xylen.core.store import Store
+
+pytestmark = pytest.mark.integration
+KEY = "client-test-key-not-secret"
+ROOT = Path(__file__).parents[2]
+STORED = 300  # candles of the sample in the served home's store (push mode reads them)
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    url: str
+    home: Path
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def frame_of(c: CandleArrays, rows: slice) -> pl.DataFrame:
+    t = c.open_time[rows].astype(np.int64)
+    n = len(t)
+    cols = {"open_time": t, "open": c.open[rows], "high": c.high[rows], "low": c.low[rows], "close": c.close[rows],
+            "volume": c.volume[rows], "close_time": t + 299_999, "quote_volume": np.zeros(n),
+            "trades": np.zeros(n, dtype=np.int64), "taker_buy_base": np.zeros(n),
+            "taker_buy_quote": np.zeros(n)}  # fmt: skip
+    return pl.DataFrame(cols).cast(SCHEMA)  # type: ignore[arg-type]
+
+
+def matrix(c: CandleArrays, rows: slice) -> np.ndarray:
+    return np.column_stack([c.open_time[rows].astype(np.float64), c.open[rows], c.high[rows], c.low[rows],
+                            c.close[rows], c.volume[rows]])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served(
+    trained_home: Path, sample_candles: CandleArrays, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    home = tmp_path_factory.mktemp("client") / "home"
+    shutil.copytree(trained_home, home)
+    n = len(sample_candles)
+    Store(home / "data").append("BTCUSDT", "5m", frame_of(sample_candles, slice(n - 100 - STORED, n - 100)))
+    port = free_port()
+    log = home / "serve.log"
+    env = {**os.environ, "XYLEN_HOME": str(home), "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "xylen", "serve", "--port", str(port)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    s = Served(proc, f"http://127.0.0.1:{port}", home, log)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    try:
+        wait_for(lambda: proc.poll() is not None or httpx.get(f"{s.url}/health/ready", headers=auth).status_code == 200,
+                 timeout=120, what="the server to become ready")  # fmt: skip
+        assert proc.poll() is None, f"xylen serve exited early:\n{s.output()}"
+        yield s
+    except BaseException:
+        print(s.output())
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def direct(served: Served, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /predict by hand, the answer the client must give back unchanged."""
+    r = httpx.post(f"{served.url}/predict", json=body, headers={"X-API-Key": KEY})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- HTTP
+def test_predict_models_ready_sync(served: Served, candle_window: np.ndarray) -> None:
+    rows = binance_rows(candle_window)
+    want = direct(served, {"symbol": "BTCUSDT", "timeframe": "5m", "candles": rows})
+    with Client(served.url, key=KEY) as xy:
+        assert xy.predict(rows, symbol="BTCUSDT", timeframe="5m") == want
+        assert xy.predict(candle_window, "BTCUSDT", "5m") == want  # a numpy matrix is sent as lists
+        assert xy.predict(rows) == want  # the only live model answers without a series
+        [model] = xy.models()
+        assert model["name"] == "btcusdt-5m" and model["version"] == want["model_version"]
+        assert xy.ready()["status"] == "ready"
+
+
+def test_predict_models_ready_async(served: Served, candle_window: np.ndarray) -> None:
+    rows = binance_rows(candle_window)
+    want = direct(served, {"symbol": "BTCUSDT", "timeframe": "5m", "candles": rows})
+
+    async def main() -> list[Any]:
+        async with AsyncClient(served.url, key=KEY) as xy:
+            many = await asyncio.gather(*(xy.predict(rows, "BTCUSDT", "5m") for _ in range(8)))  # one pool
+            return [many, await xy.models(), await xy.ready()]
+
+    many, models, ready = asyncio.run(main())
+    assert many == [want] * 8
+    assert [m["name"] for m in models] == ["btcusdt-5m"] and ready["status"] == "ready"
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_a_missing_or_wrong_key_raises_the_servers_sentence(
+    served: Served, candle_window: np.ndarray, key: Any
+) -> None:
+    with Client(served.url, key=key) as xy, pytest.raises(ClientError) as err:
+        xy.predict(binance_rows(candle_window), "BTCUSDT", "5m")
+    assert err.value.status == 401 and "Missing or wrong API key" in err.value.message
+
+    async def main() -> None:
+        async with AsyncClient(served.url, key=key) as xy:
+            await xy.models()
+
+    with pytest.raises(ClientError) as err:
+        asyncio.run(main())
+    assert err.value.status == 401 and "Missing or wrong API key" in err.value.message
+
+
+def test_a_4xx_carries_the_servers_sentence(served: Served, candle_window: np.ndarray) -> None:
+    rows = binance_rows(candle_window)
+    with Client(served.url, key=KEY) as xy:
+        with pytest.raises(ClientError) as err:
+            xy.predict(rows[:10], "BTCUSDT", "5m")
+        assert (
+            err.value.status == 422 and "has 10 candle(s)" in err.value.message and "min_candles" in err.value.message
+        )
+        assert str(err.value).startswith("422: Field 'candles' has 10")
+        bad = [list(r) for r in rows]
+        bad[-1][4] = "NaN"
+        with pytest.raises(ClientError) as err:
+            xy.predict(bad, "BTCUSDT", "5m")
+        assert err.value.status == 422 and "not finite" in err.value.message
+        with pytest.raises(ClientError) as err:
+            xy.predict(rows, "DOGEUSDT", "1h")
+        assert err.value.status == 404 and "DOGEUSDT" in err.value.message
+        assert xy.predict(rows, "BTCUSDT", "5m")["prediction"] in (0, 1)  # the pool is still fine
+
+
+def test_an_unreachable_server_is_a_client_error_naming_it() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    with Client(url, timeout=5) as xy, pytest.raises(ClientError) as err:
+        xy.ready()
+    assert err.value.status is None and url in err.value.message and "xylen serve" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "quoted"),
+    [({"url": "127.0.0.1:8000"}, "'127.0.0.1:8000'"), ({"url": "ftp://x"}, "'ftp://x'"),
+     ({"timeout": 0}, "timeout 0"), ({"timeout": float("nan")}, "timeout nan"), ({"key": ""}, "key must be")],
+)  # fmt: skip
+def test_bad_arguments_are_refused_quoting_them(kwargs: dict[str, Any], quoted: str) -> None:
+    for cls in (Client, AsyncClient):
+        with pytest.raises(ValueError, match=re.escape(quoted)):
+            cls(**kwargs)
+
+
+def test_importing_the_client_loads_nothing_heavy() -> None:
+    code = (
+        "import sys, xylen.client\n"
+        "print(sorted(m for m in ('numpy', 'polars', 'lightgbm', 'pandas', 'sklearn', 'torch', 'fastapi') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
