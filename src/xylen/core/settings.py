@@ -328,6 +328,20 @@ class Settings(BaseSettings):
         validation_alias=_alias("max_body_bytes"),
         description="Request bodies above this many bytes get 413.",
     )
+    ws_max_subscriptions: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        validation_alias=_alias("ws_max_subscriptions"),
+        description="Subscriptions one /ws/predict connection may hold; one more is an error message.",
+    )
+    ws_max_message_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        le=64 * 1_048_576,
+        validation_alias=_alias("ws_max_message_bytes"),
+        description="/ws/predict frames above this many bytes close the connection with code 1009.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", validation_alias=_alias("log_format"), description="Log format: text or json."
     )

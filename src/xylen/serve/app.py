@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import WebSocketRoute
 
 from xylen import __version__
 from xylen.core.bundle import read_manifest, verify_artifact
@@ -32,6 +33,7 @@ from xylen.serve.metrics import Metrics
 from xylen.serve.retrain_jobs import Command, RetrainJobs
 from xylen.serve.retrain_jobs import retrain_command as default_retrain_command
 from xylen.serve.state import ServeState
+from xylen.serve.stream import StreamHub
 
 DESCRIPTION = """Trading signals from the registry's live models, hot-swapped without downtime.
 
@@ -42,7 +44,9 @@ means, its other outputs (`up_probability`, `move_probability`) and how many can
 `/v2/...` speaks the Open Inference Protocol v2 (KServe) on feature matrices. Send `Authorization: Bearer <key>`
 or `X-API-Key: <key>` when the server has API keys (the health probes never need one). A server without keys
 answers only loopback `Host` names and those in XYLEN_ALLOWED_HOSTS (421 otherwise), and its state-changing POSTs
-need `Content-Type: application/json`."""
+need `Content-Type: application/json`. `GET /ws/predict` streams predictions over a WebSocket (one closed candle
+in, one prediction out, or pushed as `xylen collect` stores candles): OpenAPI cannot describe it; see the README's
+"Streaming predictions"."""
 
 
 def create_app(settings: Settings, *, names: list[str] | None = None, model_path: Path | None = None,
@@ -73,12 +77,16 @@ def create_app(settings: Settings, *, names: list[str] | None = None, model_path
         finally:
             holder.draining = True
             stop.set()
+            await streams.stop()  # the store feed's polling thread, if a push subscription started it
             if jobs is not None:
                 await jobs.shutdown()  # a retrain child still running gets SIGTERM and its record says "aborted"
 
     app = FastAPI(title="xylen", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)  # FastAPI's pages load a CDN: ours, from the package
     app.state.xylen = state
+    streams = StreamHub(state)
+    app.state.streams = streams
+    app.router.routes.append(WebSocketRoute("/ws/predict", streams))  # an ASGI app: the protocol is in serve/stream.py
     app.include_router(routes.router)
     app.include_router(v2.router)
     docs.install(app)

@@ -162,6 +162,12 @@ def _request(obj: dict[str, Any], candles: Any, meta_ok: bool) -> PredictRequest
     return PredictRequest(symbol, timeframe, exchange, candles, obj.get("features"), indicators)
 
 
+def series_fields(obj: dict[str, Any]) -> PredictRequest:
+    """'symbol', 'timeframe' and 'exchange' of a JSON object, checked and spelled as /predict's (the stream's
+    subscribe message routes with them)."""
+    return _request({k: obj.get(k) for k in ("symbol", "timeframe", "exchange")}, None, True)
+
+
 def _symbol(sent: str) -> str:
     """The canonical symbol (markets.canonical_symbol's rule) or a 422 quoting what was sent."""
     if sent.isascii() and sent.isalnum() and 2 <= len(sent) <= 20:

@@ -26,6 +26,7 @@ from xylen.serve.decode import RequestError
 from xylen.serve.docs import ASSETS
 from xylen.serve.predict import predict
 from xylen.serve.state import ServeState
+from xylen.serve.stream_guard import admit
 from xylen.serve.v2 import infer_body
 
 Scope = MutableMapping[str, Any]
@@ -107,6 +108,9 @@ class Gate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":  # who may open one: keys, Host and Origin (serve/stream_guard.py)
+                await admit(self.state, self.hosts, self.app, scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()

@@ -29,6 +29,8 @@ from xylen.serve.holder import Live, ModelHolder, SwapEvents
 from xylen.serve.model_health import ModelHealth
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# a stream message costs tens of µs: finer buckets below 1 ms
+WS_BUCKETS = (0.000025, 0.00005, 0.000075, 0.0001, 0.00015, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 INFO = "xylen_model_info"
 
@@ -78,6 +80,21 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # /ws/predict (serve/stream.py): label values from stream.MESSAGE_TYPES, never from a message
+        self.ws_connections = Gauge(
+            "xylen_ws_connections", "Open /ws/predict connections.", registry=r, multiprocess_mode="livesum"
+        )
+        self.ws_messages = Counter(
+            "xylen_ws_messages_total", "/ws/predict messages received, by type.", ["type"], registry=r
+        )
+        self.ws_latency = Histogram(
+            "xylen_ws_message_duration_seconds",
+            "Server time per /ws/predict message, by type (from receiving it to its answers sent).",
+            ["type"],
+            buckets=WS_BUCKETS,
+            registry=r,
+        )
+        self._ws_bound: dict[str, tuple[object, object]] = {}
         self._bound: dict[tuple[str, int], tuple[object, object]] = {}
         self._pred: dict[tuple[str, int], object] = {}
         self._live_versions: dict[str, str] = {}
@@ -104,6 +121,13 @@ class Metrics:
         if pair is None:
             s = str(status)
             pair = self._bound[key] = (self.requests.labels(route, s), self.latency.labels(route, s))
+        pair[0].inc()  # type: ignore[attr-defined]
+        pair[1].observe(seconds)  # type: ignore[attr-defined]
+
+    def ws_message(self, kind: str, seconds: float) -> None:
+        pair = self._ws_bound.get(kind)
+        if pair is None:
+            pair = self._ws_bound[kind] = (self.ws_messages.labels(kind), self.ws_latency.labels(kind))
         pair[0].inc()  # type: ignore[attr-defined]
         pair[1].observe(seconds)  # type: ignore[attr-defined]
 

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 
 from xylen.core import featuresets
+from xylen.core.features import CandleArrays
 from xylen.core.featuresets import FeatureSet
 from xylen.core.markets import DEFAULT_EXCHANGE, exchange_flag, market_label, model_name
 from xylen.serve.decode import (
@@ -55,15 +56,24 @@ def predict(state: ServeState, body: bytes) -> bytes:
                                 f"this server does not compute from candles ({', '.join(featuresets.VERSIONS)}); send "
                                 f"its {live.bundle.num_feature()} features by name in 'indicators' "
                                 "({name: value}), or in 'features' (GET /v2/models/<name> lists them).")
+    return orjson.dumps(answer(state, live, row, notes))
+
+
+def answer(state: ServeState, live: Live, row: np.ndarray, notes: list[str], out: dict[str, Any] | None = None
+           ) -> dict[str, Any]:
+    """The signal fields of /predict for the feature ``row`` (the stream sends the same, after its own fields in
+    ``out``)."""
     p = live.predict_row(row)
     cls = 1 if p >= 0.5 else 0
     state.metrics.predicted(live.name, cls)
-    out = {"prediction": cls, "confidence": p if cls else 1.0 - p, "model_version": live.version, "model": live.name,
-           "probability": p, "feature_set": live.bundle.manifest.feature_set.version, "notes": notes}
+    if out is None:
+        out = {}
+    out.update(prediction=cls, confidence=p if cls else 1.0 - p, model_version=live.version, model=live.name,
+               probability=p, feature_set=live.bundle.manifest.feature_set.version, notes=notes)
     if live.extra:  # up_probability / move_probability: the bundle's other outputs for the same row
         for field, head in live.extra:
             out[field] = p if head is None else head(row)
-    return orjson.dumps(out)
+    return out
 
 
 def candle_row(fs: FeatureSet, raw: Any, interval: str | None, now_ms: float, skew_ms: float, who: str,
@@ -71,9 +81,20 @@ def candle_row(fs: FeatureSet, raw: Any, interval: str | None, now_ms: float, sk
     """The features of the last closed candle of ``raw`` (a request's 'candles') for the model ``who``: decoded,
     checked against the model (decode.py), computed. Never a non-finite value: decode refuses candles outside what
     the features represent finitely, and this checks the row itself too, so that no model ever sees one."""
+    return features_row(fs, closed_candles(fs, raw, interval, now_ms, skew_ms, who, notes), who)
+
+
+def closed_candles(fs: FeatureSet, raw: Any, interval: str | None, now_ms: float, skew_ms: float, who: str,
+                   notes: list[str]) -> CandleArrays:
+    """The closed candles of ``raw`` whose trailing ``fs.min_candles`` the features read, checked (decode.py)."""
     w = decode_candles(raw, fs.min_candles, who)
     candles, dropped = closed_window(w.candles, w.close_time, interval, now_ms, skew_ms, who, fs.min_candles, w.first)
     notes += dropped
+    return candles
+
+
+def features_row(fs: FeatureSet, candles: CandleArrays, who: str) -> np.ndarray:
+    """``fs``'s features of the last of ``candles``, which must all be finite."""
     row = fs.last_row(candles)
     if not np.isfinite(row).all():
         j = int(np.argmin(np.isfinite(row)))

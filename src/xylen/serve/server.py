@@ -97,6 +97,9 @@ def serve(settings: Settings, opts: ServeOptions) -> None:
         "timeout_graceful_shutdown": 30,
         "server_header": False,
         "date_header": False,
+        # /ws/predict: a larger frame is closed 1009 before it is read; a shutdown closes sockets with 1001
+        "ws_max_size": settings.ws_max_message_bytes,
+        "ws": "xylen.serve.stream_close:GoingAwayProtocol",
     }
     if opts.workers > 1:
         _serve_workers(settings, opts, keys, common)
