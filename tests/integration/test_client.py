@@ -190,3 +190,99 @@ def test_importing_the_client_loads_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- the stream
+def test_stream_send_mode_gives_what_predict_gives(served: Served, sample_candles: CandleArrays) -> None:
+    n = len(sample_candles)
+    m = matrix(sample_candles, slice(n - 130, n))  # a window of 100, then 30 candles one by one
+    rows = binance_rows(m)
+    with Client(served.url, key=KEY) as xy, xy.stream() as stream:
+        sub = stream.subscribe("BTCUSDT", "5m", candles=rows[:100])
+        assert sub.info["model"] == "btcusdt-5m" and sub.info["min_candles"] <= 100
+        assert sub.prediction is not None and sub.prediction["open_time"] == int(m[99, 0])
+        got = [sub.prediction] + [sub.send(r) for r in rows[100:]]
+        for i, p in enumerate(got):  # parity: the stream's probability is /predict's for the same window
+            want = xy.predict(rows[i : i + 100], "BTCUSDT", "5m")
+            assert p["probability"] == want["probability"] and p["prediction"] == want["prediction"]
+            assert p["open_time"] == int(m[i + 99, 0]) and p["model_version"] == want["model_version"]
+
+
+def test_stream_errors_name_the_candle_and_the_subscription_goes_on(
+    served: Served, sample_candles: CandleArrays
+) -> None:
+    n = len(sample_candles)
+    rows = binance_rows(matrix(sample_candles, slice(n - 103, n)))
+    with Client(served.url, key=KEY) as xy, xy.stream() as stream:
+        with pytest.raises(ClientError) as err:
+            stream.subscribe("DOGEUSDT", "1h", candles=rows[:100])
+        assert err.value.status is None and "DOGEUSDT" in err.value.message
+        sub = stream.subscribe("BTCUSDT", "5m", candles=rows[:100])
+        for bad in (rows[99], rows[102]):  # a duplicate, then a gap
+            with pytest.raises(ClientError) as err:
+                sub.send(bad)
+            assert err.value.open_time == bad[0] and err.value.status is None
+        assert sub.send(rows[100])["open_time"] == rows[100][0]  # still usable, window unchanged
+        with pytest.raises(TypeError, match="push subscriptions"):
+            sub.receive()
+        stream.ping()
+        sub.unsubscribe()
+        with pytest.raises(ClientError, match="no longer on this stream"):
+            sub.send(rows[101])
+
+
+def test_stream_push_mode_pushes_each_stored_candle(served: Served, sample_candles: CandleArrays) -> None:
+    n = len(sample_candles)
+    store = Store(served.home / "data")
+    with Client(served.url, key=KEY) as xy, xy.stream() as stream:
+        sub = stream.subscribe("BTCUSDT", "5m", push=True)
+        last = int(store.last_open_time("BTCUSDT", "5m") or 0)
+        assert sub.info["last_open_time"] == last and sub.mode == "push"
+        start = int(np.searchsorted(sample_candles.open_time, last)) + 1
+        for k in range(start, start + 3):
+            store.append("BTCUSDT", "5m", frame_of(sample_candles, slice(k, k + 1)))
+            p = sub.receive(timeout=60)
+            assert p["open_time"] == int(sample_candles.open_time[k])
+            want = xy.predict(binance_rows(matrix(sample_candles, slice(k - 99, k + 1))), "BTCUSDT", "5m")
+            assert p["probability"] == want["probability"]
+        with pytest.raises(TypeError, match="send-mode"):
+            sub.send([])
+        assert k + 1 < n
+
+
+def test_async_stream_send_and_push(served: Served, sample_candles: CandleArrays) -> None:
+    n = len(sample_candles)
+    rows = binance_rows(matrix(sample_candles, slice(n - 110, n)))
+    store = Store(served.home / "data")
+
+    async def main() -> tuple[list[int], list[int]]:
+        async with AsyncClient(served.url, key=KEY) as xy, xy.stream() as stream:
+            send = await stream.subscribe("BTCUSDT", "5m", candles=rows[:100])
+            push = await stream.subscribe("BTCUSDT", "5m", push=True)
+            last = push.info["last_open_time"]
+            k = int(np.searchsorted(sample_candles.open_time, last)) + 1
+            await asyncio.to_thread(store.append, "BTCUSDT", "5m", frame_of(sample_candles, slice(k, k + 2)))
+            sent = [(await send.send(r))["open_time"] for r in rows[100:105]]  # pushes arriving meanwhile wait
+            pushed = []
+            async for p in push:
+                pushed.append(p["open_time"])
+                if len(pushed) == 2:
+                    break
+            assert pushed == [int(t) for t in sample_candles.open_time[k : k + 2]]
+            await push.unsubscribe()
+            return sent, pushed
+
+    sent, _ = asyncio.run(main())
+    assert sent == [r[0] for r in rows[100:105]]
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_stream_without_the_key_is_closed_1008_for_good(served: Served, candle_window: np.ndarray, key: Any) -> None:
+    with Client(served.url, key=key) as xy, xy.stream() as stream:
+        with pytest.raises(ClientError) as err:
+            stream.subscribe("BTCUSDT", "5m", candles=binance_rows(candle_window))
+        assert err.value.status == 1008 and "API key" in err.value.message
+        assert "does not reconnect" in err.value.message
+        with pytest.raises(ClientError) as again:  # no reconnection: every later call says the same
+            stream.ping()
+        assert again.value is err.value

@@ -454,7 +454,17 @@ def test_a_concurrent_writer_thread_every_candle_once_in_order(tmp_path: Path, l
     assert np.array_equal(rows, candles(start, total).select(list(store_feed.COLUMNS)).to_numpy())
 
 
-def test_importing_the_feed_does_not_import_polars() -> None:
-    code = "import sys, xylen.serve.store_feed; print('polars' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert out.stdout.strip() == "False"
+def test_the_feed_reads_in_a_server_process_that_blocks_polars_and_loads_it_only_then(tmp_path: Path) -> None:
+    Store(tmp_path).append("BTCUSDT", "5m", candles(0, 120))
+    code = (
+        "import sys\n"
+        "from xylen.core.imports import block_heavy_imports\n"
+        "block_heavy_imports()\n"  # as `xylen serve` does before anything loads
+        "from xylen.serve.store_feed import StoreFeed\n"
+        "feed = StoreFeed(sys.argv[1], thread=False)\n"
+        "print('polars' in sys.modules, feed.history('binance', 'BTCUSDT', '5m', 100).shape, 'polars' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "False (100, 6) True"

@@ -11,13 +11,21 @@ import sys
 from typing import Any
 
 BLOCKED = frozenset({"pandas", "sklearn", "matplotlib", "polars", "pyarrow", "dask", "datatable", "graphviz"})
+_ALLOWED: set[str] = set()  # blocked names this process needs after all (allow_heavy_import)
 
 
 class _Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
-        if fullname.partition(".")[0] in BLOCKED:
+        top = fullname.partition(".")[0]
+        if top in BLOCKED and top not in _ALLOWED:
             raise ModuleNotFoundError(f"{fullname} is not loaded in the xylen server (memory)", name=fullname)
         return None
+
+
+def allow_heavy_import(name: str) -> None:
+    """Let ``name`` load in this process after all: the server's store feed reads the candle store with polars
+    (~35 MB RSS) once a client asks for pushed predictions, and only then."""
+    _ALLOWED.add(name)
 
 
 def block_heavy_imports() -> list[str]:

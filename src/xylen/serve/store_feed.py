@@ -22,8 +22,9 @@ not delivered: it would be out of order; ``history`` reads it.
 A store error (an unreadable file, a store from before exchanges) goes to the listeners' ``on_error`` once per
 distinct message, on the event loop; the thread carries on and delivers again once the store reads.
 
-Only this module reads the store for the server, and it imports the store (polars) on first use: a server whose
-clients never ask for pushed candles never imports it.
+Only this module reads the store for the server. The server keeps polars out of its process (memory, see
+core/imports.py); the feed lets it in on first use (~35 MB RSS), so a server whose clients never ask for pushed
+candles never loads it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import numpy as np
 
 from xylen.core import intervals
 from xylen.core.errors import ConfigError, DataError, XylenError
+from xylen.core.imports import allow_heavy_import
 from xylen.core.markets import exchange_flag, market_label
 from xylen.serve.decode import RequestError
 
@@ -118,7 +120,9 @@ class StoreFeed:
         with self._lock:
             got = self._stores.get(exchange)
             if got is None:
-                from xylen.core.store import Store  # polars: only once someone reads the store
+                # polars: only once someone reads the store. The server blocks it (memory); pushing needs it
+                allow_heavy_import("polars")
+                from xylen.core.store import Store
 
                 got = self._stores[exchange] = Store(self.root, exchange, serialize_writers=False)
             return got
