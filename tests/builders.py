@@ -193,3 +193,27 @@ def point(registry: Registry, name: str, version: str) -> None:
     history = (old.version, *old.history)[:50] if old and old.version != version else ()
     ptr = Pointer(name=name, version=version, sha256=m.artifact.sha256, promoted_at=now_iso(), history=history)
     write_durably(registry.root / name / POINTER, ptr.to_json())
+
+
+def publish_copies(registry: Registry, source: Path, symbols: list[str], *, promote: bool = True) -> list[str]:
+    """Publish a copy of the bundle folder ``source`` as the model of each of ``symbols`` (same interval and
+    exchange: ``c0001usdt-5m`` for ``C0001USDT``) through ``registry``, each a complete bundle that verifies as the
+    source does; ``promote``: point CURRENT at it without the per-version child (callers verify in one batch).
+    Returns the model names. Many markets in one server without training each one."""
+    from xylen.core.markets import model_name
+
+    names = []
+    for symbol in symbols:
+        m = read_manifest(source)
+        name = model_name(symbol, m.interval or "5m", m.exchange)
+        with registry.stage(name) as staging:
+            for f in source.iterdir():
+                if f.is_file():
+                    shutil.copy2(f, staging / f.name)
+            m.name, m.symbol = name, symbol
+            write_manifest(staging, m)
+            version = registry.publish(name, staging)
+        if promote:
+            point(registry, name, version)
+        names.append(name)
+    return names

@@ -130,6 +130,12 @@ def now_iso() -> str:
 
 
 def read_manifest(folder: Path) -> Manifest:
+    return _read_manifest(folder)[0]
+
+
+def _read_manifest(folder: Path, expect_sha256: str | None = None) -> tuple[Manifest, str]:
+    """The manifest and the sha256 of its bytes; ``expect_sha256``: refused unless the bytes have that digest (the
+    manifest a verifier child checked: a server then reads the very bundle the child proved, see load_bundle)."""
     path = folder / MANIFEST
     try:
         raw = path.read_bytes()
@@ -138,8 +144,14 @@ def read_manifest(folder: Path) -> Manifest:
             f"Bundle {str(folder)!r} has no {MANIFEST}.",
             hint="it is not a xylen bundle, or it was written partially; roll back or retrain.",
         ) from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if expect_sha256 is not None and digest != expect_sha256:
+        raise BundleError(
+            f"{str(path)!r} changed after it was verified (sha256 {digest[:12]}..., verified {expect_sha256[:12]}...).",
+            hint="bundle folders are never edited in place: publish a new version and promote it.",
+        )
     try:
-        return Manifest.model_validate(orjson.loads(raw))
+        return Manifest.model_validate(orjson.loads(raw)), digest
     except orjson.JSONDecodeError as exc:
         raise BundleError(
             f"{str(path)!r} is not valid JSON ({exc}).", hint="the bundle is corrupt; roll back."
@@ -204,10 +216,12 @@ class ModelBundle:
     """A loaded, verified bundle. ``predict(X)`` and ``num_feature()`` mirror lightgbm.Booster."""
 
     def __init__(
-        self, folder: Path, manifest: Manifest, predictor: Predictor, heads: list[tuple[str, Predictor]] | None = None
+        self, folder: Path, manifest: Manifest, predictor: Predictor, heads: list[tuple[str, Predictor]] | None = None,
+        manifest_sha256: str | None = None,
     ) -> None:
         self.folder = folder
         self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256  # of the manifest.json bytes it was loaded from
         self.predictor = predictor
         self.feature_names = list(manifest.feature_set.names)
         # the feature set this xylen computes for it from candles (None: the caller sends features)
@@ -304,17 +318,23 @@ class ModelBundle:
                     )
 
 
-def load_bundle(folder: str | Path, *, check_golden: bool = True, num_threads: int = 1) -> ModelBundle:
-    """Load and verify a bundle folder. Raises BundleError with the reason and the fix."""
+def load_bundle(
+    folder: str | Path, *, check_golden: bool = True, num_threads: int = 1, manifest_sha256: str | None = None
+) -> ModelBundle:
+    """Load and verify a bundle folder. Raises BundleError with the reason and the fix.
+
+    ``manifest_sha256``: the digest of the manifest a verifier child loaded this folder with (core/verify.py); a
+    manifest with other bytes is refused before any artifact is read. Each LightGBM artifact is parsed from the very
+    bytes its sha256 was checked on, so what loads here is byte for byte what the child loaded."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BundleError(
             f"Model bundle {str(folder)!r} does not exist.", hint="check the path or `xylen models list`."
         )
-    manifest = read_manifest(folder)
+    manifest, digest = _read_manifest(folder, manifest_sha256)
     art = verify_artifact(folder, manifest)
     if manifest.backend == "lightgbm":
-        options: dict[str, Any] = {"num_threads": num_threads}
+        options: dict[str, Any] = {"num_threads": num_threads, "sha256": manifest.artifact.sha256}
     else:
         # onnx/torch: how to read the model's output ("probability" or "logit"), recorded at import; the
         # backend validates it
@@ -327,7 +347,7 @@ def load_bundle(folder: str | Path, *, check_golden: bool = True, num_threads: i
             hint="the manifest does not belong to this artifact; retrain or re-import.",
         )
     heads = _load_heads(folder, manifest, num_threads)
-    bundle = ModelBundle(folder, manifest, predictor, heads)
+    bundle = ModelBundle(folder, manifest, predictor, heads, manifest_sha256=digest)
     if check_golden:
         bundle.check_golden()
     return bundle
@@ -385,7 +405,8 @@ def _load_heads(folder: Path, manifest: Manifest, num_threads: int) -> list[tupl
     where = f"Bundle {str(folder)!r}"
     out: list[tuple[str, Predictor]] = []
     for field, head in zip(head_fields(manifest, where), manifest.heads):
-        pred = load_predictor("lightgbm", verify_artifact(folder, manifest, head.artifact), num_threads=num_threads)
+        pred = load_predictor("lightgbm", verify_artifact(folder, manifest, head.artifact), num_threads=num_threads,
+                              sha256=head.artifact.sha256)
         if pred.num_feature() != len(manifest.feature_set.names):
             raise BundleError(
                 f"{where}: the {field} head expects {pred.num_feature()} features but the manifest names "

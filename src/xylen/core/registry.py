@@ -18,6 +18,7 @@ complete, verified bundle.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -109,8 +110,16 @@ class Registry:
         )
 
     def live_names(self) -> list[str]:
-        """Models that have a live version (a CURRENT pointer)."""
-        return [n for n in self.names() if (self.root / n / POINTER).exists()]
+        """Models that have a live version (a CURRENT pointer): one listing of the root and one stat per model (a
+        server asks every poll interval; names() would also list each model's versions)."""
+        try:
+            entries = list(os.scandir(self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(
+            e.name for e in entries
+            if _NAME_RE.fullmatch(e.name) and e.is_dir() and os.path.exists(os.path.join(e.path, POINTER))
+        )
 
     def versions(self, name: str) -> list[str]:
         folder = self.root / check_name(name)

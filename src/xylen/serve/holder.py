@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from xylen.core.errors import BundleError, XylenError
 from xylen.core.intervals import INTERVALS
 from xylen.core.rawmodel import load_raw, resolve_backend
 from xylen.core.registry import POINTER, Pointer, Registry
-from xylen.core.verify import verify_in_child, verify_raw_in_child
+from xylen.core.verify import Verdict, verify_in_child, verify_many_in_children, verify_raw_in_child
 from xylen.serve.fastrow import RowPredictor, head_row_predictors, row_predictor
 
 log = logging.getLogger("xylen.serve")
@@ -61,9 +61,12 @@ class Live:
         return ("probability", *(field for field, _ in self.extra))
 
 
-def load_live(name: str | None, folder: Path) -> Live:
-    """Load + warm in this process (after verify_in_child said it is safe). ``name`` defaults to the manifest's."""
-    bundle = load_bundle(folder, check_golden=True, num_threads=1)
+def load_live(name: str | None, folder: Path, *, manifest_sha256: str | None = None) -> Live:
+    """Load + warm in this process (after verify_in_child said it is safe). ``name`` defaults to the manifest's.
+
+    ``manifest_sha256``: the manifest a verifier child loaded the folder with and reproduced the golden predictions
+    of; the bundle is then loaded from those very bytes (else refused), and the golden check is not run again."""
+    bundle = load_bundle(folder, check_golden=manifest_sha256 is None, num_threads=1, manifest_sha256=manifest_sha256)
     return _warm(name or bundle.name, bundle)
 
 
@@ -124,6 +127,7 @@ class ModelHolder:
         default: str | None = None,
         backend: str | None = None,
         verify: Callable[[Path], str | None] = verify_in_child,
+        verify_many: Callable[[Sequence[Path]], dict[Path, Verdict]] | None = None,
         events: SwapEvents | None = None,
     ) -> None:
         self.registry = registry
@@ -134,6 +138,8 @@ class ModelHolder:
         self.default_name = default
         self.backend = backend  # MODEL_TYPE: a version of another backend is refused
         self.verify = verify
+        # a batch in a few children (core/verify.py --many); an injected one-folder ``verify`` is asked per folder
+        self.verify_many = verify_many or (verify_many_in_children if verify is verify_in_child else None)
         self.events = events or SwapEvents()
         self.live: dict[str, Live] = {}  # replaced, never mutated
         self.served: tuple[str, ...] = ()  # expected() as of the last poll: read per request without disk I/O
@@ -234,61 +240,111 @@ class ModelHolder:
         return f"its backend is {backend} but MODEL_TYPE is {self.backend}; unset MODEL_TYPE to serve it"
 
     def poll(self) -> None:
-        """One pass over the registry: swap in every model whose CURRENT changed to a good version."""
+        """One pass over the registry: every model whose CURRENT changed is verified in one batch, then swapped in
+        (or refused) one by one."""
         if self.registry is None:
             return
         names = self.expected()
         self.served = tuple(names)
+        changed: list[tuple[str, Pointer]] = []
         for name in names:
             try:
-                self._poll_one(name)
+                ptr = self._changed_pointer(name)
             except Exception as exc:  # never let one model's trouble stop the watcher
                 log.exception("watching %s failed: %s", name, exc)
+                continue
+            if ptr is not None:
+                changed.append((name, ptr))
+        if changed:
+            try:
+                self.consider_many(changed)
+            except Exception as exc:  # consider_many settles each model on its own; this is a bug's last resort
+                log.exception("swapping in %d models failed: %s", len(changed), exc)
 
-    def _poll_one(self, name: str) -> None:
+    def _changed_pointer(self, name: str) -> Pointer | None:
+        """``name``'s pointer when CURRENT.json changed since the last look (one stat when it did not)."""
         assert self.registry is not None
         path = self.registry.root / name / POINTER
         try:
             st = os.stat(path)
         except FileNotFoundError:
             self.problems.setdefault(name, f"no live version; promote one with `xylen models promote {name} vNNNN`")
-            return
+            return None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._seen.get(name) == key:
-            return
+            return None
         try:
             ptr = self.registry.current(name)
         except XylenError as exc:
             self.problems[name] = exc.message
-            return  # a half-visible pointer cannot happen (rename), so this is a bad pointer: wait for the next
+            return None  # a half-visible pointer cannot happen (rename), so this is a bad pointer: wait for the next
         self._seen[name] = key
-        if ptr is None:
-            return
-        self.consider(name, ptr)
+        return ptr
 
     def consider(self, name: str, ptr: Pointer) -> bool:
         """Verify, load, warm and swap in ``ptr``'s version unless it is live already or was refused."""
-        ident = (ptr.version, ptr.sha256, ptr.promoted_at)
-        current = self.live.get(name)
-        if (
-            current is not None
-            and current.version == ptr.version
-            and current.bundle.manifest.artifact.sha256 == ptr.sha256
-        ):
-            return True
-        if self.refused.get(name) == ident:
-            return False  # refused once; not retried until CURRENT changes again
+        return self.consider_many([(name, ptr)])[name]
+
+    def consider_many(self, pointers: Sequence[tuple[str, Pointer]]) -> dict[str, bool]:
+        """``consider`` for many models: the new versions are verified as one batch (a few children for all of
+        them, core/verify.py), then each is loaded, warmed and swapped in, or refused, on its own: its own event,
+        problems entry and log line, and one refused model never holds the others back. name -> live now."""
         assert self.registry is not None
-        folder = self.registry.path(name, ptr.version)
+        settled: dict[str, bool] = {}
+        todo: list[tuple[str, Pointer, Path]] = []
+        for name, ptr in pointers:
+            current = self.live.get(name)
+            if (
+                current is not None
+                and current.version == ptr.version
+                and current.bundle.manifest.artifact.sha256 == ptr.sha256
+            ):
+                settled[name] = True
+            elif self.refused.get(name) == (ptr.version, ptr.sha256, ptr.promoted_at):
+                settled[name] = False  # refused once; not retried until CURRENT changes again
+            else:
+                todo.append((name, ptr, self.registry.path(name, ptr.version)))
         t0 = time.perf_counter()
-        try:
-            reason = self._backend_problem(folder) or self.verify(folder)
-        except XylenError as exc:
-            reason = exc.message
+        verdicts = self._verify_batch([folder for _, _, folder in todo])
+        verified_s = time.perf_counter() - t0
+        for name, ptr, folder in todo:
+            try:
+                settled[name] = self._swap_in(name, ptr, folder, verdicts[folder], verified_s, len(todo))
+            except Exception as exc:  # a bug in one model's load must not keep the rest of the batch out
+                log.exception("swapping in %s %s failed: %s", name, ptr.version, exc)
+                settled[name] = False
+        return settled
+
+    def _verify_batch(self, folders: list[Path]) -> dict[Path, Verdict]:
+        """folder -> its verdict (out of process); MODEL_TYPE's refusals cost no child."""
+        verdicts: dict[Path, Verdict] = {}
+        for folder in folders:
+            try:
+                verdicts[folder] = Verdict(self._backend_problem(folder))
+            except XylenError as exc:
+                verdicts[folder] = Verdict(exc.message)
+        check = [f for f in folders if verdicts[f].reason is None]
+        if self.verify_many is not None and check:
+            verdicts.update(self.verify_many(check))
+            return verdicts
+        for folder in check:
+            try:
+                verdicts[folder] = Verdict(self.verify(folder))
+            except XylenError as exc:
+                verdicts[folder] = Verdict(exc.message)
+        return verdicts
+
+    def _swap_in(self, name: str, ptr: Pointer, folder: Path, verdict: Verdict, verified_s: float,
+                 batch: int) -> bool:
+        """Load, warm and publish ``folder`` when its verification passed, or refuse it."""
+        current = self.live.get(name)
+        ident = (ptr.version, ptr.sha256, ptr.promoted_at)
+        t0 = time.perf_counter()
         live = None
+        reason = verdict.reason
         if reason is None:
             try:
-                live = load_live(name, folder)
+                live = load_live(name, folder, manifest_sha256=verdict.manifest_sha256)
                 if live.bundle.manifest.artifact.sha256 != ptr.sha256:
                     reason = (
                         f"CURRENT.json names sha256 {ptr.sha256[:12]}... but {ptr.version}'s artifact has "
@@ -308,10 +364,12 @@ class ModelHolder:
             return False
         self._publish(live)
         log.info(
-            "%s: now serving %s (was %s; verified+loaded in %.2f s, %s)",
+            "%s: now serving %s (was %s; verified in %.2f s%s, loaded in %.3f s, %s)",
             name,
             live.version,
             current.version if current else "none",
+            verified_s,
+            f" with {batch - 1} other models" if batch > 1 else "",
             time.perf_counter() - t0,
             live.predict_path,
         )

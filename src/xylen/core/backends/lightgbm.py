@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,20 @@ from xylen.core.errors import BundleError
 class LightGBMPredictor:
     backend = "lightgbm"
 
-    def __init__(self, artifact: Path, num_threads: int = 1) -> None:
+    def __init__(self, artifact: Path, num_threads: int = 1, sha256: str | None = None) -> None:
         import lightgbm as lgb  # lazy: only servers/trainers of LightGBM models pay for it
 
-        text = Path(artifact).read_text(encoding="utf-8", errors="strict")
+        data = Path(artifact).read_bytes()
+        # ``sha256`` (a bundle's manifest): the bytes parsed are the bytes hashed, read once -- a file replaced after
+        # its check (a truncated model can abort this process) is refused, not parsed
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise BundleError(
+                f"{str(artifact)!r} changed while it was loaded (its sha256 is no longer the manifest's).",
+                hint="model files are never edited in place: publish a new version, or roll back.",
+            )
+        text = data.decode("utf-8", errors="strict")
+        if "\r" in text:  # as read_text did: universal newlines
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
         if not text.startswith("tree") or "end of trees" not in text:
             # a truncated text model can abort the process inside LightGBM instead of raising
             raise BundleError(
