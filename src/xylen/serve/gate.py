@@ -27,7 +27,8 @@ from xylen.serve.docs import ASSETS
 from xylen.serve.predict import predict
 from xylen.serve.state import ServeState
 from xylen.serve.stream_guard import admit
-from xylen.serve.v2 import infer_body
+from xylen.serve.v2 import infer_answer
+from xylen.serve.v2binary import HEADER, OCTETS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -145,16 +146,17 @@ class Gate:
                 return
             body = await self._body(scope, receive)
             if method == "POST" and route in _FAST_POST:
-                if body:
-                    _check_json(scope)
                 # the two hot routes skip FastAPI's routing; their documented FastAPI routes call the same code
+                headers = None
                 if route == "/predict":
+                    if body:
+                        _check_json(scope)
                     out = predict(self.state, body)
                 else:
                     name, version = _infer_target(scope["path"])
-                    out = orjson.dumps(infer_body(self.state, name, version, body), option=orjson.OPT_SERIALIZE_NUMPY)
+                    out, headers = infer_answer(self.state, name, version, body, _v2_header(scope))
                 status = 200
-                await send_bytes(send, 200, out)
+                await send_bytes(send, 200, out, headers)
                 return
             if not key_ok:
                 _require_json(scope, method, route)
@@ -260,6 +262,25 @@ def _check_json(scope: Scope) -> None:
                     "'Content-Type: application/json'.",
                 )
             return
+
+
+def _v2_header(scope: Scope) -> bytes | None:
+    """v2 infer's Inference-Header-Content-Length (None: a JSON body), after the content-type check: JSON, or
+    application/octet-stream for the binary tensor data extension (v2 infer only: /predict takes JSON)."""
+    length = None
+    for name, value in scope["headers"]:
+        if name == HEADER:
+            length = value
+        elif name == b"content-type":
+            kind = value.split(b";", 1)[0].strip().lower()
+            if kind != OCTETS and kind not in _JSON_TYPES:
+                raise RequestError(
+                    415,
+                    f"Content-Type {value[:60].decode('latin-1')!r} is neither JSON nor binary tensor data; send "
+                    "'Content-Type: application/json', or application/octet-stream with an "
+                    "Inference-Header-Content-Length header (the binary tensor data extension).",
+                )
+    return length
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -4,7 +4,8 @@ Inputs: one tensor of datatype FP32 or FP64 and shape [N, n_features] (data flat
 Outputs: one FP64 tensor of shape [N] per output of the bundle: "probability" always, plus "up_probability" and/or
 "move_probability" where the bundle has them (its heads, or a direction label); the request's ``outputs`` may ask
 for some of them. Errors are ``{"error": "..."}`` as the protocol specifies.
-The binary-tensor extension is not supported (tritonclient: pass ``binary_data=False``).
+Tensors travel as JSON or, with the binary tensor data extension (v2binary), as raw bytes after a JSON header:
+tritonclient's defaults work as they are.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request, Response
 
 from xylen import __version__
-from xylen.serve import schemas
-from xylen.serve.decode import RequestError, loads_object
+from xylen.serve import schemas, v2binary
+from xylen.serve.decode import RequestError
 from xylen.serve.holder import Live
 from xylen.serve.routes import json_response, label_of, state_of
 from xylen.serve.state import ServeState
@@ -58,7 +60,7 @@ def _metadata(live: Live) -> dict[str, Any]:
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> Response:
-    return json_response({"name": "xylen", "version": __version__, "extensions": []})
+    return json_response({"name": "xylen", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
 @router.get("/health/live")
@@ -110,29 +112,66 @@ async def version_ready(request: Request, name: str, version: str) -> Response:
     return json_response({"name": live.name, "version": live.version, "ready": True})
 
 
+_BINARY_DOC = (
+    "Binary tensor data extension (tritonclient's default): the header `Inference-Header-Content-Length: N` says the "
+    "first N bytes are this JSON object; the input's raw little-endian FP32/FP64 values follow, row-major, their "
+    "length in the input's `parameters.binary_data_size` (and no `data`)."
+)
 _INFER_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": schemas.inline_schema(schemas.V2InferRequest)}},
+        "content": {
+            "application/json": {"schema": schemas.inline_schema(schemas.V2InferRequest)},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": _BINARY_DOC}},
+        },
     }
 }
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **schemas.ERRORS,
+    200: {
+        "description": "The outputs as JSON; or, when an output asks `parameters.binary_data: true` or the request "
+        "`parameters.binary_data_output: true`, an application/octet-stream body: the JSON answer (its length in "
+        "`Inference-Header-Content-Length`), then those outputs' FP64 little-endian bytes in order, each output's "
+        "length in its `parameters.binary_data_size`.",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
+_INFER_TEXT = """Predict on a feature matrix: one FP32/FP64 input of shape [N, n_features], one FP64 output of shape [N]
+per probability field. Inputs and outputs travel as JSON or as raw bytes (the binary tensor data extension, which
+tritonclient uses by default: `set_data_from_numpy(x)`, `InferRequestedOutput(name)`)."""
 
 
 @router.post(
-    "/models/{name}/infer", response_model=schemas.V2InferResponse, responses=schemas.ERRORS, openapi_extra=_INFER_DOC
+    "/models/{name}/infer",
+    response_model=schemas.V2InferResponse,
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_DOC,
+    description=_INFER_TEXT,
 )
 async def infer(request: Request, name: str) -> Response:
-    return json_response(infer_body(state_of(request), name, None, await request.body()))
+    return _answer(*infer_answer(state_of(request), name, None, await request.body(), _header_length(request)))
 
 
 @router.post(
     "/models/{name}/versions/{version}/infer",
     response_model=schemas.V2InferResponse,
-    responses=schemas.ERRORS,
+    responses=_INFER_RESPONSES,
     openapi_extra=_INFER_DOC,
+    description=_INFER_TEXT,
 )
 async def infer_version(request: Request, name: str, version: str) -> Response:
-    return json_response(infer_body(state_of(request), name, version, await request.body()))
+    return _answer(*infer_answer(state_of(request), name, version, await request.body(), _header_length(request)))
+
+
+def _header_length(request: Request) -> bytes | None:
+    value = request.headers.get("inference-header-content-length")
+    return None if value is None else value.encode("latin-1")
+
+
+def _answer(body: bytes, headers: list[tuple[bytes, bytes]] | None) -> Response:
+    if headers is None:
+        return Response(body, media_type="application/json")
+    return Response(body, headers={k.decode(): v.decode() for k, v in headers})
 
 
 def _flat(data: Any) -> list[Any]:
@@ -140,9 +179,26 @@ def _flat(data: Any) -> list[Any]:
     return [y for x in data for y in _flat(x)] if isinstance(data, list) else [data]
 
 
-def infer_body(st: ServeState, name: str, version: str | None, body: bytes) -> dict[str, Any]:
+def infer_answer(
+    st: ServeState, name: str, version: str | None, body: bytes, header_length: bytes | None = None
+) -> tuple[bytes, list[tuple[bytes, bytes]] | None]:
+    """The infer response body, and its headers when it carries binary outputs (None: JSON). ``header_length``:
+    the Inference-Header-Content-Length header, which makes ``body`` a binary request (v2binary)."""
+    answer, binary = infer_body(st, name, version, body, header_length)
+    if binary:
+        return v2binary.encode(answer, binary)
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), None
+
+
+def infer_body(
+    st: ServeState, name: str, version: str | None, body: bytes, header_length: bytes | None = None
+) -> tuple[dict[str, Any], frozenset[str]]:
+    """The infer answer as JSON data, and the outputs the request asked to get as raw bytes."""
     live = _live(st, name, version)
-    obj = loads_object(body)
+    if header_length is None:
+        obj, raw = _json_object(body), None
+    else:
+        obj, raw = v2binary.split(body, header_length)
     inputs = obj.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise RequestError(
@@ -164,25 +220,27 @@ def infer_body(st: ServeState, name: str, version: str | None, body: bytes) -> d
         )
     if shape[0] > MAX_ROWS:
         raise RequestError(400, f"inputs[0].shape asks for {shape[0]} rows; send at most {MAX_ROWS}.")
-    data = t.get("data")
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):  # a value beyond FP32 becomes inf: refused below
-            X = np.array(data, dtype=np.float32 if dtype == "FP32" else np.float64)
-    except (TypeError, ValueError):
-        raise RequestError(400, "inputs[0].data must hold only numbers.") from None
-    if X.size != shape[0] * n:
-        raise RequestError(400, f"inputs[0].data has {X.size} values; shape {shape} needs {shape[0] * n}.")
-    X = np.ascontiguousarray(X.reshape(shape[0], n), dtype=np.float64)
+    size = v2binary.binary_size(t, raw is not None)
+    if size is not None and raw is not None:
+        X = v2binary.read_tensor(raw, size, dtype, shape)
+        data: Any = None
+    else:
+        if raw is not None:
+            v2binary.no_binary_left(raw, len(body) - len(raw))
+        data = t.get("data")
+        X = _json_tensor(data, dtype, shape)
     if not np.isfinite(X).all():  # null, "NaN"/"inf" strings, or beyond FP32's range (3.4e38): never to a model
         r, j = (int(x) for x in np.argwhere(~np.isfinite(X))[0])
         sent = _flat(data)[r * n + j] if isinstance(data, list) else X[r, j]  # what was sent, nested or not
+        where = "inputs[0].data" if data is not None else "inputs[0]'s binary data: value"
         raise RequestError(
             400,
-            f"inputs[0].data[{r * n + j}] (row {r}, feature {live.bundle.feature_names[j][:40]!r}) is "
+            f"{where}[{r * n + j}] (row {r}, feature {live.bundle.feature_names[j][:40]!r}) is "
             f"{str(sent)[:40]!r}, which is not a finite {dtype} number; send finite numbers"
             f"{' within +-3.4e38, or datatype FP64' if dtype == 'FP32' else ''}.",
         )
     wanted = _requested(obj.get("outputs"), live)
+    binary = v2binary.binary_outputs(obj, wanted)
     out = _outputs(live, X, wanted)
     return {
         "model_name": live.name,
@@ -190,7 +248,37 @@ def infer_body(st: ServeState, name: str, version: str | None, body: bytes) -> d
         "id": obj.get("id") if isinstance(obj.get("id"), str) else None,
         "parameters": {},
         "outputs": [{"name": f, "shape": [shape[0]], "datatype": "FP64", "data": out[f]} for f in wanted],
-    }
+    }, binary
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(
+            400,
+            f'The request body is not JSON ({exc}); send a JSON object {{"inputs": [...]}}, or, for raw tensor '
+            "bytes after the JSON (the binary tensor data extension), the header Inference-Header-Content-Length: "
+            "<bytes of JSON>.",
+        ) from None
+    if not isinstance(obj, dict):
+        raise RequestError(
+            400,
+            f"The request body is a JSON {type(obj).__name__}; send a JSON object "
+            '{"inputs": [{"name", "shape", "datatype", "data"}]}.',
+        )
+    return obj
+
+
+def _json_tensor(data: Any, dtype: str, shape: list[int]) -> np.ndarray:
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # a value beyond FP32 becomes inf: refused below
+            X = np.array(data, dtype=np.float32 if dtype == "FP32" else np.float64)
+    except (TypeError, ValueError):
+        raise RequestError(400, "inputs[0].data must hold only numbers.") from None
+    if X.size != shape[0] * shape[1]:
+        raise RequestError(400, f"inputs[0].data has {X.size} values; shape {shape} needs {shape[0] * shape[1]}.")
+    return np.ascontiguousarray(X.reshape(shape[0], shape[1]), dtype=np.float64)
 
 
 def _outputs(live: Live, X: np.ndarray, wanted: tuple[str, ...]) -> dict[str, list[float]]:
@@ -224,6 +312,9 @@ def _requested(outputs: Any, live: Live) -> tuple[str, ...]:
     names = [o.get("name") if isinstance(o, dict) else None for o in outputs] if isinstance(outputs, list) else [None]
     unknown = [x for x in names if x not in live.output_names]
     if unknown:
-        raise RequestError(400, f"Field 'outputs' asks for {str(unknown[0])[:40]!r}; model {live.name!r} has outputs "
-                                f"{', '.join(live.output_names)} (leave 'outputs' out for all of them).")
+        raise RequestError(
+            400,
+            f"Field 'outputs' asks for {str(unknown[0])[:40]!r}; model {live.name!r} has outputs "
+            f"{', '.join(live.output_names)} (leave 'outputs' out for all of them).",
+        )
     return tuple(f for f in live.output_names if f in names)
