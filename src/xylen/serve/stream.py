@@ -94,6 +94,7 @@ class Connection:
         self.queue: asyncio.Queue[str] | None = None  # pushed messages (push subscriptions only)
         self.writer: asyncio.Task[None] | None = None
         self.overflowed = False
+        self._close_sent = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {
             "subscribe": self.subscribe, "candle": self.candle, "candles": self.candles,
@@ -209,9 +210,9 @@ class Connection:
             raise _Closed() from None
 
     async def close(self, code: int, reason: str) -> None:
-        if self.closed:
+        if self._close_sent:
             return
-        self.closed = True
+        self._close_sent = self.closed = True
         with contextlib.suppress(OSError, RuntimeError):
             await self._send({"type": "websocket.close", "code": code, "reason": clip(reason)})
 
@@ -367,6 +368,8 @@ class Connection:
         t0 = time.perf_counter()
         for out in sub.pushed(self.state, rows):
             self.push(out)
+            if self.closed:
+                break
         self.state.metrics.ws_message("push", time.perf_counter() - t0)
 
     def push_error(self, sub: Subscription, exc: XylenError) -> None:
@@ -375,7 +378,7 @@ class Connection:
                        "error": f"Reading the candle store failed: {exc.message} Pushes resume once it reads."})
 
     def push(self, out: dict[str, Any]) -> None:
-        if self.closed:
+        if self.closed or self.overflowed:
             return
         if self.queue is None:
             self.queue = asyncio.Queue(self.hub.push_queue)
@@ -389,8 +392,7 @@ class Connection:
         """The client does not read its pushes: stop producing, drop what waits, close 1013."""
         self.overflowed = True
         limit = self.hub.push_queue
-        self.cleanup()
-        self.closed = False  # for close() below, which sends the frame once the client reads (TCP) again
+        self.cleanup()  # the close frame goes out once the client reads (TCP) again
         task = asyncio.get_running_loop().create_task(self.close(1013, f"Consumer too slow: {limit} pushed "
                                                                        "predictions waited unread; read faster"))
         self._tasks.add(task)

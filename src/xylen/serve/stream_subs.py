@@ -94,6 +94,7 @@ def one_candle(raw: Any, who: str) -> tuple[np.ndarray, float | None]:
             if (SECONDS_BELOW <= t < MICROS_FROM and _LO <= o <= _HI and _LO <= h <= _HI and _LO <= lo <= _HI
                     and _LO <= c <= _HI and 0.0 <= vol <= _MAX_VOLUME and h >= o and h >= c and lo <= o and lo <= c
                     and (ct is None or (type(ct) is int and SECONDS_BELOW <= ct < MICROS_FROM))):
+                v[0] = float(int(t))  # whole milliseconds, as CandleArrays.from_matrix makes them
                 return v, None if ct is None else float(ct)
     t = _open_time(raw)
     try:
