@@ -102,6 +102,7 @@ def _register() -> None:
         collect,  # noqa: F401
         config,
         models,
+        models_ensemble,  # noqa: F401  (`xylen models ensemble create|show`)
         models_io,  # noqa: F401  (`xylen models export|import`)
         models_retention,  # noqa: F401  (`xylen models pin|unpin|prune`)
         retrain,  # noqa: F401

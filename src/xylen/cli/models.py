@@ -157,6 +157,11 @@ def show_cmd(
             f"backend {m.backend}; artifact {m.artifact.file} {m.artifact.size} bytes "
             f"sha256 {m.artifact.sha256[:16]}... (verified)"
         )
+        if m.backend == "ensemble":  # its members: which version each serves, and its weight
+            from xylen.cli.models_ensemble import print_members
+            from xylen.core.ensemble import describe
+
+            print_members(describe(reg, name, version))
         for head in m.heads:
             out.print(
                 f"head {head.label.get('kind')}: artifact {head.artifact.file} {head.artifact.size} bytes sha256 "

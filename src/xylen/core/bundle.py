@@ -25,7 +25,7 @@ from xylen.core.storage import fsync_dir
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-GOLDEN_TOLERANCE = {"lightgbm": 1e-9, "onnx": 1e-5, "torch": 1e-5}
+GOLDEN_TOLERANCE = {"lightgbm": 1e-9, "onnx": 1e-5, "torch": 1e-5, "ensemble": 1e-5}  # an ensemble may hold onnx
 
 
 class Artifact(BaseModel):
@@ -74,7 +74,7 @@ class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     name: str
     version: str
-    backend: Literal["lightgbm", "onnx", "torch"]
+    backend: Literal["lightgbm", "onnx", "torch", "ensemble"]  # ensemble: core/ensemble.py
     artifact: Artifact
     feature_set: FeatureSet
     label: dict[str, Any] = Field(default_factory=dict)
@@ -332,6 +332,11 @@ def load_bundle(
             f"Model bundle {str(folder)!r} does not exist.", hint="check the path or `xylen models list`."
         )
     manifest, digest = _read_manifest(folder, manifest_sha256)
+    if manifest.backend == "ensemble":  # its members, each loaded and verified like this (core/ensemble.py)
+        from xylen.core.ensemble import load_ensemble
+
+        return load_ensemble(folder, manifest, check_golden=check_golden, num_threads=num_threads,
+                             manifest_sha256=digest)
     art = verify_artifact(folder, manifest)
     if manifest.backend == "lightgbm":
         options: dict[str, Any] = {"num_threads": num_threads, "sha256": manifest.artifact.sha256}
@@ -356,6 +361,9 @@ def load_bundle(
 def outputs_of(manifest: Manifest) -> dict[str, str]:
     """The probabilities a server answers with for this manifest (field -> what it means), without loading the
     model: "probability" always; "up_probability" too when the primary label is direction; each head's field."""
+    recorded = (manifest.model_extra or {}).get("ensemble") if manifest.backend == "ensemble" else None
+    if isinstance(recorded, dict) and isinstance(recorded.get("outputs"), dict):  # its members', at creation
+        return {str(k): str(v) for k, v in recorded["outputs"].items()}
     out = {"probability": _meaning(manifest.label)}
     field = _field_of(manifest.label)
     if field:

@@ -14,6 +14,11 @@ from xylen.core.bundle import Manifest
 
 def sentence(manifest: Manifest) -> str:
     m = manifest.metrics or {}
+    if manifest.backend == "ensemble":  # never evaluated as a whole: say so, and where the figures are
+        members = (manifest.model_extra or {}).get("ensemble", {}).get("members") or []
+        names = ", ".join(f"{x.get('name')} {x.get('version')}" for x in members if isinstance(x, dict))
+        return (f"an ensemble of {names or 'its members'}, not evaluated as a whole: each member's evaluation is in "
+                "`xylen models show MEMBER`")
     honesty = m.get("honesty")
     if isinstance(honesty, dict) and isinstance(honesty.get("sentence"), str):
         text: str = honesty["sentence"]

@@ -51,6 +51,7 @@ class Live:
     # without heads whose label has no field of its own has none, and its requests do no extra work.
     extra: tuple[tuple[str, RowPredictor | None], ...] = ()
     who: str = ""  # "model 'btcusdt-5m' (feature set ohlcv-v2)": how request errors name it
+    members: tuple[Live, ...] = ()  # an ensemble's members, as they answer in it (serve/ensemble_live.py)
 
     @property
     def computes_features(self) -> bool:
@@ -67,6 +68,10 @@ def load_live(name: str | None, folder: Path, *, manifest_sha256: str | None = N
     ``manifest_sha256``: the manifest a verifier child loaded the folder with and reproduced the golden predictions
     of; the bundle is then loaded from those very bytes (else refused), and the golden check is not run again."""
     bundle = load_bundle(folder, check_golden=manifest_sha256 is None, num_threads=1, manifest_sha256=manifest_sha256)
+    from xylen.serve.ensemble_live import EnsembleBundle, warm_ensemble
+
+    if isinstance(bundle, EnsembleBundle):  # its members warmed at its manifest's versions, combined
+        return warm_ensemble(name or bundle.name, bundle)
     return _warm(name or bundle.name, bundle)
 
 
@@ -141,6 +146,9 @@ class ModelHolder:
         # a batch in a few children (core/verify.py --many); an injected one-folder ``verify`` is asked per folder
         self.verify_many = verify_many or (verify_many_in_children if verify is verify_in_child else None)
         self.events = events or SwapEvents()
+        from xylen.serve.ensemble_live import Ensembles  # imports this module
+
+        self.ensembles = Ensembles(follow=model_path is None)  # the ensembles served, and their members' swaps
         self.live: dict[str, Live] = {}  # replaced, never mutated
         self.served: tuple[str, ...] = ()  # expected() as of the last poll: read per request without disk I/O
         self.problems: dict[str, str] = {}
@@ -159,6 +167,7 @@ class ModelHolder:
         names = list(self.fixed_names) or registered
         if self.default_name is not None and self.default_name not in names:
             names.append(self.default_name)
+        names += [n for n in self.ensembles.needed() if n not in names]  # members of ensembles: loaded like these
         return names
 
     def default(self) -> Live | None:
@@ -198,6 +207,10 @@ class ModelHolder:
             self._load_path(self.model_path)
         else:
             self.poll()
+            for _ in range(8):  # the members of the ensembles just loaded (and theirs), before readiness is judged
+                if set(self.expected()) <= set(self.served):
+                    break
+                self.poll()
             if not self.served:
                 log.warning(
                     "no models with a live version in %s yet: readiness answers 503 and /predict 503 until one "
@@ -378,9 +391,10 @@ class ModelHolder:
     def _publish(self, live: Live) -> None:
         with self._lock:
             # rebinding, not mutating: requests in flight keep the dict (and Live) they already read
-            self.live = {**self.live, live.name: live}
             self.problems.pop(live.name, None)
             self.refused.pop(live.name, None)
+            # and every ensemble built on it, re-built in the same one assignment (serve/ensemble_live.py)
+            self.live = self.ensembles.rebind(self.live, live, self.problems)
         self.events.accepted(live)
 
     # -- the watcher -----------------------------------------------------------------------------------------

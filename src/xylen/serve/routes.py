@@ -192,7 +192,8 @@ def model_rows(st: ServeState) -> list[dict[str, Any]]:
              "feature_set": m.bundle.manifest.feature_set.version, "n_features": m.bundle.num_feature(),
              "loaded_at": m.loaded_at, "predict_path": m.predict_path, "label": label_of(m.bundle.manifest),
              "outputs": m.bundle.outputs(), "min_candles": m.bundle.min_candles,
-             "summary": summary.sentence(m.bundle.manifest)} for m in st.holder.live.values()]
+             "summary": summary.sentence(m.bundle.manifest),
+             "members": [{"name": x.name, "version": x.version} for x in m.members]} for m in st.holder.live.values()]
 
 
 def label_of(manifest: Manifest) -> dict[str, Any] | None:

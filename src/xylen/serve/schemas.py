@@ -180,6 +180,10 @@ class ModelRow(BaseModel):
         "One sentence on what the model knows, from its walk-forward evaluation (with 95% intervals), or what is "
         "missing for one."), examples=["forecasts move size (AUC 0.73 [0.72, 0.74]); direction edge over baseline "
                                        "+0.004 [-0.002, +0.010]: none measurable"])
+    members: list[dict[str, str]] = Field(default_factory=list, description=(
+        "An ensemble's members (`xylen models ensemble create`) and the version of each it answers with now "
+        "(a member without @version follows its live version); empty for a single model."),
+        examples=[[{"name": "btcusdt-5m-a", "version": "v0003"}, {"name": "btcusdt-5m-b", "version": "v0002"}]])
 
 
 class V2Tensor(BaseModel):

@@ -54,6 +54,8 @@ def _metadata(live: Live) -> dict[str, Any]:
             "label_kind": (label_of(live.bundle.manifest) or {}).get("kind"),  # None: a model without a label
             "min_candles": live.bundle.min_candles,
             "outputs": live.bundle.outputs(),
+            # an ensemble's members, at the versions it answers with now (serve/ensemble_live.py)
+            "members": [{"name": m.name, "version": m.version} for m in live.members],
         },
     }
 

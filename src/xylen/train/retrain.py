@@ -266,6 +266,8 @@ def _model_path_skipped(settings: Settings, registry: Registry) -> ModelResult |
 
 def not_retrainable(m: Manifest) -> str | None:
     """Why ``xylen retrain`` cannot retrain a version (None if it can)."""
+    if m.backend == "ensemble":
+        return "it is an ensemble: retrain its members (`xylen models ensemble show` names them); it follows them"
     if m.backend != "lightgbm" or m.feature_set.version == "external":
         return (
             f"it is an imported {m.backend} model (features xylen does not compute); retrain it where it was made "
