@@ -100,6 +100,18 @@ def test_one_child_batch_names_the_culprit_and_verifies_the_rest(many: tuple[Reg
         assert got[f].manifest_sha256 == hashlib.sha256((f / "manifest.json").read_bytes()).hexdigest()
 
 
+def test_the_batch_child_reproduces_the_golden_predictions(many: tuple[Registry, list[str]]) -> None:
+    """A manifest whose golden outputs the model does not reproduce (sha256 and size intact) is refused."""
+    reg, names = many
+    folders = folders_of(reg, names[:3])
+    m = read_manifest(folders[1])
+    m.golden.outputs[0] += 0.1
+    write_manifest(folders[1], m)
+    got = verify_many_in_children(folders)
+    assert "golden predictions differ" in (got[folders[1]].reason or "")
+    assert got[folders[0]].reason is None and got[folders[2]].reason is None
+
+
 def test_two_crashes_in_one_child_cost_one_bundle_each(many: tuple[Registry, list[str]]) -> None:
     reg, names = many
     folders = folders_of(reg, names)
@@ -161,7 +173,7 @@ def spy(calls: list[list[Path]]):  # type: ignore[no-untyped-def]
 
 
 def test_start_up_verifies_every_model_in_one_batch_and_refuses_only_the_bad_ones(
-        many: tuple[Registry, list[str]]) -> None:
+        many: tuple[Registry, list[str]], caplog: pytest.LogCaptureFixture) -> None:
     reg, names = many
     folders = folders_of(reg, names)
     abort_on_load(folders[1])
@@ -169,9 +181,14 @@ def test_start_up_verifies_every_model_in_one_batch_and_refuses_only_the_bad_one
     calls: list[list[Path]] = []
     events = Recorder()
     holder = ModelHolder(reg, verify_many=spy(calls), events=events)
-    holder.load_all()
+    with caplog.at_level("INFO", logger="xylen.serve"):
+        holder.load_all()
 
     assert len(calls) == 1 and sorted(calls[0]) == sorted(folders)
+    said = [r.getMessage() for r in caplog.records]
+    for i, n in enumerate(names):  # one log line each: served, or refused with the reason
+        mine = [line for line in said if line.startswith((f"{n}: now serving", f"refused {n} "))]
+        assert len(mine) == 1 and mine[0].startswith("refused" if i in (1, 3) else n), (n, mine)
     good = [n for i, n in enumerate(names) if i not in (1, 3)]
     assert sorted(holder.live) == sorted(good) == sorted(events.accepted_names)
     assert {n for n, _, _ in events.refusals} == {names[1], names[3]}
@@ -197,8 +214,11 @@ def test_a_poll_batches_every_changed_pointer_and_keeps_the_old_version_of_a_ref
     holder.load_all()
     assert len(holder.live) == len(names)
     calls.clear()
+    reads: list[str] = []
+    current = reg.current
+    reg.current = lambda name: reads.append(name) or current(name)  # type: ignore[method-assign]
     holder.poll()
-    assert calls == []  # nothing changed: no child, no pointer read
+    assert calls == [] and reads == []  # nothing changed: no child, not one pointer read (a stat each)
 
     v2 = [publish_copies(reg, reg.current_path(SOURCE), [s])[0] for s in ("C000USDT", "C001USDT", "C002USDT")]
     abort_on_load(reg.current_path(v2[1]))  # the new v0002 of c001usdt-5m crashes a loader

@@ -8,6 +8,30 @@ has verified it (core/verify.py), the server has loaded it, and a warm-up predic
 Which models are served: ``--model`` names, else every registry model with a live version (a CURRENT.json;
 a folder of versions never promoted is not served and does not hold readiness back), plus an explicitly set
 default model; or the one MODEL_PATH (a bundle folder or a bare model file).
+
+Many models. A poll (and the start-up, which is a first poll) collects every model whose CURRENT.json changed
+and verifies them as one batch: ``verify_many_in_children`` (core/verify.py) spreads the batch over
+min(usable cores, 4) children, each loading many bundles, where one child per bundle paid ~0.4 s of start-up
+each. Each model is then loaded, warmed and swapped in, or refused, on its own: its own event, problems entry and
+log line. An unchanged pointer costs one stat per poll (Registry.live_names: one listing of the registry and one
+stat per model), so 1,000 models are still looked at every interval.
+
+Why loading in this process stays safe (the child exists because a corrupt LightGBM text model can abort the
+process that parses or predicts with it, rather than raise):
+
+- nothing is parsed here that a child has not parsed and predicted with first: the child answers with the sha256
+  of the manifest.json it verified, and ``load_bundle(manifest_sha256=...)`` refuses a manifest with other bytes
+  before it reads any artifact;
+- that manifest names the size and sha256 of every artifact (the model and each head), and LightGBM parses the
+  very bytes that were hashed (one read: core/backends/lightgbm.py), so a file replaced on disk after the child
+  looked -- truncated, or another model -- is refused, never parsed; the pointer's own sha256 must match too;
+- the bytes parsed here are therefore byte for byte those the child loaded and reproduced the golden predictions
+  with, so the golden check is not repeated (the fast single-row path is still checked against the booster on
+  the golden rows). A ``verify`` injected for one folder (tests) reports no digest: those loads check the golden
+  predictions again, as before.
+What this does not cover: ONNX and TorchScript artifacts are hashed, then opened by their runtime from the path,
+so one swapped in between the hash and the open would be parsed unverified. Bundle folders are immutable by
+contract (a new version is a new folder), so only a writer that breaks the contract can open that window.
 """
 
 from __future__ import annotations
@@ -154,6 +178,7 @@ class ModelHolder:
         self.problems: dict[str, str] = {}
         self.refused: dict[str, tuple[str, str, str]] = {}
         self._seen: dict[str, tuple[int, int, int]] = {}
+        self._pointer_paths: dict[str, str] = {}
         self._lock = threading.Lock()  # writers only: the watcher and an admin rollback
         self.started = False
         self.draining = False
@@ -277,7 +302,9 @@ class ModelHolder:
     def _changed_pointer(self, name: str) -> Pointer | None:
         """``name``'s pointer when CURRENT.json changed since the last look (one stat when it did not)."""
         assert self.registry is not None
-        path = self.registry.root / name / POINTER
+        path = self._pointer_paths.get(name)
+        if path is None:  # joined once: pathlib's "/" costs more than the stat itself, 1,000 times a poll
+            path = self._pointer_paths[name] = os.path.join(self.registry.root, name, POINTER)
         try:
             st = os.stat(path)
         except FileNotFoundError:
