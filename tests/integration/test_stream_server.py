@@ -148,3 +148,39 @@ def test_sigterm_streams_through_the_drain_then_closes_1001(served: Served, rows
     assert (info.value.rcvd.code, info.value.rcvd.reason) == (1001, "server shutting down")
     assert served.proc.wait(60) == 0
     assert "1011" not in served.output() and "Traceback" not in served.output(), served.output()
+
+
+def test_with_workers_sigterm_closes_streams_1001_after_the_drain(trained_home: Path, tmp_path: Path,
+                                                                   rows: list[Any]) -> None:
+    """--workers N: each worker process closes its sockets with 1001 when the supervisor stops it."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "XYLEN_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("XYLEN_API_KEYS", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "xylen", "serve", "--port", str(port), "--workers", "2",
+                                 "--drain-seconds", "600"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    s = Served(proc, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws/predict", log)
+    try:
+        wait_for(lambda: proc.poll() is not None or httpx.get(f"{s.url}/health/ready").status_code == 200,
+                 timeout=60, what="the server to become ready")
+        with connect(s.ws) as ws:
+            subscribe(ws, rows)
+            proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: httpx.get(f"{s.url}/health/ready").status_code == 503, timeout=60, what="the drain")
+            send(ws, {"type": "candle", "id": "s1", "candle": rows[END + 1]})
+            assert recv(ws)["open_time"] == rows[END + 1][0]
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=60)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001, s.output()
+        assert proc.wait(60) == 0
+    except BaseException:
+        print(s.output())
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -387,3 +387,13 @@ def test_metrics_count_connections_messages_and_time(client: Any, rows: list[Any
 
 def test_openapi_description_points_at_the_stream(client: Any) -> None:
     assert "/ws/predict" in client.get("/openapi.json").json()["info"]["description"]
+
+
+def test_a_connection_that_never_authenticates_is_closed_1008(keyed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unauthenticated socket is not held open for ever (30 s for the auth message; shortened here)."""
+    import xylen.serve.stream as stream
+
+    monkeypatch.setattr(stream, "AUTH_TIMEOUT_S", 0.05)
+    with keyed.websocket_connect(WS) as ws:
+        code, reason = closed_with(ws)  # nothing sent
+    assert code == 1008 and reason.startswith("No API key within"), reason
