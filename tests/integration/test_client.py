@@ -5,12 +5,14 @@ mode; plus the README's example, run as written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,14 +61,9 @@ def matrix(c: CandleArrays, rows: slice) -> np.ndarray:
                             c.close[rows], c.volume[rows]])  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def served(
-    trained_home: Path, sample_candles: CandleArrays, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("client") / "home"
-    shutil.copytree(trained_home, home)
-    n = len(sample_candles)
-    Store(home / "data").append("BTCUSDT", "5m", frame_of(sample_candles, slice(n - 100 - STORED, n - 100)))
+@contextlib.contextmanager
+def serving(home: Path) -> Iterator[Served]:
+    """A real `xylen serve` of ``home`` (API key KEY) on a free loopback port, until the block ends (SIGTERM)."""
     port = free_port()
     log = home / "serve.log"
     env = {**os.environ, "XYLEN_HOME": str(home), "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1"}
@@ -91,6 +88,23 @@ def served(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def stored_home(trained_home: Path, sample_candles: CandleArrays, where: Path) -> Path:
+    """A copy of the trained home whose store holds STORED sample candles, ending 100 before the sample's end."""
+    home = where / "home"
+    shutil.copytree(trained_home, home)
+    n = len(sample_candles)
+    Store(home / "data").append("BTCUSDT", "5m", frame_of(sample_candles, slice(n - 100 - STORED, n - 100)))
+    return home
+
+
+@pytest.fixture(scope="module")
+def served(
+    trained_home: Path, sample_candles: CandleArrays, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    with serving(stored_home(trained_home, sample_candles, tmp_path_factory.mktemp("client"))) as s:
+        yield s
 
 
 def direct(served: Served, body: dict[str, Any]) -> dict[str, Any]:
@@ -286,3 +300,72 @@ def test_stream_without_the_key_is_closed_1008_for_good(served: Served, candle_w
         with pytest.raises(ClientError) as again:  # no reconnection: every later call says the same
             stream.ping()
         assert again.value is err.value
+
+
+def test_http_requests_share_one_keep_alive_connection(served: Served) -> None:
+    with Client(served.url, key=KEY) as xy:
+        for _ in range(5):
+            xy.models()
+        assert len(xy._http._transport._pool.connections) == 1  # type: ignore[attr-defined]
+
+
+def test_the_server_loads_polars_only_once_a_client_asks_for_pushes(
+    trained_home: Path, sample_candles: CandleArrays, tmp_path: Path, candle_window: np.ndarray
+) -> None:
+    home = stored_home(trained_home, sample_candles, tmp_path)
+    with serving(home) as s, Client(s.url, key=KEY) as xy:
+        maps = Path(f"/proc/{s.proc.pid}/maps")
+        if not maps.exists():
+            pytest.skip("needs Linux /proc")
+        rows = binance_rows(candle_window)
+        xy.predict(rows, "BTCUSDT", "5m")
+        with xy.stream() as stream:
+            stream.subscribe("BTCUSDT", "5m", candles=rows)
+            assert "polars" not in maps.read_text()  # polars >= 1.3x maps _polars_runtime*/..., not polars/
+            stream.subscribe("BTCUSDT", "5m", push=True)
+            assert "polars" in maps.read_text()
+
+
+README = ROOT / "README.md"
+
+
+def readme_example() -> str:
+    section = README.read_text().split("### Python client", 1)[1].split("\n## ", 1)[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return code
+
+
+def test_the_readme_example_runs_as_written(served: Served, sample_candles: CandleArrays) -> None:
+    code = readme_example()
+    assert len(code.strip().splitlines()) <= 10
+    assert code.count('"http://127.0.0.1:8000"') == 1 and code.count("key=None") == 1
+    code = code.replace('"http://127.0.0.1:8000"', repr(served.url)).replace("key=None", f"key={KEY!r}")
+    n = len(sample_candles)
+    rows = binance_rows(matrix(sample_candles, slice(n - 101, n)))
+    store = Store(served.home / "data")
+    first = int(store.last_open_time("BTCUSDT", "5m") or 0)
+    stop = threading.Event()
+
+    def collect() -> None:
+        """`xylen collect` storing a closed candle now and then, until the example has had its push."""
+        k = int(np.searchsorted(sample_candles.open_time, first)) + 1
+        for i in range(k, min(k + 60, n)):
+            if stop.wait(0.5):
+                return
+            store.append("BTCUSDT", "5m", frame_of(sample_candles, slice(i, i + 1)))
+
+    printed: list[tuple[Any, ...]] = []
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        exec(compile(code, "README.md", "exec"), {"candles": rows[:100], "next_candle": rows[100],
+                                                  "print": lambda *a: printed.append(a)})  # fmt: skip
+    finally:
+        stop.set()
+        collector.join(60)
+    with Client(served.url, key=KEY) as xy:
+        assert printed[0] == (xy.predict(rows[:100], "BTCUSDT", "5m"),)
+        assert printed[1] == (xy.predict(rows[1:], "BTCUSDT", "5m")["probability"],)
+    open_time, prediction, confidence = printed[2]
+    assert open_time > first and prediction in (0, 1) and 0.5 <= confidence <= 1
+    assert len(printed) == 3
