@@ -392,6 +392,8 @@ def test_a_store_error_is_reported_once_and_delivery_resumes(
         loop.settle()
         [err] = loop.errors  # ... without repeating the same error
         assert isinstance(err, DataError) and str(torn) in err.message
+        logged = [r for r in caplog.records if r.name == "xylen.serve.feed" and r.levelname == "WARNING"]
+        assert len(logged) == 1 and str(torn) in logged[0].getMessage()  # logged once, not every look
         assert loop.times == []
         store.compact("BTCUSDT", "5m")  # what `xylen collect` does: the torn file goes to quarantine
         store.append("BTCUSDT", "5m", candles(10, 1))
@@ -399,6 +401,31 @@ def test_a_store_error_is_reported_once_and_delivery_resumes(
     finally:
         feed.stop()
     assert feed._thread is not None and not feed._thread.is_alive()
+
+
+def test_an_unexpected_read_failure_is_reported_as_a_store_error(
+    tmp_path: Path, loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path)
+    store.append("BTCUSDT", "5m", candles(0, 10))
+    feed = StoreFeed(tmp_path, thread=False)
+    feed.start(loop.loop)
+    feed.listen("binance", "BTCUSDT", "5m", loop.on_rows, on_error=loop.on_error)
+    feed.poll_once()
+    store.append("BTCUSDT", "5m", candles(10, 1))
+
+    def broken(self: Store, *a: Any, **k: Any) -> pl.DataFrame:
+        raise pl.exceptions.ComputeError("parquet: out-of-spec page")
+
+    with monkeypatch.context() as m:
+        m.setattr(Store, "read", broken)
+        feed.poll_once()
+        feed.poll_once()
+    feed.poll_once()
+    loop.settle()
+    [err] = loop.errors
+    assert isinstance(err, DataError) and "out-of-spec page" in err.message
+    assert loop.times == times([10])  # and the next look delivers
 
 
 def test_stop_ends_the_thread_and_a_closed_loop_is_no_crash(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ class _Series:
     next_full: float = 0.0  # monotonic time of the next safety-net look
     folders: list[Path] = field(default_factory=list)  # what ``stamps`` stat, for ...
     folders_for: int | None = None  # ... this cursor
+    error: str | None = None  # the store error last logged for the series (logged once while it lasts)
 
 
 class StoreFeed:
@@ -263,13 +264,16 @@ class StoreFeed:
                 return
             newest = store.last_open_time(series.symbol, series.interval)
             if newest is None or newest <= low:
-                self._recovered(listeners)
+                self._recovered(series, listeners)
                 return
             rows = self._read_after(store, series, low)
         except XylenError as exc:
             self._report(series, listeners, exc)
             return
-        self._recovered(listeners)
+        except Exception as exc:  # e.g. a file polars cannot parse in a way core does not name: still the store's
+            self._report(series, listeners, DataError(f"Reading the candle store failed: {exc!r:.300}"))
+            return
+        self._recovered(series, listeners)
         for token, li in listeners:
             assert li.cursor is not None
             mine = rows[rows[:, 0] > li.cursor] if li.cursor > low else rows
@@ -330,7 +334,9 @@ class StoreFeed:
 
     def _report(self, series: _Series, listeners: list[tuple[int, _Listener]], exc: XylenError) -> None:
         text = exc.message
-        log.warning("store feed: %s %s: %s", series.symbol, series.interval, text)
+        if series.error != text:  # once, not every poll_s while it lasts
+            series.error = text
+            log.warning("store feed: %s %s: %s", series.symbol, series.interval, text)
         for token, li in listeners:
             if li.error == text or li.on_error is None:
                 continue
@@ -347,7 +353,10 @@ class StoreFeed:
             self._call(li.loop, run)
 
     @staticmethod
-    def _recovered(listeners: list[tuple[int, _Listener]]) -> None:
+    def _recovered(series: _Series, listeners: list[tuple[int, _Listener]]) -> None:
+        if series.error is not None:
+            log.info("store feed: %s %s reads again", series.symbol, series.interval)
+            series.error = None
         for _, li in listeners:
             li.error = None
 
