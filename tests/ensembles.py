@@ -9,7 +9,8 @@ from xylen.core.registry import Registry
 
 def build_members(reg: Registry, *, others: bool = True) -> None:
     """m-a v0001 (live) and v0002; m-b v0001 and v0002 (live); with ``others``: m-dir (a direction label), m-ctx
-    (another feature set), m-h1 and m-h2 (a direction label with a move head)."""
+    (another feature set), m-1h (1h candles), m-kraken (Kraken's candles), m-h1 and m-h2 (a direction label with a
+    move head)."""
     from tests.builders import build_bundle
 
     build_bundle(reg, "m-a", rounds=10, rows=1500, seed=1)
@@ -20,6 +21,8 @@ def build_members(reg: Registry, *, others: bool = True) -> None:
         return
     build_bundle(reg, "m-dir", rounds=8, rows=1500, seed=5, label=labels.LabelSpec(kind="direction"))
     build_bundle(reg, "m-ctx", rounds=8, rows=3000, seed=6, feature_set="ohlcv-ctx-v1")
+    build_bundle(reg, "m-1h", rounds=8, rows=1500, seed=6, interval="1h")
+    build_bundle(reg, "m-kraken", rounds=8, rows=1500, seed=6, exchange="kraken")
     for i, name in enumerate(("m-h1", "m-h2")):
         build_bundle(reg, name, rounds=8 + i, rows=1500, seed=7 + i, label=labels.LabelSpec(kind="direction"),
                      heads=("move",))

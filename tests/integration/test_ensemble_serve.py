@@ -116,6 +116,8 @@ def test_predict_v2_and_models_answer_with_the_ensemble(client: Any, ens_home: P
     row = next(m for m in client.get("/models").json() if m["name"] == ENS)
     assert row["backend"] == "ensemble" and row["members"] == [{"name": "m-a", "version": "v0001"},
                                                                 {"name": "m-b", "version": "v0001"}]
+    spec = client.get("/openapi.json").json()["components"]["schemas"]["ModelRow"]["properties"]["members"]
+    assert "version of each it answers with now" in spec["description"]
     meta = client.get(f"/v2/models/{ENS}").json()
     assert meta["platform"] == "xylen-ensemble" and meta["parameters"]["members"] == row["members"]
     X = np.array(reg.manifest(ENS, "v0001").golden.rows[:3], dtype=np.float64)

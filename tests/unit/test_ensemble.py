@@ -124,7 +124,8 @@ def test_a_missing_member_version_or_live_version_is_refused_with_exit_4(reg: Re
 
 
 @pytest.mark.parametrize(("other", "said"), [("m-ctx", "feature set 'ohlcv-ctx-v1'"), ("m-dir", "another label"),
-                                             ("m-h1", "another label")])
+                                             ("m-h1", "another label"), ("m-1h", "1h candles"),
+                                             ("m-kraken", "kraken's candles")])
 def test_members_one_row_cannot_feed_are_refused(reg: Registry, other: str, said: str) -> None:
     with pytest.raises(ConfigError) as e:
         ensemble.create(reg, "e", ["m-a", other])
@@ -216,3 +217,10 @@ def test_describe_names_each_members_version(reg: Registry) -> None:
         ("m-a", "v0001", "v0002"), ("m-b@v0001", "v0001", "v0001")]
     with pytest.raises(ConfigError, match="not an ensemble"):
         ensemble.describe(reg, "m-a")
+
+
+def test_retrain_skips_an_ensemble_naming_its_members(reg: Registry) -> None:
+    from xylen.train.retrain import not_retrainable
+
+    v, m = ensemble.create(reg, "e", ["m-a", "m-b"])
+    assert "it is an ensemble: retrain its members" in (not_retrainable(m) or "")

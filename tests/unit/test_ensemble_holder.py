@@ -130,3 +130,19 @@ def test_model_path_serves_an_ensemble_at_its_manifest_versions(reg: Registry) -
     h.load_all()
     assert h.not_ready_reason() is None, h.problems
     assert [m.version for m in h.live["e1"].members] == ["v0001", "v0001"]  # no registry is watched: as verified
+
+
+def test_a_name_that_goes_from_ensemble_to_single_model_and_back(reg: Registry) -> None:
+    """e1's next version is a plain LightGBM model: e2 (which follows e1) is re-built on it; a rollback returns."""
+    h = loaded(reg, ["e2"])
+    build_bundle(reg, "e1", rounds=6, rows=1500, seed=11)  # v0002, promoted
+    h.poll()
+    e1, e2, row = h.live["e1"], h.live["e2"], row_of(reg)
+    assert (e1.version, e1.bundle.backend, e1.members) == ("v0002", "lightgbm", ())
+    assert e2.members[0] is e1
+    assert e2.predict_row(row) == pytest.approx((e1.predict_row(row) + 3 * h.live["m-a"].predict_row(row)) / 4,
+                                                abs=1e-12)
+    reg.rollback("e1")
+    h.poll()
+    assert h.live["e1"].version == "v0001" and h.live["e1"].bundle.backend == "ensemble"
+    assert h.live["e2"].members[0] is h.live["e1"] and h.not_ready_reason() is None

@@ -118,7 +118,9 @@ class Ensembles:
                 got = self.bind(self.templates[n], new, problems)
                 if isinstance(got, str):
                     problems[n] = got
-                    log.warning("ensemble %s %s: %s", n, self.templates[n].version, got)
+                    # waiting for a member that loads is routine (start-up); keeping old members is not
+                    level = logging.INFO if got.startswith("waiting") else logging.WARNING
+                    log.log(level, "ensemble %s %s: %s", n, self.templates[n].version, got)
                 else:
                     new[n] = got
                     problems.pop(n, None)
