@@ -121,6 +121,28 @@ def test_two_crashes_in_one_child_cost_one_bundle_each(many: tuple[Registry, lis
     assert [f for f in folders if got[f].reason is not None] == [folders[0], folders[-1]]
 
 
+@pytest.mark.parametrize(("cores", "children"), [(1, 1), (2, 2), (16, 4)])
+def test_a_batch_is_split_over_one_child_per_core_at_most_four(many: tuple[Registry, list[str]],
+                                                               monkeypatch: pytest.MonkeyPatch, cores: int,
+                                                               children: int) -> None:
+    import xylen.core.verify as verify
+
+    reg, names = many
+    started: list[list[Path]] = []
+    real = verify._many_child
+
+    def counted(folders, timeout):  # type: ignore[no-untyped-def]
+        started.append(list(folders))
+        return real(folders, timeout)
+
+    monkeypatch.setattr("xylen.core.cgroup.usable_cores", lambda limits=None: cores)
+    monkeypatch.setattr(verify, "_many_child", counted)
+    folders = folders_of(reg, names)
+    got = verify_many_in_children(folders)
+    assert len(started) == children and sorted(f for part in started for f in part) == sorted(folders)
+    assert all(v.reason is None for v in got.values())
+
+
 def test_a_batch_of_nothing_starts_no_child() -> None:
     assert verify_many_in_children([]) == {}
 
