@@ -224,3 +224,22 @@ def test_retrain_skips_an_ensemble_naming_its_members(reg: Registry) -> None:
 
     v, m = ensemble.create(reg, "e", ["m-a", "m-b"])
     assert "it is an ensemble: retrain its members" in (not_retrainable(m) or "")
+
+
+def test_a_served_ensemble_answers_every_output_combined(reg: Registry) -> None:
+    """/predict's extra fields (Live.extra): move_probability combines the members' move heads, up_probability is
+    the ensemble's own probability (a direction label), as for a single model."""
+    from xylen.serve.holder import ModelHolder
+
+    ensemble.create(reg, "e", ["m-h1", "m-h2"], [1, 3], promote=True)
+    h = ModelHolder(reg, ["e"])
+    h.load_all()
+    assert h.not_ready_reason() is None, h.problems
+    e, h1, h2 = h.live["e"], h.live["m-h1"], h.live["m-h2"]
+    assert e.output_names == ("probability", "up_probability", "move_probability")
+    extra = dict(e.extra)
+    assert extra["up_probability"] is None  # answered with the probability itself
+    row = np.array(reg.manifest("e", "v0001").golden.rows[2], dtype=np.float64)
+    move = [dict(m.extra)["move_probability"] for m in (h1, h2)]
+    assert extra["move_probability"](row) == pytest.approx((move[0](row) + 3 * move[1](row)) / 4, abs=1e-12)
+    assert e.predict_row(row) == pytest.approx((h1.predict_row(row) + 3 * h2.predict_row(row)) / 4, abs=1e-12)

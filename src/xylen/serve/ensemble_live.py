@@ -70,6 +70,7 @@ class Ensembles:
         # follow=False (MODEL_PATH: no registry is watched): an ensemble serves its manifest's member versions
         self.follow = follow
         self.templates: dict[str, Live] = {}
+        self._said: dict[str, str] = {}  # the last reason logged per ensemble: a start-up of many models says it once
 
     def needed(self) -> list[str]:
         """The members the served ensembles follow: the holder loads and watches them like named models."""
@@ -118,12 +119,15 @@ class Ensembles:
                 got = self.bind(self.templates[n], new, problems)
                 if isinstance(got, str):
                     problems[n] = got
-                    # waiting for a member that loads is routine (start-up); keeping old members is not
-                    level = logging.INFO if got.startswith("waiting") else logging.WARNING
-                    log.log(level, "ensemble %s %s: %s", n, self.templates[n].version, got)
+                    if self._said.get(n) != got:
+                        # waiting for a member that loads is routine (start-up); keeping old members is not
+                        level = logging.INFO if got.startswith("waiting") else logging.WARNING
+                        log.log(level, "ensemble %s %s: %s", n, self.templates[n].version, got)
+                        self._said[n] = got
                 else:
                     new[n] = got
                     problems.pop(n, None)
+                    self._said.pop(n, None)
         return new
 
     def bind(self, template: Live, live_map: dict[str, Live], problems: dict[str, str]) -> Live | str:
