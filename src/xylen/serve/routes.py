@@ -74,9 +74,10 @@ async def live() -> Response:
             responses={503: {"model": schemas.ErrorResponse}})
 @router.get("/readyz", tags=["health"], include_in_schema=False)
 async def ready(request: Request) -> Response:
-    """Open to probes without a key; names the models, versions and the reason only with a valid key."""
+    """Open to probes without a key; names the models, versions and the reason only with a valid key. With
+    `--workers N`, 200 only when every worker is ready (the reason names one that is not)."""
     st = state_of(request)
-    reason = st.holder.not_ready_reason()
+    reason = st.not_ready_reason()
     detail = request.scope.get(DETAIL, True)
     if reason:
         why = reason if detail else "the reason is shown only with the API key (keyless servers: to loopback Hosts)"

@@ -129,6 +129,8 @@ class WorkerApp:
     names: list[str]
     model_path: Path | None
     drain: Connection  # the read end of a pipe whose write end only the parent holds: EOF means drain
+    ready_dir: str = ""  # the readiness board's private folder (serve/readyboard.py): ready only when all are
+    workers: int = 1
 
     def __call__(self) -> Any:
         from xylen.serve.app import create_app
@@ -142,6 +144,11 @@ class WorkerApp:
         )
         holder = app.state.holder
         parent = os.getppid()
+        if self.ready_dir:
+            from xylen.serve.readyboard import ReadyBoard
+
+            app.state.board = board = ReadyBoard(Path(self.ready_dir), self.workers)
+            board.publish_every(0.2, lambda: (holder.not_ready_reason(), tuple(holder.live)))
 
         def drain_when_told() -> None:
             with contextlib.suppress(EOFError, OSError):
@@ -169,6 +176,7 @@ def _serve_workers(settings: Settings, opts: ServeOptions, keys: KeyRing, common
     for k in saved:
         del os.environ[k]
     metrics_dir = tempfile.mkdtemp(prefix="xylen-metrics-")  # mode 0700, private to this server
+    ready_dir = tempfile.mkdtemp(prefix="xylen-ready-")  # each worker's readiness, for collective readiness
     os.environ[METRICS_DIR_ENV] = metrics_dir
     try:
         # closing the write end tells every worker at once, a worker started later too, and no lock is involved
@@ -180,6 +188,8 @@ def _serve_workers(settings: Settings, opts: ServeOptions, keys: KeyRing, common
             names=list(opts.names),
             model_path=opts.model_path,
             drain=drain_r,
+            ready_dir=ready_dir,
+            workers=opts.workers,
         )
         config = uvicorn.Config(app, factory=True, workers=opts.workers, **common)
         log.info(
@@ -190,7 +200,7 @@ def _serve_workers(settings: Settings, opts: ServeOptions, keys: KeyRing, common
             len(keys) if keys.enabled else "no",
         )
         try:
-            _Supervisor(config, [config.bind_socket()], drain_w, opts.drain_seconds, metrics_dir).run()
+            _Supervisor(config, [config.bind_socket()], drain_w, opts.drain_seconds, metrics_dir, ready_dir).run()
         finally:
             drain_r.close()
             drain_w.close()
@@ -198,6 +208,7 @@ def _serve_workers(settings: Settings, opts: ServeOptions, keys: KeyRing, common
         os.environ.pop(METRICS_DIR_ENV, None)
         os.environ.update(saved)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(ready_dir, ignore_errors=True)
 
 
 class _Supervisor(Multiprocess):
@@ -211,8 +222,10 @@ class _Supervisor(Multiprocess):
         drain: Connection,
         drain_seconds: float,
         metrics_dir: str,
+        ready_dir: str = "",
     ) -> None:
         super().__init__(config, sockets)
+        self._ready_dir = ready_dir
         self._drain = drain
         self._drain_seconds = drain_seconds
         self._metrics_dir = metrics_dir
@@ -232,10 +245,14 @@ class _Supervisor(Multiprocess):
         super().keep_subprocess_alive()
         from prometheus_client.multiprocess import mark_process_dead
 
+        from xylen.serve.readyboard import forget
+
         # a replaced worker's file keeps its gauges; the "live" gauge modes skip the pids marked dead
         pids = {p.pid for p in self.processes if p.pid is not None}
         for pid in self._pids - pids:
             mark_process_dead(pid, self._metrics_dir)
+            if self._ready_dir:  # tidiness: readers already skip a dead worker's file
+                forget(Path(self._ready_dir), pid)
         self._pids = pids
 
 

@@ -72,7 +72,7 @@ async def v2_live() -> Response:
 
 @router.get("/health/ready")
 async def v2_ready(request: Request) -> Response:
-    ok = state_of(request).holder.not_ready_reason() is None
+    ok = state_of(request).not_ready_reason() is None  # --workers N: every worker's
     return json_response({"ready": ok}, 200 if ok else 503)
 
 
@@ -99,19 +99,26 @@ async def version_metadata(request: Request, name: str, version: str) -> Respons
 
 @router.get("/models/{name}/ready", responses=schemas.ERRORS)
 async def model_ready(request: Request, name: str) -> Response:
-    """200 when the model is loaded; 503 while a configured model loads; 404 for an unknown name."""
+    """200 when the model is loaded (with --workers N, in every worker); 503 while a configured model loads;
+    404 for an unknown name."""
     st = state_of(request)
     if name not in st.holder.live:
         if name in st.holder.expected():
             return json_response({"name": name, "ready": False}, 503)
         _live(st, name)  # raises the 404 naming the known models
+    if st.board is not None and st.board.missing(name) is not None:
+        return json_response({"name": name, "ready": False}, 503)
     return json_response({"name": name, "ready": True})
 
 
 @router.get("/models/{name}/versions/{version}/ready", responses=schemas.ERRORS)
 async def version_ready(request: Request, name: str, version: str) -> Response:
-    live = _live(state_of(request), name, version)
-    return json_response({"name": live.name, "version": live.version, "ready": True})
+    st = state_of(request)
+    if name not in st.holder.live and name in st.holder.expected():  # still loading: not an unknown model
+        return json_response({"name": name, "version": version[:32], "ready": False}, 503)
+    live = _live(st, name, version)
+    ready = st.board is None or st.board.missing(name) is None  # --workers N: loaded in every worker
+    return json_response({"name": live.name, "version": live.version, "ready": ready}, 200 if ready else 503)
 
 
 _BINARY_DOC = (
