@@ -62,14 +62,14 @@ def matrix(c: CandleArrays, rows: slice) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def serving(home: Path) -> Iterator[Served]:
+def serving(home: Path, *options: str) -> Iterator[Served]:
     """A real `xylen serve` of ``home`` (API key KEY) on a free loopback port, until the block ends (SIGTERM)."""
     port = free_port()
     log = home / "serve.log"
     env = {**os.environ, "XYLEN_HOME": str(home), "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "xylen", "serve", "--port", str(port)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "xylen", "serve", "--port", str(port), *options], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     s = Served(proc, f"http://127.0.0.1:{port}", home, log)
     auth = {"Authorization": f"Bearer {KEY}"}
     try:
@@ -324,6 +324,23 @@ def test_the_server_loads_polars_only_once_a_client_asks_for_pushes(
             assert "polars" not in maps.read_text()  # polars >= 1.3x maps _polars_runtime*/..., not polars/
             stream.subscribe("BTCUSDT", "5m", push=True)
             assert "polars" in maps.read_text()
+
+
+def test_a_server_stopping_ends_the_stream_with_1001_and_no_reconnect(
+    trained_home: Path, sample_candles: CandleArrays, tmp_path: Path, candle_window: np.ndarray
+) -> None:
+    home = stored_home(trained_home, sample_candles, tmp_path)
+    with serving(home, "--drain-seconds", "0") as s, Client(s.url, key=KEY) as xy, xy.stream() as stream:
+        push = stream.subscribe("BTCUSDT", "5m", push=True)
+        send = stream.subscribe("BTCUSDT", "5m", candles=binance_rows(candle_window))
+        s.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(ClientError) as err:
+            push.receive(timeout=60)
+        assert err.value.status == 1001 and "does not reconnect" in err.value.message
+        assert s.proc.wait(60) == 0
+        with pytest.raises(ClientError) as again:
+            send.send(binance_rows(candle_window)[-1])
+        assert again.value.status == 1001
 
 
 README = ROOT / "README.md"
