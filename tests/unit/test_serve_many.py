@@ -240,7 +240,13 @@ def test_a_poll_batches_every_changed_pointer_and_keeps_the_old_version_of_a_ref
     current = reg.current
     reg.current = lambda name: reads.append(name) or current(name)  # type: ignore[method-assign]
     holder.poll()
-    assert calls == [] and reads == []  # nothing changed: no child, not one pointer read (a stat each)
+    assert calls == [] and reads == []  # nothing changed: no child, not one pointer read
+    stats: list[str] = []
+    real_stat = os.stat
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "stat", lambda path, *a, **k: stats.append(str(path)) or real_stat(path, *a, **k))
+        holder.poll()
+    assert len(stats) == 2 * len(names) and all(s.endswith(POINTER) for s in stats)  # README: two stats a model
 
     v2 = [publish_copies(reg, reg.current_path(SOURCE), [s])[0] for s in ("C000USDT", "C001USDT", "C002USDT")]
     abort_on_load(reg.current_path(v2[1]))  # the new v0002 of c001usdt-5m crashes a loader
