@@ -42,6 +42,7 @@ class FakeFeed:
         self.asked: list[tuple[str, str, str, int]] = []
         self._ids = 0
         self.lock = threading.Lock()
+        self.refuse = False
 
     def history(self, exchange: str, symbol: str, interval: str, n: int) -> np.ndarray:
         self.asked.append((exchange, symbol, interval, n))
@@ -52,6 +53,8 @@ class FakeFeed:
 
     def listen(self, exchange: str, symbol: str, interval: str, callback: Callable[[np.ndarray], None], *,
                on_error: Any = None, since: int | None = None) -> Callable[[], None]:
+        if self.refuse:
+            raise RequestError(503, "The store cannot be read (a test's refusal).")
         self._ids += 1
         token = self._ids
         self.listeners[token] = (callback, asyncio.get_running_loop(), on_error)
@@ -148,6 +151,18 @@ def test_unknown_series_is_an_error_and_the_connection_goes_on(served: tuple[Any
         ws.send_json({**PUSH, "candles": []})
         assert "Push mode takes no 'candles'" in recv(ws)["error"]
         ws.send_json(PUSH)
+        assert recv(ws)["type"] == "subscribed"
+
+
+def test_a_subscription_whose_feed_refuses_to_listen_does_not_exist(served: tuple[Any, FakeFeed]) -> None:
+    client, feed = served
+    feed.refuse = True
+    with client.websocket_connect(WS) as ws:
+        ws.send_json(PUSH)
+        err = recv(ws)
+        assert err["type"] == "error" and err["id"] == "p1" and "cannot be read" in err["error"]
+        feed.refuse = False
+        ws.send_json(PUSH)  # the id is free: the failed subscription was never made
         assert recv(ws)["type"] == "subscribed"
 
 

@@ -310,13 +310,17 @@ class Connection:
             raise RequestError(503, exc.message) from None
         if self.closed:
             return
+        if not len(rows):  # the feed's history says so itself (404); an empty answer must not pass either
+            raise RequestError(404, f"No {symbol} {interval} candles are stored; run `xylen collect --symbols "
+                                    f"{symbol} --intervals {interval}`.")
         times = rows[:, 0].astype(np.int64)
         ok = intervals.consecutive(times, interval)  # a gap in the store: only the run after it counts
         start = len(ok) - int(np.argmin(ok[::-1])) if len(ok) and not ok.all() else 0
         sub.ring.fill(rows[start:])
-        self.subs[sid] = sub
+        # listening first: a subscription exists only once its candles will come
         sub.unlisten = feed.listen(exchange, symbol, interval, lambda r: self.pushed(sub, r),
                                    on_error=lambda exc: self.push_error(sub, exc), since=int(times[-1]))
+        self.subs[sid] = sub
         await self.send_json(_subscribed(sub, live.name, live.version, fs.min_candles))
 
     def _sub(self, obj: dict[str, Any]) -> Subscription:
