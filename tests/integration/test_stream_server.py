@@ -134,6 +134,44 @@ def test_a_frame_over_the_limit_is_closed_1009_by_the_server(served: Served) -> 
         assert recv(ws) == {"type": "pong"}
 
 
+def test_a_client_that_sends_without_reading_is_held_back_by_tcp(served: Served) -> None:
+    """The server answers one message at a time and awaits each answer: a client that never reads fills the
+    socket buffers, the server stops reading it, and the client's sends block (here: no progress for 5 s) long before
+    200 MB; the server keeps serving everyone else."""
+    import base64
+    import select
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", int(served.url.rsplit(":", 1)[1])))
+    try:
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(b"GET /ws/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        ping = b'{"type":"ping"}'
+        frame = bytes([0x81, 0x80 | len(ping)]) + b"\0\0\0\0" + ping  # a masked text frame (mask 0: as is)
+        chunk = frame * 4096
+        sock.setblocking(False)
+        sent = 0
+        while sent < 200_000_000:
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                _, writable, _ = select.select([], [sock], [], 5.0)
+                if not writable:
+                    break  # the server stopped reading: it waits for us to read its answers
+        else:
+            pytest.fail(f"sent {sent} bytes without being held back")
+        with connect(served.ws) as other:  # everyone else is still served
+            send(other, {"type": "ping"})
+            assert recv(other) == {"type": "pong"}
+    finally:
+        sock.close()
+
+
 def test_sigterm_streams_through_the_drain_then_closes_1001(served: Served, rows: list[Any]) -> None:
     with connect(served.ws) as ws:
         subscribe(ws, rows)

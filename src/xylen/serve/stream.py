@@ -106,7 +106,10 @@ class Connection:
         if msg["type"] != "websocket.connect":
             return
         key = self.scope.get(KEY_STATE)
-        await self._send({"type": "websocket.accept"})
+        try:
+            await self._send({"type": "websocket.accept"})
+        except OSError:  # the client left during the handshake
+            return
         metrics = self.state.metrics
         metrics.ws_connections.inc()
         self.hub.connections.add(self)
