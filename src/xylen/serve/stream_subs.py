@@ -12,7 +12,7 @@ the next candle, which says so in ``notes``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -139,7 +139,6 @@ class Subscription:
     ring: Ring
     last_model: tuple[str, str]  # (name, version) that answered the previous message
     unlisten: Any = None  # push: StoreFeed's unlisten()
-    notes_once: list[str] = field(default_factory=list)  # said with the next prediction only
 
     def resolve(self, state: ServeState, live_map: dict[str, Live], notes: list[str]) -> tuple[Live, FeatureSet]:
         """The model that answers now, checked against what this subscription holds."""
@@ -201,9 +200,6 @@ class Subscription:
         out = answer(state, live, row, notes, {"type": "prediction", "id": self.sid, "open_time": int(v[0])})
         self.ring.commit()
         self.swapped(live, notes)
-        if self.notes_once:
-            notes += self.notes_once
-            self.notes_once.clear()
         return out
 
     def first(self, state: ServeState, live: Live, fs: FeatureSet, c: CandleArrays, notes: list[str]
