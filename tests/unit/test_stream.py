@@ -157,6 +157,21 @@ def test_refused_candles_name_the_candle_and_leave_the_window_as_it_was(client: 
         assert signal(recv(ws)) == http(client, rows[END - 98 : END + 2])
 
 
+@pytest.mark.parametrize("open_time", ["1e30", "-1e30", "100000000000000000000000000000", "1.8e19"])
+def test_an_open_time_beyond_64_bits_is_an_error_and_the_connection_goes_on(client: Any, rows: list[Any],
+                                                                             open_time: str) -> None:
+    # the error message's open_time must still be JSON orjson can write (it failed: TypeError, the socket dropped)
+    with client.websocket_connect(WS) as ws:
+        ws.send_json(subscribe("s1", rows[END - 99 : END + 1]))
+        recv(ws), recv(ws)
+        ws.send_text('{"type": "candle", "id": "s1", "candle": [' + open_time + ', "1", "1", "1", "1", "1"]}')
+        err = recv(ws)
+        assert err["type"] == "error" and err["id"] == "s1" and err["open_time"] is None, err
+        assert "open_time" in err["error"] and "a bug" not in err["error"], err
+        ws.send_json({"type": "candle", "id": "s1", "candle": rows[END + 1]})
+        assert signal(recv(ws)) == http(client, rows[END - 98 : END + 2])
+
+
 def test_a_still_open_candle_is_refused_until_it_closes(trained_home: Path, rows: list[Any]) -> None:
     nxt = rows[END + 1]
     now = [(nxt[0] + 100_000) / 1000]  # 100 s into the next candle's 5 minutes

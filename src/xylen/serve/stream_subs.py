@@ -107,14 +107,14 @@ def one_candle(raw: Any, who: str) -> tuple[np.ndarray, float | None]:
 
 
 def _open_time(raw: Any) -> float | None:
-    """The candle's open time as sent, when it is a number (for messages only)."""
+    """The candle's open time as sent, when it is a number a 64-bit integer holds (for messages only)."""
     v = raw[0] if isinstance(raw, list) and raw else raw.get("open_time", raw.get("t")) if isinstance(raw, dict) \
         else None
     try:
         x = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         return None
-    return x if np.isfinite(x) else None
+    return x if -(2.0**63) <= x < 2.0**63 else None  # an error message's open_time: JSON writes 64-bit integers only
 
 
 def _candle(t: float | None) -> str:
