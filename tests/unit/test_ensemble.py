@@ -77,6 +77,7 @@ def test_weights_select_weighted_and_mean_ignores_none() -> None:
         (["a", "b"], [-1.0, 1.0], None, "-1.0"),
         (["a", "b"], [math.nan, 1.0], None, "nan"),
         (["a", "b"], [math.inf, 1.0], None, "inf"),
+        (["a", "b"], [1e308, 1e308], None, "1e+308"),  # each finite, their sum is not (an OverflowError before)
         (["a", "b"], [1.0], None, "1 weights for 2 members"),
         (["a", "b"], None, "median", "'median'"),
         (["a", "b"], [2.0, 1.0], "mean", "'mean'"),

@@ -124,6 +124,9 @@ def make_spec(members: Sequence[str], weights: Sequence[float] | None = None, ag
             if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w <= 0:
                 raise ConfigError(f"Weight {w!r} of member {ref.text()!r} is not a finite number above 0.",
                                   hint="weights are positive numbers like 2 or 0.5.")
+        if not math.isfinite(sum(float(w) for w in weights)):  # normalizing divides by the sum
+            raise ConfigError(f"Weights {list(weights)} add up to more than a float holds.",
+                              hint="only the weights' ratios matter: scale them down, e.g. 2 and 1.")
         agg = aggregation or "weighted"
         if agg == "mean" and len(set(weights)) > 1:
             raise ConfigError(
