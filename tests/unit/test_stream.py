@@ -211,6 +211,8 @@ def test_unknown_series_and_bad_subscriptions_are_errors_and_the_connection_goes
         ({**subscribe("e5", window), "mode": "fast"}, "Field 'mode'"),
         ({**subscribe("e6", window), "timeframe": "7m"}, "not a Binance interval"),
         ({k: v for k, v in subscribe("e7", window).items() if k != "candles"}, "Field 'candles' is missing"),
+        # a named model is still checked against the timeframe asked for (it was ignored: 5m predictions for "1h")
+        ({**subscribe("e8", window), "model": MODEL, "timeframe": "1h"}, "subscribe with timeframe '5m'"),
         (subscribe("bad id!", window), "Field 'id'"),
         (subscribe("x" * 65, window), "Field 'id'"),
     ]
@@ -219,7 +221,7 @@ def test_unknown_series_and_bad_subscriptions_are_errors_and_the_connection_goes
             ws.send_json(msg)
             err = recv(ws)
             assert err["type"] == "error" and words in err["error"], (msg.get("id"), err)
-            assert err["id"] == (msg["id"] if msg["id"] in ("e1", "e2", "e3", "e4", "e5", "e6", "e7") else None)
+            assert err["id"] == (msg["id"] if msg["id"] in ("e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8") else None)
         for msg, words in [({"type": "candle", "id": "zz", "candle": window[-1]}, "No subscription 'zz'"),
                            ({"type": "unsubscribe", "id": "zz"}, "No subscription 'zz'"),
                            ({"type": "hello"}, "has an unknown type 'hello'"),

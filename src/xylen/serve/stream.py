@@ -280,7 +280,7 @@ class Connection:
                                         " (GET /models).")
         else:
             live = route(st.holder, live_map, req, notes)
-        interval = live.interval or req.timeframe
+        interval = req.timeframe or live.interval  # check_model refuses a named model of another interval
         if interval is None:
             raise RequestError(422, f"{live.who} does not say which candle interval it reads; send 'timeframe'.")
         fs = check_model(live, interval)
