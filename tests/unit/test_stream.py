@@ -261,6 +261,26 @@ def test_too_many_subscriptions_is_an_error_and_the_others_keep_working(trained_
         assert recv(ws)["type"] == "subscribed"
 
 
+def test_the_documented_default_limits_64_subscriptions_and_1_mib_frames(trained_home: Path,
+                                                                          rows: list[Any]) -> None:
+    window = rows[END - 99 : END + 1]
+    with open_client(trained_home) as c:
+        ready(c)
+        with c.websocket_connect(WS) as ws:
+            for i in range(64):
+                ws.send_json(subscribe(f"s{i}", window))
+                assert recv(ws)["type"] == "subscribed" and recv(ws)["type"] == "prediction"
+            ws.send_json(subscribe("s64", window))
+            err = recv(ws)
+            assert err["type"] == "error" and "XYLEN_WS_MAX_SUBSCRIPTIONS=64" in err["error"], err
+            pad = 1_048_576 - len('{"type": "ping", "pad": ""}')
+            ws.send_text('{"type": "ping", "pad": "' + "x" * pad + '"}')  # exactly 1 MiB: answered
+            assert recv(ws) == {"type": "pong"}
+            ws.send_text('{"type": "ping", "pad": "' + "x" * (pad + 1) + '"}')  # one byte more: closed
+            code, reason = closed_with(ws)
+            assert code == 1009 and "limit of 1048576 bytes" in reason, reason
+
+
 @pytest.mark.parametrize(
     ("frame", "code", "words"),
     [
