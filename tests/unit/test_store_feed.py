@@ -181,6 +181,20 @@ def test_history_of_an_unreadable_store_is_a_503_naming_the_file(tmp_path: Path)
     assert err.value.status == 503 and str(data) in err.value.message and "xylen collect status" in err.value.message
 
 
+def test_history_of_a_read_failure_core_does_not_name_is_a_503_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Store(tmp_path).append("BTCUSDT", "5m", candles(0, 100))
+
+    def broken(self: Store, *a: Any, **k: Any) -> pl.DataFrame:
+        raise pl.exceptions.ComputeError("parquet: out-of-spec page")
+
+    monkeypatch.setattr(Store, "read", broken)
+    with pytest.raises(RequestError) as err:
+        StoreFeed(tmp_path, thread=False).history("binance", "BTCUSDT", "5m", 10)
+    assert err.value.status == 503 and "out-of-spec page" in err.value.message
+
+
 # ---------------------------------------------------------------- listening
 def test_new_candles_reach_the_listener_on_the_loop_in_order_exactly_once(tmp_path: Path, loop: Loop) -> None:
     store = Store(tmp_path)

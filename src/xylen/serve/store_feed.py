@@ -147,6 +147,11 @@ class StoreFeed:
                     df = store.read(symbol, interval)
         except XylenError as exc:
             raise _request_error(exc) from None
+        except RequestError:
+            raise
+        except Exception as exc:  # a file polars cannot parse in a way core does not name: still the store's (503)
+            raise RequestError(503, f"Reading the candle store failed: {exc!r:.300}. Fix: see `xylen collect "
+                                    "status`.") from None
         return _matrix(df.tail(n))
 
     def _nothing_stored(self, exchange: str, symbol: str, interval: str) -> RequestError:
