@@ -169,11 +169,15 @@
   }
   function livePerf(live) {
     if (!live) return h("span", { class: "muted" }, "no outcomes realised yet");
-    const auc = live.auc === null || live.auc === undefined ? "AUC —" : `AUC ${fmtNum(live.auc)}`;
-    const base = live.baseline_auc === null || live.baseline_auc === undefined ? "" : ` (baseline ${fmtNum(live.baseline_auc)})`;
-    return h("span", {},
-      `${auc}${base}, hit rate ${fmtPct(live.hit_rate)}`,
-      h("br"),
+    const known = (x) => x !== null && x !== undefined;
+    if (!known(live.auc) && !known(live.hit_rate)) {
+      // too few outcomes for a score: the server's note says how many there are and how many it needs
+      return h("span", { class: "muted" }, live.note || `${fmtInt(live.rows)} outcomes since ${fmtTime(live.since)}`);
+    }
+    const auc = `AUC ${fmtNum(live.auc)}` + (known(live.baseline_auc) ? ` (baseline ${fmtNum(live.baseline_auc)})` : "");
+    const hit = `hit rate ${fmtPct(live.hit_rate)}` +
+      (known(live.baseline_hit_rate) ? ` (baseline ${fmtPct(live.baseline_hit_rate)})` : "");
+    return h("span", {}, `${auc}, ${hit}`, h("br"),
       h("span", { class: "muted small" }, `${fmtInt(live.rows)} outcomes since ${fmtTime(live.since)}`));
   }
 
@@ -309,12 +313,16 @@
     async refresh() {
       const d = await get("/api/data");
       // a list of ranges behind a <details>; which ones are open survives the refresh that rebuilds the table
-      const ranges = (list, key, one, many) => {
+      const ranges = (list, key, one, many, total, missing) => {
         if (!list.length) return h("span", { class: "muted" }, "none");
+        const n = typeof total === "number" ? total : list.length;
+        let label = `${fmtInt(n)} ${n === 1 ? one : many}`;
+        if (typeof missing === "number") label += `, ${fmtInt(missing)} candle${missing === 1 ? "" : "s"} missing`;
         const items = list.map((r) => h("li", {}, fmtRange(r)));
+        if (n > list.length) items.unshift(h("li", { class: "muted" }, `the newest ${list.length}:`));
         return h("details", { open: openRanges.has(key), on: { toggle: (ev) => {
           if (ev.target.open) openRanges.add(key); else openRanges.delete(key);
-        } } }, h("summary", {}, `${list.length} ${list.length === 1 ? one : many}`), h("ul", { class: "ranges" }, items));
+        } } }, h("summary", {}, label), h("ul", { class: "ranges" }, items));
       };
       const rows = d.series.map((s) => {
         const step = intervalSeconds(s.interval);
@@ -325,7 +333,7 @@
           h("td", {}, s.exchange), h("td", { class: "mono" }, s.symbol), h("td", {}, s.interval),
           h("td", { class: "num" }, fmtTime(s.first_open_time)), h("td", { class: "num" }, fmtTime(s.last_open_time)),
           h("td", { class: "num" }, fmtInt(s.candles)), h("td", { class: "num" }, lag),
-          h("td", { class: s.gaps.length ? "bad" : null }, ranges(s.gaps, `${key}|gaps`, "gap", "gaps")),
+          h("td", { class: s.gaps.length ? "bad" : null }, ranges(s.gaps, `${key}|gaps`, "gap", "gaps", s.gaps_total, s.missing)),
           h("td", {}, ranges(s.known_gaps, `${key}|known`, "known gap", "known gaps")),
           h("td", { class: "bad" }, s.error || ""));
       });
@@ -343,6 +351,7 @@
     const charts = new Map(); // id -> {plot, key, el}
     let skeleton = null;
     const cssVar = (n) => getComputedStyle(document.documentElement).getPropertyValue(n).trim();
+    let xRange = [0, 1];  // the x range: the hour up to the feed's "now", in seconds
     function chart(slot, id, title, names, xs, ys, fmt) {
       const key = names.join("\u0000");
       const data = [xs, ...ys];
@@ -358,7 +367,8 @@
           ...names.map((n, i) => ({ label: n, stroke: PALETTE[i % PALETTE.length], width: 1.5,
             value: (u, v) => (v === null ? "—" : fmt(v)) }))],
         axes: [axis, { ...axis, size: 84, values: (u, vs) => vs.map((v) => (v === null ? "" : fmt(v))) }],
-        scales: { x: { time: true } },
+        scales: { x: { time: true, range: () => xRange },
+          y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
         cursor: { drag: { x: false, y: false } },
       };
@@ -393,9 +403,10 @@
           h("div", {}, h("dt", {}, "Memory (RSS)"), h("dd", {}, fmtBytes(d.rss_bytes))));
         const hist = d.history;
         const xs = hist.t.map((t) => t / 1000);
+        xRange = [d.now / 1000 - 3600, d.now / 1000];
         const routes = Object.keys(hist.routes).sort();
         skeleton.note.textContent = xs.length
-          ? `${xs.length} samples from the server's own counters (those of /metrics), ${fmtTime(hist.t[0])} to now.`
+          ? `${xs.length} sample${xs.length === 1 ? "" : "s"} from the server's own counters (those of /metrics), ${fmtTime(hist.t[0])} to now.`
           : "No samples yet: the server records one every 10 s.";
         const pick = (k) => routes.map((r) => hist.routes[r][k]);
         const ms = (v) => (v < 10 ? v.toFixed(2) : v.toFixed(0)) + " ms";
