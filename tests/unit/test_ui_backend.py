@@ -462,3 +462,41 @@ def test_a_session_cookie_opens_the_websocket_only_from_an_allowed_origin(
                 with pytest.raises(WebSocketDisconnect) as info:
                     ws.receive_text()
                 assert info.value.code == 1008
+
+
+def test_the_data_feed_rereads_only_series_whose_files_changed(tmp_path: Path) -> None:
+    import polars as pl
+
+    from tests.builders import build_bundle
+    from xylen.core.candles import SCHEMA
+    from xylen.core.store import Store
+
+    home = tmp_path / "h"
+    build_bundle(Registry(home / "models"), "btcusdt-5m", rounds=5, rows=800)
+    step = 300_000
+    t0 = 1_700_000_000_000 - 1_700_000_000_000 % step
+
+    def frame(lo: int, hi: int) -> pl.DataFrame:
+        t = [t0 + i * step for i in range(lo, hi)]
+        n = len(t)
+        return pl.DataFrame({"open_time": t, "open": [1.0] * n, "high": [1.0] * n, "low": [1.0] * n,
+                             "close": [1.0] * n, "volume": [1.0] * n, "close_time": [x + step - 1 for x in t],
+                             "quote_volume": [1.0] * n, "trades": [1] * n, "taker_buy_base": [0.5] * n,
+                             "taker_buy_quote": [0.5] * n}, schema=SCHEMA)
+
+    Store(home / "data").append("BTCUSDT", "5m", frame(0, 50))
+    Store(home / "data").append("ETHUSDT", "5m", frame(0, 50))
+    with serving(home, keys=KeyRing([])) as c:
+        d = c.app.app.state.dashboard
+        assert len(d.data_feed()["series"]) == 2
+        reads: list[str] = []
+        for store in d._stores.values():
+            real = store.read
+            store.read = lambda sym, iv, *a, _real=real, **k: reads.append(sym) or _real(sym, iv, *a, **k)
+        assert d.data_feed()["series"][0]["candles"] == 50 and reads == []  # nothing changed: no read
+        Store(home / "data").append("ETHUSDT", "5m", frame(50, 51))
+        feed = d.data_feed()
+        assert reads == ["ETHUSDT"] and [s["candles"] for s in feed["series"]] == [50, 51]
+        first = c.get("/ui/api/data").json()
+        Store(home / "data").append("BTCUSDT", "5m", frame(50, 52))
+        assert c.get("/ui/api/data").json() == first  # within DATA_TTL: the same answer
