@@ -112,6 +112,13 @@ def test_login_sets_an_httponly_strict_cookie_that_is_not_the_key(home: Path, as
         page = c.get("/ui")  # now the dashboard itself, its asset URL carrying the folder's digest
         assert page.status_code == 200 and "<title>dash</title>" in page.text and "__ASSETS_V__" not in page.text
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        # a form posted from a no-referrer page carries "Origin: null" (refused): the pages send same-origin
+        assert page.headers["referrer-policy"] == "same-origin"
+        slash = c.get("/ui/", follow_redirects=False)
+        assert slash.status_code == 308 and slash.headers["location"] == "/ui"
+        r = c.post("/ui/logout", headers={"Origin": "null"}, follow_redirects=False)
+        assert r.status_code == 403  # an opaque origin is never trusted
+
         session = c.get("/ui/api/session").json()
         assert session["auth"] == "cookie" and isinstance(session["csrf"], str) and session["ready"] is True
         for path in ("/ui", "/ui/api/session", "/ui/api/models", f"/ui/api/models/{NAME}", "/ui/api/server",

@@ -69,7 +69,8 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
 REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; "
               "form-action 'none'; frame-ancestors 'self'")
 _PAGE_HEADERS = {"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY", "Cache-Control": "no-store",
-                 "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
+                 # not no-referrer: a form POST from such a page carries "Origin: null", which check_origin refuses
+                 "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"}
 
 Kind = Literal["none", "key", "cookie"]
 
@@ -647,8 +648,13 @@ def _root(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-@router.get("/ui", include_in_schema=False)
 @router.get("/ui/", include_in_schema=False)
+async def slash(request: Request) -> Response:
+    """The page's asset and feed URLs are relative to /ui: /ui/ would resolve them one folder too deep."""
+    return Response(status_code=308, headers={"Location": f"{_root(request)}/ui"})
+
+
+@router.get("/ui", include_in_schema=False)
 async def page(request: Request) -> Response:
     d = dash(request)
     if d.who(request) is None:
