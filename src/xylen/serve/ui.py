@@ -550,7 +550,7 @@ def _rss(pids: list[int]) -> int:
 # -- pages ---------------------------------------------------------------------------------------------------
 _LOGIN = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>xylen dashboard: log in</title>
+<title>xylen dashboard: log in</title><link rel="icon" href="data:,">
 <style>
 body{{font-family:system-ui,sans-serif;background:#f6f7f9;color:#111;display:flex;justify-content:center;
 margin:0;padding-top:12vh}}
