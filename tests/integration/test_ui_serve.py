@@ -42,3 +42,24 @@ def test_no_ui_serves_no_dashboard(trained_home: Path, tmp_path: Path) -> None:
     with serving(home, "--no-ui") as s:
         for path in ("/ui", "/ui/api/models"):
             assert httpx.get(f"{s.url}{path}", headers={"X-API-Key": KEY}).status_code == 404
+
+
+def test_a_login_holds_in_every_worker_of_workers_2(trained_home: Path, tmp_path: Path) -> None:
+    """The supervisor hands each worker the same session secret: a cookie one worker set is accepted by the other
+    (each request on a new connection, so either worker may answer; /ui/api/server names the pid that did)."""
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home)
+    with serving(home, "--workers", "2") as s:
+        r = httpx.post(f"{s.url}/ui/login", data={"key": KEY})
+        assert r.status_code == 303
+        cookie = r.cookies["xylen_ui"]
+        pids: set[int] = set()
+        for _ in range(400):  # stops as soon as both workers have answered
+            got = httpx.get(f"{s.url}/ui/api/server", cookies={"xylen_ui": cookie})
+            assert got.status_code == 200, got.text
+            pids.add(got.json()["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, "one worker answered every connection"

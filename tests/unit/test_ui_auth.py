@@ -17,27 +17,28 @@ from xylen.serve.ui_history import History, Totals, metrics_totals, quantile
 A = hashlib.sha256(b"key-a").digest()
 B = hashlib.sha256(b"key-b").digest()
 NOW = 1_800_000_000.0
+S = b"s" * 32  # the server's session secret
 
 
 def test_a_token_is_valid_until_its_expiry_for_the_key_that_made_it_only() -> None:
-    t = ui_auth.issue(A, 3600, NOW)
-    assert ui_auth.verify(t, [B, A], NOW) == A
-    assert ui_auth.verify(t, [B, A], NOW + 3599) == A
-    assert ui_auth.verify(t, [B, A], NOW + 3600) is None  # expired
-    assert ui_auth.verify(t, [B], NOW) is None  # its key removed from the ring: the session is gone
-    assert ui_auth.issue(A, 3600, NOW) != t  # a fresh nonce each login
+    t = ui_auth.issue(S, A, 3600, NOW)
+    assert ui_auth.verify(S, t, [B, A], NOW) == A
+    assert ui_auth.verify(S, t, [B, A], NOW + 3599) == A
+    assert ui_auth.verify(S, t, [B, A], NOW + 3600) is None  # expired
+    assert ui_auth.verify(S, t, [B], NOW) is None  # its key removed from the ring: the session is gone
+    assert ui_auth.issue(S, A, 3600, NOW) != t  # a fresh nonce each login
 
 
 def test_a_token_names_no_key_and_reveals_no_digest() -> None:
-    t = ui_auth.issue(A, 3600, NOW)
+    t = ui_auth.issue(S, A, 3600, NOW)
     for secret in (b"key-a", A, A.hex().encode()):
         assert secret.decode("latin-1") not in t
-    assert A.hex() not in ui_auth.csrf_token(A, t)
+    assert A.hex() not in ui_auth.csrf_token(S, A, t)
 
 
 @pytest.mark.parametrize("change", ["expiry", "nonce", "mac", "version", "truncate", "junk"])
 def test_a_tampered_token_is_not_a_session(change: str) -> None:
-    t = ui_auth.issue(A, 3600, NOW)
+    t = ui_auth.issue(S, A, 3600, NOW)
     v, exp, nonce, mac = t.split(".")
     forged = {
         "expiry": f"{v}.{int(exp) + 86400}.{nonce}.{mac}",  # a longer session
@@ -47,28 +48,42 @@ def test_a_tampered_token_is_not_a_session(change: str) -> None:
         "truncate": t[:-5],
         "junk": "not a token at all",
     }[change]
-    assert ui_auth.verify(forged, [A, B], NOW) is None
+    assert ui_auth.verify(S, forged, [A, B], NOW) is None
 
 
 def test_a_token_forged_with_another_secret_or_expiring_beyond_the_setting_is_refused() -> None:
-    other = ui_auth.issue(hashlib.sha256(b"not a key of ours").digest(), 3600, NOW)
-    assert ui_auth.verify(other, [A, B], NOW) is None
-    long = ui_auth.issue(A, 30 * 86400, NOW)
-    assert ui_auth.verify(long, [A], NOW) == A
-    assert ui_auth.verify(long, [A], NOW, max_age_s=12 * 3600) is None  # the setting was lowered since
+    other = ui_auth.issue(S, hashlib.sha256(b"not a key of ours").digest(), 3600, NOW)
+    assert ui_auth.verify(S, other, [A, B], NOW) is None
+    long = ui_auth.issue(S, A, 30 * 86400, NOW)
+    assert ui_auth.verify(S, long, [A], NOW) == A
+    assert ui_auth.verify(S, long, [A], NOW, max_age_s=12 * 3600) is None  # the setting was lowered since
 
 
 def test_any_worker_accepts_a_session_another_made() -> None:
     """Stateless: two processes with the same digests (what --workers gives each worker) agree."""
     from xylen.serve.auth import KeyRing
 
-    w1, w2 = KeyRing([A, B]), KeyRing([A, B])
-    t = ui_auth.issue(w1.digests[1], 3600, NOW)
-    assert ui_auth.verify(t, w2.digests, NOW) == B
-    assert ui_auth.csrf_ok(B, t, ui_auth.csrf_token(B, t))
-    assert not ui_auth.csrf_ok(B, t, ui_auth.csrf_token(B, ui_auth.issue(B, 3600, NOW)))  # another session's
-    assert not ui_auth.csrf_ok(A, t, ui_auth.csrf_token(B, t))
-    assert not ui_auth.csrf_ok(B, t, "")
+    w1, w2 = KeyRing([A, B], S), KeyRing([A, B], S)  # the supervisor hands every worker its secret
+    t = ui_auth.issue(w1.session_secret, w1.digests[1], 3600, NOW)
+    assert ui_auth.verify(w2.session_secret, t, w2.digests, NOW) == B
+    assert ui_auth.csrf_ok(S, B, t, ui_auth.csrf_token(S, B, t))
+    assert not ui_auth.csrf_ok(S, B, t, ui_auth.csrf_token(S, B, ui_auth.issue(S, B, 3600, NOW)))  # another session's
+    assert not ui_auth.csrf_ok(S, A, t, ui_auth.csrf_token(S, B, t))
+    assert not ui_auth.csrf_ok(S, B, t, "")
+
+
+def test_the_digests_alone_make_no_session_and_a_restart_ends_every_session() -> None:
+    """Whoever reads XYLEN_API_KEYS_FILE (digests) cannot sign a session: the server's secret is needed too, and a
+    server started again draws a new one."""
+    from xylen.serve.auth import KeyRing
+
+    first, restarted = KeyRing([A]), KeyRing([A])
+    assert first.session_secret != restarted.session_secret and len(first.session_secret) == 32
+    t = ui_auth.issue(first.session_secret, A, 3600, NOW)
+    assert ui_auth.verify(first.session_secret, t, [A], NOW) == A
+    assert ui_auth.verify(restarted.session_secret, t, [A], NOW) is None
+    for guess in (A, b"", hashlib.sha256(A).digest()):  # a forger who knows the digest, not the secret
+        assert ui_auth.verify(first.session_secret, ui_auth.issue(guess, A, 3600, NOW), [A], NOW) is None
 
 
 def test_cookie_flags_and_parsing() -> None:

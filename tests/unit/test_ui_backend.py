@@ -108,7 +108,7 @@ def test_login_sets_an_httponly_strict_cookie_that_is_not_the_key(home: Path, as
         token = cookie.split(";")[0].split("=", 1)[1]
         assert KEY not in cookie and KEY not in r.text and KEY not in r.headers["location"]
         assert hashlib.sha256(KEY.encode()).hexdigest() not in cookie
-        assert ui_auth.verify(token, RING.digests) is not None
+        assert ui_auth.verify(RING.session_secret, token, RING.digests) is not None
         page = c.get("/ui")  # now the dashboard itself, its asset URL carrying the folder's digest
         assert page.status_code == 200 and "<title>dash</title>" in page.text and "__ASSETS_V__" not in page.text
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
@@ -142,8 +142,8 @@ def test_the_cookie_is_secure_behind_https(home: Path) -> None:
 
 def test_a_tampered_expired_or_revoked_cookie_is_no_session(home: Path) -> None:
     digest = hashlib.sha256(KEY.encode()).digest()
-    expired = ui_auth.issue(digest, 60, now=1_000_000)
-    good = ui_auth.issue(digest, 3600)
+    expired = ui_auth.issue(RING.session_secret, digest, 60, now=1_000_000)
+    good = ui_auth.issue(RING.session_secret, digest, 3600)
     v, exp, nonce, mac = good.split(".")
     for bad in (expired, f"{v}.{int(exp) + 999}.{nonce}.{mac}", good[:-3] + "abc", "garbage"):
         with serving(home) as c:
@@ -152,7 +152,8 @@ def test_a_tampered_expired_or_revoked_cookie_is_no_session(home: Path) -> None:
             assert r.status_code == 401 and "log in" in r.json()["error"]
             page = c.get("/ui")
             assert page.status_code == 200 and 'name="key"' in page.text  # the login page
-    with serving(home, keys=KeyRing([hashlib.sha256(OTHER.encode()).digest()])) as c:  # KEY removed since
+    revoked = KeyRing([hashlib.sha256(OTHER.encode()).digest()], RING.session_secret)  # KEY removed since
+    with serving(home, keys=revoked) as c:
         c.cookies.set("xylen_ui", good)
         assert c.get("/ui/api/models").status_code == 401
     with serving(home) as c:
@@ -161,11 +162,12 @@ def test_a_tampered_expired_or_revoked_cookie_is_no_session(home: Path) -> None:
 
 
 def test_a_session_made_by_one_worker_is_accepted_by_another(home: Path) -> None:
-    """Each --workers process has its own app and KeyRing of the same digests: nothing is shared but those."""
+    """Each --workers process has its own app and KeyRing of the same digests and session secret (the supervisor
+    hands both to every worker): nothing else is shared."""
     with serving(home) as w1:
         login(w1)
         token = w1.cookies.get("xylen_ui")
-    with serving(home, keys=KeyRing(list(RING.digests))) as w2:
+    with serving(home, keys=KeyRing(list(RING.digests), RING.session_secret)) as w2:
         w2.cookies.set("xylen_ui", token)
         assert w2.get("/ui/api/session").json()["auth"] == "cookie"
 

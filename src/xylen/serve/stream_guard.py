@@ -89,7 +89,8 @@ def session_allowed(state: ServeState, scope: Scope) -> bool:
         return False
     token = ui_auth.cookie_value(scope["headers"])
     max_age = state.settings.ui_session_max_age
-    return token is not None and ui_auth.verify(token, state.keys.digests, max_age_s=max_age) is not None
+    keys = state.keys
+    return token is not None and ui_auth.verify(keys.session_secret, token, keys.digests, max_age_s=max_age) is not None
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:

@@ -167,7 +167,7 @@ class Dashboard:
         if keys.check(presented_key(headers)):
             return Auth("key")
         token = ui_auth.cookie_value(headers)
-        digest = ui_auth.verify(token, keys.digests, self.clock(), self.max_age)
+        digest = ui_auth.verify(keys.session_secret, token, keys.digests, self.clock(), self.max_age)
         return None if digest is None or token is None else Auth("cookie", digest, token)
 
     def require(self, request: Request) -> Auth:
@@ -200,7 +200,7 @@ class Dashboard:
             if got is None:
                 raise RequestError(403, "This action needs the header X-CSRF-Token (the dashboard's session sends "
                                         "it; its value is the `csrf` of GET /ui/api/session).")
-            if not ui_auth.csrf_ok(auth.digest, auth.token, got.decode("latin-1")):
+            if not ui_auth.csrf_ok(self.state.keys.session_secret, auth.digest, auth.token, got.decode("latin-1")):
                 raise RequestError(403, "The X-CSRF-Token does not belong to this session. hint: reload /ui "
                                         "(GET /ui/api/session gives the current one).")
         return auth
@@ -692,7 +692,7 @@ async def login(request: Request) -> Response:
         log.info("dashboard: a login with a key that is not accepted")
         return login_page(root, "That key was not accepted. Use one of the server's API keys "
                                 "(XYLEN_API_KEYS or XYLEN_API_KEYS_FILE).", 401)
-    token = ui_auth.issue(digest, d.max_age, d.clock())
+    token = ui_auth.issue(keys.session_secret, digest, d.max_age, d.clock())
     return Response(status_code=303, headers={
         "Location": f"{root}/ui", "Cache-Control": "no-store",
         "Set-Cookie": ui_auth.set_cookie(token, d.max_age, d.secure(request))})
@@ -725,7 +725,7 @@ async def session(request: Request) -> Response:
     csrf = None
     if auth.kind == "cookie":
         assert auth.digest is not None and auth.token is not None
-        csrf = ui_auth.csrf_token(auth.digest, auth.token)
+        csrf = ui_auth.csrf_token(d.state.keys.session_secret, auth.digest, auth.token)
     reason = d.state.not_ready_reason()
     return _json({"auth": auth.kind, "csrf": csrf, "version": __version__, "ready": reason is None,
                   "reason": reason})

@@ -1,16 +1,17 @@
 """Dashboard sessions (issue #14): a login cookie that is not the key, valid in every worker, and its CSRF token.
 
 A session token is ``v1.<expiry>.<nonce>.<mac>``: the expiry (epoch seconds), 16 random bytes, and an HMAC-SHA256
-over both keyed by a key derived from the sha256 digest of the API key that logged in. Nothing is stored: any
-worker of ``xylen serve --workers N`` holds the same digests, so any worker accepts the token, and a key removed
-from XYLEN_API_KEYS(_FILE) takes its sessions with it (no digest verifies them any more). The token names no key
-and reveals nothing about one; a forged, tampered or expired token is simply not a session.
+over both keyed by a key derived from the server's session secret (32 random bytes drawn at start, never written to
+disk; ``KeyRing.session_secret``) and the sha256 digest of the API key that logged in. Nothing is stored: the
+supervisor of ``xylen serve --workers N`` hands every worker the same secret and digests (the way the digests
+already travel), so any worker accepts the token; a key removed from XYLEN_API_KEYS(_FILE) takes its sessions with
+it (no digest verifies them any more), and a restart ends every session (a new secret: log in again). The token
+names no key and reveals nothing about one; a forged, tampered or expired token is simply not a session, and
+knowing the digests (XYLEN_API_KEYS_FILE) is not enough to make one.
 
 The CSRF token is a second HMAC over the session token (a different domain), so it is known to the page that
 asked ``GET /ui/api/session`` and to nobody else; a state-changing POST that rides on the cookie must carry it in
 ``X-CSRF-Token``.
-
-Whoever can read the digests (XYLEN_API_KEYS_FILE) can make a session: keep that file as private as the keys.
 """
 
 from __future__ import annotations
@@ -36,23 +37,23 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _signing_key(digest: bytes) -> bytes:
-    """A key for sessions only, derived from a key's digest (never the digest itself)."""
-    return hmac.new(digest, _SESSION_DOMAIN, hashlib.sha256).digest()
+def _signing_key(secret: bytes, digest: bytes) -> bytes:
+    """A key for the sessions of one API key: the server's secret and the key's digest (never the digest alone)."""
+    return hmac.new(secret, _SESSION_DOMAIN + digest, hashlib.sha256).digest()
 
 
-def _mac(digest: bytes, body: bytes) -> bytes:
-    return hmac.new(_signing_key(digest), body, hashlib.sha256).digest()
+def _mac(secret: bytes, digest: bytes, body: bytes) -> bytes:
+    return hmac.new(_signing_key(secret, digest), body, hashlib.sha256).digest()
 
 
-def issue(digest: bytes, max_age_s: float, now: float | None = None) -> str:
+def issue(secret: bytes, digest: bytes, max_age_s: float, now: float | None = None) -> str:
     """A new session token for the key whose sha256 digest is ``digest``, valid ``max_age_s`` seconds."""
     expiry = int((time.time() if now is None else now) + max_age_s)
     body = f"{_VERSION}.{expiry}.{_b64(os.urandom(16))}"
-    return f"{body}.{_b64(_mac(digest, body.encode('ascii')))}"
+    return f"{body}.{_b64(_mac(secret, digest, body.encode('ascii')))}"
 
 
-def verify(token: str | None, digests: Iterable[bytes], now: float | None = None,
+def verify(secret: bytes, token: str | None, digests: Iterable[bytes], now: float | None = None,
            max_age_s: float | None = None) -> bytes | None:
     """The digest that signed ``token`` if it is a valid, unexpired session, else None (never raises).
 
@@ -74,19 +75,19 @@ def verify(token: str | None, digests: Iterable[bytes], now: float | None = None
     body = ".".join(parts[:3]).encode("ascii", "replace")
     found = None
     for digest in digests:
-        if hmac.compare_digest(_mac(digest, body), mac) and found is None:
+        if hmac.compare_digest(_mac(secret, digest, body), mac) and found is None:
             found = digest
     return found
 
 
-def csrf_token(digest: bytes, token: str) -> str:
+def csrf_token(secret: bytes, digest: bytes, token: str) -> str:
     """The CSRF token of session ``token`` (signed by ``digest``)."""
-    return _b64(hmac.new(_signing_key(digest), _CSRF_DOMAIN + token.encode("ascii", "replace"),
+    return _b64(hmac.new(_signing_key(secret, digest), _CSRF_DOMAIN + token.encode("ascii", "replace"),
                          hashlib.sha256).digest())
 
 
-def csrf_ok(digest: bytes, token: str, presented: str | None) -> bool:
-    return bool(presented) and hmac.compare_digest(csrf_token(digest, token).encode(), str(presented).encode())
+def csrf_ok(secret: bytes, digest: bytes, token: str, presented: str | None) -> bool:
+    return bool(presented) and hmac.compare_digest(csrf_token(secret, digest, token).encode(), str(presented).encode())
 
 
 def cookie_value(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
