@@ -236,7 +236,9 @@ def artifacts(tmp_path: Path) -> Path:
 
 def shot(page: Any, folder: Path, name: str) -> Path:
     path = folder / f"ui-{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    bottom = "(document.querySelector('main') || document.body).getBoundingClientRect().bottom"
+    height = page.evaluate(f"Math.ceil({bottom}) + 8")  # the page's content, not the empty viewport below it
+    page.screenshot(path=str(path), full_page=True, clip={"x": 0, "y": 0, "width": 1400, "height": height})
     print(f"screenshot: {path}")
     return path
 
@@ -259,7 +261,11 @@ def test_every_view_renders_without_keys_and_loads_nothing_from_another_origin(
     page.on("console", lambda m: csp.append(m.text) if "Content Security Policy" in m.text else None)
     base = f"{open_server.origin}/ui"
 
-    open_view(page, base, "#models tbody tr[data-model]")
+    first = page.goto(base)
+    assert first is not None and first.status == 200
+    policy = dict(d.strip().split(" ", 1) for d in first.headers["content-security-policy"].split(";") if d.strip())
+    assert policy["script-src"] == "'self'", policy  # scripts from the server only: no inline, no eval
+    page.wait_for_selector("#models tbody tr[data-model]")
     assert page.locator("input[name=key]").count() == 0  # no login without keys
     row = page.locator(f"#models tr[data-model='{MODEL}']")
     cells = row.locator("td").all_inner_texts()
@@ -514,6 +520,36 @@ def test_the_page_has_no_inline_script_or_style_and_no_other_origin() -> None:
     assert re.findall(r"<script(?![^>]*\bsrc=)", index) == []
     assert "<style" not in index and " style=" not in index and re.search(r"\son[a-z]+=", index) is None
     assert re.findall(r"(?:src|href)=\"(?:https?:)?//", index) == []
+    css = (ASSETS / "app.css").read_text()
+    assert re.search(r"@import|@font-face|url\(", css) is None  # system fonts, nothing fetched by the styles
     js = (ASSETS / "app.js").read_text()
     assert re.findall(r"\.(?:inner|outer)HTML\b|insertAdjacentHTML|document\.write|\beval\(|new Function", js) == []
     assert re.search(r"https?://", js) is None
+
+
+def test_the_package_ships_every_dashboard_file() -> None:
+    """pyproject's package data names every file of ui_assets/ (what the wheel and `pip install` carry)."""
+    import fnmatch
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    root = ASSETS.parents[1]  # src/xylen
+    pyproject = tomllib.loads((ASSETS.parents[3] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["xylen"]
+    files = [p.relative_to(root).as_posix() for p in ASSETS.rglob("*") if p.is_file()]
+    assert {"serve/ui_assets/index.html", "serve/ui_assets/app.js", "serve/ui_assets/vendor/uPlot.iife.min.js"} <= \
+        set(files)
+    # setuptools' globs: "*" stays within one folder
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, pat) and f.count("/") == pat.count("/")
+                                           for pat in patterns)]
+    assert missing == [], missing
+
+
+def test_the_readme_shows_the_models_view() -> None:
+    readme = (ASSETS.parents[3] / "README.md").read_text()
+    (path,) = re.findall(r"!\[The dashboard's Models view[^]]*\]\(([^)]+)\)", readme)
+    shot = ASSETS.parents[3] / path
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size < 100_000

@@ -205,7 +205,7 @@
           name.push(h("br"), h("span", { class: "muted small" }, `ensemble of ${m.members.join(", ")}`));
         }
         return h("tr", { dataset: { model: m.name } },
-          h("td", {}, name),
+          h("td", { class: "nowrap" }, name),
           h("td", { class: "num" }, ver),
           h("td", { class: "num" }, age),
           h("td", { class: "wide" }, m.label || h("span", { class: "muted" }, "—")),
