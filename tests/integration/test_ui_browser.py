@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,6 +377,29 @@ def test_a_rollback_through_the_page_changes_what_predict_serves(
         r = httpx.post(f"{open_server.origin}/ui/api/models/{MODEL}/promote", json={"version": "v0002"})
         assert r.status_code == 200, r.text
         wait_until(lambda: open_server.predict_version() == "v0002", "/predict to answer with v0002 again")
+
+
+HIDE = """(hidden) => {
+    Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+    Object.defineProperty(document, "visibilityState", {configurable: true, get: () => hidden ? "hidden" : "visible"});
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_the_page_polls_its_view_and_stops_while_the_tab_is_hidden(open_server: Server, context: Any) -> None:
+    page = context.new_page()
+    feeds: list[float] = []
+    page.on("request", lambda r: feeds.append(time.monotonic()) if "/ui/api/server" in r.url else None)
+    server_feed = f"{open_server.origin}/ui/api/server"
+    open_view(page, f"{open_server.origin}/ui#/server", ".charts .uplot")
+    with page.expect_request(server_feed):  # the view polls its feed (every 3 s)
+        pass
+    page.evaluate(HIDE, True)
+    hidden_at = time.monotonic()
+    page.wait_for_timeout(7_000)  # more than two polling intervals: a poll here would be a failure, not a flake
+    assert [t for t in feeds if t > hidden_at] == []
+    with page.expect_request(server_feed):  # polling again once the tab is visible
+        page.evaluate(HIDE, False)
 
 
 # --- keys on -----------------------------------------------------------------------------------------------------

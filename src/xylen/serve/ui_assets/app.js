@@ -186,6 +186,7 @@
     title: "Models",
     async refresh() {
       const d = await get("/api/models");
+      if (current !== Models) return; // the user moved on while the feed answered
       const rows = d.models.map((m) => {
         const ver = [h("span", { class: "mono" }, m.live_version || "none")];
         if (m.loaded_version && m.loaded_version !== m.live_version) {
@@ -244,6 +245,7 @@
         if (busy) return;
         const path = `/api/models/${encodeURIComponent(name)}`;
         const d = await get(path);
+        if (current !== self) return;
         const ok = (r) => `${r.name} now serves ${r.live_version || "nothing"}` +
           (r.previous_version ? ` (previous: ${r.previous_version}).` : ".");
         const promote = async (v) => {
@@ -312,6 +314,7 @@
     title: "Data",
     async refresh() {
       const d = await get("/api/data");
+      if (current !== Data) return;
       // a list of ranges behind a <details>; which ones are open survives the refresh that rebuilds the table
       const ranges = (list, key, one, many, total, missing) => {
         if (!list.length) return h("span", { class: "muted" }, "none");
@@ -379,11 +382,12 @@
     function resize() {
       for (const c of charts.values()) c.plot.setSize({ width: Math.max(300, c.slot.clientWidth - 24), height: 190 });
     }
-    return {
+    const self = {
       every: 3000,
       title: "Server",
       async refresh() {
         const d = await get("/api/server");
+        if (current !== self) return;
         if (!skeleton) {
           skeleton = {
             facts: h("dl", { class: "facts" }),
@@ -430,6 +434,7 @@
         charts.clear();
       },
     };
+    return self;
   }
 
   // ---- router and polling -----------------------------------------------------------------------------------------
