@@ -464,6 +464,20 @@ def test_with_keys_the_login_form_leads_to_the_dashboard_and_the_key_is_never_sh
     assert [c for c in context.cookies() if c["name"] == "xylen_ui"] == []
 
 
+def test_a_session_that_ends_while_the_page_is_open_asks_to_log_in_again(
+        keyed_server: Server, context: Any) -> None:
+    page = context.new_page()
+    login(page, keyed_server, KEY)
+    page.wait_for_selector(f"#models tr[data-model='{MODEL}']")
+    context.clear_cookies()  # as an expired session, or a server restarted with a new secret
+    link = page.wait_for_selector("#banner:not([hidden]) a")  # the next poll answers 401
+    assert link is not None and link.get_attribute("href") == "/ui" and link.inner_text() == "Log in again"
+    assert page.locator(f"#models tr[data-model='{MODEL}']").count() == 1  # what it showed stays readable
+    with page.expect_navigation():
+        link.click()
+    page.wait_for_selector("input[name=key]")
+
+
 EVIL = """<!doctype html><html><body>
 <form id="f" method="post" enctype="text/plain" action="{target}">
 <input name="{{&quot;x&quot;:1, &quot;y" value="&quot;:2}}">
