@@ -66,9 +66,12 @@
     while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
     return `${b.toFixed(i ? 1 : 0)} ${u[i]}`;
   }
-  function fmtRange(r) {
+  // a gap [start, end): open times from start up to, not including, end; with its candle count when known
+  function fmtRange(r, stepS) {
     const a = fmtTime(r[0]), b = fmtTime(r[1]);
-    return a.slice(0, 10) === b.slice(0, 10) ? `${a.slice(0, 16)} – ${b.slice(11)}` : `${a} – ${b}`;
+    const span = a.slice(0, 10) === b.slice(0, 10) ? `${a.slice(0, 16)} – ${b.slice(11)}` : `${a} – ${b}`;
+    const n = stepS ? Math.round((r[1] - r[0]) / 1000 / stepS) : null;
+    return n ? `${span} (${fmtInt(n)} candle${n === 1 ? "" : "s"})` : span;
   }
   const INTERVAL_S = { m: 60, h: 3600, d: 86400, w: 604800, M: 2592000 };
   function intervalSeconds(iv) {
@@ -316,12 +319,12 @@
       const d = await get("/api/data");
       if (current !== Data) return;
       // a list of ranges behind a <details>; which ones are open survives the refresh that rebuilds the table
-      const ranges = (list, key, one, many, total, missing) => {
+      const ranges = (list, key, one, many, total, missing, step) => {
         if (!list.length) return h("span", { class: "muted" }, "none");
         const n = typeof total === "number" ? total : list.length;
         let label = `${fmtInt(n)} ${n === 1 ? one : many}`;
         if (typeof missing === "number") label += `, ${fmtInt(missing)} candle${missing === 1 ? "" : "s"} missing`;
-        const items = list.map((r) => h("li", {}, fmtRange(r)));
+        const items = list.map((r) => h("li", {}, fmtRange(r, step)));
         if (n > list.length) items.unshift(h("li", { class: "muted" }, `the newest ${list.length}:`));
         return h("details", { open: openRanges.has(key), on: { toggle: (ev) => {
           if (ev.target.open) openRanges.add(key); else openRanges.delete(key);
@@ -336,8 +339,8 @@
           h("td", {}, s.exchange), h("td", { class: "mono" }, s.symbol), h("td", {}, s.interval),
           h("td", { class: "num" }, fmtTime(s.first_open_time)), h("td", { class: "num" }, fmtTime(s.last_open_time)),
           h("td", { class: "num" }, fmtInt(s.candles)), h("td", { class: "num" }, lag),
-          h("td", { class: s.gaps.length ? "bad" : null }, ranges(s.gaps, `${key}|gaps`, "gap", "gaps", s.gaps_total, s.missing)),
-          h("td", {}, ranges(s.known_gaps, `${key}|known`, "known gap", "known gaps")),
+          h("td", { class: s.gaps.length ? "bad" : null }, ranges(s.gaps, `${key}|gaps`, "gap", "gaps", s.gaps_total, s.missing, step)),
+          h("td", {}, ranges(s.known_gaps, `${key}|known`, "known gap", "known gaps", null, null, step)),
           h("td", { class: "bad" }, s.error || ""));
       });
       view.replaceChildren(
