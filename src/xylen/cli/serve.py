@@ -60,6 +60,11 @@ def serve_cmd(
         "--train-if-missing",
         help="If no model is live yet, first train one (store data, else the bundled sample; profile auto).",
     ),
+    ui: bool = typer.Option(
+        None,
+        "--ui/--no-ui",
+        help="Serve the dashboard at /ui (default; XYLEN_UI). --no-ui: every /ui path is 404.",
+    ),
     drain_seconds: float = typer.Option(
         0.0,
         "--drain-seconds",
@@ -81,6 +86,7 @@ def serve_cmd(
             model_path=model_path,
             log_format=log_format.value if log_format else None,
             allow_unauthenticated=allow_unauthenticated,
+            ui=ui,
         )
         opts = ServeOptions(
             names=list(model), workers=workers, drain_seconds=drain_seconds, model_path=settings.model_path

@@ -342,6 +342,25 @@ class Settings(BaseSettings):
         validation_alias=_alias("ws_max_message_bytes"),
         description="/ws/predict frames above this many bytes close the connection with code 1009.",
     )
+    ui: bool = Field(
+        True,
+        validation_alias=_alias("ui"),
+        description="Serve the dashboard at /ui (false, or `xylen serve --no-ui`: every /ui path is 404).",
+    )
+    ui_session_max_age: float = Field(
+        12 * 3600.0,
+        gt=0,
+        le=30 * 86400,
+        validation_alias=_alias("ui_session_max_age"),
+        description="How long a dashboard login lasts (seconds, or 12h, 7d; at most 30d).",
+    )
+    ui_sample_s: float = Field(
+        10.0,
+        ge=0.5,
+        le=3600,
+        validation_alias=_alias("ui_sample_s"),
+        description="Seconds between two samples of the dashboard's server history (360 samples are kept).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", validation_alias=_alias("log_format"), description="Log format: text or json."
     )
@@ -439,7 +458,7 @@ class Settings(BaseSettings):
                     ) from None
         return v
 
-    @field_validator("training_interval", "model_max_age", mode="before")
+    @field_validator("training_interval", "model_max_age", "ui_session_max_age", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         if isinstance(v, str):

@@ -24,7 +24,7 @@ from xylen.core.rawmodel import resolve_backend
 from xylen.core.registry import Registry
 from xylen.core.settings import Settings
 from xylen.core.verify import verify_in_child
-from xylen.serve import docs, routes, v2
+from xylen.serve import docs, routes, ui, v2
 from xylen.serve.auth import KeyRing
 from xylen.serve.decode import RequestError
 from xylen.serve.gate import Gate, error_bytes
@@ -72,11 +72,15 @@ def create_app(settings: Settings, *, names: list[str] | None = None, model_path
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         stop = holder.start_watching(watch_interval)
+        if dashboard is not None:
+            await dashboard.start()  # the server history sampler (serve/ui_history.py)
         try:
             yield
         finally:
             holder.draining = True
             stop.set()
+            if dashboard is not None:
+                await dashboard.stop()
             await streams.stop()  # the store feed's polling thread, if a push subscription started it
             if jobs is not None:
                 await jobs.shutdown()  # a retrain child still running gets SIGTERM and its record says "aborted"
@@ -90,6 +94,8 @@ def create_app(settings: Settings, *, names: list[str] | None = None, model_path
     app.include_router(routes.router)
     app.include_router(v2.router)
     docs.install(app)
+    # the dashboard (issue #14): off with `xylen serve --no-ui` / XYLEN_UI=false, and then every /ui path is a 404
+    dashboard = ui.install(app, state) if settings.ui else None
 
     async def on_request_error(_r: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,8 +35,10 @@ def _digest(key: bytes) -> bytes:
 
 
 class KeyRing:
-    def __init__(self, digests: list[bytes]) -> None:
+    def __init__(self, digests: list[bytes], session_secret: bytes | None = None) -> None:
         self._digests = tuple(digests)
+        # signs dashboard sessions (serve/ui_auth.py) with the digests; random per server start, handed to workers
+        self.session_secret = session_secret if session_secret is not None else os.urandom(32)
 
     @property
     def enabled(self) -> bool:

@@ -57,9 +57,13 @@ _EXACT = frozenset(
         "/openapi.json",
         "/docs/oauth2-redirect",
         "/redoc",
+        "/ui",
     }
 )
 _ASSETS = ASSETS + "/"
+# the dashboard (serve/ui.py): its own auth (login page, session cookie), so the gate asks no key; Host rule as usual
+UI_ROUTES = frozenset({"/ui", "/ui/login", "/ui/logout", "/ui/api/{feed}", "/ui/assets/{file}", "/ui/report/{file}"})
+_UI_FORMS = frozenset({"/ui/login", "/ui/logout"})  # HTML forms: no JSON, the dashboard checks their Origin
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _JSON_TYPES = (b"application/json", b"application/cloudevents+json", b"text/json")
 
@@ -80,7 +84,17 @@ def route_of(path: str) -> str:
         return "/models/{name}/rollback"
     if path.startswith("/retrain/"):
         return "/retrain/{job_id}"
+    if path.startswith("/ui/"):
+        return _ui_route(path)
     return "other"
+
+
+def _ui_route(path: str) -> str:
+    for prefix, label in (("/ui/api/", "/ui/api/{feed}"), ("/ui/assets/", "/ui/assets/{file}"),
+                          ("/ui/report/", "/ui/report/{file}")):
+        if path.startswith(prefix):
+            return label
+    return path if path in ("/ui/login", "/ui/logout") else "/ui" if path == "/ui/" else "other"
 
 
 async def send_bytes(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -129,7 +143,9 @@ class Gate:
             if self.hosts is None:
                 key_ok = self.keys.check(presented_key(scope["headers"]))
                 if not key_ok:
-                    if route not in OPEN_ROUTES:
+                    if route in UI_ROUTES:
+                        pass  # the dashboard asks for its session cookie or shows its login page
+                    elif route not in OPEN_ROUTES:
                         raise RequestError(
                             401, "Missing or wrong API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
                         )
@@ -158,7 +174,9 @@ class Gate:
                 status = 200
                 await send_bytes(send, 200, out, headers)
                 return
-            if not key_ok:
+            if route in _UI_FORMS:
+                pass
+            elif not key_ok:
                 _require_json(scope, method, route)
             elif body:
                 _check_json(scope)

@@ -126,6 +126,7 @@ class WorkerApp:
 
     settings: Settings  # without api_keys / api_keys_file: the digests below replace them
     digests: tuple[bytes, ...] = field(repr=False)
+    session_secret: bytes = field(repr=False)  # the dashboard's session signing secret: the same in every worker
     names: list[str]
     model_path: Path | None
     drain: Connection  # the read end of a pipe whose write end only the parent holds: EOF means drain
@@ -140,7 +141,10 @@ class WorkerApp:
         configure(self.settings.log_format, self.settings.log_level)
         block_heavy_imports()
         app = create_app(
-            self.settings, names=self.names or None, model_path=self.model_path, keys=KeyRing(list(self.digests))
+            self.settings,
+            names=self.names or None,
+            model_path=self.model_path,
+            keys=KeyRing(list(self.digests), self.session_secret),
         )
         holder = app.state.holder
         parent = os.getppid()
@@ -185,6 +189,7 @@ def _serve_workers(settings: Settings, opts: ServeOptions, keys: KeyRing, common
         app = WorkerApp(
             settings=settings.model_copy(update={"api_keys": "", "api_keys_file": None}),
             digests=keys.digests,
+            session_secret=keys.session_secret,
             names=list(opts.names),
             model_path=opts.model_path,
             drain=drain_r,

@@ -7,8 +7,9 @@ is not (421). No ``Origin`` (a bot, a script) is fine. A server with keys lets t
 endpoint asks for the key: in the upgrade request's headers, else in the first message (browsers cannot set
 headers); ``scope[KEY_STATE]`` says which it got.
 
-(A dashboard login cookie, issue #14, must count only together with ``origin_allowed``: a cookie rides along
-with any page's request, an allowed Origin does not.)
+A dashboard login (issue #14: the ``xylen_ui`` session cookie, serve/ui_auth.py) counts as a key only when the
+``Origin`` is allowed too (the page's own origin, whose host is the request's Host, a loopback origin, or a host in
+XYLEN_ALLOWED_HOSTS): a cookie rides along with any page's request, an allowed Origin does not.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from xylen.serve import ui_auth
 from xylen.serve.auth import HostCheck, presented_key
 from xylen.serve.state import ServeState
 
@@ -57,6 +59,8 @@ async def admit(state: ServeState, hosts: HostCheck | None, app: ASGIApp, scope:
     if hosts is None:  # API keys: the key is the guard (any Host: proxies); the endpoint checks it
         key = presented_key(scope["headers"])
         scope[KEY_STATE] = "none" if key is None else "ok" if state.keys.check(key) else "wrong"
+        if key is None and state.settings.ui and session_allowed(state, scope):
+            scope[KEY_STATE] = "ok"
         await app(scope, receive, send)
         return
     host = _header(scope, b"host")
@@ -76,6 +80,17 @@ async def admit(state: ServeState, hosts: HostCheck | None, app: ASGIApp, scope:
         return
     scope[KEY_STATE] = "ok"
     await app(scope, receive, send)
+
+
+def session_allowed(state: ServeState, scope: Scope) -> bool:
+    """A valid dashboard session cookie sent by a page of an allowed Origin (never without an Origin)."""
+    origin = _header(scope, b"origin")
+    if origin is None or not ui_auth.origin_ok(origin, _header(scope, b"host"), state.settings.allowed_host_list()):
+        return False
+    token = ui_auth.cookie_value(scope["headers"])
+    max_age = state.settings.ui_session_max_age
+    keys = state.keys
+    return token is not None and ui_auth.verify(keys.session_secret, token, keys.digests, max_age_s=max_age) is not None
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
