@@ -51,6 +51,14 @@ def test_a_tampered_token_is_not_a_session(change: str) -> None:
     assert ui_auth.verify(S, forged, [A, B], NOW) is None
 
 
+@pytest.mark.parametrize("expiry", ["\u00b2", "\u00b9\u00b3", "\u0663\u0663", "9" * 190])
+def test_a_token_whose_expiry_is_not_ascii_digits_is_not_a_session_and_never_raises(expiry: str) -> None:
+    """A cookie is latin-1 text from anyone: '\u00b2' passes str.isdigit() but int() refuses it (ValueError, a 500
+    on every /ui path before the fix)."""
+    mac = ui_auth.issue(S, A, 3600, NOW).split(".")[3]
+    assert ui_auth.verify(S, f"v1.{expiry}.AAAA.{mac}", [A], NOW) is None
+
+
 def test_a_token_forged_with_another_secret_or_expiring_beyond_the_setting_is_refused() -> None:
     other = ui_auth.issue(S, hashlib.sha256(b"not a key of ours").digest(), 3600, NOW)
     assert ui_auth.verify(S, other, [A, B], NOW) is None

@@ -161,6 +161,44 @@ def test_a_tampered_expired_or_revoked_cookie_is_no_session(home: Path) -> None:
         assert c.get("/ui/api/models").status_code == 200
 
 
+def raw_request(c: Any, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """GET ``path`` with these exact header bytes (TestClient re-encodes header values as UTF-8)."""
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(msg: Any) -> None:
+        sent.append(msg)
+
+    async def call() -> None:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"127.0.0.1:8000"), *headers], "client": ("127.0.0.1", 5000),
+                 "server": ("127.0.0.1", 8000)}
+        await c.app(scope, receive, send)
+
+    c.portal.call(call)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_a_hostile_cookie_is_no_session_and_never_a_500(home: Path) -> None:
+    """Cookie bytes are anyone's: b'\\xb2' (superscript two in latin-1) passes str.isdigit() but not int(); it
+    was a 500 on every /ui path and an exception in the WebSocket's cookie check."""
+    from xylen.serve.stream_guard import session_allowed
+
+    mac = ui_auth.issue(RING.session_secret, hashlib.sha256(KEY.encode()).digest(), 3600).split(".")[3]
+    cookie = (b"cookie", b"xylen_ui=v1.\xb2.AAAA." + mac.encode())
+    with serving(home) as c:
+        status, body = raw_request(c, "/ui/api/models", [cookie])
+        assert status == 401 and b"log in" in body
+        status, body = raw_request(c, "/ui", [cookie])
+        assert status == 200 and b'name="key"' in body  # the login page
+        scope = {"type": "websocket", "headers": [(b"host", b"127.0.0.1:8000"),
+                                                  (b"origin", b"http://127.0.0.1:8000"), cookie]}
+        assert session_allowed(c.app.state, scope) is False  # c.app: the gate
+
+
 def test_a_session_made_by_one_worker_is_accepted_by_another(home: Path) -> None:
     """Each --workers process has its own app and KeyRing of the same digests and session secret (the supervisor
     hands both to every worker): nothing else is shared."""

@@ -62,8 +62,8 @@ def verify(secret: bytes, token: str | None, digests: Iterable[bytes], now: floa
     if not token or len(token) > 200:
         return None
     parts = token.split(".")
-    if len(parts) != 4 or parts[0] != _VERSION or not parts[1].isdigit():
-        return None
+    if len(parts) != 4 or parts[0] != _VERSION or not (parts[1].isascii() and parts[1].isdigit()):
+        return None  # isascii: '\u00b2' is a digit to str.isdigit() but not to int()
     try:
         mac = base64.urlsafe_b64decode(parts[3] + "=" * (-len(parts[3]) % 4))
     except (ValueError, TypeError):
