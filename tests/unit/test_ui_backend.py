@@ -140,6 +140,28 @@ def test_the_cookie_is_secure_behind_https(home: Path) -> None:
         assert r.headers["set-cookie"].endswith("; Secure")
 
 
+def test_the_session_lasts_xylen_ui_session_max_age_default_12h(home: Path) -> None:
+    """README: 'It expires after XYLEN_UI_SESSION_MAX_AGE (default 12h)'; durations as 7d; under a second is refused
+    (the cookie's Max-Age is whole seconds: 0.5 made Max-Age=0, a login the browser dropped at once)."""
+    from xylen.core.errors import ConfigError
+
+    for env, seconds in (({}, 12 * 3600), ({"XYLEN_UI_SESSION_MAX_AGE": "7d"}, 7 * 86400),
+                         ({"XYLEN_UI_SESSION_MAX_AGE": "90"}, 90)):
+        with serving(home, env=env) as c:
+            r = c.post("/ui/login", data={"key": KEY}, follow_redirects=False)
+            assert f"Max-Age={seconds};" in r.headers["set-cookie"], (env, r.headers["set-cookie"])
+            token = r.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+            expiry = int(token.split(".")[1])
+            now = c.get("/ui/api/models").json()["now"] / 1000
+            assert abs(expiry - (now + seconds)) < 60
+            assert ui_auth.verify(RING.session_secret, token, RING.digests, now=expiry - 1) is not None
+            assert ui_auth.verify(RING.session_secret, token, RING.digests, now=expiry) is None
+    for bad, quoted in (("0.5", "0.5"), ("0", "0"), ("31d", "2678400"), ("12 hours", "12 hours")):
+        with pytest.raises(ConfigError) as info:
+            load_settings({"home": home}, environ={"XYLEN_UI_SESSION_MAX_AGE": bad})
+        assert "XYLEN_UI_SESSION_MAX_AGE" in str(info.value) and quoted in str(info.value)
+
+
 def test_a_tampered_expired_or_revoked_cookie_is_no_session(home: Path) -> None:
     digest = hashlib.sha256(KEY.encode()).digest()
     expired = ui_auth.issue(RING.session_secret, digest, 60, now=1_000_000)

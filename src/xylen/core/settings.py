@@ -349,10 +349,10 @@ class Settings(BaseSettings):
     )
     ui_session_max_age: float = Field(
         12 * 3600.0,
-        gt=0,
+        ge=1,  # the cookie's Max-Age is whole seconds: 0.5 would be Max-Age=0, a login dropped at once
         le=30 * 86400,
         validation_alias=_alias("ui_session_max_age"),
-        description="How long a dashboard login lasts (seconds, or 12h, 7d; at most 30d).",
+        description="How long a dashboard login lasts (seconds, or 12h, 7d; at least 1 s, at most 30d).",
     )
     ui_sample_s: float = Field(
         10.0,
