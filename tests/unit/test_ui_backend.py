@@ -266,6 +266,26 @@ def test_state_changing_posts_need_json_and_the_session_csrf_token(home: Path) -
     assert live(home) == "v0001"
 
 
+def test_json_is_needed_without_a_key_header_even_without_a_body_and_with_a_key_only_for_a_body(home: Path) -> None:
+    """README: with the cookie or without keys, JSON even without a body; with a key header, a rollback may send
+    no body and no Content-Type, but a body must be JSON."""
+    url = f"/ui/api/models/{NAME}/rollback"
+    with serving(home) as c:
+        csrf = login(c)
+        r = c.post(url, headers={"X-CSRF-Token": csrf})  # the cookie, no body, no Content-Type
+        assert r.status_code == 415 and "application/json" in r.json()["error"]
+        key = {"X-API-Key": KEY}
+        c.cookies.clear()
+        r = c.post(url, content=b"{}", headers={**key, "Content-Type": "text/plain"})
+        assert r.status_code == 415 and "text/plain" in r.json()["error"]
+        assert live(home) == "v0002"
+        r = c.post(url, headers=key)
+        assert r.status_code == 200 and r.json()["live_version"] == "v0001"
+    with serving(home, keys=KeyRing([])) as c:
+        assert c.post(f"/ui/api/models/{NAME}/promote", content=b"").status_code == 415
+        assert live(home) == "v0001"
+
+
 def test_a_cross_origin_login_or_post_is_refused_also_without_keys(home: Path) -> None:
     with serving(home) as c:
         r = c.post("/ui/login", data={"key": KEY}, headers={"Origin": "http://evil.example"},
