@@ -589,3 +589,14 @@ def test_the_data_feed_rereads_only_series_whose_files_changed(tmp_path: Path) -
         first = c.get("/ui/api/data").json()
         Store(home / "data").append("BTCUSDT", "5m", frame(50, 52))
         assert c.get("/ui/api/data").json() == first  # within DATA_TTL: the same answer
+
+
+@pytest.mark.parametrize("recorded", ["junk", ["a", "b"], {"members": "x"}, None])
+def test_a_hand_edited_ensemble_record_is_no_members_not_a_500(home: Path, recorded: Any) -> None:
+    from xylen.core.bundle import Manifest
+    from xylen.serve.ui import describe
+
+    reg = Registry(home / "models")
+    m = reg.manifest(NAME, reg.versions(NAME)[0])
+    edited = Manifest.model_validate({**m.model_dump(), "backend": "ensemble", "ensemble": recorded})
+    assert describe(edited, 86400.0, 1.8e9)["members"] is None

@@ -15,7 +15,9 @@ from xylen.core.bundle import Manifest
 def sentence(manifest: Manifest) -> str:
     m = manifest.metrics or {}
     if manifest.backend == "ensemble":  # never evaluated as a whole: say so, and where the figures are
-        members = (manifest.model_extra or {}).get("ensemble", {}).get("members") or []
+        info = (manifest.model_extra or {}).get("ensemble")
+        members = info.get("members") if isinstance(info, dict) else None  # a hand-edited record: no names
+        members = members if isinstance(members, list) else []
         names = ", ".join(f"{x.get('name')} {x.get('version')}" for x in members if isinstance(x, dict))
         return (f"an ensemble of {names or 'its members'}, not evaluated as a whole: each member's evaluation is in "
                 "`xylen models show MEMBER`")

@@ -469,7 +469,7 @@ def describe(m: Manifest, max_age_s: float, now: float) -> dict[str, Any]:
     """The row fields a manifest gives: age, stale flag, what the label means, the honest sentence, the edge."""
     age = watch.staleness(m, max_age_s, now)
     spec = labels.read(m.label)
-    members = (m.model_extra or {}).get("ensemble", {}).get("members") if m.backend == "ensemble" else None
+    members = _dict((m.model_extra or {}).get("ensemble")).get("members") if m.backend == "ensemble" else None
     return {"created_at": ms(watch.parse_iso(m.created_at)), "age_s": age["age_seconds"],
             "stale": bool(age["stale"]), "label": spec.predicts() if spec is not None else None,
             "sentence": summary.sentence(m), "edge": _primary_edge(m.metrics or {}),
