@@ -176,7 +176,8 @@ def test_unwritable_registry_is_a_config_error(tmp_path):
     assert "XYLEN_HOME" in exc.value.hint
 
 
-@pytest.mark.parametrize("bad", ["../other/v0001", "v0001/../../x", "V0001", "v1", "latest", "", "v0001 "])
+@pytest.mark.parametrize("bad", ["../other/v0001", "v0001/../../x", "V0001", "v1", "latest", "", "v0001 ",
+                                 "v\u0663\u0663\u0663\u0663", "v\uff10\uff10\uff10\uff11"])  # other digits
 def test_only_versions_of_that_model_can_be_promoted(home, bad):
     reg = Registry(home / "models", verify=verify_here)
     before = (home / "models" / "btcusdt-1h" / POINTER).read_bytes()

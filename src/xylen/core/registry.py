@@ -35,7 +35,7 @@ from xylen.core.markets import model_name  # noqa: F401  (the registry's names: 
 from xylen.core.storage import Conflict, LocalStorage, Missing
 
 POINTER = "CURRENT.json"
-_VERSION_RE = re.compile(r"^v(\d{4,})$")
+_VERSION_RE = re.compile(r"^v([0-9]{4,})$")  # ASCII digits only: \d also matches other scripts' digits
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 HISTORY_LIMIT = 50
 _CAS_RETRIES = 200
