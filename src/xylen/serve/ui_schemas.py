@@ -40,7 +40,7 @@ class LivePerformance(BaseModel):
     note: str | None = Field(description="Why a figure is missing (too few labels, ...).")
 
 
-class ModelRow(BaseModel):
+class DashboardModelRow(BaseModel):
     name: str
     live_version: str | None = Field(description="The version CURRENT.json names.")
     loaded_version: str | None = Field(description="The version this server answers with (it follows "
@@ -62,7 +62,7 @@ class ModelRow(BaseModel):
 
 class ModelsFeed(BaseModel):
     now: int
-    models: list[ModelRow]
+    models: list[DashboardModelRow]
 
 
 class Gate(BaseModel):
