@@ -267,6 +267,12 @@ class Settings(BaseSettings):
         validation_alias=_alias("model_max_age"),
         description="A live model created longer ago than this (seconds, or 12h, 7d) is flagged stale.",
     )
+    dask_cluster: str | None = Field(
+        None,
+        validation_alias=_alias("dask_cluster"),
+        description="Dask scheduler address (tcp://HOST:PORT): `xylen train` and `xylen retrain` run there "
+        "(`--cluster` overrides it; needs the xylen[dask] extra). Unset: train in this process.",
+    )
     # --- serving ---------------------------------------------------------------------------------------
     model_path: Path | None = Field(
         None,
@@ -431,6 +437,19 @@ class Settings(BaseSettings):
             v = v.strip() or None
             if v is not None and not v.startswith(("http://", "https://")):
                 raise ValueError("an http:// or https:// URL, like https://api.bybit.com")
+        return v
+
+    @field_validator("dask_cluster", mode="before")
+    @classmethod
+    def _dask_cluster(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip() or None  # XYLEN_DASK_CLUSTER= (empty) means unset
+            if v is not None:
+                from xylen.core.cluster import address_problem
+
+                why = address_problem(v)
+                if why:
+                    raise ValueError(why)
         return v
 
     @field_validator("interval")
