@@ -1,0 +1,293 @@
+"""Two real `xylen serve` replicas sharing one registry behind Debian's nginx, configured by the packaged
+packaging/nginx/xylen.conf (only its listen, upstream server and access_log lines rewritten to loopback ports and
+temporary paths): load through nginx, a promotion by `xylen models promote` reaching both replicas within the
+poll interval + 5 s with 0 failed requests, the body limit, the WebSocket upgrade, and a replica killed (-9) under
+load with 0 failed requests (nginx retries, then marks it down).
+
+Skipped when nginx is not installed, unless XYLEN_NGINX_TESTS=1 (.ci/run installs Debian's nginx and sets it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from tests.builders import build_bundle
+from tests.conftest import binance_rows, free_port, wait_for
+from xylen.core.registry import Registry
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parents[2]
+PACKAGED = ROOT / "packaging" / "nginx" / "xylen.conf"
+KEY = "nginx-test-key-not-secret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MODEL = "btcusdt-5m"
+POLL_S = 0.25  # the replicas' poll of CURRENT.json (README, "Hot swap"; serve/app.py watch_interval)
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+
+
+def render(conf: str, replicas: list[int], listen: int, access_log: Path) -> str:
+    """The packaged file with its upstream servers, listen port and access log moved; everything else as shipped."""
+    servers = re.findall(r"^ *server 127\.0\.0\.1:\d+ (.*);$", conf, flags=re.M)
+    assert len(servers) == 2, "packaging/nginx/xylen.conf should list two replicas on 127.0.0.1"
+    lines = "\n".join(f"    server 127.0.0.1:{p} {servers[0]};" for p in replicas)
+    conf, n = re.subn(r"(?:^ *server 127\.0\.0\.1:\d+ .*;\n)+", lines + "\n", conf, count=1, flags=re.M)
+    conf, m = re.subn(r"^( *)listen 127\.0\.0\.1:\d+;", rf"\g<1>listen 127.0.0.1:{listen};", conf, flags=re.M)
+    conf, k = re.subn(r"^( *)access_log \S+ xylen_upstream;", rf"\g<1>access_log {access_log} xylen_upstream;",
+                      conf, flags=re.M)  # fmt: skip
+    assert (n, m, k) == (1, 1, 1), (n, m, k)
+    return conf
+
+
+def main_conf(prefix: Path) -> str:
+    """A minimal nginx.conf around the packaged file (Debian's /etc/nginx/nginx.conf does the same with conf.d)."""
+    # as root, the workers would run as nobody, who cannot enter pytest's private temporary folder
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    temps = "".join(f"    {kind}_temp_path {prefix / kind};\n" for kind in ("client_body", "proxy", "fastcgi",
+                                                                              "uwsgi", "scgi"))  # fmt: skip
+    return (f"{user}worker_processes 2;\npid {prefix / 'nginx.pid'};\nerror_log {prefix / 'error.log'} info;\n"
+            f"events {{ worker_connections 256; }}\nhttp {{\n{temps}    include {prefix / 'xylen.conf'};\n}}\n")
+
+
+@dataclass
+class Replica:
+    proc: subprocess.Popen[bytes]
+    url: str
+    port: int
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def live_version(self) -> str | None:
+        r = httpx.get(f"{self.url}/models", headers=AUTH, timeout=10)
+        return next((m["version"] for m in r.json() if m["name"] == MODEL), None) if r.status_code == 200 else None
+
+
+@dataclass
+class Front:
+    url: str
+    home: Path
+    replicas: list[Replica]
+    access_log: Path
+    error_log: Path
+
+    def log_lines(self) -> list[str]:
+        return self.access_log.read_text(errors="replace").splitlines() if self.access_log.exists() else []
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def front(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    if NGINX is None:
+        if os.environ.get("XYLEN_NGINX_TESTS") == "1":
+            pytest.fail("XYLEN_NGINX_TESTS=1 but nginx is not installed (apt-get install nginx)")
+        pytest.skip("nginx is not installed (apt-get install nginx; XYLEN_NGINX_TESTS=1 makes this a failure)")
+    base = tmp_path_factory.mktemp("nginx-replicas")
+    home = base / "home"  # one XYLEN_HOME, so one registry, for both replicas
+    shutil.copytree(trained_home, home)
+    env = {**os.environ, "XYLEN_HOME": str(home), "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1"}
+    replicas: list[Replica] = []
+    nginx: subprocess.Popen[bytes] | None = None
+    prefix = base / "nginx"
+    prefix.mkdir()
+    try:
+        for i in range(2):
+            port = free_port()
+            log = base / f"replica{i}.log"
+            with open(log, "wb") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "xylen", "serve", "--port", str(port)], env=env,
+                                        stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+            replicas.append(Replica(proc, f"http://127.0.0.1:{port}", port, log))
+        for r in replicas:
+            wait_for(lambda r=r: r.proc.poll() is not None or httpx.get(f"{r.url}/health/ready").status_code == 200,
+                     timeout=120, what=f"replica {r.url} to become ready")  # fmt: skip
+            assert r.proc.poll() is None, f"xylen serve exited early:\n{r.output()}"
+        listen = free_port()
+        access_log = prefix / "access.log"
+        (prefix / "xylen.conf").write_text(render(PACKAGED.read_text(), [r.port for r in replicas], listen,
+                                                  access_log))  # fmt: skip
+        (prefix / "nginx.conf").write_text(main_conf(prefix))
+        cmd = [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
+        check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+        nginx = subprocess.Popen([*cmd, "-g", "daemon off;"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        front = Front(f"http://127.0.0.1:{listen}", home, replicas, access_log, prefix / "error.log")
+        wait_for(lambda: nginx.poll() is not None or httpx.get(f"{front.url}/health/ready").status_code == 200,
+                 timeout=60, what="nginx to answer")  # fmt: skip
+        assert nginx.poll() is None, (prefix / "error.log").read_text()
+        yield front
+    except BaseException:
+        for r in replicas:
+            print(r.output())
+        if (prefix / "error.log").exists():
+            print((prefix / "error.log").read_text()[-3000:])
+        raise
+    finally:
+        if nginx is not None:
+            stop(nginx)
+        for r in replicas:
+            stop(r.proc)
+
+
+@pytest.fixture(scope="module")
+def body(candle_window: np.ndarray) -> dict[str, Any]:
+    return {"symbol": "BTCUSDT", "timeframe": "5m", "candles": binance_rows(candle_window)}
+
+
+@dataclass
+class Load:
+    """A few client threads posting /predict through nginx until stopped; every non-200 answer or transport
+    error is a failure."""
+
+    url: str
+    body: dict[str, Any]
+    threads: int = 3
+    versions: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    workers: list[threading.Thread] = field(default_factory=list)
+
+    def run(self) -> None:
+        with httpx.Client(headers=AUTH, timeout=60) as c:
+            while not self.stop.is_set():
+                try:
+                    r = c.post(f"{self.url}/predict", json=self.body)
+                except httpx.TransportError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if r.status_code != 200:
+                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+                else:
+                    self.versions.append(r.json()["model_version"])
+
+    def __enter__(self) -> Load:
+        self.workers = [threading.Thread(target=self.run) for _ in range(self.threads)]
+        for w in self.workers:
+            w.start()
+        wait_for(lambda: len(self.versions) >= 10 or self.failures, what="load through nginx")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for w in self.workers:
+            w.join(60)
+
+    def more(self, n: int) -> None:
+        start = len(self.versions)
+        wait_for(lambda: len(self.versions) >= start + n, what=f"{n} more answers through nginx")
+
+
+def upstreams(line: str) -> list[str]:
+    m = re.search(r"upstream=(.*?) upstream_status=", line)
+    return [a.strip() for a in re.split(r"[,:]\s", m.group(1))] if m else []
+
+
+def test_load_is_spread_over_both_replicas(front: Front, body: dict[str, Any]) -> None:
+    with Load(front.url, body) as load:
+        load.more(40)
+    assert not load.failures, load.failures[:3]
+    posts = [upstreams(line) for line in front.log_lines() if '"POST /predict ' in line]
+    used = {addr for attempt in posts for addr in attempt}
+    assert used == {f"127.0.0.1:{r.port}" for r in front.replicas}, used
+
+
+def test_a_promotion_reaches_both_replicas_with_no_failed_request(front: Front, body: dict[str, Any]) -> None:
+    reg = Registry(front.home / "models")
+    before = {r.live_version() for r in front.replicas}
+    assert len(before) == 1 and None not in before, before
+    version = build_bundle(reg, MODEL, rounds=8, rows=1500, seed=7, promote=False)
+    env = {**os.environ, "XYLEN_HOME": str(front.home)}
+    with Load(front.url, body) as load:
+        done = subprocess.run([sys.executable, "-m", "xylen", "models", "promote", MODEL, version], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        promoted = time.monotonic()  # CURRENT.json is written just before the command ends
+        assert done.returncode == 0, done.stdout + done.stderr
+        took: dict[str, float] = {}
+
+        def arrived() -> bool:
+            for r in front.replicas:
+                if r.url not in took and r.live_version() == version:
+                    took[r.url] = time.monotonic() - promoted
+            return len(took) == len(front.replicas)
+
+        wait_for(arrived, timeout=120, interval=0.05, what=f"{version} on both replicas")
+        load.more(20)
+        n = len(load.versions)
+        load.more(20)
+    print(f"promotion live on the replicas after {sorted(round(t, 2) for t in took.values())} s")
+    assert max(took.values()) <= POLL_S + 5, took
+    assert not load.failures, load.failures[:3]
+    assert set(load.versions[n:]) == {version}, set(load.versions[n:])
+    nums = [int(v[1:]) for v in load.versions]
+    assert version in load.versions and min(nums) < int(version[1:])
+
+
+def test_the_body_limit_is_the_servers(front: Front, body: dict[str, Any], sample_candles: Any) -> None:
+    from tests.builders import window_matrix
+
+    klines = {**body, "candles": binance_rows(window_matrix(sample_candles, len(sample_candles) - 1, 1000))}
+    r = httpx.post(f"{front.url}/predict", json=klines, headers=AUTH, timeout=60)  # 1,000 klines pass
+    assert r.status_code == 200, r.text
+    # JSON may end in any amount of white space: bodies of exact sizes
+    raw = orjson.dumps(body)
+    json_ct = {**AUTH, "Content-Type": "application/json"}
+    r = httpx.post(f"{front.url}/predict", content=raw + b" " * (1_000_001 - len(raw)), headers=json_ct, timeout=60)
+    assert r.status_code == 413, r.text
+    assert "over the limit of 1000000 bytes" in r.json()["error"]  # nginx's answer, in xylen's shape
+    refused = [line for line in front.log_lines() if '"POST /predict ' in line and " 413 " in line]
+    assert refused and all("upstream=- " in line for line in refused), refused  # no replica saw it
+    # the same limit in nginx and in the replicas: a body nginx lets through is one the replica takes
+    r = httpx.post(f"{front.url}/predict", content=raw + b" " * (1_000_000 - len(raw)), headers=json_ct, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_the_websocket_goes_through(front: Front, body: dict[str, Any]) -> None:
+    from websockets.sync.client import connect
+
+    ws_url = front.url.replace("http://", "ws://") + "/ws/predict"
+    with connect(ws_url, additional_headers=AUTH) as ws:
+        ws.send(orjson.dumps({"type": "subscribe", "id": "s1", **body}).decode())
+        got = [orjson.loads(ws.recv(timeout=60)) for _ in range(2)]
+    assert [g["type"] for g in got] == ["subscribed", "prediction"], got
+    assert got[1]["model_version"] == front.replicas[0].live_version()
+
+
+def test_a_killed_replica_costs_no_failed_request(front: Front, body: dict[str, Any]) -> None:
+    killed, alive = front.replicas[1], front.replicas[0]
+    with Load(front.url, body) as load:
+        load.more(20)
+        mark = len(front.log_lines())
+        killed.proc.send_signal(signal.SIGKILL)
+        killed.proc.wait(60)
+        load.more(60)
+    assert not load.failures, load.failures[:3]
+    after = [upstreams(line) for line in front.log_lines()[mark:] if '"POST /predict ' in line]
+    dead, live = f"127.0.0.1:{killed.port}", f"127.0.0.1:{alive.port}"
+    # nginx sent some requests to the dead replica, then to the live one (the retry), and then marked it down:
+    # the last answers all came from the live replica in one attempt
+    assert any(a[:1] == [dead] and a[-1] == live for a in after), after[:10]
+    assert all(a == [live] for a in after[-20:]), after[-20:]
