@@ -21,9 +21,9 @@ app.add_typer(models_app, name="models")
 
 
 def _registry(ctx: typer.Context):  # type: ignore[no-untyped-def]
-    from xylen.core.registry import Registry
+    from xylen.core.registry import open_registry
 
-    return Registry(settings_from(ctx).models_dir)
+    return open_registry(settings_from(ctx))
 
 
 def _fmt(v: float | None) -> str:
