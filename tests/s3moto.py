@@ -39,7 +39,8 @@ def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def make_bucket(endpoint: str) -> str:
     bucket = f"xylen-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing-key-id",
+                 aws_secret_access_key="testing-secret").create_bucket(Bucket=bucket)
     return bucket
 
 

@@ -110,7 +110,7 @@ def _train_if_missing(settings: Settings, names: list[str]) -> None:
     default = model_name(settings.symbol, settings.interval, settings.exchange)
     if registry.current(default) is not None or (names and default not in names):
         return
-    err.print(f"No live {default} model in {registry.root}: training one first.")
+    err.print(f"No live {default} model in {registry.location}: training one first.")
     argv = [
         sys.executable,
         "-m",
