@@ -16,7 +16,7 @@ def address_problem(address: str) -> str | None:
     if m is None:
         return f"a Dask scheduler address is {ADDRESS_FORM}"
     if not 1 <= int(m.group(3)) <= 65535:
-        return f"the port {m.group(3)} is not 1-65535"
+        return f"the port {m.group(3)} is not 1-65535 (the form: {ADDRESS_FORM})"
     return None
 
 
@@ -24,6 +24,7 @@ def check_address(address: str, *, source: str = "--cluster") -> str:
     """``address`` stripped, or a ConfigError quoting it with the form it must have."""
     why = address_problem(address)
     if why is not None:
-        raise ConfigError(f"{source} {address[:200]!r} is not a Dask scheduler address: {why}.",
+        port = "" if why.startswith("a Dask") else f": the port {address.strip().rsplit(':', 1)[-1]} is not 1-65535"
+        raise ConfigError(f"{source} {address[:200]!r} is not a Dask scheduler address{port}.",
                           hint=f"give the scheduler's address as {ADDRESS_FORM}.")
     return address.strip()

@@ -1,0 +1,188 @@
+"""`xylen train --cluster` and `xylen retrain --all --cluster` on a Dask LocalCluster on loopback, on real candles
+(BTC and ETH 1h, tests/data): the models equal local training's (AUC within 0.005), the client publishes
+them, and bad addresses or clusters end with a clear message, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.helpers import BTC_1H, ETH_1H
+from xylen.core.candles import read_candles
+from xylen.core.registry import Registry
+from xylen.core.settings import load_settings
+from xylen.core.store import Store
+from xylen.train import TrainOptions, train
+
+distributed = pytest.importorskip("distributed")
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SERIES = {"BTCUSDT": BTC_1H, "ETHUSDT": ETH_1H}
+FAST = {"XYLEN_FOLDS": "2", "XYLEN_PROFILE": "8gb", "LGBM_NUM_THREADS": "1"}
+
+
+def fill(home: Path) -> Path:
+    for symbol, path in SERIES.items():
+        Store(home / "data").append(symbol, "1h", read_candles(path).frame)
+    return home
+
+
+def xylen(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> Any:
+    """The CLI as a user runs it, in its own process."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("XYLEN_")} | FAST | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "xylen", "--home", str(home), *args],
+        capture_output=True, text=True, env=full, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as lc:
+        yield lc.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cluster):
+    home = fill(tmp_path_factory.mktemp("cluster-home"))
+    r = xylen(home, "train", "--cluster", cluster, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1h",
+              "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return home, orjson.loads(r.stdout)
+
+
+def test_cluster_training_equals_local_training(trained, tmp_path):
+    home, body = trained
+    assert body["exit_code"] == 0
+    assert [(x["symbol"], x["interval"]) for x in body["results"]] == [(s, "1h") for s in SERIES]
+    local_home = fill(tmp_path / "local")
+    settings = load_settings({"home": local_home, "folds": 2, "profile": "8gb", "lgbm_num_threads": 1}, environ={})
+    for rec in body["results"]:
+        res = rec["result"]
+        local = train(settings, TrainOptions(symbol=rec["symbol"], interval="1h"))
+        assert res["name"] == local.name == f"{rec['symbol'].lower()}-1h"
+        assert abs(res["metrics"]["auc_mean"] - local.metrics["auc_mean"]) <= 0.005, (rec["symbol"], res, local)
+        assert res["rows_used"] == local.rows_used
+        assert res["source"].startswith("store ")  # the worker read the store itself
+
+
+def test_the_client_published_and_promoted_each_bundle(trained):
+    home, body = trained
+    registry = Registry(home / "models")
+    for rec in body["results"]:
+        res = rec["result"]
+        assert res["version"] == "v0001" and res["promoted"] is True
+        assert registry.current(res["name"]).version == "v0001"
+        registry.verify(res["name"], "v0001")  # size, sha256, trial load and golden predictions
+        report = (Path(res["bundle"]) / "report.html").read_text()
+        assert f"{res['name']} <small>v0001</small>" in report and "@@" not in report
+    assert not list((home / "models").glob(".tmp/*"))  # nothing staged is left behind
+
+
+def test_the_setting_names_the_cluster_and_the_option_overrides_it(tmp_path, cluster):
+    home = fill(tmp_path / "h")
+    r = xylen(home, "train", "--symbols", "ETHUSDT", "--intervals", "1h", "--json", "--no-promote",
+              env={"XYLEN_DASK_CLUSTER": cluster})
+    assert r.returncode == 0, r.stderr
+    assert orjson.loads(r.stdout)["cluster"] == cluster
+    assert Registry(home / "models").current("ethusdt-1h") is None  # --no-promote: published, not live
+    # a well-formed setting that reaches nothing is overridden by --cluster
+    r = xylen(home, "train", "--cluster", cluster, "--symbols", "ETHUSDT", "--intervals", "1h", "--json",
+              env={"XYLEN_DASK_CLUSTER": "tcp://127.0.0.1:9"})
+    assert r.returncode == 0, r.stderr
+    body = orjson.loads(r.stdout)
+    assert body["cluster"] == cluster and body["results"][0]["result"]["version"] == "v0002"
+
+
+def test_a_market_without_candles_is_its_error_and_the_others_publish(tmp_path, cluster):
+    home = fill(tmp_path / "h")
+    r = xylen(home, "train", "--cluster", cluster, "--symbols", "BTCUSDT,ADAUSDT", "--intervals", "1h", "--json")
+    assert r.returncode == 3, r.stdout + r.stderr  # DataError's code
+    btc, ada = orjson.loads(r.stdout)["results"]
+    assert btc["result"]["version"] == "v0001"
+    assert "No ADAUSDT 1h candles in the store" in ada["error"]["message"]
+    assert Registry(home / "models").names() == ["btcusdt-1h"]
+
+
+@pytest.mark.parametrize("address", ["localhost:8786", "tcp://127.0.0.1", "http://127.0.0.1:8786", "tcp://h:99999"])
+def test_a_malformed_address_is_quoted_with_the_form(tmp_path, address):
+    r = xylen(tmp_path, "train", "--cluster", address)
+    assert r.returncode == 2
+    assert f"--cluster {address!r} is not a Dask scheduler address" in r.stderr
+    assert "tcp://HOST:PORT" in r.stderr and "Traceback" not in r.stderr + r.stdout
+    r = xylen(tmp_path, "train", env={"XYLEN_DASK_CLUSTER": address})
+    assert r.returncode == 2 and "XYLEN_DASK_CLUSTER" in r.stderr and "tcp://HOST:PORT" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
+    t0 = time.monotonic()
+    r = xylen(tmp_path, "train", "--cluster", "tcp://127.0.0.1:9", "--symbols", "BTCUSDT")
+    assert r.returncode == 2
+    assert "Cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'" in r.stderr and "dask scheduler" in r.stderr
+    assert "Traceback" not in r.stderr and time.monotonic() - t0 < 60
+    assert not (tmp_path / "models").exists() or not Registry(tmp_path / "models").names()
+
+
+SITE = """
+    import importlib.abc, importlib.metadata, sys
+    _version = importlib.metadata.version
+    def version(name):  # this worker's environment has no lightgbm
+        if name == "lightgbm":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return _version(name)
+    importlib.metadata.version = version
+    class _NoLightgbm(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname.partition(".")[0] == "lightgbm":
+                raise ModuleNotFoundError("No module named 'lightgbm'", name=fullname)
+    sys.meta_path.insert(0, _NoLightgbm())
+"""
+
+
+def test_workers_without_lightgbm_are_named(tmp_path):
+    """A real `dask scheduler` and `dask worker` whose environment lacks lightgbm (a sitecustomize hides it)."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(textwrap.dedent(SITE))
+    port = _free_port()
+    dask = str(Path(sys.executable).with_name("dask"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XYLEN_")}
+    sched = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [dask, "worker", f"tcp://127.0.0.1:{port}", "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
+         "--name", "bare-worker"],
+        env=env | {"PYTHONPATH": str(tmp_path / "site")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            r = xylen(tmp_path, "train", "--cluster", f"tcp://127.0.0.1:{port}", "--symbols", "BTCUSDT")
+            if "has no workers" not in r.stderr and "Cannot reach" not in r.stderr or time.monotonic() > deadline:
+                break
+        assert r.returncode == 2, r.stderr
+        assert "cannot run xylen's training" in r.stderr and "has no lightgbm" in r.stderr
+        assert "tcp://127.0.0.1:" in r.stderr  # the worker, by its address
+        assert "pip install 'xylen[dask]" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        for p in (worker, sched):
+            p.terminate()
+            p.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
