@@ -12,12 +12,14 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +102,39 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def front(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+def start_nginx(prefix: Path, ports: list[int]) -> tuple[subprocess.Popen[bytes], str]:
+    """nginx (not a daemon) in ``prefix``, running the packaged file in front of ``ports``; its URL, once it answers."""
+    assert NGINX is not None
+    listen = free_port()
+    (prefix / "xylen.conf").write_text(render(PACKAGED.read_text(), ports, listen, prefix / "access.log"))
+    (prefix / "nginx.conf").write_text(main_conf(prefix))
+    cmd = [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
+    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    with open(prefix / "nginx.out", "wb") as out:
+        nginx = subprocess.Popen([*cmd, "-g", "daemon off;"], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{listen}"
+    try:
+        # a TCP connect, not a request: a request would reach (and could mark down) an upstream
+        wait_for(lambda: nginx.poll() is not None or socket.create_connection(("127.0.0.1", listen), timeout=5).close()
+                 is None, timeout=60, what="nginx to listen")  # fmt: skip
+        assert nginx.poll() is None, (prefix / "error.log").read_text()
+    except BaseException:
+        stop(nginx)
+        raise
+    return nginx, url
+
+
+def need_nginx() -> None:
     if NGINX is None:
         if os.environ.get("XYLEN_NGINX_TESTS") == "1":
             pytest.fail("XYLEN_NGINX_TESTS=1 but nginx is not installed (apt-get install nginx)")
         pytest.skip("nginx is not installed (apt-get install nginx; XYLEN_NGINX_TESTS=1 makes this a failure)")
+
+
+@pytest.fixture(scope="module")
+def front(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    need_nginx()
     base = tmp_path_factory.mktemp("nginx-replicas")
     home = base / "home"  # one XYLEN_HOME, so one registry, for both replicas
     shutil.copytree(trained_home, home)
@@ -126,19 +155,8 @@ def front(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             wait_for(lambda r=r: r.proc.poll() is not None or httpx.get(f"{r.url}/health/ready").status_code == 200,
                      timeout=120, what=f"replica {r.url} to become ready")  # fmt: skip
             assert r.proc.poll() is None, f"xylen serve exited early:\n{r.output()}"
-        listen = free_port()
-        access_log = prefix / "access.log"
-        (prefix / "xylen.conf").write_text(render(PACKAGED.read_text(), [r.port for r in replicas], listen,
-                                                  access_log))  # fmt: skip
-        (prefix / "nginx.conf").write_text(main_conf(prefix))
-        cmd = [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
-        check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=60)
-        assert check.returncode == 0, check.stderr
-        nginx = subprocess.Popen([*cmd, "-g", "daemon off;"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        front = Front(f"http://127.0.0.1:{listen}", home, replicas, access_log, prefix / "error.log")
-        wait_for(lambda: nginx.poll() is not None or httpx.get(f"{front.url}/health/ready").status_code == 200,
-                 timeout=60, what="nginx to answer")  # fmt: skip
-        assert nginx.poll() is None, (prefix / "error.log").read_text()
+        nginx, url = start_nginx(prefix, [r.port for r in replicas])
+        front = Front(url, home, replicas, prefix / "access.log", prefix / "error.log")
         yield front
     except BaseException:
         for r in replicas:
@@ -212,6 +230,13 @@ def test_load_is_spread_over_both_replicas(front: Front, body: dict[str, Any]) -
     with Load(front.url, body) as load:
         load.more(40)
     assert not load.failures, load.failures[:3]
+    # the README's request, with a key and a public Host name (a keyed replica answers any Host nginx passes on)
+    example = (ROOT / "examples" / "predict-request.json").read_bytes()
+    r = httpx.post(f"{front.url}/predict", content=example, timeout=60,
+                   headers={**AUTH, "Content-Type": "application/json", "Host": "xylen.example.com"})  # fmt: skip
+    assert r.status_code == 200 and r.json()["model"] == MODEL, r.text
+    assert httpx.post(f"{front.url}/predict", content=example, headers={"Content-Type": "application/json"},
+                      timeout=60).status_code == 401  # the key is the replicas' check, passed through  # fmt: skip
     posts = [upstreams(line) for line in front.log_lines() if '"POST /predict ' in line]
     used = {addr for attempt in posts for addr in attempt}
     assert used == {f"127.0.0.1:{r.port}" for r in front.replicas}, used
@@ -246,6 +271,57 @@ def test_a_promotion_reaches_both_replicas_with_no_failed_request(front: Front, 
     assert set(load.versions[n:]) == {version}, set(load.versions[n:])
     nums = [int(v[1:]) for v in load.versions]
     assert version in load.versions and min(nums) < int(version[1:])
+
+
+class Unavailable(BaseHTTPRequestHandler):
+    """An upstream that answers every request 503 and records it (a replica still loading, or a broken one)."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[str]
+
+    def answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.seen.append(f"{self.command} {self.path}")
+        data = b'{"error":"not ready"}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("method", "path", "tries"), [
+    ("POST", "/predict", 2), ("POST", "/v2/models/btcusdt-5m/infer", 2), ("GET", "/health/ready", 2),
+    ("GET", "/models", 2), ("POST", "/retrain", 1), ("POST", "/models/btcusdt-5m/rollback", 1),
+])  # fmt: skip
+def test_a_503_is_tried_on_the_next_replica_unless_the_post_changes_state(
+    tmp_path: Path, method: str, path: str, tries: int
+) -> None:
+    """Two upstreams that answer 503: nginx sends a prediction, v2 infer or a GET to the second one too, but never
+    sends a retrain or a rollback twice (the first replica may have acted on it)."""
+    need_nginx()
+    seen: list[str] = []
+    handler = type("Handler", (Unavailable,), {"seen": seen})
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), handler) for _ in range(2)]
+    threads = [threading.Thread(target=srv.serve_forever, daemon=True) for srv in servers]
+    for t in threads:
+        t.start()
+    nginx, url = start_nginx(tmp_path, [srv.server_address[1] for srv in servers])
+    try:
+        r = httpx.request(method, f"{url}{path}", headers={**AUTH, "Content-Type": "application/json"},
+                          content=b"{}" if method == "POST" else None, timeout=60)  # fmt: skip
+    finally:
+        stop(nginx)
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+    assert r.status_code == 503, r.text
+    assert seen == [f"{method} {path}"] * tries
 
 
 def test_the_body_limit_is_the_servers(front: Front, body: dict[str, Any], sample_candles: Any) -> None:
