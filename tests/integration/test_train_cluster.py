@@ -186,3 +186,31 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_retrain_all_on_the_cluster_equals_the_local_run(tmp_path, cluster):
+    """Two live models with 1,200 new candles each: the candidates are made on the workers, and the client
+    publishes and gates them as the local run does (same outcomes, same holdout scores within 0.005)."""
+    import shutil
+
+    from tests.helpers import retrain_home
+
+    home = tmp_path / "h"
+    for data in (BTC_1H, ETH_1H):
+        retrain_home(home, data=data, lgbm_num_threads=1)
+    shutil.copytree(home, tmp_path / "local")
+    hold = {"XYLEN_RETRAIN_HOLDOUT": "500"}
+    r = xylen(home, "retrain", "--all", "--cluster", cluster, "--json", env=hold)
+    here = xylen(tmp_path / "local", "retrain", "--all", "--json", env=hold)
+    assert r.returncode == here.returncode == 0, r.stdout + r.stderr + here.stdout + here.stderr
+    got, want = orjson.loads(r.stdout)["results"], orjson.loads(here.stdout)["results"]
+    assert [x["name"] for x in got] == [x["name"] for x in want] == ["btcusdt-1h", "ethusdt-1h"]
+    registry = Registry(home / "models")
+    for g, w in zip(got, want):
+        assert g["outcome"] == w["outcome"] and g["outcome"] in ("promoted", "kept"), (g, w)
+        assert g["candidate_version"] == w["candidate_version"] == "v0002"
+        assert abs(g["gate"]["candidate"]["auc"] - w["gate"]["candidate"]["auc"]) <= 0.005
+        assert "@@" not in g["message"] and "v0002" in g["message"]
+        live = registry.current(g["name"]).version
+        assert live == ("v0002" if g["outcome"] == "promoted" else "v0001")
+        assert registry.manifest(g["name"], "v0002").model_extra["gate"]["decision"] == w["gate"]["decision"]

@@ -25,7 +25,7 @@ from typing import Any
 
 from xylen.core.cluster import ADDRESS_FORM, check_address
 from xylen.core.errors import ConfigError, TrainingError, XylenError
-from xylen.core.registry import Registry
+from xylen.core.registry import PromotionConflict, Registry
 from xylen.core.settings import Settings
 
 CONNECT_TIMEOUT_S = 10.0
@@ -116,12 +116,20 @@ class Market:
 
 
 class _Capture(Registry):
-    """A registry stand-in for a worker: `publish` keeps the staged bundle's files (bytes) instead of making a
-    version, so the client can publish them into the real registry."""
+    """A registry for a worker that never writes: it reads ``root`` (the registry, for a retrain's live model),
+    but `publish` keeps the staged bundle's files (bytes) instead of making a version, and `promote` only notes
+    the request, so the client can publish and promote into the real registry (its one writer)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, slot: str = "v0001") -> None:
         super().__init__(root)
         self.files: dict[str, bytes] = {}
+        self.slot = slot  # what publish answers: the client chooses the real version
+        self.promote_request: str | None | bool = False  # the live version a retrain's promotion expects
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="xylen-task-") as tmp:
+            yield Path(tmp)
 
     def publish(self, name: str, staging: Path, finalize: Callable[[Path, str], None] | None = None) -> str:
         if finalize is not None:
@@ -129,7 +137,12 @@ class _Capture(Registry):
         self.files = {
             p.relative_to(staging).as_posix(): p.read_bytes() for p in sorted(staging.rglob("*")) if p.is_file()
         }
-        return "v0001"  # a placeholder; the client chooses the real version
+        return self.slot
+
+    def promote(self, name: str, version: str, *, now: str | None = None, expect_live: str | None | bool = True
+                ) -> Any:
+        self.promote_request = expect_live
+        return None
 
     def prune(self, name: str, keep: int, *, dry_run: bool = False) -> list[str]:
         return []
@@ -316,3 +329,101 @@ def train_here(
         if on_done is not None:
             on_done(out)
     return outcomes
+
+
+# -- retrain --all --cluster ------------------------------------------------------------------------------------
+def retrain_task(settings: Settings, name: str, mode: str, min_new_samples: int | None, explicit: bool,
+                 ) -> dict[str, Any]:
+    """One model's retrain on a worker: the candidate and the gate's verdict exactly as `xylen retrain` makes them
+    (reading the live bundle and the store at the shared XYLEN_HOME), but nothing written: the candidate's files
+    and the promotion the gate asks for go back to the client."""
+    from xylen.profiles import resolve
+    from xylen.train.retrain import ModelResult, RetrainOptions, retrain_model
+    from xylen.train.threads import training_threads
+
+    settings = worker_threads(settings)
+    profile = resolve(settings.profile, max_memory_gb=settings.lgbm_max_memory_gb,
+                      num_threads=settings.lgbm_num_threads)
+    threads, _why = training_threads(profile.threads, explicit=settings.lgbm_num_threads is not None)
+    profile = replace(profile, threads=threads)
+    capture = _Capture(settings.models_dir, slot=VERSION_SLOT)
+    opts = RetrainOptions(names=(name,), min_new_samples=min_new_samples, mode=mode)  # type: ignore[arg-type]
+    from xylen.core.store import Store
+
+    try:
+        r = retrain_model(settings, capture, Store(settings.data_dir), name, opts, profile, explicit=explicit)
+    except XylenError as exc:
+        r = ModelResult(name, "error", exc.message, error=error_record(exc))
+    return {"result": r, "files": capture.files, "promote": capture.promote_request,
+            "host": os.uname().nodename}
+
+
+def retrain_on_cluster(settings: Settings, opts: Any, address: str) -> Any:
+    """`xylen retrain` with its models' candidates made on the cluster; this process holds the run lock, and
+    publishes, promotes (compare-and-swap against the live version each candidate was gated against), prunes
+    and records the watch of each model, one at a time."""
+    from xylen.core.runlock import RunLock, describe
+    from xylen.core.store import Store
+    from xylen.train.retrain import ModelResult, RunReport, _prune, _watch, choose
+
+    t0 = time.perf_counter()
+    registry = Registry(settings.models_dir)
+    lock = RunLock(settings.home)
+    if opts.lock_fd is not None:
+        lock.adopt(opts.lock_fd)
+    elif not lock.try_acquire(by=opts.by, models=list(opts.names) or ["all live models" if opts.all else "default"]):
+        msg = f"not run: {describe(lock.holder())} is retraining on this XYLEN_HOME (runs never overlap)"
+        return RunReport([ModelResult(n, "busy", msg) for n in choose(registry, opts)], time.perf_counter() - t0)
+    results: list[Any] = []
+    with lock:
+        names = choose(registry, opts)
+        store = Store(settings.data_dir)
+        with connect(address) as client:
+            distributed = _dask()
+            futures = client.map(
+                retrain_task, [settings] * len(names), names, [opts.mode] * len(names),
+                [opts.min_new_samples] * len(names), [not opts.all] * len(names),
+                key=[f"xylen-retrain-{n}-{os.getpid()}-{i}" for i, n in enumerate(names)], pure=False,
+            )
+            by_future = dict(zip(futures, names))
+            done: dict[str, Any] = {}
+            for fut in distributed.as_completed(futures, loop=client.loop):
+                name = by_future[fut]
+                t1 = time.perf_counter()
+                try:
+                    got = fut.result()
+                except Exception as exc:  # the task failed on the cluster: nothing of it was written
+                    r = ModelResult(name, "error", f"the task failed on the cluster: {type(exc).__name__}: "
+                                    f"{str(exc)[:300]}; nothing was published",
+                                    error={"exit_code": TrainingError.exit_code, "type": type(exc).__name__,
+                                           "message": str(exc)[:300], "hint": "see the workers' logs."})
+                else:
+                    r = _settle(registry, got)
+                r.pruned = _prune(registry, name, settings, r)
+                r.watch = _watch(settings, registry, store, name, r)
+                r.seconds += time.perf_counter() - t1
+                done[name] = r
+            results = [done[n] for n in names]
+    return RunReport(results, time.perf_counter() - t0)
+
+
+def _settle(registry: Registry, got: dict[str, Any]) -> Any:
+    """Publish a worker's candidate as the next version and promote it when its gate passed: the client's part."""
+    r = got["result"]
+    if not got["files"]:
+        return r
+    try:
+        version = publish_files(registry, r.name, got["files"])
+    except XylenError as exc:
+        r.outcome, r.message, r.error = "error", f"candidate not published: {exc.message}", error_record(exc)
+        return r
+    r.candidate_version = version
+    r.message = r.message.replace(VERSION_SLOT, version)
+    if got["promote"] is not False:
+        try:
+            registry.promote(r.name, version, expect_live=got["promote"])
+        except PromotionConflict as exc:
+            r.outcome, r.message = "conflict", f"candidate {version} not promoted: {exc.message}"
+        except XylenError as exc:
+            r.outcome, r.message, r.error = "error", f"{version} not promoted: {exc.message}", error_record(exc)
+    return r
