@@ -134,3 +134,12 @@ def test_cli_models_commands_on_an_s3_registry(trained: Path, s3_url: str, s3_en
     env["XYLEN_MODELS_URL"] = "s3:///nobucket"
     r = xylen("models", "list")
     assert r.returncode != 0 and "s3:///nobucket" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_training_publishes_and_promotes_into_an_s3_registry(s3_url: str, s3_env: str, tmp_path: Path) -> None:
+    """`xylen train` with XYLEN_MODELS_URL=s3://...: the bundle goes to S3 (nothing under XYLEN_HOME/models)."""
+    result = train_small(tmp_path / "home", models_url=s3_url, s3_endpoint_url=s3_env)
+    reg = Registry(s3_url, cache=tmp_path / "reader")
+    assert reg.versions(result.name) == ["v0001"] and reg.current(result.name).version == "v0001"
+    assert reg.manifest(result.name, "v0001").metrics["auc_mean"] > 0.5
+    assert not (tmp_path / "home" / "models").exists()

@@ -25,7 +25,7 @@ from typing import Any
 
 from xylen.core.cluster import ADDRESS_FORM, check_address
 from xylen.core.errors import ConfigError, TrainingError, XylenError
-from xylen.core.registry import PromotionConflict, Registry
+from xylen.core.registry import PromotionConflict, Registry, open_registry
 from xylen.core.settings import Settings
 
 CONNECT_TIMEOUT_S = 10.0
@@ -262,7 +262,7 @@ def train_markets(
 
     A task whose worker dies is run again elsewhere by Dask; one that fails for good (KilledWorker, a crash in the
     task) is that market's error, the others are still published."""
-    registry = Registry(settings.models_dir)
+    registry = open_registry(settings)
     outcomes = {m: MarketOutcome(m) for m in markets}
     with connect(address) as client:
         distributed = _dask()
@@ -367,7 +367,7 @@ def retrain_on_cluster(settings: Settings, opts: Any, address: str) -> Any:
     from xylen.train.retrain import ModelResult, RunReport, _prune, _watch, choose
 
     t0 = time.perf_counter()
-    registry = Registry(settings.models_dir)
+    registry = open_registry(settings)
     lock = RunLock(settings.home)
     if opts.lock_fd is not None:
         lock.adopt(opts.lock_fd)

@@ -37,7 +37,7 @@ from xylen.core.markets import (
     market_label,
     model_name,
 )
-from xylen.core.registry import Registry, check_name
+from xylen.core.registry import Registry, check_name, open_registry
 from xylen.core.settings import Settings
 from xylen.core.store import Store
 from xylen.profiles import Profile, resolve
@@ -275,7 +275,7 @@ def train(
                 {k: head_rec[k] for k in ("auc", "edge", "verdict", "baseline")} | {"num_boost_round": head_rounds},
             )
         )
-    registry = registry or Registry(settings.models_dir)
+    registry = registry or open_registry(settings)
     say("Writing the bundle and report", 0.9)
     peak = peak_rss_mb()
     metrics["peak_rss_mb"] = round(peak, 1)
