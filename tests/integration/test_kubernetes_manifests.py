@@ -111,6 +111,8 @@ def test_serve_two_replicas_probes_and_service() -> None:
     # the grace period outlasts the drain plus uvicorn's 30 s for requests in flight
     drain = float(c["args"][c["args"].index("--drain-seconds") + 1])
     assert pod_spec(serve)["terminationGracePeriodSeconds"] > drain + 30
+    assert (drain, pod_spec(serve)["terminationGracePeriodSeconds"]) == (10, 45)  # as the README says
+    assert svc["spec"]["ports"][0]["port"] == 8000
 
 
 def test_the_probe_paths_answer_in_the_app(served_client: Any, tmp_path: Path) -> None:
@@ -132,6 +134,11 @@ def test_the_probe_paths_answer_in_the_app(served_client: Any, tmp_path: Path) -
     with TestClient(create_app(load_settings({"home": tmp_path}, environ={})), base_url="http://127.0.0.1") as c:
         wait_for(lambda: c.get("/health/live").status_code == 200, what="liveness")
         assert c.get("/health/ready").status_code == 503
+        from tests.builders import build_bundle
+        from xylen.core.registry import Registry
+
+        build_bundle(Registry(tmp_path / "models"), "btcusdt-5m", rounds=5, rows=1500)  # the first model, promoted
+        wait_for(lambda: c.get("/health/ready").status_code == 200, what="the first model, without a restart")
 
 
 def test_collector_is_one_recreated_pod_and_retrain_a_forbid_cronjob() -> None:
@@ -139,6 +146,8 @@ def test_collector_is_one_recreated_pod_and_retrain_a_forbid_cronjob() -> None:
     assert collect["spec"]["replicas"] == 1 and collect["spec"]["strategy"] == {"type": "Recreate"}
     retrain = one("CronJob", "xylen-retrain")
     assert retrain["spec"]["concurrencyPolicy"] == "Forbid"
+    assert retrain["spec"]["schedule"] == "*/30 * * * *"
+    assert pod_spec(retrain)["containers"][0]["args"] == ["retrain", "--all"]
     assert [c["args"][0] for c in containers()] == ["collect", "retrain", "serve"]  # files in name order
 
 
@@ -219,3 +228,32 @@ def test_the_secret_placeholder_is_referenced_and_cannot_be_deployed(tmp_path: P
                           env=environ, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert "line 1 is not a sha256 hex digest" in done.stderr and "sha256sum" in done.stderr
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Several replicas (nginx, Kubernetes)")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_readme_commands_match_the_manifests(tmp_path: Path) -> None:
+    section = readme_section()
+    kube = section[section.index("**Kubernetes.**") :]
+    block = kube[kube.index("```bash") : kube.index("```", kube.index("```bash") + 3)]
+    for f in re.findall(r"-f (packaging/kubernetes/\S+\.yaml)", block):
+        assert (ROOT / f).is_file(), f
+    # the Secret created by hand has the key the manifests mount (and XYLEN_API_KEYS_FILE names)
+    [key] = one("Secret", "xylen-api-keys")["stringData"]
+    digest_cmd = re.search(rf'--from-literal={re.escape(key)}="\$\((.*)\)"', block)
+    assert digest_cmd, block
+    # and its digest pipeline gives what the server accepts for that key
+    from xylen.serve.auth import KeyRing, read_key_file
+
+    out = subprocess.run(["bash", "-c", digest_cmd.group(1)], env={**os.environ, "KEY": "a-key"},
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    (tmp_path / key).write_text(out)
+    ring = KeyRing(read_key_file(tmp_path / key))
+    assert ring.check(b"a-key") and not ring.check(b"another-key")
+    # every file in the table exists, and every manifest is in the table
+    assert sorted(re.findall(r"^\| `(\w+\.yaml)` \|", kube, flags=re.M)) == sorted(
+        f.name for f in MANIFESTS.glob("*.yaml"))  # fmt: skip

@@ -226,15 +226,41 @@ def upstreams(line: str) -> list[str]:
     return [a.strip() for a in re.split(r"[,:]\s", m.group(1))] if m else []
 
 
+def test_the_packaged_file_as_the_readme_describes_it() -> None:
+    conf = PACKAGED.read_text()
+    assert re.findall(r"^ *listen (\S+);", conf, flags=re.M) == ["127.0.0.1:8080"]
+    assert re.findall(r"^ *server (127\.0\.0\.1:\d+) max_fails=1 fail_timeout=10s;", conf, flags=re.M) == [
+        "127.0.0.1:8001", "127.0.0.1:8002"]  # fmt: skip
+    assert re.search(r"^ *keepalive \d+;", conf, flags=re.M)
+    limit = re.search(r"^ *client_max_body_size (\d+);", conf, flags=re.M)
+    from xylen.core.settings import Settings
+
+    assert limit and int(limit.group(1)) == Settings.model_fields["max_body_bytes"].default == 1_000_000
+
+
+def time_waits(port: int) -> int:
+    """Closed TCP connections to 127.0.0.1:``port`` still in TIME_WAIT (IPv4, /proc/net/tcp)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for r in rows if r.split()[2] == f"0100007F:{port:04X}" and r.split()[3] == "06")
+
+
 def test_load_is_spread_over_both_replicas(front: Front, body: dict[str, Any]) -> None:
+    linux = Path("/proc/net/tcp").exists()
+    closed = [time_waits(r.port) for r in front.replicas] if linux else []
     with Load(front.url, body) as load:
-        load.more(40)
+        load.more(60)
     assert not load.failures, load.failures[:3]
+    if linux:  # keep-alive: nginx reuses its connections to the replicas instead of one connection a request
+        closed = [time_waits(r.port) - before for r, before in zip(front.replicas, closed)]
+        assert sum(closed) < len(load.versions) / 4, (closed, len(load.versions))
     # the README's request, with a key and a public Host name (a keyed replica answers any Host nginx passes on)
     example = (ROOT / "examples" / "predict-request.json").read_bytes()
     r = httpx.post(f"{front.url}/predict", content=example, timeout=60,
                    headers={**AUTH, "Content-Type": "application/json", "Host": "xylen.example.com"})  # fmt: skip
     assert r.status_code == 200 and r.json()["model"] == MODEL, r.text
+    r = httpx.post(f"{front.url}/predict", content=example, timeout=60,
+                   headers={"X-API-Key": KEY, "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 200, r.text
     assert httpx.post(f"{front.url}/predict", content=example, headers={"Content-Type": "application/json"},
                       timeout=60).status_code == 401  # the key is the replicas' check, passed through  # fmt: skip
     posts = [upstreams(line) for line in front.log_lines() if '"POST /predict ' in line]
