@@ -1,5 +1,6 @@
-"""A replica's pickup of a promotion when the registry is on S3 (moto's server on loopback, its own process), against the same
-replica setup on a local registry, in one run, with steady /predict load and every failed request counted.
+"""A replica's pickup of a promotion when the registry is on S3 (moto's server on loopback, its own process),
+against the same replica setup on a local registry, in one run, with steady /predict load and every failed request
+counted.
 
     python bench/bench_s3_pickup.py [--promotions 10] [--threads 2]
 
@@ -156,7 +157,8 @@ def main() -> None:
     print("| registry | pickup p50 | p99 | max | requests ok | failed |")
     print("|---|---|---|---|---|---|")
     for label, (p, ok, failed) in results.items():
-        print(f"| {label} | {statistics.median(p):.2f} s | {quantile(p, 0.99):.2f} s | {max(p):.2f} s | {ok} | {failed} |")
+        p50, p99 = statistics.median(p), quantile(p, 0.99)
+        print(f"| {label} | {p50:.2f} s | {p99:.2f} s | {max(p):.2f} s | {ok} | {failed} |")
     s3p99, lp99 = quantile(results["s3"][0], 0.99), quantile(results["local"][0], 0.99)
     print(f"S3/local p99 ratio: x{s3p99 / lp99:.2f}; S3 p99 {s3p99:.2f} s vs aim poll + 2 s = {POLL_S + 2:.2f} s")
 
