@@ -133,7 +133,12 @@ def test_cli_models_commands_on_an_s3_registry(trained: Path, s3_url: str, s3_en
     assert "testing-secret" not in r.stdout + r.stderr
     env["XYLEN_MODELS_URL"] = "s3:///nobucket"
     r = xylen("models", "list")
-    assert r.returncode != 0 and "s3:///nobucket" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "s3:///nobucket" in r.stderr and "Traceback" not in r.stderr
+    from tests.conftest import free_port
+
+    env["XYLEN_MODELS_URL"], env["XYLEN_S3_ENDPOINT_URL"] = s3_url, f"http://127.0.0.1:{free_port()}"  # nothing there
+    r = xylen("models", "list")
+    assert r.returncode == 2 and env["XYLEN_S3_ENDPOINT_URL"] in r.stderr and "Traceback" not in r.stderr
 
 
 def test_training_publishes_and_promotes_into_an_s3_registry(s3_url: str, s3_env: str, tmp_path: Path) -> None:
@@ -143,3 +148,31 @@ def test_training_publishes_and_promotes_into_an_s3_registry(s3_url: str, s3_env
     assert reg.versions(result.name) == ["v0001"] and reg.current(result.name).version == "v0001"
     assert reg.manifest(result.name, "v0001").metrics["auc_mean"] > 0.5
     assert not (tmp_path / "home" / "models").exists()
+
+
+def test_a_replica_poll_costs_one_listing_and_one_head_per_model(trained: Path, s3_url: str, tmp_path: Path) -> None:
+    from xylen.serve.holder import ModelHolder
+
+    writer = Registry(s3_url, cache=tmp_path / "w", verify=lambda f: None)
+    _upload(writer, trained)
+    writer.promote(trained.name, "v0001")
+    reg = Registry(s3_url, cache=tmp_path / "replica")
+    holder = ModelHolder(reg, verify=lambda f: None)
+    holder.poll()
+    assert holder.live[trained.name].version == "v0001"
+    calls: list[str] = []
+    real = reg.storage._call
+
+    def counting(op: str, key: str, **kw: object) -> object:
+        calls.append(op)
+        return real(op, key, **kw)
+
+    reg.storage._call = counting  # type: ignore[method-assign]
+    holder.poll()  # nothing changed
+    assert calls == ["list_objects_v2", "head_object"]
+    writer.promote(trained.name, "v0002")
+    calls.clear()
+    holder.poll()  # the ETag changed: the pointer is read, the version fetched, verified and swapped in
+    assert calls[:3] == ["list_objects_v2", "head_object", "get_object"] and "put_object" not in calls
+    assert holder.live[trained.name].version == "v0002"
+    assert list((tmp_path / "replica").glob(f"registry-*/bundles/{trained.name}/v0002/model.txt"))
