@@ -120,8 +120,8 @@ class _Capture(Registry):
     but `publish` keeps the staged bundle's files (bytes) instead of making a version, and `promote` only notes
     the request, so the client can publish and promote into the real registry (its one writer)."""
 
-    def __init__(self, root: Path, slot: str = "v0001") -> None:
-        super().__init__(root)
+    def __init__(self, root: str | Path, slot: str = "v0001", **where: Any) -> None:
+        super().__init__(root, **where)
         self.files: dict[str, bytes] = {}
         self.slot = slot  # what publish answers: the client chooses the real version
         self.promote_request: str | None | bool = False  # the live version a retrain's promotion expects
@@ -346,7 +346,8 @@ def retrain_task(settings: Settings, name: str, mode: str, min_new_samples: int 
                       num_threads=settings.lgbm_num_threads)
     threads, _why = training_threads(profile.threads, explicit=settings.lgbm_num_threads is not None)
     profile = replace(profile, threads=threads)
-    capture = _Capture(settings.models_dir, slot=VERSION_SLOT)
+    capture = _Capture(settings.models_location, slot=VERSION_SLOT, endpoint_url=settings.s3_endpoint_url,
+                       cache=settings.home / "cache")  # the registry the settings name, as open_registry
     opts = RetrainOptions(names=(name,), min_new_samples=min_new_samples, mode=mode)  # type: ignore[arg-type]
     from xylen.core.store import Store
 
