@@ -57,7 +57,7 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
             _json(rows)
             return
         if not rows:
-            out.print(f"No models in {reg.root}. Train one: xylen train")
+            out.print(f"No models in {reg.location}. Train one: xylen train")
             return
         from rich.table import Table
 

@@ -240,7 +240,7 @@ def choose(registry: Registry, opts: RetrainOptions) -> list[str]:
     live = registry.live_names()
     if not live:
         raise BundleError(
-            f"The registry {str(registry.root)!r} has no live models to retrain.", hint="train one: `xylen train`."
+            f"The registry {registry.location!r} has no live models to retrain.", hint="train one: `xylen train`."
         )
     if opts.all or len(live) == 1:
         return live
