@@ -44,14 +44,15 @@ NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.acc
 
 def render(conf: str, replicas: list[int], listen: int, access_log: Path) -> str:
     """The packaged file with its upstream servers, listen port and access log moved; everything else as shipped."""
-    servers = re.findall(r"^ *server 127\.0\.0\.1:\d+ (.*);$", conf, flags=re.M)
-    assert len(servers) == 2, "packaging/nginx/xylen.conf should list two replicas on 127.0.0.1"
-    lines = "\n".join(f"    server 127.0.0.1:{p} {servers[0]};" for p in replicas)
-    conf, n = re.subn(r"(?:^ *server 127\.0\.0\.1:\d+ .*;\n)+", lines + "\n", conf, count=1, flags=re.M)
+    blocks = re.findall(r"(?:^ *server 127\.0\.0\.1:\d+ .*;\n)+", conf, flags=re.M)
+    assert len(blocks) == 2, "packaging/nginx/xylen.conf: the upstreams xylen and xylen_ui list the replicas"
+    for block in blocks:
+        [options] = set(re.findall(r"server 127\.0\.0\.1:\d+ (.*);", block))
+        conf = conf.replace(block, "".join(f"    server 127.0.0.1:{p} {options};\n" for p in replicas), 1)
     conf, m = re.subn(r"^( *)listen 127\.0\.0\.1:\d+;", rf"\g<1>listen 127.0.0.1:{listen};", conf, flags=re.M)
     conf, k = re.subn(r"^( *)access_log \S+ xylen_upstream;", rf"\g<1>access_log {access_log} xylen_upstream;",
                       conf, flags=re.M)  # fmt: skip
-    assert (n, m, k) == (1, 1, 1), (n, m, k)
+    assert (m, k) == (1, 1), (m, k)
     return conf
 
 
@@ -230,7 +231,7 @@ def test_the_packaged_file_as_the_readme_describes_it() -> None:
     conf = PACKAGED.read_text()
     assert re.findall(r"^ *listen (\S+);", conf, flags=re.M) == ["127.0.0.1:8080"]
     assert re.findall(r"^ *server (127\.0\.0\.1:\d+) max_fails=1 fail_timeout=10s;", conf, flags=re.M) == [
-        "127.0.0.1:8001", "127.0.0.1:8002"]  # fmt: skip
+        "127.0.0.1:8001", "127.0.0.1:8002"] * 2  # fmt: skip
     assert re.search(r"^ *keepalive \d+;", conf, flags=re.M)
     limit = re.search(r"^ *client_max_body_size (\d+);", conf, flags=re.M)
     from xylen.core.settings import Settings
@@ -348,6 +349,23 @@ def test_a_503_is_tried_on_the_next_replica_unless_the_post_changes_state(
             srv.server_close()
     assert r.status_code == 503, r.text
     assert seen == [f"{method} {path}"] * tries
+
+
+def test_a_dashboard_login_holds_through_nginx(front: Front) -> None:
+    """A login on /ui stays valid: every request of the client goes to the replica that issued its cookie. Behind a
+    public name, the login form's Origin matches the Host nginx passes on (port included)."""
+    site = "xylen.example.com:8443"
+    with httpx.Client(base_url=front.url, headers={"Host": site}, timeout=60) as c:
+        r = c.post("/ui/login", data={"key": KEY}, headers={"Origin": f"https://{site}"})
+        assert r.status_code == 303, r.text
+        pids = set()
+        for _ in range(20):
+            got = c.get("/ui/api/server")
+            assert got.status_code == 200, got.text
+            pids.add(got.json()["pid"])
+        assert len(pids) == 1 and pids <= {r.proc.pid for r in front.replicas}, pids
+        # another site's page is still refused
+        assert c.post("/ui/logout", headers={"Origin": "https://evil.example"}).status_code == 403
 
 
 def test_the_body_limit_is_the_servers(front: Front, body: dict[str, Any], sample_candles: Any) -> None:
