@@ -214,3 +214,26 @@ def test_retrain_all_on_the_cluster_equals_the_local_run(tmp_path, cluster):
         live = registry.current(g["name"]).version
         assert live == ("v0002" if g["outcome"] == "promoted" else "v0001")
         assert registry.manifest(g["name"], "v0002").model_extra["gate"]["decision"] == w["gate"]["decision"]
+
+
+def test_several_markets_without_a_cluster_train_one_after_another_here(tmp_path):
+    home = fill(tmp_path / "h")
+    r = xylen(home, "train", "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1h", "--json")
+    assert r.returncode == 0, r.stderr
+    body = orjson.loads(r.stdout)
+    assert body["cluster"] is None
+    assert [x["result"]["name"] for x in body["results"]] == ["btcusdt-1h", "ethusdt-1h"]
+    assert Registry(home / "models").live_names() == ["btcusdt-1h", "ethusdt-1h"]
+
+
+def test_options_that_do_not_go_with_a_cluster_are_refused(tmp_path):
+    r = xylen(tmp_path, "train", "--cluster", "tcp://127.0.0.1:9", "--data", str(BTC_1H))
+    assert r.returncode == 2 and "--data files cannot be sent to a --cluster" in r.stderr
+    r = xylen(tmp_path, "retrain", "--all", "--loop", "--cluster", "tcp://127.0.0.1:9")
+    assert r.returncode == 2 and "--cluster cannot be used with --loop" in r.stderr
+    assert "XYLEN_DASK_CLUSTER=tcp://127.0.0.1:9" in r.stderr
+    r = xylen(tmp_path, "retrain", "--all", "--cluster", "127.0.0.1:9")
+    assert r.returncode == 2 and "--cluster '127.0.0.1:9' is not a Dask scheduler address" in r.stderr
+    r = xylen(tmp_path, "train", "--symbols", "BTCUSDT,ETHUSDT", "--name", "one")
+    assert r.returncode == 2 and "--name 'one' names one model, but 2 markets are trained" in r.stderr
+    assert "Traceback" not in r.stderr
