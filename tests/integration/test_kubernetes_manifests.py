@@ -72,7 +72,7 @@ def test_the_expected_resources_are_there() -> None:
     kinds = sorted((r["kind"], r["metadata"]["name"]) for r in resources())
     assert kinds == [("ConfigMap", "xylen-models-env"), ("CronJob", "xylen-retrain"), ("Deployment", "xylen-collect"),
                      ("Deployment", "xylen-serve"), ("PersistentVolumeClaim", "xylen-home"),
-                     ("Secret", "xylen-api-keys"), ("Service", "xylen")]  # fmt: skip
+                     ("Secret", "xylen-api-keys"), ("Service", "xylen"), ("Service", "xylen-ui")]  # fmt: skip
 
 
 def test_every_manifest_validates_offline_against_the_pinned_schemas(no_network: None) -> None:
@@ -113,6 +113,10 @@ def test_serve_two_replicas_probes_and_service() -> None:
     assert pod_spec(serve)["terminationGracePeriodSeconds"] > drain + 30
     assert (drain, pod_spec(serve)["terminationGracePeriodSeconds"]) == (10, 45)  # as the README says
     assert svc["spec"]["ports"][0]["port"] == 8000
+    # the dashboard's Service: the same pods, each client held to one (a /ui login is valid on one replica only)
+    ui = one("Service", "xylen-ui")
+    assert ui["spec"]["selector"] == svc["spec"]["selector"] and ui["spec"]["ports"] == svc["spec"]["ports"]
+    assert ui["spec"]["sessionAffinity"] == "ClientIP" and "sessionAffinity" not in svc["spec"]
 
 
 def test_the_probe_paths_answer_in_the_app(served_client: Any, tmp_path: Path) -> None:
