@@ -51,6 +51,9 @@ def connect(address: str, *, timeout: float = CONNECT_TIMEOUT_S) -> Iterator[Any
     ConfigError (exit 2) for a malformed or unreachable address, a cluster with no workers or workers without
     xylen/lightgbm (or another xylen version)."""
     address = check_address(address)
+    from xylen.core.imports import import_lightgbm
+
+    import_lightgbm()  # before dask: else lightgbm loads its Dask estimators (pandas, scikit-learn: seconds)
     distributed = _dask()
     try:
         client = distributed.Client(address, timeout=timeout, set_as_default=False)
