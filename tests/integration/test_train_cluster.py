@@ -237,3 +237,48 @@ def test_options_that_do_not_go_with_a_cluster_are_refused(tmp_path):
     r = xylen(tmp_path, "train", "--symbols", "BTCUSDT,ETHUSDT", "--name", "one")
     assert r.returncode == 2 and "--name 'one' names one model, but 2 markets are trained" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_worker_killed_mid_task_fails_that_market_and_publishes_nothing_of_it(tmp_path):
+    """With Dask's retries off (allowed-failures 0), the worker training one market is killed (SIGKILL) while it
+    trains: that market ends with a clear error naming KilledWorker and nothing of it reaches the registry; the
+    other market is published."""
+    import signal
+    import threading
+
+    import dask
+
+    from xylen.train import cluster as xc
+
+    home = fill(tmp_path / "h")
+    settings = load_settings({"home": home, "folds": 2, "profile": "8gb", "lgbm_num_threads": 1}, environ={})
+    markets = [xc.Market("BTCUSDT", "1h", "binance"), xc.Market("ETHUSDT", "1h", "binance")]
+    killed: list[str] = []
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as lc, distributed.Client(lc.scheduler_address, set_as_default=False) as spy:
+
+        def kill_the_btc_worker() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                for worker, keys in spy.processing().items():
+                    if any("BTCUSDT" in str(k) for k in keys):
+                        time.sleep(0.5)  # well into the task
+                        pid = spy.run(os.getpid, workers=[worker])[worker]
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(worker)
+                        return
+                time.sleep(0.05)
+
+        t = threading.Thread(target=kill_the_btc_worker)
+        t.start()
+        t0 = time.monotonic()
+        outcomes = xc.train_markets(settings, markets, address=lc.scheduler_address)
+        t.join()
+    assert killed, "no worker was seen training BTCUSDT"
+    btc, eth = outcomes
+    assert btc.result is None and "KilledWorker" in btc.error["message"] and btc.exit_code == 5
+    assert "BTCUSDT 1h: the task failed on the cluster" in btc.error["message"]
+    assert eth.error is None and eth.result.version == "v0001"
+    assert Registry(home / "models").names() == ["ethusdt-1h"]
+    assert xc.exit_code(outcomes) == 5 and time.monotonic() - t0 < 120
