@@ -239,10 +239,11 @@ def test_options_that_do_not_go_with_a_cluster_are_refused(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_a_worker_killed_mid_task_fails_that_market_and_publishes_nothing_of_it(tmp_path):
-    """With Dask's retries off (allowed-failures 0), the worker training one market is killed (SIGKILL) while it
-    trains: that market ends with a clear error naming KilledWorker and nothing of it reaches the registry; the
-    other market is published."""
+@pytest.mark.parametrize("allowed_failures", [0, 3])
+def test_a_worker_killed_mid_task(tmp_path, allowed_failures):
+    """The worker training one market is killed (SIGKILL) while it trains. Dask's default (allowed-failures 3) runs
+    the task again on another worker: both markets are published. With retries off (0), that market ends with a
+    clear error naming KilledWorker and nothing of it reaches the registry; the other market is published."""
     import signal
     import threading
 
@@ -254,7 +255,7 @@ def test_a_worker_killed_mid_task_fails_that_market_and_publishes_nothing_of_it(
     settings = load_settings({"home": home, "folds": 2, "profile": "8gb", "lgbm_num_threads": 1}, environ={})
     markets = [xc.Market("BTCUSDT", "1h", "binance"), xc.Market("ETHUSDT", "1h", "binance")]
     killed: list[str] = []
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), distributed.LocalCluster(
+    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}), distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as lc, distributed.Client(lc.scheduler_address, set_as_default=False) as spy:
 
@@ -277,6 +278,11 @@ def test_a_worker_killed_mid_task_fails_that_market_and_publishes_nothing_of_it(
         t.join()
     assert killed, "no worker was seen training BTCUSDT"
     btc, eth = outcomes
+    if allowed_failures:
+        assert [o.error for o in outcomes] == [None, None]
+        assert [o.result.version for o in outcomes] == ["v0001", "v0001"]
+        assert Registry(home / "models").live_names() == ["btcusdt-1h", "ethusdt-1h"]
+        return
     assert btc.result is None and "KilledWorker" in btc.error["message"] and btc.exit_code == 5
     assert "BTCUSDT 1h: the task failed on the cluster" in btc.error["message"]
     assert eth.error is None and eth.result.version == "v0001"
