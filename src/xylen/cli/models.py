@@ -21,9 +21,9 @@ app.add_typer(models_app, name="models")
 
 
 def _registry(ctx: typer.Context):  # type: ignore[no-untyped-def]
-    from xylen.core.registry import Registry
+    from xylen.core.registry import open_registry
 
-    return Registry(settings_from(ctx).models_dir)
+    return open_registry(settings_from(ctx))
 
 
 def _fmt(v: float | None) -> str:
@@ -57,7 +57,7 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
             _json(rows)
             return
         if not rows:
-            out.print(f"No models in {reg.root}. Train one: xylen train")
+            out.print(f"No models in {reg.location}. Train one: xylen train")
             return
         from rich.table import Table
 

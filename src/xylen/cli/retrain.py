@@ -52,6 +52,15 @@ def retrain_cmd(
         None, "--interval", help="Seconds between runs of --loop (also 30m, 6h); default TRAINING_INTERVAL (1800)."
     ),
     lock_fd: int = typer.Option(None, "--lock-fd", hidden=True, help="Used by xylen serve for its retrain jobs."),
+    cluster: str = typer.Option(
+        None,
+        "--cluster",
+        metavar="ADDR",
+        help="Make the candidates on the Dask cluster whose scheduler is at ADDR (tcp://HOST:PORT; default "
+        "XYLEN_DASK_CLUSTER), one model per task, the workers reading the store and the registry at the same "
+        "XYLEN_HOME; this machine holds the run lock and publishes, gates and promotes each one. Needs "
+        "pip install 'xylen[dask]'.",
+    ),
 ) -> None:
     """Retrain live models on the candles `xylen collect` stored, keeping each one's feature set, label and extra
     heads; gate each candidate against the live model on the most recent holdout, each head against the live
@@ -77,6 +86,15 @@ def retrain_cmd(
             settings = settings_from(ctx, **overrides)
         except XylenError as exc:  # the setting's generic name is not this command's option
             raise type(exc)(exc.message.replace("--training-interval (", "--interval ("), hint=exc.hint) from None
+        if cluster is not None:
+            from xylen.core.cluster import check_address
+
+            cluster = check_address(cluster, source="--cluster")
+            if loop:
+                from xylen.core.errors import ConfigError
+
+                raise ConfigError("--cluster cannot be used with --loop.",
+                                  hint=f"set XYLEN_DASK_CLUSTER={cluster} for the loop's runs instead.")
         from xylen.train.retrain import RetrainOptions
 
         opts = RetrainOptions(
@@ -95,7 +113,7 @@ def retrain_cmd(
 
             code = run_loop(settings, child_args(names or (), all_, min_new_samples, warm_start), as_json=as_json)
             raise typer.Exit(code)
-        code = run_once(settings, opts, as_json=as_json, strict=strict_exit)
+        code = run_once(settings, opts, as_json=as_json, strict=strict_exit, cluster=cluster or settings.dask_cluster)
     raise typer.Exit(code)
 
 
@@ -118,14 +136,19 @@ def json_errors(as_json: bool) -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-def run_once(settings: Any, opts: Any, *, as_json: bool, strict: bool) -> int:
+def run_once(settings: Any, opts: Any, *, as_json: bool, strict: bool, cluster: str | None = None) -> int:
     import orjson
 
     from xylen.train.retrain import RunReport, Terminated, retrain, sigterm_unwinds
 
     try:
         with sigterm_unwinds():
-            report = retrain(settings, opts)
+            if cluster:
+                from xylen.train.cluster import retrain_on_cluster
+
+                report = retrain_on_cluster(settings, opts, cluster)
+            else:
+                report = retrain(settings, opts)
     except Terminated as exc:
         # what was settled before the signal stays true (a promotion among it happened): report it with the abort
         done = RunReport(exc.results, sum(r.seconds for r in exc.results))

@@ -104,13 +104,13 @@ def _train_if_missing(settings: Settings, names: list[str]) -> None:
     and matplotlib, which would stay in the server's memory (~260 MB RSS instead of ~95 MB) for its lifetime.
     """
     from xylen.cli import err
-    from xylen.core.registry import Registry, model_name
+    from xylen.core.registry import model_name, open_registry
 
-    registry = Registry(settings.models_dir)
+    registry = open_registry(settings)
     default = model_name(settings.symbol, settings.interval, settings.exchange)
     if registry.current(default) is not None or (names and default not in names):
         return
-    err.print(f"No live {default} model in {registry.root}: training one first.")
+    err.print(f"No live {default} model in {registry.location}: training one first.")
     argv = [
         sys.executable,
         "-m",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from xylen.cli import app, err, handled, out, settings_from
 
@@ -107,6 +108,23 @@ def train_cmd(
     folds: int = typer.Option(None, "--folds", help="Walk-forward folds (default 5)."),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Make the new version live (default yes)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary instead of tables."),
+    symbols: str = typer.Option(
+        None,
+        "--symbols",
+        help="Several markets from the store, comma-separated (BTCUSDT,ETHUSDT): one model per symbol and interval "
+        "(with --intervals), each named as --name's default. With --cluster they train in parallel.",
+    ),
+    intervals: str = typer.Option(
+        None, "--intervals", help="The intervals for --symbols, comma-separated (5m,1h; default: the interval setting)."
+    ),
+    cluster: str = typer.Option(
+        None,
+        "--cluster",
+        metavar="ADDR",
+        help="Train on the Dask cluster whose scheduler is at ADDR (tcp://HOST:PORT; default XYLEN_DASK_CLUSTER): "
+        "one model per task, the workers reading the store at the same XYLEN_HOME; this machine publishes each "
+        "bundle. Needs pip install 'xylen[dask]' here and on the workers.",
+    ),
 ) -> None:
     """Train a model on candles, evaluate it walk-forward, write a bundle and a report, make it live.
 
@@ -139,10 +157,120 @@ def train_cmd(
             )
         from xylen.train import TrainOptions
 
+        address = check_cluster(cluster) if cluster is not None else settings.dask_cluster
+        if symbols is not None or intervals is not None or address:
+            code = run_markets(
+                settings, markets_of(settings, symbols, intervals, symbol, interval, data, name),
+                address=address, name=name, promote=promote, as_json=as_json, data=data,
+            )
+            raise typer.Exit(code)
         opts = TrainOptions(
             data=data, symbol=symbol, interval=interval, name=name, promote=promote, exchange=settings.exchange
         )
         run_training(settings, opts, as_json=as_json)
+
+
+def check_cluster(cluster: str) -> str:
+    from xylen.core.cluster import check_address
+
+    return check_address(cluster, source="--cluster")
+
+
+def _split(value: str, flag: str) -> list[str]:
+    from xylen.core.errors import ConfigError
+
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ConfigError(f"{flag} {value!r} names nothing.", hint=f"give a comma-separated list, e.g. {flag} "
+                          f"{'BTCUSDT,ETHUSDT' if flag == '--symbols' else '5m,1h'}.")
+    return items
+
+
+def markets_of(
+    settings: Settings,
+    symbols: str | None,
+    intervals: str | None,
+    symbol: str | None,
+    interval: str | None,
+    data: list[Path],
+    name: str | None,
+) -> list[Any]:
+    """The markets `xylen train --symbols/--intervals/--cluster` trains, each checked before anything starts."""
+    from xylen.core.errors import ConfigError
+    from xylen.train.cluster import markets_from
+
+    if symbols is not None and symbol is not None:
+        raise ConfigError("Both --symbol and --symbols given.", hint="use --symbols for several markets, or --symbol.")
+    if intervals is not None and interval is not None:
+        raise ConfigError("Both --interval and --intervals given.", hint="use one of them.")
+    if data and symbols is not None:
+        raise ConfigError("--symbols reads the store; --data files are one series.", hint="leave one of them out.")
+    syms = _split(symbols, "--symbols") if symbols is not None else [symbol or settings.symbol]
+    ints = _split(intervals, "--intervals") if intervals is not None else [interval or settings.interval]
+    markets = markets_from(settings, syms, ints, settings.exchange)
+    if name is not None and len(markets) > 1:
+        raise ConfigError(f"--name {name!r} names one model, but {len(markets)} markets are trained.",
+                          hint="leave --name out: each model is named after its market (btcusdt-5m).")
+    return markets
+
+
+def run_markets(
+    settings: Settings,
+    markets: list[Any],
+    *,
+    address: str | None,
+    name: str | None,
+    promote: bool,
+    as_json: bool,
+    data: list[Path],
+) -> int:
+    """Train ``markets`` on the cluster at ``address`` (or one after another here); print each result as it is
+    published. Returns the exit code (the most severe of the markets' errors)."""
+    from dataclasses import replace
+
+    from xylen.core.errors import ConfigError
+    from xylen.train import cluster
+
+    markets = [replace(m, name=name) for m in markets] if name else markets
+
+    def said(o: Any) -> None:
+        if as_json:
+            return
+        if o.result is not None:
+            _print_summary(o.result)
+            where = f" on {o.host}" if o.host else ""
+            out.print(f"{o.market.label}: trained{where}, published {o.result.name} {o.result.version}")
+        else:
+            err.print(f"[bold red]error:[/] {escape(o.error['message'])}", markup=True, soft_wrap=True)
+            if o.error.get("hint"):
+                err.print(f"[yellow]hint:[/] {escape(str(o.error['hint']))}", markup=True, soft_wrap=True)
+
+    if address:
+        if data:
+            raise ConfigError("--data files cannot be sent to a --cluster: its workers read the store.",
+                              hint="put the candles in the store (`xylen collect`), or train here without --cluster.")
+        outcomes = cluster.train_markets(settings, markets, address=address, promote=promote, on_done=said)
+    else:
+        outcomes = cluster.train_here(settings, markets, promote=promote, on_done=said)
+    code = cluster.exit_code(outcomes)
+    if as_json:
+        import orjson
+
+        body = {
+            "exit_code": code,
+            "cluster": address,
+            "results": [
+                {"symbol": o.market.symbol, "interval": o.market.interval, "exchange": o.market.exchange,
+                 "host": o.host}
+                | ({"result": o.result.to_dict()} if o.result is not None else {"error": o.error})
+                for o in outcomes
+            ],
+        }
+        typer.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+    elif len(outcomes) > 1:
+        ok = sum(o.result is not None for o in outcomes)
+        out.print(f"{ok} of {len(outcomes)} markets trained" + (f" on {address}" if address else ""))
+    return code
 
 
 def run_training(settings: Settings, opts: TrainOptions | None = None, *, as_json: bool = False) -> None:

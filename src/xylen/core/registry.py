@@ -18,6 +18,7 @@ complete, verified bundle.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -32,7 +33,7 @@ from xylen.core.bundle import Manifest, now_iso, read_manifest, verify_artifact,
 from xylen.core.errors import BundleError, ConfigError
 from xylen.core.labels import kind_of
 from xylen.core.markets import model_name  # noqa: F401  (the registry's names: one rule in markets.py)
-from xylen.core.storage import Conflict, LocalStorage, Missing
+from xylen.core.storage import Conflict, LocalStorage, Missing, Storage, storage_error
 
 POINTER = "CURRENT.json"
 _VERSION_RE = re.compile(r"^v([0-9]{4,})$")  # ASCII digits only: \d also matches other scripts' digits
@@ -93,14 +94,46 @@ def _verify_default(folder: Path) -> str | None:
     return verify_in_child(folder)
 
 
+def open_registry(settings: Any, *, verify: Verifier | None = None) -> Registry:
+    """The registry the settings name: XYLEN_MODELS_URL (s3:// or a folder), else XYLEN_HOME/models."""
+    return Registry(settings.models_location, verify=verify, endpoint_url=settings.s3_endpoint_url,
+                    cache=settings.home / "cache")
+
+
 class Registry:
-    def __init__(self, root: str | Path, *, verify: Verifier | None = None) -> None:
-        self.root = Path(root)
-        self.storage = LocalStorage(self.root)
+    """The registry at ``root``: a local folder, or ``s3://bucket/prefix`` (same keys, through S3Storage).
+
+    On S3, a version that must be read as files (verification in a child, loading for serving, a report) is
+    downloaded once into a local cache (``<cache>/registry-<hash of the URL>/<name>/<version>``), keyed by the
+    sha256 of its manifest.json and checked (size, sha256 of every artifact) before it is used; ``root`` is then
+    that local mirror and ``location`` the URL."""
+
+    def __init__(self, root: str | Path, *, verify: Verifier | None = None, endpoint_url: str | None = None,
+                 cache: Path | None = None) -> None:
+        self.storage: Storage
         self._verify = verify or _verify_default
+        self.remote = isinstance(root, str) and root.startswith("s3://")
+        if self.remote:
+            from xylen.core.storage_s3 import S3Storage
+
+            url = str(root).rstrip("/")
+            tag = hashlib.sha256(url.encode()).hexdigest()[:12]
+            cache = cache or Path(os.environ.get("XYLEN_HOME") or "~/.xylen").expanduser() / "cache"
+            base = cache / f"registry-{tag}"
+            self.location = url
+            self.root = base / "bundles"
+            endpoint = endpoint_url or os.environ.get("XYLEN_S3_ENDPOINT_URL") or None
+            self.storage = S3Storage(url, scratch=base / "scratch", endpoint_url=endpoint)
+        else:
+            self.root = Path(root)
+            self.location = str(self.root)
+            self.storage = LocalStorage(self.root)
 
     # -- reading -------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
+        if self.remote:
+            return [n for n in self.storage.folders() if _NAME_RE.fullmatch(n)
+                    and (self.versions(n) or self.storage.token(self._pointer_key(n)) is not None)]
         if not self.root.is_dir():
             return []
         return sorted(
@@ -111,7 +144,10 @@ class Registry:
 
     def live_names(self) -> list[str]:
         """Models that have a live version (a CURRENT pointer): one listing of the root and one stat per model (a
-        server asks every poll interval; names() would also list each model's versions)."""
+        server asks every poll interval; names() would also list each model's versions). On S3: one listing and
+        one HEAD per model."""
+        if self.remote:
+            return sorted(self.pointer_tokens())
         try:
             entries = list(os.scandir(self.root))
         except (FileNotFoundError, NotADirectoryError):
@@ -121,16 +157,75 @@ class Registry:
             if _NAME_RE.fullmatch(e.name) and e.is_dir() and os.path.exists(os.path.join(e.path, POINTER))
         )
 
+    def pointer_tokens(self) -> dict[str, str]:
+        """name -> the version token (S3: ETag) of its CURRENT.json, for every model with one: what a replica
+        compares every poll to notice a promotion (one listing, then one HEAD per model)."""
+        out = {}
+        for n in self.storage.folders():
+            if _NAME_RE.fullmatch(n):
+                tok = self.storage.token(self._pointer_key(n))
+                if tok is not None:
+                    out[n] = tok
+        return out
+
     def versions(self, name: str) -> list[str]:
-        folder = self.root / check_name(name)
-        if not folder.is_dir():
-            return []
-        return sorted(
-            (p.name for p in folder.iterdir() if p.is_dir() and _VERSION_RE.fullmatch(p.name)), key=lambda v: int(v[1:])
-        )
+        check_name(name)
+        if self.remote:
+            found = self.storage.trees(name)  # published (committed) trees only
+        else:
+            folder = self.root / name
+            if not folder.is_dir():
+                return []
+            found = [p.name for p in folder.iterdir() if p.is_dir()]
+        return sorted((v for v in found if _VERSION_RE.fullmatch(v)), key=lambda v: int(v[1:]))
+
+    def has_version(self, name: str, version: str) -> bool:
+        """Whether ``version`` is a published version of ``name`` (S3: one HEAD, nothing downloaded)."""
+        return self.storage.has_tree(f"{check_name(name)}/{check_version(name, version)}")
 
     def path(self, name: str, version: str) -> Path:
-        return self.root / check_name(name) / check_version(name, version)
+        """The local folder of a version (S3: downloaded into the cache first; absent if there is no such version)."""
+        folder = self.root / check_name(name) / check_version(name, version)
+        if self.remote:
+            self._fetch(name, version, folder)
+        return folder
+
+    def _fetch(self, name: str, version: str, folder: Path) -> None:
+        """Make ``folder`` a verified local copy of the S3 version, keyed by the sha256 of its manifest.json: an
+        up-to-date copy is reused; another one (a version number reused after a prune) is replaced."""
+        from xylen.core.storage_s3 import S3Storage
+
+        assert isinstance(self.storage, S3Storage)
+        got = self.storage.read_versioned(f"{name}/{version}/manifest.json")
+        if got is None or not self.storage.has_tree(f"{name}/{version}"):
+            return  # callers report "no such version" as for a local registry
+        digest = hashlib.sha256(got.data).hexdigest()
+        stamp = folder / ".manifest-sha256"
+        with contextlib.suppress(OSError):
+            if stamp.read_text() == digest and (folder / "manifest.json").read_bytes() == got.data:
+                return
+        staging = self.storage.temp_dir()
+        try:
+            self.storage.download_tree(f"{name}/{version}", staging)
+            if hashlib.sha256((staging / "manifest.json").read_bytes()).hexdigest() != digest:
+                raise BundleError(f"{self.location}/{name}/{version} changed while it was downloaded.",
+                                  hint="versions are immutable; check what else writes to this bucket.")
+            verify_artifact(staging, read_manifest(staging))  # size + sha256 of every artifact
+            (staging / ".manifest-sha256").write_text(digest)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if folder.exists():
+                old = self.storage.temp_dir()
+                os.rename(folder, old / "old")
+                shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.rename(staging, folder)
+            except OSError:
+                if not folder.is_dir():  # another process of this host fetched it at the same moment: fine
+                    raise
+        except OSError as exc:
+            raise storage_error(exc, folder) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _pointer_key(self, name: str) -> str:
         return f"{check_name(name)}/{POINTER}"
@@ -159,7 +254,7 @@ class Registry:
                 self.storage.put_new(f"{self._pointer_key(name)}.damaged-{stamp}-{got.token[:8]}", got.data)
                 return None, got.token
             raise BundleError(
-                f"{str(self.root / name / POINTER)!r} is unreadable ({str(exc)[:200]}).",
+                f"{self.location + '/' + name + '/' + POINTER!r} is unreadable ({str(exc)[:200]}).",
                 hint=f"promote a version again: `xylen models promote {name} vNNNN` (the damaged file is kept).",
             ) from None
         return ptr, got.token
@@ -171,14 +266,18 @@ class Registry:
         ptr = self.current(name)
         if ptr is None:
             raise BundleError(
-                f"Model {name!r} has no live version in {str(self.root)!r}.",
+                f"Model {name!r} has no live version in {self.location!r}.",
                 hint="train one with `xylen train`, or promote one with `xylen models promote`.",
             )
         return self.path(name, ptr.version)
 
     def manifest(self, name: str, version: str) -> Manifest:
-        folder = self.path(name, version)
-        if not folder.is_dir():
+        if self.remote:  # the manifest alone, never the whole bundle (`xylen models list` reads every version's)
+            got = self.storage.read_versioned(f"{check_name(name)}/{check_version(name, version)}/manifest.json")
+            if got is not None and self.has_version(name, version):
+                return _parse_manifest(got.data, f"{self.location}/{name}/{version}/manifest.json")
+        folder = self.root / check_name(name) / check_version(name, version)
+        if self.remote or not folder.is_dir():
             known = ", ".join(self.versions(name)) or "none"
             raise BundleError(
                 f"Model {name!r} has no version {version!r} (known: {known}).", hint="see `xylen models list`."
@@ -191,14 +290,14 @@ class Registry:
         if name:
             if name not in names:
                 raise BundleError(
-                    f"No model named {name[:80]!r} in {str(self.root)!r} (known: {', '.join(names) or 'none'}).",
+                    f"No model named {name[:80]!r} in {self.location!r} (known: {', '.join(names) or 'none'}).",
                     hint="see `xylen models list`, or train one with `xylen train`.",
                 )
             return name
         if len(names) == 1:
             return names[0]
         if not names:
-            raise BundleError(f"The registry {str(self.root)!r} holds no models.", hint="train one with `xylen train`.")
+            raise BundleError(f"The registry {self.location!r} holds no models.", hint="train one with `xylen train`.")
         raise ConfigError(f"Several models exist ({', '.join(names)}); say which one.", hint="pass the model name.")
 
     # -- writing -------------------------------------------------------------------------------------------
@@ -206,7 +305,7 @@ class Registry:
     def stage(self, name: str) -> Iterator[Path]:
         """A private folder to build a bundle in (invisible to every reader); removed if the block fails."""
         check_name(name)
-        if self.root.exists() and not self.root.is_dir():
+        if not self.remote and self.root.exists() and not self.root.is_dir():
             raise ConfigError(
                 f"Cannot write to the model registry {str(self.root)!r}: it is not a folder.",
                 hint="set XYLEN_HOME to a writable folder or fix its permissions.",
@@ -228,9 +327,13 @@ class Registry:
         check_name(name)
         manifest_path = staging / "manifest.json"
         data = orjson.loads(manifest_path.read_bytes())
+        tried = 0
         for _ in range(_CAS_RETRIES):
             existing = self.versions(name)
-            version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+            # past a number another writer claimed without publishing yet (S3: its claim comes before its files)
+            number = max(int(existing[-1][1:]) + 1 if existing else 1, tried + 1)
+            tried = number
+            version = f"v{number:04d}"
             if data.get("version") != version:
                 data["version"] = version
                 write_durably(manifest_path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
@@ -267,16 +370,16 @@ class Registry:
         promotes only if that is still the live version, else raises PromotionConflict -- a trainer that gated its
         candidate against v0007 must not replace a v0008 that someone promoted meanwhile.
         """
-        existed = self.path(name, version).is_dir()
+        existed = self.has_version(name, version)
         try:
             manifest = self.verify(name, version)
         except BundleError:
-            if existed and not self.path(name, version).is_dir():  # a prune removed it while it was checked
+            if existed and not self.has_version(name, version):  # a prune removed it while it was checked
                 raise self._pruned(name, version) from None
             raise
 
         def change(old: Pointer | None) -> Pointer:
-            if not self.path(name, version).is_dir():
+            if not self.has_version(name, version):
                 raise self._pruned(name, version)
             live = old.version if old else None
             if expect_live is not True and live != expect_live:
@@ -333,7 +436,8 @@ class Registry:
 
     def _present(self, name: str, history: tuple[str, ...]) -> tuple[str, ...]:
         """The versions of ``history`` that still exist (retention removes old ones), at most HISTORY_LIMIT."""
-        return tuple(v for v in history if _VERSION_RE.fullmatch(v) and (self.root / name / v).is_dir())[:HISTORY_LIMIT]
+        present = set(self.versions(name))
+        return tuple(v for v in history if v in present)[:HISTORY_LIMIT]
 
     def _pruned(self, name: str, version: str) -> BundleError:
         return BundleError(
@@ -414,6 +518,16 @@ class Registry:
                     }
                 )
         return rows
+
+
+def _parse_manifest(raw: bytes, where: str) -> Manifest:
+    try:
+        return Manifest.model_validate(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise BundleError(f"{where!r} is not valid JSON ({exc}).", hint="the bundle is corrupt; roll back.") from None
+    except ValueError as exc:
+        raise BundleError(f"{where!r} is not a valid manifest ({str(exc)[:300]}).",
+                          hint="the bundle is corrupt; roll back.") from None
 
 
 def _primary_edge(metrics: dict[str, Any]) -> dict[str, Any] | None:

@@ -67,8 +67,8 @@ def read_pins(reg: Registry, name: str) -> tuple[frozenset[str], str | None]:
     except (orjson.JSONDecodeError, KeyError, TypeError, BundleError) as exc:
         reason = exc.message if isinstance(exc, BundleError) else str(exc)
         raise BundleError(
-            f"{str(reg.root / name / PINS)!r} is unreadable ({reason[:200]}); its pins are unknown, so nothing of "
-            f"model {name!r} is pruned.",
+            f"{reg.location + '/' + name + '/' + PINS!r} is unreadable ({reason[:200]}); its pins are unknown, so "
+            f"nothing of model {name!r} is pruned.",
             hint=f'repair it (JSON like {{"pinned": ["v0003"]}}) or restore it from a backup; or delete it and pin '
             f"again what must stay: `xylen models pin {name} vNNNN`.",
         ) from None
@@ -93,7 +93,7 @@ def _change_pins(reg: Registry, name: str, version: str, add: bool) -> bool:
     check_version(name, version)
     for _ in range(_CAS_RETRIES):
         pinned, token = read_pins(reg, name)
-        present = reg.path(name, version).is_dir()
+        present = reg.has_version(name, version)
         if add and not present:
             raise _no_version(reg, name, version)
         if (version in pinned) == add:

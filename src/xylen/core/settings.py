@@ -19,7 +19,7 @@ from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from xylen.core.errors import ConfigError
+from xylen.core.errors import ConfigError, XylenError
 
 ProfileName = Literal["m1", "m4", "8gb", "16gb", "auto"]
 BackendName = Literal["lightgbm", "onnx", "torch"]
@@ -125,6 +125,18 @@ class Settings(BaseSettings):
         default_factory=default_home,
         validation_alias=_alias("home"),
         description="Root folder: models.env, data/ (the candle store), models/ (the registry), logs/.",
+    )
+    models_url: str | None = Field(
+        None,
+        validation_alias=_alias("models_url"),
+        description="Where the model registry lives: s3://BUCKET/PREFIX (S3 or an S3-compatible store; needs the "
+        "xylen[s3] extra), or a local folder. Unset: XYLEN_HOME/models.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        validation_alias=_alias("s3_endpoint_url"),
+        description="S3 endpoint for s3:// locations (MinIO, Ceph, ...); unset: AWS. Credentials come from "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and are never logged.",
     )
     # --- data / training -------------------------------------------------------------------------------
     symbol: str = Field(
@@ -266,6 +278,12 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=_alias("model_max_age"),
         description="A live model created longer ago than this (seconds, or 12h, 7d) is flagged stale.",
+    )
+    dask_cluster: str | None = Field(
+        None,
+        validation_alias=_alias("dask_cluster"),
+        description="Dask scheduler address (tcp://HOST:PORT): `xylen train` and `xylen retrain` run there "
+        "(`--cluster` overrides it; needs the xylen[dask] extra). Unset: train in this process.",
     )
     # --- serving ---------------------------------------------------------------------------------------
     model_path: Path | None = Field(
@@ -433,6 +451,44 @@ class Settings(BaseSettings):
                 raise ValueError("an http:// or https:// URL, like https://api.bybit.com")
         return v
 
+    @field_validator("models_url", mode="before")
+    @classmethod
+    def _models_url(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip() or None  # XYLEN_MODELS_URL= (empty) means unset
+            if v is not None and "://" in v:
+                if not v.startswith("s3://"):
+                    raise ValueError("s3://BUCKET/PREFIX or a local folder (other URL schemes are not supported)")
+                from xylen.core.storage_s3 import parse_s3_url
+
+                try:
+                    parse_s3_url(v)
+                except XylenError as exc:
+                    raise ValueError(f"{exc.message} {exc.hint or ''}".strip()) from None
+        return v
+
+    @field_validator("s3_endpoint_url", mode="before")
+    @classmethod
+    def _s3_endpoint(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip() or None
+            if v is not None and not v.startswith(("http://", "https://")):
+                raise ValueError("an http:// or https:// URL, like http://127.0.0.1:9000")
+        return v
+
+    @field_validator("dask_cluster", mode="before")
+    @classmethod
+    def _dask_cluster(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip() or None  # XYLEN_DASK_CLUSTER= (empty) means unset
+            if v is not None:
+                from xylen.core.cluster import address_problem
+
+                why = address_problem(v)
+                if why:
+                    raise ValueError(why)
+        return v
+
     @field_validator("interval")
     @classmethod
     def _interval(cls, v: str) -> str:
@@ -480,6 +536,13 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def models_location(self) -> str | Path:
+        """The registry's location: XYLEN_MODELS_URL (an s3:// URL or a folder), else XYLEN_HOME/models."""
+        if self.models_url is None:
+            return self.models_dir
+        return self.models_url if self.models_url.startswith("s3://") else Path(self.models_url).expanduser()
 
     @property
     def env_file(self) -> Path:

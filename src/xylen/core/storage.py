@@ -21,6 +21,7 @@ every listed prefix, so a directory scan of the data (polars, DuckDB, dask) neve
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -86,6 +87,11 @@ class Storage(Protocol):
     def retire(self, prefix: str, *, guards: Sequence[str], allowed: Callable[[], bool]) -> Path | None: ...
     def purge(self, retired: Path) -> None: ...
     def local_path(self, key: str) -> Path | None: ...
+    def folders(self, prefix: str = "") -> builtins.list[str]: ...
+    def trees(self, prefix: str) -> builtins.list[str]: ...
+    def has_tree(self, prefix: str) -> bool: ...
+    def temp_dir(self) -> Path: ...
+    def clean_temp(self) -> int: ...
 
 
 def check_key(key: str) -> str:
@@ -170,6 +176,22 @@ class LocalStorage:
             for f in filenames:
                 out.append(f if rel == "." else f"{rel}/{f}")
         return sorted(out)
+
+    def folders(self, prefix: str = "") -> builtins.list[str]:
+        """Names of the folders directly under ``prefix`` (temp and lock areas excluded), sorted."""
+        base = self.root / check_key(prefix) if prefix else self.root
+        try:
+            entries = list(os.scandir(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(e.name for e in entries if e.is_dir() and not (not prefix and e.name in _HIDDEN))
+
+    def trees(self, prefix: str) -> builtins.list[str]:
+        """Names of the published trees directly under ``prefix`` (here: its folders; a tree appears by one rename)."""
+        return self.folders(prefix)
+
+    def has_tree(self, prefix: str) -> bool:
+        return self.local_path(prefix).is_dir()
 
     # -- writing -------------------------------------------------------------------------------------------
     def put_new(self, key: str, data: bytes, *, sync_folder: bool = True) -> bool:

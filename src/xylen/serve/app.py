@@ -21,7 +21,7 @@ from xylen import __version__
 from xylen.core.bundle import read_manifest, verify_artifact
 from xylen.core.errors import BundleError, ConfigError, XylenError
 from xylen.core.rawmodel import resolve_backend
-from xylen.core.registry import Registry
+from xylen.core.registry import open_registry
 from xylen.core.settings import Settings
 from xylen.core.verify import verify_in_child
 from xylen.serve import docs, routes, ui, v2
@@ -58,7 +58,7 @@ def create_app(settings: Settings, *, names: list[str] | None = None, model_path
     candle is still open; ``retrain_command`` builds the argv of POST /retrain's child (tests inject one)."""
     metrics = Metrics()
     model_path = model_path or settings.model_path
-    registry = None if model_path else Registry(settings.models_dir)
+    registry = None if model_path else open_registry(settings)
     # only an explicit choice is a default: XYLEN_DEFAULT_MODEL, else the first --model (MODEL_PATH: its model)
     default = settings.default_model or (names[0] if names else None)
     holder = ModelHolder(registry, names, model_path=model_path, default=None if model_path else default,
@@ -143,7 +143,7 @@ def check_models(settings: Settings, names: list[str], model_path: Path | None) 
         )
     if settings.model_type is None:
         return
-    registry = Registry(settings.models_dir)
+    registry = open_registry(settings)
     for name in names or registry.live_names():
         try:
             ptr = registry.current(name)

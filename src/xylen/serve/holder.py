@@ -178,7 +178,8 @@ class ModelHolder:
         self.served: tuple[str, ...] = ()  # expected() as of the last poll: read per request without disk I/O
         self.problems: dict[str, str] = {}
         self.refused: dict[str, tuple[str, str, str]] = {}
-        self._seen: dict[str, tuple[int, int, int]] = {}
+        self._seen: dict[str, object] = {}  # name -> CURRENT.json's (inode, mtime, size), or its S3 ETag
+        self._tokens: dict[str, str] | None = None  # S3: this poll's pointer ETags (Registry.pointer_tokens)
         self._pointer_paths: dict[str, str] = {}
         self._lock = threading.Lock()  # writers only: the watcher and an admin rollback
         self.started = False
@@ -189,7 +190,10 @@ class ModelHolder:
         """The models this server must serve before it is ready."""
         if self.model_path is not None:
             return list(self.live) or [MODEL_PATH]
-        registered = self.registry.live_names() if self.registry and not self.fixed_names else []
+        if self.registry and not self.fixed_names:
+            registered = sorted(self._tokens) if self._tokens is not None else self.registry.live_names()
+        else:
+            registered = []
         names = list(self.fixed_names) or registered
         if self.default_name is not None and self.default_name not in names:
             names.append(self.default_name)
@@ -215,7 +219,7 @@ class ModelHolder:
         # the watcher's last look (every poll interval), not the disk: /predict's 503 and the probes read this
         expected = self.expected() if self.model_path is not None else list(self.served)
         if not expected:
-            root = self.registry.root if self.registry else "?"
+            root = self.registry.location if self.registry else "?"
             return (
                 f"no models with a live version in {root}; train one with `xylen train`, or make a version live "
                 "with `xylen models promote NAME VERSION`"
@@ -241,7 +245,7 @@ class ModelHolder:
                 log.warning(
                     "no models with a live version in %s yet: readiness answers 503 and /predict 503 until one "
                     "is promoted (`xylen train`); it is picked up within a second",
-                    self.registry.root if self.registry else "?",
+                    self.registry.location if self.registry else "?",
                 )
         self.started = True
 
@@ -283,6 +287,15 @@ class ModelHolder:
         (or refused) one by one."""
         if self.registry is None:
             return
+        self._tokens = None
+        if self.registry.remote:
+            # S3: one listing and one HEAD per model (the pointer's ETag) tell every promotion; a GET only on change
+            try:
+                self._tokens = self.registry.pointer_tokens() if not self.fixed_names else {
+                    n: t for n in self.fixed_names if (t := self.registry.storage.token(f"{n}/{POINTER}"))}
+            except XylenError as exc:  # the object store is unreachable: keep serving what is live, look again
+                log.error("cannot read the registry %s: %s", self.registry.location, exc.message)
+                return
         names = self.expected()
         self.served = tuple(names)
         changed: list[tuple[str, Pointer]] = []
@@ -303,6 +316,8 @@ class ModelHolder:
     def _changed_pointer(self, name: str) -> Pointer | None:
         """``name``'s pointer when CURRENT.json changed since the last look (one stat when it did not)."""
         assert self.registry is not None
+        if self.registry.remote:
+            return self._changed_remote_pointer(name)
         path = self._pointer_paths.get(name)
         if path is None:  # joined once: pathlib's "/" costs more than the stat itself, 1,000 times a poll
             path = self._pointer_paths[name] = os.path.join(self.registry.root, name, POINTER)
@@ -320,6 +335,23 @@ class ModelHolder:
             self.problems[name] = exc.message
             return None  # a half-visible pointer cannot happen (rename), so this is a bad pointer: wait for the next
         self._seen[name] = key
+        return ptr
+
+    def _changed_remote_pointer(self, name: str) -> Pointer | None:
+        """S3: the pointer when its ETag changed since the last look (this poll's HEAD; a GET only then)."""
+        assert self.registry is not None
+        token = (self._tokens or {}).get(name)
+        if token is None:
+            self.problems.setdefault(name, f"no live version; promote one with `xylen models promote {name} vNNNN`")
+            return None
+        if self._seen.get(name) == token:
+            return None
+        try:
+            ptr, read_token = self.registry._read_pointer(name)
+        except XylenError as exc:
+            self.problems[name] = exc.message
+            return None
+        self._seen[name] = read_token
         return ptr
 
     def consider(self, name: str, ptr: Pointer) -> bool:
@@ -344,7 +376,17 @@ class ModelHolder:
             elif self.refused.get(name) == (ptr.version, ptr.sha256, ptr.promoted_at):
                 settled[name] = False  # refused once; not retried until CURRENT changes again
             else:
-                todo.append((name, ptr, self.registry.path(name, ptr.version)))
+                try:
+                    folder = self.registry.path(name, ptr.version)  # S3: downloaded into the local cache
+                except BundleError as exc:  # S3: the copy does not match its manifest (tampered): refused
+                    settled[name] = self._refuse(name, ptr, exc.message)
+                    continue
+                except XylenError as exc:  # S3 unreachable: not a refusal, look again next poll
+                    self._seen.pop(name, None)
+                    log.error("fetching %s %s failed (tried again next poll): %s", name, ptr.version, exc.message)
+                    settled[name] = False
+                    continue
+                todo.append((name, ptr, folder))
         t0 = time.perf_counter()
         verdicts = self._verify_batch([folder for _, _, folder in todo])
         verified_s = time.perf_counter() - t0
@@ -379,7 +421,6 @@ class ModelHolder:
                  batch: int) -> bool:
         """Load, warm and publish ``folder`` when its verification passed, or refuse it."""
         current = self.live.get(name)
-        ident = (ptr.version, ptr.sha256, ptr.promoted_at)
         t0 = time.perf_counter()
         live = None
         reason = verdict.reason
@@ -395,14 +436,7 @@ class ModelHolder:
             except XylenError as exc:
                 reason = exc.message
         if live is None:
-            self.refused[name] = ident
-            if current is None:
-                self.problems[name] = f"{ptr.version} refused: {reason}"
-            log.error(
-                "refused %s %s (keeping %s): %s", name, ptr.version, current.version if current else "nothing", reason
-            )
-            self.events.refused(name, ptr.version, reason or "unknown")
-            return False
+            return self._refuse(name, ptr, reason)
         self._publish(live)
         log.info(
             "%s: now serving %s (was %s; verified in %.2f s%s, loaded in %.3f s, %s)",
@@ -415,6 +449,17 @@ class ModelHolder:
             live.predict_path,
         )
         return True
+
+    def _refuse(self, name: str, ptr: Pointer, reason: str | None) -> bool:
+        current = self.live.get(name)
+        self.refused[name] = (ptr.version, ptr.sha256, ptr.promoted_at)
+        if current is None:
+            self.problems[name] = f"{ptr.version} refused: {reason}"
+        log.error(
+            "refused %s %s (keeping %s): %s", name, ptr.version, current.version if current else "nothing", reason
+        )
+        self.events.refused(name, ptr.version, reason or "unknown")
+        return False
 
     def _publish(self, live: Live) -> None:
         with self._lock:

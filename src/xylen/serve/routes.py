@@ -115,7 +115,7 @@ async def retrain(request: Request) -> Response:
         raise RequestError(404, f"No live model named {unknown[0]!r} to retrain; live models: "
                                 f"{', '.join(live) or 'none'}. hint: train one with `xylen train`, or leave ?model= "
                                 "out to retrain every live model." if unknown else
-                                f"No live models in {str(reg.root)!r} to retrain. hint: train one with `xylen train`.")
+                                f"No live models in {reg.location!r} to retrain. hint: train one with `xylen train`.")
     try:
         job_id = await jobs.start(names, names or live)
     except Busy as exc:

@@ -37,7 +37,7 @@ from xylen.core.markets import (
     market_label,
     model_name,
 )
-from xylen.core.registry import Registry, check_name
+from xylen.core.registry import Registry, check_name, open_registry
 from xylen.core.settings import Settings
 from xylen.core.store import Store
 from xylen.profiles import Profile, resolve
@@ -188,8 +188,15 @@ def cap_rows(n_rows: int, profile: Profile, step_ms: int) -> tuple[int, str | No
 
 
 def train(
-    settings: Settings, opts: TrainOptions, profile: Profile | None = None, progress: Progress | None = None
+    settings: Settings,
+    opts: TrainOptions,
+    profile: Profile | None = None,
+    progress: Progress | None = None,
+    *,
+    registry: Registry | None = None,
 ) -> TrainResult:
+    """``registry``: where the bundle is published (default: settings' models folder); a cluster task passes one
+    that keeps the files for its client (train/cluster.py)."""
     t0 = time.perf_counter()
     say = progress or (lambda _s, _f: None)
     warnings: list[str] = []
@@ -268,7 +275,7 @@ def train(
                 {k: head_rec[k] for k in ("auc", "edge", "verdict", "baseline")} | {"num_boost_round": head_rounds},
             )
         )
-    registry = Registry(settings.models_dir)
+    registry = registry or open_registry(settings)
     say("Writing the bundle and report", 0.9)
     peak = peak_rss_mb()
     metrics["peak_rss_mb"] = round(peak, 1)

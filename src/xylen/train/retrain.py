@@ -35,7 +35,7 @@ from xylen.core.bundle import (
 from xylen.core.errors import BundleError, ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
 from xylen.core.markets import exchange_flag, market_label, store_of
-from xylen.core.registry import PromotionConflict, Registry
+from xylen.core.registry import PromotionConflict, Registry, open_registry
 from xylen.core.runlock import RunLock, describe
 from xylen.core.settings import Settings
 from xylen.core.store import Store
@@ -181,7 +181,7 @@ def retrain(settings: Settings, opts: RetrainOptions, profile: Profile | None = 
     """One run over the chosen models. Raises only for what stops the whole run (an unwritable XYLEN_HOME, an
     unknown model name); per-model problems are results."""
     t0 = time.perf_counter()
-    registry = Registry(settings.models_dir)
+    registry = open_registry(settings)
     lock = RunLock(settings.home)  # first: an unwritable XYLEN_HOME is exit 2 before anything else is looked at
     if opts.lock_fd is not None:
         lock.adopt(opts.lock_fd)
@@ -240,7 +240,7 @@ def choose(registry: Registry, opts: RetrainOptions) -> list[str]:
     live = registry.live_names()
     if not live:
         raise BundleError(
-            f"The registry {str(registry.root)!r} has no live models to retrain.", hint="train one: `xylen train`."
+            f"The registry {registry.location!r} has no live models to retrain.", hint="train one: `xylen train`."
         )
     if opts.all or len(live) == 1:
         return live

@@ -1,0 +1,326 @@
+"""``Storage`` (core/storage.py) on S3-compatible object storage, through boto3's conditional writes.
+
+A location is ``s3://bucket/prefix``; every key of the seam is stored at ``prefix/key``, so a registry on S3 has
+the same keys as on disk (``btcusdt-5m/v0001/model.txt``, ``btcusdt-5m/CURRENT.json``). The seam's calls map to:
+
+* ``put_new``: PutObject with ``If-None-Match: *`` (412: the key exists, False);
+* ``swap``: PutObject with ``If-Match: <ETag>`` (``expect=None``: ``If-None-Match: *``); a 412 (or a 404 for a
+  key that vanished) is a ``Conflict``: a stale writer is refused, it never overwrites;
+* ``read_versioned`` / ``token``: GetObject / HeadObject, the ETag is the token;
+* ``publish_tree``: a claim object ``.claim/<prefix>`` (If-None-Match) decides which writer owns the prefix,
+  then the files are uploaded, then the commit marker ``.commit/<prefix>`` is created last. Readers
+  (``trees``, ``has_tree``) only see trees with a marker, so a partial upload, or a crafted tree without a
+  marker, is invisible;
+* ``retire`` / ``swap(require=...)``: a lease object ``.lease/<key>`` per guard key (If-None-Match, with a
+  time-out after which a dead holder's lease is broken) around the check and the removal of the commit marker,
+  exactly where LocalStorage holds its flock; ``purge`` deletes the tree's objects, then its claim.
+
+The ``.claim``, ``.commit`` and ``.lease`` areas are never listed. Credentials come from boto3's usual chain
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance role) and are never logged;
+the endpoint from ``XYLEN_S3_ENDPOINT_URL`` (MinIO, Ceph, moto), else AWS.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from xylen.core.errors import ConfigError, XylenError
+from xylen.core.storage import Conflict, LocalStorage, Missing, Versioned, check_key
+
+CLAIM = ".claim"
+COMMIT = ".commit"
+LEASE = ".lease"
+_INTERNAL = (CLAIM, COMMIT, LEASE)
+LEASE_TTL_S = 30.0  # a lease older than this (by the server's clock) belongs to a dead holder and is broken
+LEASE_WAIT_S = 120.0
+
+
+def is_s3_url(location: object) -> bool:
+    return isinstance(location, str) and location.startswith("s3://")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix without slashes) of ``s3://bucket/prefix``; ConfigError naming the URL otherwise."""
+    parsed = urlparse(url)
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    if parsed.scheme != "s3" or not bucket or parsed.query or parsed.fragment or "//" in parsed.path.lstrip("/"):
+        raise ConfigError(
+            f"{url[:200]!r} is not an S3 location.", hint="write it as s3://BUCKET/PREFIX, e.g. s3://my-bucket/xylen/models."
+        )
+    if prefix and any(p in (".", "..") for p in prefix.split("/")):
+        raise ConfigError(f"{url[:200]!r} has '.' or '..' in its prefix.", hint="write it as s3://BUCKET/PREFIX.")
+    return bucket, prefix
+
+
+class S3Storage:
+    """``Storage`` on ``s3://bucket/prefix``; ``scratch`` is a local folder for staging trees and downloads."""
+
+    def __init__(self, url: str, *, scratch: str | Path, endpoint_url: str | None = None,
+                 client: Any = None) -> None:
+        self.url = url.rstrip("/")
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.endpoint_url = endpoint_url or None
+        self.scratch = LocalStorage(scratch)
+        self._client = client
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=self.endpoint_url, region_name=region,
+                config=Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+            )
+        return self._client
+
+    def _k(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, op: str, key: str, **kw: Any) -> Any:
+        """One S3 request; transport and permission failures become a ConfigError naming the location (never the
+        credentials). ClientErrors the caller interprets (412, 404) are re-raised as they are."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return getattr(self.client, op)(Bucket=self.bucket, **kw)
+        except ClientError as exc:
+            code = _code(exc)
+            if code in ("PreconditionFailed", "NoSuchKey", "404", "412", "ConditionalRequestConflict"):
+                raise
+            if code == "NoSuchBucket":
+                raise ConfigError(f"The S3 bucket {self.bucket!r} of {self.url!r} does not exist.",
+                                  hint="create it, or fix XYLEN_MODELS_URL.") from None
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                raise ConfigError(f"S3 refused access to {self.url + '/' + key!r} ({code}).",
+                                  hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the "
+                                  "bucket's policy.") from None
+            raise ConfigError(f"S3 request {op} on {self.url + '/' + key!r} failed: {code}.",
+                              hint="check XYLEN_S3_ENDPOINT_URL and the bucket.") from None
+        except NoCredentialsError:
+            raise ConfigError(f"No S3 credentials to reach {self.url!r}.",
+                              hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE).") from None
+        except BotoCoreError as exc:
+            where = self.endpoint_url or "AWS S3"
+            raise ConfigError(f"Cannot reach S3 at {where!r} for {self.url!r}: {type(exc).__name__}.",
+                              hint="check XYLEN_S3_ENDPOINT_URL and the network.") from None
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def read(self, key: str) -> bytes:
+        got = self.read_versioned(key)
+        if got is None:
+            raise Missing(key)
+        return got.data
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            r = self._call("get_object", key, Key=self._k(check_key(key)))
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+        return Versioned(r["Body"].read(), r["ETag"])
+
+    def token(self, key: str) -> str | None:
+        """The key's ETag by one HEAD request (None: absent): what a replica compares every poll."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return str(self._call("head_object", key, Key=self._k(check_key(key)))["ETag"])
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def _list_raw(self, prefix: str, delimiter: str | None = None) -> tuple[list[str], list[str]]:
+        """(keys, common prefixes) under the full key ``prefix``, relative to this storage's prefix."""
+        base = self._k("")
+        keys: builtins.list[str] = []
+        dirs: builtins.list[str] = []
+        kw: dict[str, Any] = {"Prefix": prefix}
+        if delimiter:
+            kw["Delimiter"] = delimiter
+        while True:
+            r = self._call("list_objects_v2", prefix, **kw)
+            keys += [o["Key"][len(base):] for o in r.get("Contents", ())]
+            dirs += [p["Prefix"][len(base):] for p in r.get("CommonPrefixes", ())]
+            if not r.get("IsTruncated"):
+                return keys, dirs
+            kw["ContinuationToken"] = r["NextContinuationToken"]
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (a folder, or the one key it names), sorted; internal objects never listed."""
+        if not prefix:
+            keys, _ = self._list_raw(self._k(""))
+            return sorted(k for k in keys if k.split("/", 1)[0] not in _INTERNAL)
+        check_key(prefix)
+        keys, _ = self._list_raw(self._k(prefix))
+        return sorted(k for k in keys if k == prefix or k.startswith(prefix + "/"))
+
+    def folders(self, prefix: str = "") -> builtins.list[str]:
+        """Names of the "folders" directly under ``prefix`` (one delimited listing); internal areas excluded."""
+        _, dirs = self._list_raw(self._k(f"{check_key(prefix)}/" if prefix else ""), "/")
+        names = [d.rstrip("/").rsplit("/", 1)[-1] for d in dirs]
+        return sorted(n for n in names if n not in _INTERNAL)
+
+    def trees(self, prefix: str) -> builtins.list[str]:
+        """Names of the published trees directly under ``prefix``: those with a commit marker (one listing)."""
+        keys, _ = self._list_raw(self._k(f"{COMMIT}/{check_key(prefix)}/"), "/")
+        return sorted(k.rsplit("/", 1)[-1] for k in keys)
+
+    def has_tree(self, prefix: str) -> bool:
+        return self.token(f"{COMMIT}/{check_key(prefix)}") is not None
+
+    def download_tree(self, prefix: str, dest: Path) -> builtins.list[str]:
+        """Copy every object of the published tree ``prefix`` into the local folder ``dest``; Missing if the tree
+        is not (or no longer) published. Returns the relative keys."""
+        if not self.has_tree(prefix):
+            raise Missing(prefix)
+        rels = [k[len(prefix) + 1:] for k in self.list(prefix) if k != prefix]
+        for rel in rels:
+            target = dest / check_key(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read(f"{prefix}/{rel}"))
+        return rels
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def put_new(self, key: str, data: bytes, *, sync_folder: bool = True) -> bool:
+        """Create ``key`` unless it exists (then False): PutObject If-None-Match: * (S3 stores it whole or not)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._call("put_object", key, Key=self._k(check_key(key)), Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def swap(self, key: str, data: bytes, expect: str | None, *, require: Sequence[str] = ()) -> str:
+        """Replace ``key`` only if its ETag is still ``expect`` (None: only if absent); Conflict otherwise.
+        ``require``: trees that must still be published, checked under ``key``'s lease (see ``retire``)."""
+        from botocore.exceptions import ClientError
+
+        check_key(key)
+        with self.lease([key]) if require else contextlib.nullcontext():
+            for prefix in require:
+                if not self.has_tree(prefix):
+                    raise Missing(prefix)
+            cond = {"IfMatch": expect} if expect is not None else {"IfNoneMatch": "*"}
+            try:
+                r = self._call("put_object", key, Key=self._k(key), Body=data, **cond)
+            except ClientError as exc:
+                if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404", "ConditionalRequestConflict"):
+                    raise Conflict(key, expect, self.token(key)) from None
+                raise
+        return str(r["ETag"])
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", key, Key=self._k(check_key(key)))
+
+    def publish_tree(self, folder: Path, prefix: str) -> bool:
+        """Upload ``folder`` under ``prefix`` and make it visible by its commit marker, created last; False if
+        another writer claimed ``prefix`` first (its claim decides, before any file is uploaded)."""
+        check_key(prefix)
+        if self.has_tree(prefix) or not self.put_new(f"{CLAIM}/{prefix}", uuid.uuid4().hex.encode()):
+            return False
+        files = sorted(f for f in folder.rglob("*") if f.is_file())
+        for f in files:
+            rel = f.relative_to(folder).as_posix()
+            self._call("put_object", rel, Key=self._k(f"{prefix}/{check_key(rel)}"), Body=f.read_bytes())
+        body = "\n".join(f.relative_to(folder).as_posix() for f in files).encode()
+        if not self.put_new(f"{COMMIT}/{prefix}", body):  # only the claimant gets here
+            raise XylenError(f"{self.url}/{prefix}: a commit marker appeared under our claim.",
+                             hint="another writer ignores claims; check what else writes to this bucket.")
+        return True
+
+    def retire(self, prefix: str, *, guards: Sequence[str], allowed: Callable[[], bool]) -> Path | None:
+        """Take the tree out of sight (delete its commit marker) under the leases of ``guards``, if ``allowed()``
+        still says so. Returns a handle for ``purge`` (the prefix as a relative path), None if nothing was done."""
+        check_key(prefix)
+        with self.lease(guards):
+            if not self.has_tree(prefix) or not allowed():
+                return None
+            self.delete(f"{COMMIT}/{prefix}")
+        return Path(prefix)
+
+    def purge(self, retired: Path) -> None:
+        """Delete the objects of a retired tree, then its claim (the version number is free again only then)."""
+        prefix = check_key(retired.as_posix())
+        for key in self.list(prefix):
+            self.delete(key)
+        self.delete(f"{CLAIM}/{prefix}")
+
+    @contextlib.contextmanager
+    def lease(self, keys: Sequence[str]) -> Iterator[None]:
+        """Hold ``.lease/<key>`` for each key (sorted: one order for every holder), created If-None-Match.
+        A lease older than LEASE_TTL_S by the server's clock is a dead holder's: it is broken (a conditional
+        delete on its ETag, so two breakers cannot both win)."""
+        held: list[str] = []
+        try:
+            for key in sorted(set(keys)):
+                lk = f"{LEASE}/{check_key(key)}"
+                deadline = time.monotonic() + LEASE_WAIT_S
+                delay = 0.02
+                while not self.put_new(lk, f"{os.getpid()}-{uuid.uuid4().hex}".encode()):
+                    self._break_if_stale(lk)
+                    if time.monotonic() > deadline:
+                        raise XylenError(f"{self.url}/{key} stayed locked for {LEASE_WAIT_S:.0f} s.",
+                                         hint="another writer holds it; retry later.")
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                held.append(lk)
+            yield
+        finally:
+            for lk in reversed(held):
+                with contextlib.suppress(XylenError):
+                    self.delete(lk)
+
+    def _break_if_stale(self, lk: str) -> None:
+        from email.utils import parsedate_to_datetime
+
+        from botocore.exceptions import ClientError
+
+        try:
+            r = self._call("head_object", lk, Key=self._k(lk))
+        except ClientError:
+            return
+        server_now = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        if not server_now:
+            return
+        age = (parsedate_to_datetime(server_now) - r["LastModified"]).total_seconds()
+        if age > LEASE_TTL_S:
+            with contextlib.suppress(ClientError):
+                self._call("delete_object", lk, Key=self._k(lk), IfMatch=r["ETag"])
+
+    # -- local scratch (staging a tree before publish_tree) ----------------------------------------------------
+    def temp_dir(self) -> Path:
+        return self.scratch.temp_dir()
+
+    def clean_temp(self) -> int:
+        return self.scratch.clean_temp()
+
+    def discard_local(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _code(exc: Any) -> str:
+    err = getattr(exc, "response", {}).get("Error", {})
+    return str(err.get("Code") or getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
