@@ -47,7 +47,7 @@ def xylen(home: Path, *args: str, env: dict[str, str] | None = None, timeout: fl
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     ) as lc:
         yield lc.scheduler_address
 
@@ -256,7 +256,7 @@ def test_a_worker_killed_mid_task(tmp_path, allowed_failures):
     markets = [xc.Market("BTCUSDT", "1h", "binance"), xc.Market("ETHUSDT", "1h", "binance")]
     killed: list[str] = []
     with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}), distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     ) as lc, distributed.Client(lc.scheduler_address, set_as_default=False) as spy:
 
         def kill_the_btc_worker() -> None:
