@@ -205,3 +205,71 @@ def test_the_ring_keeps_the_last_360_samples_and_survives_a_counter_reset() -> N
     clock.t += 10
     s = h.sample()
     assert s is not None and s.routes["/predict"][0] == 0.0
+
+
+# -- XYLEN_UI_SESSION_SECRET_FILE (serve/auth.py read_session_secret) ---------------------------------------------
+SECRET_HEX = "0f1e2d3c4b5a69788796a5b4c3d2e1f0" * 2  # 64 hex characters: `openssl rand -hex 32`
+
+
+def secret_file(folder: Any, text: str | bytes, mode: int = 0o600) -> Any:
+    path = folder / "ui-session.secret"
+    if isinstance(text, str):
+        path.write_text(text)
+    else:
+        path.write_bytes(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o640, 0o440])
+def test_the_session_secret_file_is_one_hex_line_of_at_least_64_characters_comments_allowed(
+    tmp_path: Any, mode: int
+) -> None:
+    from xylen.serve.auth import read_session_secret
+
+    path = secret_file(tmp_path, f"# openssl rand -hex 32\n\n  {SECRET_HEX.upper()}  \n", mode)
+    assert read_session_secret(path) == bytes.fromhex(SECRET_HEX)  # group read: Kubernetes' 0440 with fsGroup
+    path.chmod(0o600)
+    path.write_text("ab" * 48 + "\n")
+    assert read_session_secret(path) == b"\xab" * 48
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "expect"),
+    [
+        (None, 0o600, "Cannot read the dashboard session secret file"),  # missing
+        ("dir", 0o700, "(IsADirectoryError"),
+        (SECRET_HEX, 0o644, "is readable by other users (mode 0644)"),
+        (SECRET_HEX, 0o604, "is readable by other users (mode 0604)"),
+        (SECRET_HEX, 0o660, "is writable by other users (mode 0660)"),
+        (SECRET_HEX, 0o602, "is writable by other users (mode 0602)"),
+        ("", 0o600, "is empty"),
+        ("# just a comment\n\n", 0o600, "is empty"),
+        (SECRET_HEX[:62], 0o600, "holds 62 hex characters; at least 64 (32 random bytes) are needed"),
+        (f"{SECRET_HEX}\n{SECRET_HEX[::-1]}\n", 0o600, "holds 2 lines besides comments"),
+        ("z" + SECRET_HEX[1:], 0o600, "is not one line of hex characters"),
+        (SECRET_HEX + "a", 0o600, "is not one line of hex characters"),  # an odd count is no whole bytes
+        (SECRET_HEX[:40] + " " + SECRET_HEX[40:], 0o600, "is not one line of hex characters"),
+        ("\u00e9" * 40 + SECRET_HEX, 0o600, "is not one line of hex characters"),
+        ("ab" * 3000, 0o600, "is over 4096 bytes"),
+    ],
+)
+def test_a_bad_session_secret_file_is_refused_quoting_the_path_and_the_fix_never_the_content(
+    tmp_path: Any, content: str | None, mode: int, expect: str
+) -> None:
+    from xylen.core.errors import ConfigError
+    from xylen.serve.auth import read_session_secret
+
+    if content is None:
+        path = tmp_path / "missing.secret"
+    elif content == "dir":
+        path = tmp_path / "a-folder"
+        path.mkdir(mode=mode)
+    else:
+        path = secret_file(tmp_path, content, mode)
+    with pytest.raises(ConfigError) as raised:
+        read_session_secret(path)
+    assert expect in raised.value.message and repr(str(path)) in raised.value.message, raised.value.message
+    assert raised.value.hint and ("openssl rand -hex 32" in raised.value.hint or "chmod 600" in raised.value.hint)
+    for secret in (SECRET_HEX, SECRET_HEX[:62], SECRET_HEX[:40]):  # not even part of the file is in the message
+        assert secret.lower() not in str(raised.value).lower()

@@ -232,6 +232,50 @@ def test_a_session_made_by_one_worker_is_accepted_by_another(home: Path) -> None
         assert w2.get("/ui/api/session").json()["auth"] == "cookie"
 
 
+def secret_env(folder: Path, secret_hex: str) -> dict[str, str]:
+    """The settings of a keyed server whose dashboard sessions are signed with ``secret_hex`` (a mode-600 file)."""
+    path = folder / f"ui-session-{secret_hex[:4]}.secret"
+    path.write_text(secret_hex + "\n")
+    path.chmod(0o600)
+    return {"XYLEN_API_KEYS": KEY, "XYLEN_UI_SESSION_SECRET_FILE": str(path)}
+
+
+def test_servers_with_one_session_secret_file_accept_each_others_sessions_and_csrf_tokens(
+    home: Path, tmp_path: Path
+) -> None:
+    """Two replicas (two apps, each with its own KeyRing read from the settings; nothing shared but the file): a
+    login made on one holds on the other, for the feeds and for a state-changing POST with the first's CSRF token.
+    The same goes for a server restarted with the file: the second app is that server too."""
+    env = secret_env(tmp_path, "5a" * 32)
+    url = f"/ui/api/models/{NAME}/rollback"
+    with serving(home, keys=None, env=env) as one, serving(home, keys=None, env=env) as two:
+        csrf = login(one)
+        two.cookies.set("xylen_ui", one.cookies.get("xylen_ui"))
+        for c in (one, two):
+            got = c.get("/ui/api/session").json()
+            assert (got["auth"], got["csrf"]) == ("cookie", csrf)
+        assert two.get("/ui/api/models").status_code == 200
+        assert two.post(url, json={}, headers={"X-CSRF-Token": "wrong"}).status_code == 403
+        r = two.post(url, json={}, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200, r.text
+        assert r.json()["live_version"] == "v0001"
+    assert live(home) == "v0001"
+
+
+def test_a_session_is_no_session_on_a_server_with_another_secret_file_or_none(home: Path, tmp_path: Path) -> None:
+    url = f"/ui/api/models/{NAME}/rollback"
+    with serving(home, keys=None, env=secret_env(tmp_path, "5a" * 32)) as one:
+        csrf = login(one)
+        token = one.cookies.get("xylen_ui")
+    for env in (secret_env(tmp_path, "a5" * 32), {"XYLEN_API_KEYS": KEY}):
+        with serving(home, keys=None, env=env) as other:
+            other.cookies.set("xylen_ui", token)
+            assert other.get("/ui/api/session").status_code == 401
+            assert other.get("/ui/api/models").status_code == 401
+            assert other.post(url, json={}, headers={"X-CSRF-Token": csrf}).status_code == 401
+    assert live(home) == "v0002"
+
+
 def test_the_api_key_header_works_for_the_feeds_and_without_keys_the_host_rule_applies(home: Path) -> None:
     with serving(home) as c:
         s = c.get("/ui/api/session", headers={"X-API-Key": KEY}).json()

@@ -372,6 +372,12 @@ class Settings(BaseSettings):
         validation_alias=_alias("ui_session_max_age"),
         description="How long a dashboard login lasts (seconds, or 12h, 7d; at least 1 s, at most 30d).",
     )
+    ui_session_secret_file: Path | None = Field(
+        None,
+        validation_alias=_alias("ui_session_secret_file"),
+        description="File holding the dashboard's session secret (64+ hex characters, mode 600/640): replicas "
+        "with the same file accept each other's logins, and a restart keeps them. Unset: a random secret per start.",
+    )
     ui_sample_s: float = Field(
         10.0,
         ge=0.5,

@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from xylen.core.errors import ConfigError
 from xylen.core.settings import Settings, host_entry
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
 # ASGI scope key the gate sets to False when a probe came without a valid key (or from a Host a keyless server
 # does not answer): the probe's answer then names no model, version or reason
 DETAIL = "xylen.detail"
@@ -37,7 +39,8 @@ def _digest(key: bytes) -> bytes:
 class KeyRing:
     def __init__(self, digests: list[bytes], session_secret: bytes | None = None) -> None:
         self._digests = tuple(digests)
-        # signs dashboard sessions (serve/ui_auth.py) with the digests; random per server start, handed to workers
+        # signs dashboard sessions (serve/ui_auth.py) with the digests: XYLEN_UI_SESSION_SECRET_FILE's, else random
+        # per server start; handed to every worker of --workers N
         self.session_secret = session_secret if session_secret is not None else os.urandom(32)
 
     @property
@@ -66,7 +69,8 @@ class KeyRing:
         digests = [_digest(k.encode()) for k in settings.api_key_list()]
         if settings.api_keys_file is not None:
             digests += read_key_file(settings.api_keys_file)
-        return KeyRing(digests)
+        secret_file = settings.ui_session_secret_file
+        return KeyRing(digests, None if secret_file is None else read_session_secret(secret_file))
 
 
 def read_key_file(path: Path) -> list[bytes]:
@@ -89,6 +93,54 @@ def read_key_file(path: Path) -> list[bytes]:
             )
         out.append(bytes.fromhex(line))
     return out
+
+
+SECRET_MIN_HEX = 64  # 32 bytes: the size of the random secret drawn without the file, and of HMAC-SHA256's output
+_SECRET_MAX_BYTES = 4096
+_SECRET_FIX = "openssl rand -hex 32 > FILE && chmod 600 FILE"
+
+
+def read_session_secret(path: Path) -> bytes:
+    """The dashboard's session secret from XYLEN_UI_SESSION_SECRET_FILE: one line of at least 64 hex characters
+    (``#`` comment lines and blank lines ignored). Raises ConfigError, whose message quotes the path and never
+    the file's content, for a file that is missing or unreadable, readable or writable by other users (mode o+rwx)
+    or writable by its group (group read is allowed: Kubernetes mounts a Secret 0440 with the pod's fsGroup),
+    not hex, too short, or of more than one secret line."""
+    where = repr(str(path))
+    unset = "or unset XYLEN_UI_SESSION_SECRET_FILE (a random secret per start: logins hold on one replica only)"
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read(_SECRET_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot read the dashboard session secret file {where} ({exc.__class__.__name__}: {exc.strerror}).",
+            hint=f"create it: `{_SECRET_FIX}`, {unset}.",
+        ) from None
+    if os.name == "posix" and mode & 0o027:
+        raise ConfigError(
+            f"The dashboard session secret file {where} is {'writable' if mode & 0o022 else 'readable'} by other "
+            f"users (mode {stat.S_IMODE(mode):04o}): anyone who reads it can make a dashboard session.",
+            hint=f"`chmod 600 {path}` (0640 or 0440 if a group must read it).",
+        )
+    if len(data) > _SECRET_MAX_BYTES:
+        raise ConfigError(
+            f"The dashboard session secret file {where} is over {_SECRET_MAX_BYTES} bytes: not a secret file.",
+            hint=f"`{_SECRET_FIX}`",
+        )
+    text = data.decode("ascii", "replace")  # U+FFFD is not hex: a non-ASCII byte is refused below
+    lines = [ln for ln in (raw.strip() for raw in text.splitlines()) if ln and not ln.startswith("#")]
+    if not lines:
+        what = "is empty"
+    elif len(lines) > 1:
+        what = f"holds {len(lines)} lines besides comments; it must hold the secret alone"
+    elif len(lines[0]) % 2 or not _HEX.match(lines[0]):
+        what = "is not one line of hex characters"
+    elif len(lines[0]) < SECRET_MIN_HEX:
+        what = f"holds {len(lines[0])} hex characters; at least {SECRET_MIN_HEX} (32 random bytes) are needed"
+    else:
+        return bytes.fromhex(lines[0])
+    raise ConfigError(f"The dashboard session secret file {where} {what}.", hint=f"`{_SECRET_FIX}`")
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -1,11 +1,13 @@
 """Dashboard sessions (issue #14): a login cookie that is not the key, valid in every worker, and its CSRF token.
 
 A session token is ``v1.<expiry>.<nonce>.<mac>``: the expiry (epoch seconds), 16 random bytes, and an HMAC-SHA256
-over both keyed by a key derived from the server's session secret (32 random bytes drawn at start, never written to
-disk; ``KeyRing.session_secret``) and the sha256 digest of the API key that logged in. Nothing is stored: the
+over both keyed by a key derived from the server's session secret (``KeyRing.session_secret``) and the sha256
+digest of the API key that logged in. The secret is the one in XYLEN_UI_SESSION_SECRET_FILE (serve/auth.py
+read_session_secret), else 32 random bytes drawn at start and never written to disk. Nothing is stored: the
 supervisor of ``xylen serve --workers N`` hands every worker the same secret and digests (the way the digests
-already travel), so any worker accepts the token; a key removed from XYLEN_API_KEYS(_FILE) takes its sessions with
-it (no digest verifies them any more), and a restart ends every session (a new secret: log in again). The token
+already travel), so any worker accepts the token, and so does any replica (or a restarted server) with the same
+secret file and key; a key removed from XYLEN_API_KEYS(_FILE) takes its sessions with it (no digest verifies them
+any more). Without the file a restart ends every session (a new secret: log in again). The token
 names no key and reveals nothing about one; a forged, tampered or expired token is simply not a session, and
 knowing the digests (XYLEN_API_KEYS_FILE) is not enough to make one.
 
