@@ -38,6 +38,7 @@ PACKAGED = ROOT / "packaging" / "nginx" / "xylen.conf"
 KEY = "nginx-test-key-not-secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MODEL = "btcusdt-5m"
+UI_SECRET = "9e" * 32  # XYLEN_UI_SESSION_SECRET_FILE's content (64 hex characters)
 POLL_S = 0.25  # the replicas' poll of CURRENT.json (README, "Hot swap"; serve/app.py watch_interval)
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
@@ -139,7 +140,11 @@ def front(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     base = tmp_path_factory.mktemp("nginx-replicas")
     home = base / "home"  # one XYLEN_HOME, so one registry, for both replicas
     shutil.copytree(trained_home, home)
-    env = {**os.environ, "XYLEN_HOME": str(home), "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1"}
+    secret = base / "ui-session.secret"  # one dashboard session secret for both, as the README says
+    secret.write_text(f"{UI_SECRET}\n")
+    secret.chmod(0o600)
+    env = {**os.environ, "XYLEN_HOME": str(home), "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1",
+           "XYLEN_UI_SESSION_SECRET_FILE": str(secret)}  # fmt: skip
     replicas: list[Replica] = []
     nginx: subprocess.Popen[bytes] | None = None
     prefix = base / "nginx"
@@ -368,6 +373,25 @@ def test_a_dashboard_login_holds_through_nginx(front: Front) -> None:
         assert len(pids) == 1 and pids <= {r.proc.pid for r in front.replicas}, pids
         # another site's page is still refused
         assert c.post("/ui/logout", headers={"Origin": "https://evil.example"}).status_code == 403
+
+
+def test_with_one_session_secret_file_a_dashboard_login_holds_on_every_replica(front: Front) -> None:
+    """With XYLEN_UI_SESSION_SECRET_FILE the same on both replicas, the cookie and CSRF token of a login made through
+    nginx are accepted by each replica directly (a GET and a state-changing POST): /ui needs no stickiness, and a
+    client moved to another replica (its own died) stays logged in. Neither replica logs the secret."""
+    site = "xylen.example.com:8443"
+    with httpx.Client(base_url=front.url, headers={"Host": site}, timeout=60) as c:
+        assert c.post("/ui/login", data={"key": KEY}, headers={"Origin": f"https://{site}"}).status_code == 303
+        cookies = {"xylen_ui": c.cookies["xylen_ui"]}
+        csrf = c.get("/ui/api/session").json()["csrf"]
+    for r in front.replicas:
+        got = httpx.get(f"{r.url}/ui/api/server", cookies=cookies, timeout=60)
+        assert got.status_code == 200 and got.json()["pid"] == r.proc.pid, got.text
+        live = r.live_version()
+        url = f"{r.url}/ui/api/models/{MODEL}/promote"
+        answer = httpx.post(url, json={"version": live}, cookies=cookies, headers={"X-CSRF-Token": csrf}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["live_version"] == live, answer.text  # the live one again
+        assert UI_SECRET not in r.log.read_text(errors="replace")
 
 
 def test_the_body_limit_is_the_servers(front: Front, body: dict[str, Any], sample_candles: Any) -> None:
