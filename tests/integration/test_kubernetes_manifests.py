@@ -72,7 +72,8 @@ def test_the_expected_resources_are_there() -> None:
     kinds = sorted((r["kind"], r["metadata"]["name"]) for r in resources())
     assert kinds == [("ConfigMap", "xylen-models-env"), ("CronJob", "xylen-retrain"), ("Deployment", "xylen-collect"),
                      ("Deployment", "xylen-serve"), ("PersistentVolumeClaim", "xylen-home"),
-                     ("Secret", "xylen-api-keys"), ("Service", "xylen"), ("Service", "xylen-ui")]  # fmt: skip
+                     ("Secret", "xylen-api-keys"), ("Secret", "xylen-ui-session"), ("Service", "xylen"),
+                     ("Service", "xylen-ui")]  # fmt: skip
 
 
 def test_every_manifest_validates_offline_against_the_pinned_schemas(no_network: None) -> None:
@@ -113,7 +114,7 @@ def test_serve_two_replicas_probes_and_service() -> None:
     assert pod_spec(serve)["terminationGracePeriodSeconds"] > drain + 30
     assert (drain, pod_spec(serve)["terminationGracePeriodSeconds"]) == (10, 45)  # as the README says
     assert svc["spec"]["ports"][0]["port"] == 8000
-    # the dashboard's Service: the same pods, each client held to one (a /ui login is valid on one replica only)
+    # the dashboard's Service: the same pods, each client held to one (optional with the shared session secret)
     ui = one("Service", "xylen-ui")
     assert ui["spec"]["selector"] == svc["spec"]["selector"] and ui["spec"]["ports"] == svc["spec"]["ports"]
     assert ui["spec"]["sessionAffinity"] == "ClientIP" and "sessionAffinity" not in svc["spec"]
@@ -217,8 +218,7 @@ def test_the_secret_placeholder_is_referenced_and_cannot_be_deployed(tmp_path: P
     assert "REPLACE" in placeholder
     serve = one("Deployment", "xylen-serve")
     spec = pod_spec(serve)
-    [vol] = [v for v in spec["volumes"] if "secret" in v]
-    assert vol["secret"]["secretName"] == "xylen-api-keys"
+    [vol] = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "xylen-api-keys"]
     [c] = spec["containers"]
     [mount] = [m for m in c["volumeMounts"] if m["name"] == vol["name"]]
     env = {e["name"]: e["value"] for e in c["env"]}
@@ -232,6 +232,32 @@ def test_the_secret_placeholder_is_referenced_and_cannot_be_deployed(tmp_path: P
                           env=environ, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert "line 1 is not a sha256 hex digest" in done.stderr and "sha256sum" in done.stderr
+
+
+def test_the_serve_pods_share_the_ui_session_secret_whose_placeholder_cannot_be_deployed(tmp_path: Path) -> None:
+    """Every serve pod mounts Secret xylen-ui-session where XYLEN_UI_SESSION_SECRET_FILE points, with a mode serve
+    accepts (group read: fsGroup); as shipped, its placeholder makes serve exit 2."""
+    [(key, placeholder)] = one("Secret", "xylen-ui-session")["stringData"].items()
+    assert "REPLACE" in placeholder
+    spec = pod_spec(one("Deployment", "xylen-serve"))
+    [vol] = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "xylen-ui-session"]
+    assert vol["secret"]["defaultMode"] & 0o027 == 0 and spec["securityContext"]["fsGroup"] == 10001
+    [c] = spec["containers"]
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == vol["name"]]
+    assert mount["readOnly"] is True
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["XYLEN_UI_SESSION_SECRET_FILE"] == f"{mount['mountPath']}/{key}"
+    secret = tmp_path / key
+    secret.write_text(placeholder)
+    secret.chmod(vol["secret"]["defaultMode"])
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("XYLEN_")}
+    environ |= {"XYLEN_HOME": str(tmp_path / "home"), "XYLEN_API_KEYS": "a-key", "XYLEN_UI_SESSION_SECRET_FILE":
+                str(secret)}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "xylen", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+                          env=environ, capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "is not one line of hex characters" in out and "openssl rand -hex 32" in out, out
 
 
 def readme_section() -> str:
@@ -258,6 +284,17 @@ def test_the_readme_commands_match_the_manifests(tmp_path: Path) -> None:
     (tmp_path / key).write_text(out)
     ring = KeyRing(read_key_file(tmp_path / key))
     assert ring.check(b"a-key") and not ring.check(b"another-key")
+    # the dashboard's session Secret created by hand: its key is the mounted one, its value a secret serve accepts
+    from xylen.serve.auth import read_session_secret
+
+    [ui_key] = one("Secret", "xylen-ui-session")["stringData"]
+    secret_cmd = re.search(rf'--from-literal={re.escape(ui_key)}="\$\((.*?)\)"', block)
+    assert secret_cmd, block
+    made = [subprocess.run(["bash", "-c", secret_cmd.group(1)], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]  # fmt: skip
+    (tmp_path / ui_key).write_text(made[0])
+    (tmp_path / ui_key).chmod(0o400)
+    assert len(read_session_secret(tmp_path / ui_key)) == 32 and made[0] != made[1]  # random each time
     # every file in the table exists, and every manifest is in the table
     assert sorted(re.findall(r"^\| `(\w+\.yaml)` \|", kube, flags=re.M)) == sorted(
         f.name for f in MANIFESTS.glob("*.yaml"))  # fmt: skip

@@ -426,8 +426,22 @@ def test_the_websocket_goes_through(front: Front, body: dict[str, Any]) -> None:
     assert got[1]["model_version"] == front.replicas[0].live_version()
 
 
-def test_a_killed_replica_costs_no_failed_request(front: Front, body: dict[str, Any]) -> None:
-    killed, alive = front.replicas[1], front.replicas[0]
+def test_a_killed_replica_costs_no_failed_request_nor_a_dashboard_login(front: Front, body: dict[str, Any]) -> None:
+    """The replica killed is the one the dashboard client is held to: with the shared session secret file, the
+    client stays logged in on the other one."""
+    site = "xylen.example.com:8443"
+    dashboard = httpx.Client(base_url=front.url, headers={"Host": site}, timeout=60)
+    with dashboard:
+        assert dashboard.post("/ui/login", data={"key": KEY}, headers={"Origin": f"https://{site}"}).status_code == 303
+        pid = dashboard.get("/ui/api/server").json()["pid"]
+        [killed] = [r for r in front.replicas if r.proc.pid == pid]
+        [alive] = [r for r in front.replicas if r is not killed]
+        _kill_under_load(front, body, killed, alive)
+        got = dashboard.get("/ui/api/server")
+        assert got.status_code == 200 and got.json()["pid"] == alive.proc.pid, got.text
+
+
+def _kill_under_load(front: Front, body: dict[str, Any], killed: Replica, alive: Replica) -> None:
     with Load(front.url, body) as load:
         load.more(20)
         mark = len(front.log_lines())

@@ -1,5 +1,5 @@
 """The dashboard on a real `xylen serve`: the login form over HTTP, the Data view loading polars only when opened,
-and --no-ui."""
+--no-ui, and sessions shared by servers with one XYLEN_UI_SESSION_SECRET_FILE."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_two_servers_with_one_secret_file_share_dashboard_sessions_and_never_log
         assert SECRET_HEX not in out.lower() and bytes.fromhex(SECRET_HEX).hex() not in out, out[-2000:]
 
 
-def test_without_the_file_or_with_another_a_session_does_not_cross_servers(
+def test_a_restart_with_the_file_keeps_a_session_and_one_without_it_ends_it(
     trained_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
@@ -116,6 +116,8 @@ def test_without_the_file_or_with_another_a_session_does_not_cross_servers(
     with serving(home) as one:
         cookies = {"xylen_ui": httpx.post(f"{one.url}/ui/login", data={"key": KEY}).cookies["xylen_ui"]}
         assert httpx.get(f"{one.url}/ui/api/server", cookies=cookies).status_code == 200
+    with serving(home) as restarted:
+        assert httpx.get(f"{restarted.url}/ui/api/server", cookies=cookies).status_code == 200
     monkeypatch.delenv("XYLEN_UI_SESSION_SECRET_FILE")
     with serving(home) as restarted:
         assert httpx.get(f"{restarted.url}/ui/api/server", cookies=cookies).status_code == 401
