@@ -152,13 +152,14 @@ def test_output_writes_the_units_there_and_creates_models_env_0600(env: Env, tmp
 
 def test_models_env_is_tightened_to_0600_and_kept(env: Env, tmp_path: Path) -> None:
     menv = env.home / "models.env"
-    menv.write_text("XYLEN_API_KEYS=secret\nXYLEN_PROFILE=8gb\n")
+    key = "k3y-of-models-env"  # not a word a path may hold (a checkout in /work/uisecret held "secret")
+    menv.write_text(f"XYLEN_API_KEYS={key}\nXYLEN_PROFILE=8gb\n")
     menv.chmod(0o644)
     r = env.cli("install-service", "serve", "--platform", "launchd", "--user", "--output", str(tmp_path / "o"))
     assert r.exit_code == 0, r.output
     assert stat.S_IMODE(menv.stat().st_mode) == 0o600 and f"set {menv} to mode 0600" in r.output
-    assert menv.read_text() == "XYLEN_API_KEYS=secret\nXYLEN_PROFILE=8gb\n"
-    assert "secret" not in (tmp_path / "o" / "io.xylen.serve.plist").read_text(), "keys never go into a plist"
+    assert menv.read_text() == f"XYLEN_API_KEYS={key}\nXYLEN_PROFILE=8gb\n"
+    assert key not in (tmp_path / "o" / "io.xylen.serve.plist").read_text(), "keys never go into a plist"
     assert (env.home / "logs").is_dir(), "launchd writes the services' output into XYLEN_HOME/logs"
 
 
