@@ -187,8 +187,33 @@ class Registry:
         """The local folder of a version (S3: downloaded into the cache first; absent if there is no such version)."""
         folder = self.root / check_name(name) / check_version(name, version)
         if self.remote:
-            self._fetch(name, version, folder)
+            self._fetch_with_members(name, version, set())
         return folder
+
+    def _fetch_with_members(self, name: str, version: str, seen: set[tuple[str, str]]) -> None:
+        """``_fetch`` the version, and when it is an ensemble every member version its manifest names (and theirs):
+        an ensemble is verified and loaded from the local mirror (core/ensemble.py looks its members up beside it),
+        so they must be there, each downloaded and checked like any version."""
+        if (name, version) in seen:
+            return
+        seen.add((name, version))
+        folder = self.root / name / version
+        self._fetch(name, version, folder)
+        try:
+            manifest = read_manifest(folder)
+        except BundleError:
+            return  # absent or unreadable: the caller reports it as for a local registry
+        if manifest.backend != "ensemble":
+            return
+        from xylen.core.ensemble import resolved_members
+
+        try:
+            members = [(check_name(str(m["name"])), check_version(str(m["name"]), str(m["version"])))
+                       for m in resolved_members(manifest)]
+        except (BundleError, ConfigError):
+            return  # a damaged manifest: loading the ensemble refuses it with the reason
+        for member, member_version in members:
+            self._fetch_with_members(member, member_version, seen)
 
     def _fetch(self, name: str, version: str, folder: Path) -> None:
         """Make ``folder`` a verified local copy of the S3 version, keyed by the sha256 of its manifest.json: an
