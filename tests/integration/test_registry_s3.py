@@ -176,3 +176,49 @@ def test_a_replica_poll_costs_one_listing_and_one_head_per_model(trained: Path, 
     assert calls[:3] == ["list_objects_v2", "head_object", "get_object"] and "put_object" not in calls
     assert holder.live[trained.name].version == "v0002"
     assert list((tmp_path / "replica").glob(f"registry-*/bundles/{trained.name}/v0002/model.txt"))
+
+
+def test_prune_removes_an_abandoned_upload_and_the_next_publish_takes_its_number(
+    trained: Path, s3_url: str, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publisher killed after its claim and half its files: `xylen models prune` leaves it while it is fresh, removes
+    it (objects, then claim) once past the grace period, and keeps every committed version."""
+    from typer.testing import CliRunner
+
+    from xylen.cli import app
+    from xylen.core import storage_s3
+
+    name = trained.name
+    reg = Registry(s3_url, cache=tmp_path / "cache", verify=lambda f: None)
+    _upload(reg, trained)
+    reg.promote(name, "v0002")
+    st = reg.storage
+    assert st.put_new(f".claim/{name}/v0003", storage_s3._claim_body("killed", "uploading"))
+    st.client.put_object(Bucket=st.bucket, Key=f"{st.prefix}/{name}/v0003/model.txt", Body=b"half a model")
+    env = {"XYLEN_MODELS_URL": s3_url, "COLUMNS": "400"}
+
+    def prune(*args: str) -> dict:
+        r = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "models", "prune", name, "--json", *args],
+                               env=env)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["results"][0]
+
+    assert storage_s3.CLAIM_GRACE_S == 24 * 3600  # what README and `xylen models prune --help` say
+    assert prune()["abandoned"] == []  # fresh: its publisher may still be uploading
+    assert st.list(f"{name}/v0003") == [f"{name}/v0003/model.txt"]
+    monkeypatch.setattr(storage_s3, "CLAIM_GRACE_S", -1.0)  # every age is past it
+    assert prune("--dry-run")["abandoned"] == ["v0003"] and st.list(f"{name}/v0003")
+    r = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "models", "prune", name, "--dry-run"], env=env)
+    assert r.exit_code == 0 and "would remove abandoned uploads v0003 (claimed, never committed)" in r.output
+    row = prune()
+    assert row["abandoned"] == ["v0003"] and row["removed"] == [] and row["kept"] == ["v0001", "v0002"]
+    assert st.list(f"{name}/v0003") == [] and st.token(f".claim/{name}/v0003") is None
+    assert reg.versions(name) == ["v0001", "v0002"] and reg.current(name).version == "v0002"
+    r = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "models", "prune", name], env=env)
+    assert r.exit_code == 0 and "abandoned" not in r.output  # nothing left to clean
+    assert _upload(reg, trained)[0] == "v0003"  # the number is free again
+    reg.promote(name, "v0003")
+    assert reg.current(name).version == "v0003"
+    # the prune `xylen train` and `xylen retrain` run after they publish cleans them too
+    assert st.put_new(f".claim/{name}/v0005", storage_s3._claim_body("killed", "uploading"))
+    assert reg.prune(name, keep=10) == [] and st.token(f".claim/{name}/v0005") is None

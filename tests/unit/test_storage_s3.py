@@ -205,3 +205,102 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path: Path, monkeypatch) -> N
         st.read_versioned("m/CURRENT.json")
     assert url in err.value.message and "XYLEN_S3_ENDPOINT_URL" in (err.value.hint or "")
     assert "s\n" not in err.value.message and "'s'" not in err.value.message
+
+
+# -- abandoned claims (a publisher killed between its claim and its commit marker) ----------------------------------
+def _killed_publisher(st: S3Storage, tree: str) -> None:
+    """What a publisher killed mid-upload leaves: its claim and part of its files, no commit marker."""
+    from xylen.core.storage_s3 import _claim_body
+
+    assert st.put_new(f".claim/{tree}", _claim_body("dead", "uploading"))
+    st.client.put_object(Bucket=st.bucket, Key=f"{st.prefix}/{tree}/manifest.json", Body=b'{"half": 1}')
+
+
+def test_an_abandoned_upload_is_cleaned_after_its_grace_and_the_number_is_free_again(tmp_path: Path,
+                                                                                    s3_env: str) -> None:
+    import json
+
+    st = _s3(tmp_path, s3_env)
+    assert st.publish_tree(_tree(st, {"manifest.json": b'{"v": 1}', "model.txt": b"one"}), "m/v0001")
+    claim = json.loads(st.read(".claim/m/v0001"))
+    assert claim["owner"] and claim["host"] and claim["pid"] and claim["at"] and claim["state"] == "committing"
+    _killed_publisher(st, "m/v0002")
+    assert not st.publish_tree(_tree(st, {"a": b"x"}), "m/v0002")  # the number stays taken while it is claimed
+    assert st.clean_abandoned("m") == []  # fresh (within CLAIM_GRACE_S): a publisher may still be uploading
+    assert st.list("m/v0002") == ["m/v0002/manifest.json"] and st.token(".claim/m/v0002") is not None
+    assert st.clean_abandoned("m", grace_s=-1, dry_run=True) == ["m/v0002"]
+    assert st.list("m/v0002") == ["m/v0002/manifest.json"]  # a dry run changes nothing
+    assert st.clean_abandoned("m", grace_s=-1) == ["m/v0002"]  # every age is past a grace of -1 s
+    assert st.list("m/v0002") == [] and st.token(".claim/m/v0002") is None
+    # a committed tree is never touched, however old
+    assert st.list("m/v0001") == ["m/v0001/manifest.json", "m/v0001/model.txt"] and st.has_tree("m/v0001")
+    assert st.token(".claim/m/v0001") is not None and st.clean_abandoned("m", grace_s=-1) == []
+    assert st.publish_tree(_tree(st, {"manifest.json": b'{"v": 2}'}), "m/v0002")  # the next publish works
+    assert st.trees("m") == ["v0001", "v0002"] and st.read("m/v0002/manifest.json") == b'{"v": 2}'
+
+
+def test_a_stalled_publisher_that_a_cleanup_fenced_publishes_nothing(tmp_path: Path, s3_env: str) -> None:
+    from xylen.core.errors import XylenError
+
+    st = _s3(tmp_path, s3_env)
+    cleaner = S3Storage(st.url, scratch=tmp_path / "c", endpoint_url=s3_env)  # another host
+    real = st._put_if
+
+    def stalls_after_first_file(key: str, data: bytes, **cond: str) -> str | None:
+        got = real(key, data, **cond)
+        if key == "m/v0001/a":  # stalled past the grace here: a cleanup judges the upload abandoned
+            assert cleaner.clean_abandoned("m", grace_s=-1) == ["m/v0001"]
+        return got
+
+    st._put_if = stalls_after_first_file  # type: ignore[method-assign]
+    with pytest.raises(XylenError, match="took its claim over"):
+        st.publish_tree(_tree(st, {"a": b"1"}), "m/v0001")
+    assert st.trees("m") == [] and not st.has_tree("m/v0001") and st.list("m/v0001") == []
+
+
+def test_a_publisher_fenced_between_its_seal_and_its_marker_withdraws_the_marker(tmp_path: Path,
+                                                                                 s3_env: str) -> None:
+    from xylen.core.errors import XylenError
+
+    st = _s3(tmp_path, s3_env)
+    cleaner = S3Storage(st.url, scratch=tmp_path / "c", endpoint_url=s3_env)
+    real = st.put_new
+
+    def stalls_before_the_marker(key: str, data: bytes, *, sync_folder: bool = True) -> bool:
+        if key.startswith(".commit/"):  # sealed, then stalled past the grace: the cleanup fences the sealed claim
+            assert cleaner.clean_abandoned("m", grace_s=-1) == ["m/v0001"]
+        return real(key, data, sync_folder=sync_folder)
+
+    st.put_new = stalls_before_the_marker  # type: ignore[method-assign]
+    with pytest.raises(XylenError, match="took its claim over"):
+        st.publish_tree(_tree(st, {"a": b"1", "b": b"2"}), "m/v0001")
+    assert st.trees("m") == [] and not st.has_tree("m/v0001") and st.list("m/v0001") == []
+
+
+def test_a_cleanup_never_takes_a_claim_its_publisher_sealed_meanwhile(tmp_path: Path, s3_env: str) -> None:
+    st = _s3(tmp_path, s3_env)
+    cleaner = S3Storage(st.url, scratch=tmp_path / "c", endpoint_url=s3_env)
+    real_seal, real_list = st._put_if, cleaner._objects
+    seen: dict[str, object] = {}
+
+    def lists_before_the_seal(prefix: str):  # type: ignore[no-untyped-def]
+        return seen.pop(prefix) if prefix in seen else real_list(prefix)
+
+    def seals(key: str, data: bytes, **cond: str) -> str | None:
+        if "IfMatch" in cond:  # the cleanup listed the claim (and judged it old) just before this seal
+            for p in (cleaner._k(".claim/m/"), cleaner._k("m/v0001/")):
+                seen[p] = real_list(p)
+        return real_seal(key, data, **cond)
+
+    st._put_if = seals  # type: ignore[method-assign]
+    cleaner._objects = lists_before_the_seal  # type: ignore[method-assign]
+    real_marker = st.put_new
+
+    def cleanup_then_marker(key: str, data: bytes, *, sync_folder: bool = True) -> bool:
+        if key.startswith(".commit/"):
+            assert cleaner.clean_abandoned("m", grace_s=-1) == []  # its fence fails: the ETag it judged is gone
+        return real_marker(key, data, sync_folder=sync_folder)
+
+    st.put_new = cleanup_then_marker  # type: ignore[method-assign]
+    assert st.publish_tree(_tree(st, {"a": b"1"}), "m/v0001")
+    assert st.trees("m") == ["v0001"] and st.read("m/v0001/a") == b"1"

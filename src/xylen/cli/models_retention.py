@@ -57,7 +57,9 @@ def prune_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (also on errors)."),
 ) -> None:
     """Remove old versions: keep the newest N of each model, plus the live version, the rollback target and pinned
-    versions. A model whose CURRENT.json or PINS.json is damaged is left whole (exit 4, after the others).
+    versions. A model whose CURRENT.json or PINS.json is damaged is left whole (exit 4, after the others). On an S3
+    registry it also removes abandoned uploads: versions a killed publisher claimed but never committed, once nothing
+    was written to them for 24 hours (by the S3 server's clock).
 
     Example: xylen models prune --all --keep 5 --dry-run
     """
@@ -109,4 +111,6 @@ def _print(report: dict[str, Any]) -> None:
         if r["pinned"]:
             why.append(f"pinned {', '.join(r['pinned'])}")
         done = f"{verb} {', '.join(r['removed'])}" if r["removed"] else f"nothing to remove ({len(r['kept'])} versions)"
+        if r.get("abandoned"):
+            done += f"; {verb} abandoned uploads {', '.join(r['abandoned'])} (claimed, never committed)"
         out.print(f"{r['name']}: {done}; keeps {len(r['kept'])}: {'; '.join(why)}", markup=False)

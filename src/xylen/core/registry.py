@@ -497,6 +497,19 @@ class Registry:
 
         return retention.prune(self, name, keep, dry_run=dry_run)
 
+    def clean_abandoned(self, name: str, *, dry_run: bool = False, grace_s: float | None = None) -> list[str]:
+        """The versions of ``name`` that killed publishers left half-uploaded on S3 (claimed, never committed, no
+        write for the grace period, core/storage_s3.py CLAIM_GRACE_S): removed, objects then claim, so the number is
+        free again (``dry_run``: listed, nothing changes). A local registry has none: a publisher stages its bundle
+        in the temp area, where a killed one's folder is removed by the next writer's ``clean_temp``."""
+        if not self.remote:
+            return []
+        from xylen.core.storage_s3 import S3Storage
+
+        assert isinstance(self.storage, S3Storage)
+        trees = self.storage.clean_abandoned(check_name(name), dry_run=dry_run, grace_s=grace_s)
+        return sorted((t.rsplit("/", 1)[-1] for t in trees), key=lambda v: (len(v), v))
+
     def summary(self, name: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         try:

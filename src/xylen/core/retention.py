@@ -19,6 +19,7 @@ model with the reason: "no pins" read from a damaged file would delete pinned ve
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from xylen.core.registry import Registry
 
 PINS = "PINS.json"
+log = logging.getLogger("xylen.registry")
 _CAS_RETRIES = 200
 
 
@@ -173,7 +175,12 @@ def prune(reg: Registry, name: str, keep: int, *, dry_run: bool = False) -> list
     """Remove the versions of ``name`` beyond the newest ``keep``, never the live one, the rollback target or a
     pinned one; returns what was removed (with ``dry_run``: what would be, and nothing changes)."""
     p = plan(reg, name, keep)
-    return list(p.remove) if dry_run else execute(reg, p)
+    if dry_run:
+        return list(p.remove)
+    abandoned = reg.clean_abandoned(name)  # S3: what killed publishers left (Registry.clean_abandoned)
+    if abandoned:
+        log.info("%s: removed abandoned uploads %s", name, ", ".join(abandoned))
+    return execute(reg, p)
 
 
 def execute(reg: Registry, p: Plan, removed: list[str] | None = None) -> list[str]:
@@ -219,10 +226,13 @@ def prune_models(reg: Registry, names: list[str], keep: int, *, dry_run: bool = 
             "live": None,
             "rollback_target": None,
             "pinned": [],
+            "abandoned": [],
             "error": None,
         }
         try:
             p = plan(reg, name, keep)
+            # S3: uploads killed publishers left, never committed (Registry.clean_abandoned)
+            row["abandoned"] = reg.clean_abandoned(name, dry_run=dry_run)
             row.update(live=p.live, rollback_target=p.rollback_target, pinned=p.to_dict()["pinned"])
             if dry_run:
                 removed.extend(p.remove)

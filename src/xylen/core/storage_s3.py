@@ -7,10 +7,15 @@ the same keys as on disk (``btcusdt-5m/v0001/model.txt``, ``btcusdt-5m/CURRENT.j
 * ``swap``: PutObject with ``If-Match: <ETag>`` (``expect=None``: ``If-None-Match: *``); a 412 (or a 404 for a
   key that vanished) is a ``Conflict``: a stale writer is refused, it never overwrites;
 * ``read_versioned`` / ``token``: GetObject / HeadObject, the ETag is the token;
-* ``publish_tree``: a claim object ``.claim/<prefix>`` (If-None-Match) decides which writer owns the prefix,
-  then the files are uploaded, then the commit marker ``.commit/<prefix>`` is created last. Readers
-  (``trees``, ``has_tree``) only see trees with a marker, so a partial upload, or a crafted tree without a
-  marker, is invisible;
+* ``publish_tree``: a claim object ``.claim/<prefix>`` (If-None-Match; it says who claimed it and when) decides
+  which writer owns the prefix, then the files are uploaded (If-None-Match each), then the claim is sealed (If-Match
+  on its ETag) and the commit marker ``.commit/<prefix>`` is created last. Readers (``trees``, ``has_tree``) only
+  see trees with a marker, so a partial upload, or a crafted tree without a marker, is invisible;
+* ``clean_abandoned``: a claim without a commit marker whose tree saw no write (the claim, or any uploaded object)
+  for CLAIM_GRACE_S by the server's clock (its LastModified against the Date of the listing's answer: no skew
+  between hosts) belongs to a killed publisher. Its claim is first rewritten If-Match on the ETag that was judged
+  (the fence: a publisher still alive fails its seal, and of two cleaners one wins), then its objects are deleted,
+  then the claim, If-Match on the fence: the version number is free again, and a committed tree is never touched;
 * ``retire`` / ``swap(require=...)``: a lease object ``.lease/<key>`` per guard key (If-None-Match, with a
   time-out after which a dead holder's lease is broken) around the check and the removal of the commit marker,
   exactly where LocalStorage holds its flock; ``purge`` deletes the tree's objects, then its claim.
@@ -24,11 +29,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -42,6 +50,10 @@ LEASE = ".lease"
 _INTERNAL = (CLAIM, COMMIT, LEASE)
 LEASE_TTL_S = 30.0  # a lease older than this (by the server's clock) belongs to a dead holder and is broken
 LEASE_WAIT_S = 120.0
+# an uncommitted claim whose tree saw no write for this long (by the server's clock) belongs to a killed publisher:
+# a live one writes an object at least once per file it uploads, and no bundle file takes a day to upload
+CLAIM_GRACE_S = 86_400.0
+_LOST = ("PreconditionFailed", "412", "NoSuchKey", "404", "ConditionalRequestConflict")
 
 
 def is_s3_url(location: object) -> bool:
@@ -237,19 +249,107 @@ class S3Storage:
 
     def publish_tree(self, folder: Path, prefix: str) -> bool:
         """Upload ``folder`` under ``prefix`` and make it visible by its commit marker, created last; False if
-        another writer claimed ``prefix`` first (its claim decides, before any file is uploaded)."""
+        another writer claimed ``prefix`` first (its claim decides, before any file is uploaded).
+
+        The claim is sealed (rewritten If-Match on its ETag) before the marker: a cleanup that judged this upload
+        abandoned (``clean_abandoned``) rewrote the claim first, so the seal fails and nothing is published."""
         check_key(prefix)
-        if self.has_tree(prefix) or not self.put_new(f"{CLAIM}/{prefix}", uuid.uuid4().hex.encode()):
+        claim, owner = f"{CLAIM}/{prefix}", uuid.uuid4().hex
+        if self.has_tree(prefix):
+            return False
+        etag = self._put_if(claim, _claim_body(owner, "uploading"), IfNoneMatch="*")
+        if etag is None:
             return False
         files = sorted(f for f in folder.rglob("*") if f.is_file())
         for f in files:
-            rel = f.relative_to(folder).as_posix()
-            self._call("put_object", rel, Key=self._k(f"{prefix}/{check_key(rel)}"), Body=f.read_bytes())
+            rel = check_key(f.relative_to(folder).as_posix())
+            if self._put_if(f"{prefix}/{rel}", f.read_bytes(), IfNoneMatch="*") is None:  # never overwrite
+                raise XylenError(f"{self.url}/{prefix}/{rel} exists already: an abandoned upload left it, or another "
+                                 "writer ignores claims; nothing was published.",
+                                 hint="run `xylen models prune` once the abandoned upload is past its grace period "
+                                 f"({CLAIM_GRACE_S / 3600:.0f} h), then publish again.")
+        sealed = self._put_if(claim, _claim_body(owner, "committing"), IfMatch=etag)
+        if sealed is None:
+            raise self._taken_over(prefix)
         body = "\n".join(f.relative_to(folder).as_posix() for f in files).encode()
         if not self.put_new(f"{COMMIT}/{prefix}", body):  # only the claimant gets here
             raise XylenError(f"{self.url}/{prefix}: a commit marker appeared under our claim.",
                              hint="another writer ignores claims; check what else writes to this bucket.")
+        if self.token(claim) != sealed:  # fenced between the seal and the marker: its files may be going
+            with contextlib.suppress(XylenError):
+                self.delete(f"{COMMIT}/{prefix}")
+            raise self._taken_over(prefix)
         return True
+
+    def _taken_over(self, prefix: str) -> XylenError:
+        return XylenError(f"{self.url}/{prefix}: this upload stalled for longer than {CLAIM_GRACE_S / 3600:.0f} h and "
+                          "a cleanup of abandoned uploads took its claim over; nothing was published.",
+                          hint="publish again (it takes the next free version).")
+
+    def _put_if(self, key: str, data: bytes, **cond: str) -> str | None:
+        """PutObject with a condition (IfNoneMatch / IfMatch): the new ETag, or None when the condition failed."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return str(self._call("put_object", key, Key=self._k(check_key(key)), Body=data, **cond)["ETag"])
+        except ClientError as exc:
+            if _code(exc) in _LOST:
+                return None
+            raise
+
+    def _objects(self, prefix: str) -> tuple[builtins.list[dict[str, Any]], datetime | None]:
+        """The objects under the full key ``prefix`` (Key relative to this storage's prefix, LastModified, ETag) and
+        the server's time of the first answer (its Date header; None if it sent none)."""
+        base, out, now = self._k(""), [], None
+        kw: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            r = self._call("list_objects_v2", prefix, **kw)
+            if now is None:
+                from email.utils import parsedate_to_datetime
+
+                date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+                now = parsedate_to_datetime(date) if date else None
+            out += [o | {"Key": o["Key"][len(base):]} for o in r.get("Contents", ())]
+            if not r.get("IsTruncated"):
+                return out, now
+            kw["ContinuationToken"] = r["NextContinuationToken"]
+
+    def clean_abandoned(self, prefix: str, *, grace_s: float | None = None, dry_run: bool = False
+                        ) -> builtins.list[str]:
+        """Remove the uploads that killed publishers left directly under ``prefix`` (a model name): a claim with no
+        commit marker whose tree saw no write for ``grace_s`` (default CLAIM_GRACE_S) by the server's clock. Returns
+        the trees removed (``dry_run``: those that would be; nothing changes), like ``m/v0003``."""
+        grace = CLAIM_GRACE_S if grace_s is None else grace_s
+        claims, now = self._objects(self._k(f"{CLAIM}/{check_key(prefix)}/"))
+        if now is None:
+            return []  # no server time to judge ages by: never guess with this host's clock
+        committed = set(self.trees(prefix))
+        out: builtins.list[str] = []
+        for claim in claims:
+            tree = claim["Key"][len(CLAIM) + 1:]
+            name = tree[len(prefix) + 1:]
+            if "/" in name or name in committed:
+                continue
+            files, _ = self._objects(self._k(f"{tree}/"))
+            last = max([claim["LastModified"], *(f["LastModified"] for f in files)])
+            if (now - last).total_seconds() <= grace:
+                continue  # a publisher may still be uploading: left alone
+            if dry_run:
+                out.append(tree)
+                continue
+            fence = self._put_if(claim["Key"], _claim_body(uuid.uuid4().hex, "abandoned"), IfMatch=claim["ETag"])
+            if fence is None or self.has_tree(tree):
+                continue  # its publisher sealed or committed meanwhile, or another cleanup took it: not ours
+            for f in files:
+                self.delete(f["Key"])
+            for key in self.list(tree):  # anything written since the listing
+                self.delete(key)
+            from botocore.exceptions import ClientError
+
+            with contextlib.suppress(ClientError):  # only our fence: a claim someone wrote since stays
+                self._call("delete_object", claim["Key"], Key=self._k(claim["Key"]), IfMatch=fence)
+            out.append(tree)
+        return out
 
     def retire(self, prefix: str, *, guards: Sequence[str], allowed: Callable[[], bool]) -> Path | None:
         """Take the tree out of sight (delete its commit marker) under the leases of ``guards``, if ``allowed()``
@@ -319,6 +419,13 @@ class S3Storage:
 
     def discard_local(self, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _claim_body(owner: str, state: str) -> bytes:
+    """What a claim says: who wrote it (a random id, the host, the pid), when (this host's clock: for people; ages are
+    judged by the server's LastModified), and the publication's state (uploading, committing, abandoned)."""
+    return json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "state": state,
+                       "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode()
 
 
 def _code(exc: Any) -> str:
