@@ -66,14 +66,19 @@ def regs(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield {"s3": s3, "local": local, "env": env, "base": base}
 
 
+@pytest.fixture
+def aws(regs: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test's own process talks to moto too (the registry objects, the verification children)."""
+    for k, v in regs["env"].items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+
+
 def test_create_show_and_serve_an_ensemble_from_s3(regs: dict[str, Any], tmp_path: Path, sample_candles: Any,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   aws: None) -> None:
     from tests.builders import window_matrix
 
     s3, env = regs["s3"], regs["env"]
-    for k, v in env.items():
-        if k.startswith("AWS_"):
-            monkeypatch.setenv(k, v)
     # created on a machine whose cache is empty: the members are downloaded, verified and pinned on S3
     r = xylen(tmp_path / "creator", env, *CREATE)
     assert r.exit_code == 0, r.output
@@ -121,12 +126,28 @@ def test_create_show_and_serve_an_ensemble_from_s3(regs: dict[str, Any], tmp_pat
 
 
 def test_a_member_missing_from_s3_is_refused_with_its_name(regs: dict[str, Any], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           aws: None) -> None:
     s3, env = regs["s3"], regs["env"]
-    for k, v in env.items():
-        if k.startswith("AWS_"):
-            monkeypatch.setenv(k, v)
     r = xylen(tmp_path / "h", env, "models", "ensemble", "create", "e-miss", "--member", "m-a",
               "--member", "m-nope")
     assert r.exit_code == 4 and "m-nope" in r.output and "Traceback" not in r.output
     assert s3.versions("e-miss") == []
+
+
+def test_a_nested_ensemble_brings_its_members_members_into_an_empty_cache(regs: dict[str, Any], tmp_path: Path,
+                                                                          aws: None) -> None:
+    from xylen.core.bundle import load_bundle
+    from xylen.core.ensemble import EnsembleBundle
+
+    env = regs["env"]
+    for args in (("e-flat", "--member", "m-a@v0001", "--member", "m-b@v0001"),
+                 ("e-nest", "--member", "e-flat@v0001", "--member", "m-b@v0002", "--promote")):
+        r = xylen(tmp_path / "creator", env, "models", "ensemble", "create", *args)
+        assert r.exit_code == 0, r.output
+    fresh = Registry(env["XYLEN_MODELS_URL"], endpoint_url=env["XYLEN_S3_ENDPOINT_URL"], cache=tmp_path / "fresh")
+    fresh.verify("e-nest", "v0001")  # in a child process, from the cache
+    bundle = load_bundle(fresh.path("e-nest", "v0001"))
+    assert isinstance(bundle, EnsembleBundle) and isinstance(bundle.members[0], EnsembleBundle)
+    cached = {p.parent.parent.name + "/" + p.parent.name for p in (tmp_path / "fresh").glob("registry-*/bundles/*/*/"
+                                                                                             "manifest.json")}
+    assert cached == {"e-nest/v0001", "e-flat/v0001", "m-a/v0001", "m-b/v0001", "m-b/v0002"}
