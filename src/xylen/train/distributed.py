@@ -231,9 +231,14 @@ def distributed_matrix(
 ) -> Matrix:
     """Submit one block task per month and gather the narrow columns."""
     fs = featuresets.get(settings.feature_set, interval)
+    workers = sorted(client.scheduler_info().get("workers", {}))
+    # months dealt round-robin over the workers (sorted by address), so each worker's months spread over the whole
+    # period: LightGBM finds each feature's bins on one worker's rows. A block may run elsewhere if its worker is
+    # gone before it starts.
     blocks = [
         client.submit(build_block, settings, exchange, symbol, interval, m, window_start, spec, extra,
-                      key=f"xylen-block-{tag}-{i}", pure=False)
+                      key=f"xylen-block-{tag}-{i}", pure=False,
+                      workers=[workers[i % len(workers)]] if workers else None, allow_other_workers=True)
         for i, m in enumerate(months)
     ]
     small: list[Block] = client.gather([client.submit(narrow, b, pure=False) for b in blocks])
