@@ -149,6 +149,29 @@ def test_the_distributed_model_is_published_like_local_training(trained):
     assert "btcusdt-1h <small>v0001</small>" in report
 
 
+LEAN = """
+import numpy as np
+from xylen.core.imports import import_lightgbm
+import_lightgbm()  # as a per-market task loads it on a worker: without scikit-learn and pandas
+from lightgbm import compat
+assert not compat.SKLEARN_INSTALLED
+from xylen.train.distributed import lightgbm_dask_problem
+assert lightgbm_dask_problem() is None
+import lightgbm.dask
+X = np.random.default_rng(0).normal(size=(300, 3))
+model = lightgbm.sklearn.LGBMClassifier(n_estimators=5, verbosity=-1).fit(X, (X[:, 0] > 0).astype(int))
+assert issubclass(lightgbm.dask.DaskLGBMClassifier, lightgbm.sklearn.LGBMClassifier)
+print("ok", model.booster_.num_trees())
+"""
+
+
+def test_a_worker_that_loaded_lightgbm_without_its_estimators_gets_them():
+    """A worker that ran `xylen train --cluster --symbols ...` tasks first has lightgbm loaded lean (no
+    scikit-learn: seconds of start-up those tasks skip); --distributed's check loads the estimators there."""
+    r = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok 5"), r.stdout + r.stderr
+
+
 def test_bad_combinations_are_refused(tmp_path):
     r = xylen(tmp_path, "train", "--distributed")
     assert r.returncode == 2 and "--distributed trains one model over a Dask cluster" in r.stderr

@@ -167,20 +167,10 @@ def error_record(exc: XylenError) -> dict[str, Any]:
     return {"exit_code": exc.exit_code, "type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
 
 
-def _worker_lightgbm() -> None:
-    """On a worker, load lightgbm with its Dask estimators before a task loads it without them: lightgbm decides
-    at import, and a later `xylen train --distributed` on this worker needs them (nothing if they are missing)."""
-    from xylen.train.distributed import lightgbm_dask_problem
-
-    lightgbm_dask_problem()
-
-
 def train_market(settings: Settings, market: Market) -> dict[str, Any]:
     """Train one market on this worker exactly as `xylen train` does; return the bundle's files and the result
     (or the error, as data: the client reports it beside the other markets')."""
     from xylen.train.pipeline import TrainOptions, train
-
-    _worker_lightgbm()
 
     settings = worker_threads(settings)
     opts = TrainOptions(
@@ -354,7 +344,6 @@ def retrain_task(settings: Settings, name: str, mode: str, min_new_samples: int 
     from xylen.train.retrain import ModelResult, RetrainOptions, retrain_model
     from xylen.train.threads import training_threads
 
-    _worker_lightgbm()
     settings = worker_threads(settings)
     profile = resolve(settings.profile, max_memory_gb=settings.lgbm_max_memory_gb,
                       num_threads=settings.lgbm_num_threads)

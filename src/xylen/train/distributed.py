@@ -116,18 +116,33 @@ def take(block: Block, mask: np.ndarray, cols: Sequence[int] | None = None) -> n
 def lightgbm_dask_problem() -> str | None:
     """Load lightgbm with its Dask estimators in this process (client or worker); what is missing, or None.
 
-    xylen's other training loads lightgbm without its optional integrations (core/imports.py); a process that did
-    so first cannot get them later (lightgbm decides at import), which cluster.py's tasks avoid by loading them on
-    a worker before they train."""
+    xylen's other training loads lightgbm without its optional integrations (core/imports.py: seconds of start-up
+    a per-market task does not need), and lightgbm decides at import whether it has them. A worker that ran such a
+    task first gets them here: lightgbm's modules that depend on them are loaded again, now that they can be."""
+    import importlib
+    import sys
+
     try:
-        import lightgbm.dask  # noqa: F401 -- imports dask.dataframe, pandas, scikit-learn if lightgbm is not loaded
+        import dask.dataframe  # noqa: F401 -- what lightgbm.dask and its estimators need
+        import pandas  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as exc:
+        return f"cannot import {exc.name or exc} (lightgbm.dask needs dask[dataframe], pandas and scikit-learn)"
+    try:
+        lgb = importlib.import_module("lightgbm")
         from lightgbm import compat
+
+        if not (compat.SKLEARN_INSTALLED and compat.PANDAS_INSTALLED):  # loaded lean by xylen's other training
+            importlib.reload(compat)
+            for name in ("lightgbm.sklearn", "lightgbm.dask"):
+                if name in sys.modules:
+                    importlib.reload(sys.modules[name])
+            importlib.reload(lgb)
+        importlib.import_module("lightgbm.dask")
     except ImportError as exc:
         return f"cannot import lightgbm.dask ({exc})"
-    missing = [n for n, ok in (("scikit-learn", compat.SKLEARN_INSTALLED), ("pandas", compat.PANDAS_INSTALLED))
-               if not ok]
-    if missing:
-        return f"lightgbm was loaded without {', '.join(missing)}"
+    if not (compat.SKLEARN_INSTALLED and compat.PANDAS_INSTALLED):
+        return "lightgbm does not see scikit-learn and pandas"
     return None
 
 
