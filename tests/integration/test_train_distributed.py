@@ -57,8 +57,11 @@ def test_the_distributed_matrix_equals_the_local_one_row_for_row(tmp_path, clust
             m = xd.distributed_matrix(client, settings, "binance", "BTCUSDT", "1h", months, 0, spec, tuple(extra),
                                       f"test-{feature_set}")
             X = m.gather_X(m.rows)
-            holders = {w for ws in client.who_has(m.blocks).values() for w in ws}
-            assert len(holders) == 2  # the months are spread over both workers
+            workers = sorted(client.nthreads())
+            held = client.who_has(m.blocks)
+            assert len(workers) == 2  # the months are dealt round-robin, and stay where they were computed
+            assert [tuple(held[b.key]) for b in m.blocks] == [(workers[i % 2],) for i in range(len(months))]
+        assert not hasattr(m, "X")  # this machine holds the narrow columns, no features
         ds = build(store.read("BTCUSDT", "1h"), "1h", spec, featuresets.get(feature_set, "1h"), tuple(extra))
         assert np.array_equal(m.open_time, ds.open_time) and np.array_equal(m.valid, ds.valid)
         rows = ds.rows

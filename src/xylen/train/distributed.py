@@ -246,7 +246,7 @@ def distributed_matrix(
 ) -> Matrix:
     """Submit one block task per month and gather the narrow columns."""
     fs = featuresets.get(settings.feature_set, interval)
-    workers = sorted(client.scheduler_info().get("workers", {}))
+    workers = sorted(client.nthreads())
     # months dealt round-robin over the workers (sorted by address), so each worker's months spread over the whole
     # period: LightGBM finds each feature's bins on one worker's rows. A block may run elsewhere if its worker is
     # gone before it starts.
@@ -293,7 +293,9 @@ class _Watched:
         self.client, self.what = client, what
 
     def run(self, fit: Callable[[], Any]) -> Any:
-        before = set(self.client.scheduler_info().get("workers", {}))
+        # nthreads() asks the scheduler each time; scheduler_info() may answer from a cache that a periodic
+        # refresh fills without the workers
+        before = set(self.client.nthreads())
         box: dict[str, Any] = {}
 
         def go() -> None:
@@ -307,7 +309,7 @@ class _Watched:
         while t.is_alive():
             t.join(WATCH_S)
             try:
-                now = set(self.client.scheduler_info().get("workers", {}))
+                now = set(self.client.nthreads())
             except Exception:  # noqa: BLE001 -- the scheduler itself is gone
                 now = set()
             if gone := sorted(before - now):
