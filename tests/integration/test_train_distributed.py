@@ -113,7 +113,8 @@ def test_on_one_worker_the_distributed_auc_equals_local_training(tmp_path):
     with distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     ) as lc:
-        r = xylen(home, "train", "--cluster", lc.scheduler_address, "--distributed", "--interval", "1h", "--json")
+        r = xylen(home, "train", "--distributed", "--interval", "1h", "--json",
+                  env={"XYLEN_DASK_CLUSTER": lc.scheduler_address})  # the setting names the cluster
     assert r.returncode == 0, r.stdout + r.stderr
     body = orjson.loads(r.stdout)
     auc, _, _ = local_fold_auc(home)
@@ -128,6 +129,7 @@ def test_on_two_workers_the_distributed_auc_is_close_to_local_training(trained):
     home, body = trained
     auc, counts, test_first = local_fold_auc(home)
     fold = body["folds"][0]
+    assert fold["index"] == 2  # local training's last fold of 2
     assert (fold["train_rows"], fold["val_rows"], fold["test_rows"]) == counts and fold["test_first"] == test_first
     print(f"AUC distributed {body['metrics']['auc_mean']:.4f}, local {auc:.4f}")
     assert abs(body["metrics"]["auc_mean"] - auc) <= 0.02

@@ -487,7 +487,7 @@ def train_distributed(
         y_test = m.y[test]
         base = float(m.y[np.concatenate([fit, val])].mean())
         fold = evaluate.Fold(
-            index=1, train_rows=len(fit), val_rows=len(val), test_rows=len(test),
+            index=settings.folds, train_rows=len(fit), val_rows=len(val), test_rows=len(test),  # the last fold
             test_first=int(m.open_time[test[0]]), test_last=int(m.open_time[test[-1]]), purged=purged,
             auc=metrics.auc(y_test, p), auc_volatility=metrics.auc(y_test, scores["primary"]["volatility_learner"]),
             auc_shuffled=metrics.auc(y_test, p_shuf), logloss=metrics.logloss(y_test, p),
@@ -505,7 +505,7 @@ def train_distributed(
                      m.up[a:], {k: v[a:] for k, v in m.heads.items()})
         index = test - a
         ev = evaluate.Evaluation(
-            [fold], index, p, importance, np.ones(len(test), dtype=np.int64),
+            [fold], index, p, importance, np.full(len(test), settings.folds, dtype=np.int64),
             [evaluate.HeadScores(k, (m.y if k == "primary" else m.heads[k])[test], s, best_its[k])
              for k, s in scores.items()],
         )
