@@ -40,13 +40,26 @@ def settings_of(home: Path, **extra: object):
     return load_settings({"home": home, "folds": 2, "profile": "8gb", "lgbm_num_threads": 1} | extra, environ={})
 
 
-def test_the_distributed_matrix_equals_the_local_one_row_for_row(tmp_path, cluster):  # noqa: F811
+def gapped(home: Path) -> Path:
+    """BTCUSDT 1h with a gap across the February/March boundary and one inside April (real candles, some left out)."""
+    import polars as pl
+
+    df = read_candles(BTC_1H).frame
+    t = pl.col("open_time")
+    feb_end, apr = 1709251200000, 1712707200000  # 2024-03-01 00:00 and 2024-04-10 00:00 UTC
+    keep = ~(t.is_between(feb_end - 5 * 3_600_000, feb_end + 7 * 3_600_000) | t.is_between(apr, apr + 30 * 3_600_000))
+    Store(home / "data").append("BTCUSDT", "1h", df.filter(keep))
+    return home
+
+
+@pytest.mark.parametrize("store", ["tails", "gaps"])
+def test_the_distributed_matrix_equals_the_local_one_row_for_row(tmp_path, cluster, store):  # noqa: F811
     from xylen.core import featuresets
     from xylen.train import distributed as xd
     from xylen.train.dataset import build
     from xylen.train.pipeline import label_specs
 
-    home = fill(tmp_path / "h")
+    home = fill(tmp_path / "h") if store == "tails" else gapped(tmp_path / "h")
     for feature_set in ("ohlcv-v2", "ohlcv-ctx-v1"):  # ctx reads 73 candles back at 1h: across month boundaries
         settings = settings_of(home, feature_set=feature_set)
         spec, extra = label_specs(settings)
@@ -55,7 +68,7 @@ def test_the_distributed_matrix_equals_the_local_one_row_for_row(tmp_path, clust
         assert len(months) == 9  # January to September 2024: one block per month partition
         with distributed.Client(cluster, set_as_default=False) as client:
             m = xd.distributed_matrix(client, settings, "binance", "BTCUSDT", "1h", months, 0, spec, tuple(extra),
-                                      f"test-{feature_set}")
+                                      f"test-{store}-{feature_set}")
             X = m.gather_X(m.rows)
             workers = sorted(client.nthreads())
             held = client.who_has(m.blocks)
@@ -65,7 +78,7 @@ def test_the_distributed_matrix_equals_the_local_one_row_for_row(tmp_path, clust
         ds = build(store.read("BTCUSDT", "1h"), "1h", spec, featuresets.get(feature_set, "1h"), tuple(extra))
         assert np.array_equal(m.open_time, ds.open_time) and np.array_equal(m.valid, ds.valid)
         rows = ds.rows
-        assert len(rows) > 5000
+        assert len(rows) > 5000 and (store == "tails" or not ds.valid[ds.fs.lookback:].all())  # gaps: rows left out
         assert np.array_equal(X, ds.X[rows])  # every feature of every usable row, bit for bit
         assert np.array_equal(m.y[rows], ds.y[rows])
         assert np.array_equal(m.heads["move"][rows], ds.heads["move"][rows])
