@@ -94,7 +94,7 @@ def trained(tmp_path_factory, cluster):  # noqa: F811
     return home, orjson.loads(r.stdout)
 
 
-def local_fold_auc(home: Path) -> tuple[float, tuple[int, int, int], int]:
+def local_fold_auc(home: Path, interval: str = "1h") -> tuple[float, tuple[int, int, int], int]:
     """Local training's last walk-forward fold of the same store, fitted here (lgb.train, early stopping on the
     same validation slice): its AUC, its (fit, validation, test) row counts and its first test open time."""
     import lightgbm as lgb
@@ -107,8 +107,8 @@ def local_fold_auc(home: Path) -> tuple[float, tuple[int, int, int], int]:
 
     settings = settings_of(home)
     spec, extra = label_specs(settings)
-    ds = build(Store(home / "data").read("BTCUSDT", "1h"), "1h", spec, featuresets.get(settings.feature_set, "1h"),
-               tuple(extra))
+    ds = build(Store(home / "data").read("BTCUSDT", interval), interval, spec,
+               featuresets.get(settings.feature_set, interval), tuple(extra))
     prof = resolve("8gb", num_threads=1)
     fit, val, test, _ = evaluate.split(ds.rows, 2, spec.horizon)[-1]
     local = evaluate._train(lgb, evaluate.lgb_params(prof),
@@ -146,6 +146,25 @@ def test_on_two_workers_the_distributed_auc_is_close_to_local_training(trained):
     assert (fold["train_rows"], fold["val_rows"], fold["test_rows"]) == counts and fold["test_first"] == test_first
     print(f"AUC distributed {body['metrics']['auc_mean']:.4f}, local {auc:.4f}")
     assert abs(body["metrics"]["auc_mean"] - auc) <= 0.02
+
+
+def test_on_two_workers_a_year_of_5m_candles_reaches_local_trainings_auc_within_0_005(tmp_path, cluster):  # noqa: F811
+    """The issue's bound, 0.005, on the bundled year of BTCUSDT 5m candles (105,000 real candles, 12 month
+    partitions, ~21,000 test rows): with this many rows each worker's months give nearly the bins of the whole
+    year, and the trees nearly local training's (bench/bench_distributed.py measured -0.0004)."""
+    from xylen.train.pipeline import sample_path
+
+    home = tmp_path / "h"
+    Store(home / "data").append("BTCUSDT", "5m", read_candles(sample_path()).frame)
+    r = xylen(home, "train", "--cluster", cluster, "--distributed", "--symbol", "BTCUSDT", "--interval", "5m",
+              "--json", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    body = orjson.loads(r.stdout)
+    auc, counts, test_first = local_fold_auc(home, "5m")
+    fold = body["folds"][0]
+    assert (fold["train_rows"], fold["val_rows"], fold["test_rows"]) == counts and fold["test_first"] == test_first
+    print(f"5m: AUC distributed {body['metrics']['auc_mean']:.4f}, local {auc:.4f}")
+    assert abs(body["metrics"]["auc_mean"] - auc) <= 0.005
 
 
 def test_the_distributed_model_is_published_like_local_training(trained):
