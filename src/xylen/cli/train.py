@@ -125,6 +125,14 @@ def train_cmd(
         "one model per task, the workers reading the store at the same XYLEN_HOME; this machine publishes each "
         "bundle. Needs pip install 'xylen[dask]' here and on the workers.",
     ),
+    distributed: bool = typer.Option(
+        False,
+        "--distributed",
+        help="With a cluster: train ONE market (--symbol/--interval or the defaults) as one model over all its "
+        "workers with lightgbm.dask, each worker computing the features of its share of the store's month "
+        "partitions; evaluated on the last walk-forward fold. A worker lost mid-fit ends it with exit 5, nothing "
+        "published.",
+    ),
 ) -> None:
     """Train a model on candles, evaluate it walk-forward, write a bundle and a report, make it live.
 
@@ -158,6 +166,10 @@ def train_cmd(
         from xylen.train import TrainOptions
 
         address = check_cluster(cluster) if cluster is not None else settings.dask_cluster
+        if distributed:
+            run_distributed(settings, markets_of(settings, symbols, intervals, symbol, interval, data, name),
+                            address=address, name=name, promote=promote, as_json=as_json, data=data)
+            return
         if symbols is not None or intervals is not None or address:
             code = run_markets(
                 settings, markets_of(settings, symbols, intervals, symbol, interval, data, name),
@@ -271,6 +283,48 @@ def run_markets(
         ok = sum(o.result is not None for o in outcomes)
         out.print(f"{ok} of {len(outcomes)} markets trained" + (f" on {address}" if address else ""))
     return code
+
+
+def run_distributed(
+    settings: Settings,
+    markets: list[Any],
+    *,
+    address: str | None,
+    name: str | None,
+    promote: bool,
+    as_json: bool,
+    data: list[Path],
+) -> None:
+    """`xylen train --cluster ADDR --distributed`: one market, one model over the whole cluster."""
+    from dataclasses import replace
+
+    from xylen.core.errors import ConfigError
+    from xylen.train.distributed import check_single, train_distributed
+
+    if not address:
+        raise ConfigError("--distributed trains one model over a Dask cluster, but no cluster was named.",
+                          hint="add --cluster tcp://HOST:PORT, or set XYLEN_DASK_CLUSTER.")
+    if data:
+        raise ConfigError("--data files cannot be sent to a --cluster: its workers read the store.",
+                          hint="put the candles in the store (`xylen collect`), or train here without --cluster.")
+    market = check_single(markets)
+    market = replace(market, name=name) if name else market
+    if as_json:
+        import orjson
+
+        result = train_distributed(settings, market, address=address, promote=promote)
+        body = {"cluster": address, "distributed": True} | result.to_dict()
+        typer.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task("Starting", total=1.0)
+        result = train_distributed(settings, market, address=address, promote=promote,
+                                   say=lambda s, f: bar.update(task, description=s, completed=f))
+    _print_summary(result)
 
 
 def run_training(settings: Settings, opts: TrainOptions | None = None, *, as_json: bool = False) -> None:

@@ -1,0 +1,259 @@
+"""`xylen train --cluster ADDR --distributed`: one model over a Dask LocalCluster on loopback with lightgbm.dask, on
+real candles (BTCUSDT 1h, tests/data) in the store (month files and tails)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.helpers import BTC_1H
+from tests.integration.test_train_cluster import FAST, cluster, xylen  # noqa: F401 -- cluster: the fixture
+from xylen.core.candles import read_candles
+from xylen.core.registry import Registry
+from xylen.core.settings import load_settings
+from xylen.core.store import Store
+
+distributed = pytest.importorskip("distributed")
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def fill(home: Path) -> Path:
+    """BTCUSDT 1h in the store: month files, and the last 40 candles as two small appends (tail files)."""
+    df = read_candles(BTC_1H).frame
+    store = Store(home / "data")
+    store.append("BTCUSDT", "1h", df.head(df.height - 40))
+    store.append("BTCUSDT", "1h", df.slice(df.height - 40, 20))
+    store.append("BTCUSDT", "1h", df.tail(20))
+    assert any(p.name.startswith("tail-") for p in store.files("BTCUSDT", "1h"))
+    return home
+
+
+def settings_of(home: Path, **extra: object):
+    return load_settings({"home": home, "folds": 2, "profile": "8gb", "lgbm_num_threads": 1} | extra, environ={})
+
+
+def gapped(home: Path) -> Path:
+    """BTCUSDT 1h with a gap across the February/March boundary and one inside April (real candles, some left out)."""
+    import polars as pl
+
+    df = read_candles(BTC_1H).frame
+    t = pl.col("open_time")
+    feb_end, apr = 1709251200000, 1712707200000  # 2024-03-01 00:00 and 2024-04-10 00:00 UTC
+    keep = ~(t.is_between(feb_end - 5 * 3_600_000, feb_end + 7 * 3_600_000) | t.is_between(apr, apr + 30 * 3_600_000))
+    Store(home / "data").append("BTCUSDT", "1h", df.filter(keep))
+    return home
+
+
+@pytest.mark.parametrize("store", ["tails", "gaps"])
+def test_the_distributed_matrix_equals_the_local_one_row_for_row(tmp_path, cluster, store):  # noqa: F811
+    from xylen.core import featuresets
+    from xylen.train import distributed as xd
+    from xylen.train.dataset import build
+    from xylen.train.pipeline import label_specs
+
+    home = fill(tmp_path / "h") if store == "tails" else gapped(tmp_path / "h")
+    for feature_set in ("ohlcv-v2", "ohlcv-ctx-v1"):  # ctx reads 73 candles back at 1h: across month boundaries
+        settings = settings_of(home, feature_set=feature_set)
+        spec, extra = label_specs(settings)
+        store = Store(home / "data")
+        months = xd.months_of(store, "BTCUSDT", "1h")
+        assert len(months) == 9  # January to September 2024: one block per month partition
+        with distributed.Client(cluster, set_as_default=False) as client:
+            m = xd.distributed_matrix(client, settings, "binance", "BTCUSDT", "1h", months, 0, spec, tuple(extra),
+                                      f"test-{store}-{feature_set}")
+            X = m.gather_X(m.rows)
+            workers = sorted(client.nthreads())
+            held = client.who_has(m.blocks)
+            assert len(workers) == 2  # the months are dealt round-robin, and stay where they were computed
+            assert [tuple(held[b.key]) for b in m.blocks] == [(workers[i % 2],) for i in range(len(months))]
+        assert not hasattr(m, "X")  # this machine holds the narrow columns, no features
+        ds = build(store.read("BTCUSDT", "1h"), "1h", spec, featuresets.get(feature_set, "1h"), tuple(extra))
+        assert np.array_equal(m.open_time, ds.open_time) and np.array_equal(m.valid, ds.valid)
+        rows = ds.rows
+        assert len(rows) > 5000 and (store == "tails" or not ds.valid[ds.fs.lookback:].all())  # gaps: rows left out
+        assert np.array_equal(X, ds.X[rows])  # every feature of every usable row, bit for bit
+        assert np.array_equal(m.y[rows], ds.y[rows])
+        assert np.array_equal(m.heads["move"][rows], ds.heads["move"][rows])
+        assert np.array_equal(m.contiguous_next, ds.contiguous_next) and np.array_equal(m.close, ds.close)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cluster):  # noqa: F811
+    home = fill(tmp_path_factory.mktemp("dist-home"))
+    r = xylen(home, "train", "--cluster", cluster, "--distributed", "--symbol", "BTCUSDT", "--interval", "1h",
+              "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return home, orjson.loads(r.stdout)
+
+
+def local_fold_auc(home: Path, interval: str = "1h") -> tuple[float, tuple[int, int, int], int]:
+    """Local training's last walk-forward fold of the same store, fitted here (lgb.train, early stopping on the
+    same validation slice): its AUC, its (fit, validation, test) row counts and its first test open time."""
+    import lightgbm as lgb
+
+    from xylen.core import featuresets
+    from xylen.profiles import resolve
+    from xylen.train import evaluate, metrics
+    from xylen.train.dataset import build
+    from xylen.train.pipeline import label_specs
+
+    settings = settings_of(home)
+    spec, extra = label_specs(settings)
+    ds = build(Store(home / "data").read("BTCUSDT", interval), interval, spec,
+               featuresets.get(settings.feature_set, interval), tuple(extra))
+    prof = resolve("8gb", num_threads=1)
+    fit, val, test, _ = evaluate.split(ds.rows, 2, spec.horizon)[-1]
+    local = evaluate._train(lgb, evaluate.lgb_params(prof),
+                            evaluate._fold_data(lgb, ds.X, np.nan_to_num(ds.y), fit, val, prof.max_bin),
+                            prof.num_boost_round, prof.early_stopping_rounds)
+    auc = metrics.auc(ds.y[test], local.predict(ds.X[test], num_iteration=local.best_iteration))
+    return auc, (len(fit), len(val), len(test)), int(ds.open_time[test[0]])
+
+
+def test_on_one_worker_the_distributed_auc_equals_local_training(tmp_path):
+    """One worker: LightGBM's data-parallel training has one machine, so everything else -- the matrix from the
+    month blocks, the split, early stopping's round from the validation curve computed on the workers, the
+    scoring -- must give exactly local training's fold AUC."""
+    home = fill(tmp_path / "h")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as lc:
+        r = xylen(home, "train", "--distributed", "--interval", "1h", "--json",
+                  env={"XYLEN_DASK_CLUSTER": lc.scheduler_address})  # the setting names the cluster
+    assert r.returncode == 0, r.stdout + r.stderr
+    body = orjson.loads(r.stdout)
+    auc, _, _ = local_fold_auc(home)
+    assert body["metrics"]["auc_mean"] == pytest.approx(auc, abs=1e-12)
+
+
+def test_on_two_workers_the_distributed_auc_is_close_to_local_training(trained):
+    """Two workers: each finds the bins of some features on its own months (LightGBM's data-parallel
+    training), so the trees differ a little. The issue asks for 0.005; on this 1h series (direction label, AUC
+    ~0.52, 2,000 test rows: a standard error of ~0.013) runs measured 0.003-0.008: the bound below is what
+    every run met, the one-worker test above proves the rest of the pipeline exact."""
+    home, body = trained
+    auc, counts, test_first = local_fold_auc(home)
+    fold = body["folds"][0]
+    assert fold["index"] == 2  # local training's last fold of 2
+    assert (fold["train_rows"], fold["val_rows"], fold["test_rows"]) == counts and fold["test_first"] == test_first
+    print(f"AUC distributed {body['metrics']['auc_mean']:.4f}, local {auc:.4f}")
+    assert abs(body["metrics"]["auc_mean"] - auc) <= 0.02
+
+
+def test_on_two_workers_a_year_of_5m_candles_reaches_local_trainings_auc_within_0_005(tmp_path, cluster):  # noqa: F811
+    """The issue's bound, 0.005, on the bundled year of BTCUSDT 5m candles (105,000 real candles, 12 month
+    partitions, ~21,000 test rows): with this many rows each worker's months give nearly the bins of the whole
+    year, and the trees nearly local training's (bench/bench_distributed.py measured -0.0004)."""
+    from xylen.train.pipeline import sample_path
+
+    home = tmp_path / "h"
+    Store(home / "data").append("BTCUSDT", "5m", read_candles(sample_path()).frame)
+    r = xylen(home, "train", "--cluster", cluster, "--distributed", "--symbol", "BTCUSDT", "--interval", "5m",
+              "--json", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    body = orjson.loads(r.stdout)
+    auc, counts, test_first = local_fold_auc(home, "5m")
+    fold = body["folds"][0]
+    assert (fold["train_rows"], fold["val_rows"], fold["test_rows"]) == counts and fold["test_first"] == test_first
+    print(f"5m: AUC distributed {body['metrics']['auc_mean']:.4f}, local {auc:.4f}")
+    assert abs(body["metrics"]["auc_mean"] - auc) <= 0.005
+
+
+def test_the_distributed_model_is_published_like_local_training(trained):
+    home, body = trained
+    assert body["cluster"] and body["distributed"] is True
+    assert body["name"] == "btcusdt-1h" and body["version"] == "v0001" and body["promoted"] is True
+    assert body["rows_used"] > 5000 and body["source"].startswith("store ")
+    registry = Registry(home / "models")
+    assert registry.current("btcusdt-1h").version == "v0001"
+    registry.verify("btcusdt-1h", "v0001")  # size, sha256, trial load, golden rows and window
+    manifest = registry.manifest("btcusdt-1h", "v0001")
+    assert manifest.params["tree_learner"] == "data"
+    assert [h.label["kind"] for h in manifest.heads] == ["move"]  # the same heads as `xylen train`
+    honesty = body["metrics"]["honesty"]
+    assert [h["kind"] for h in honesty["heads"]] == ["direction", "move"] and honesty["sentence"]
+    assert {"auc_mean", "auc_shuffled_mean", "auc_edge_vs_volatility", "backtest"} <= set(body["metrics"])
+    assert any("evaluated on the last walk-forward fold only" in w for w in body["warnings"])
+    report = (home / "models" / "btcusdt-1h" / "v0001" / "report.html").read_text()
+    assert "btcusdt-1h <small>v0001</small>" in report
+
+
+LEAN = """
+import numpy as np
+from xylen.core.imports import import_lightgbm
+import_lightgbm()  # as a per-market task loads it on a worker: without scikit-learn and pandas
+from lightgbm import compat
+assert not compat.SKLEARN_INSTALLED
+from xylen.train.distributed import lightgbm_dask_problem
+assert lightgbm_dask_problem() is None
+import lightgbm.dask
+X = np.random.default_rng(0).normal(size=(300, 3))
+model = lightgbm.sklearn.LGBMClassifier(n_estimators=5, verbosity=-1).fit(X, (X[:, 0] > 0).astype(int))
+assert issubclass(lightgbm.dask.DaskLGBMClassifier, lightgbm.sklearn.LGBMClassifier)
+print("ok", model.booster_.num_trees())
+"""
+
+
+def test_a_worker_that_loaded_lightgbm_without_its_estimators_gets_them():
+    """A worker that ran `xylen train --cluster --symbols ...` tasks first has lightgbm loaded lean (no
+    scikit-learn: seconds of start-up those tasks skip); --distributed's check loads the estimators there."""
+    r = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok 5"), r.stdout + r.stderr
+
+
+def test_bad_combinations_are_refused(tmp_path):
+    r = xylen(tmp_path, "train", "--distributed")
+    assert r.returncode == 2 and "--distributed trains one model over a Dask cluster" in r.stderr
+    assert "XYLEN_DASK_CLUSTER" in r.stderr and "Traceback" not in r.stderr
+    r = xylen(tmp_path, "train", "--cluster", "tcp://127.0.0.1:9", "--distributed", "--symbols", "BTCUSDT,ETHUSDT")
+    assert r.returncode == 2 and "--distributed trains one model over the whole cluster, but 2 markets" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = xylen(tmp_path, "train", "--cluster", "tcp://127.0.0.1:9", "--distributed", "--data", str(BTC_1H))
+    assert r.returncode == 2 and "--data files cannot be sent to a --cluster" in r.stderr
+
+
+def test_a_worker_killed_mid_fit_fails_the_job_within_60_s(tmp_path):
+    """SIGKILL of the worker running one of LightGBM's training tasks: the command ends with exit 5 and a message
+    naming the lost worker, well within 60 s, and nothing is published."""
+    home = fill(tmp_path / "h")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XYLEN_")} | FAST
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as lc, distributed.Client(lc.scheduler_address, set_as_default=False) as spy:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xylen", "--home", str(home), "train", "--cluster", lc.scheduler_address,
+             "--distributed", "--symbol", "BTCUSDT", "--interval", "1h"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        try:
+            killed_at = None
+            deadline = time.monotonic() + 180
+            while killed_at is None and time.monotonic() < deadline and proc.poll() is None:
+                for worker, keys in spy.processing().items():
+                    if any("train_part" in str(k) for k in keys):
+                        pid = spy.run(os.getpid, workers=[worker])[worker]
+                        os.kill(pid, signal.SIGKILL)
+                        killed_at = time.monotonic()
+                        break
+                time.sleep(0.02)
+            assert killed_at is not None, "no worker was seen running LightGBM's training task"
+            stdout, stderr = proc.communicate(timeout=120)  # a hang guard only
+            took = time.monotonic() - killed_at
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 5, stdout + stderr
+    assert "left the cluster during the distributed fit" in stderr and "nothing was published" in stderr
+    assert "Traceback" not in stderr
+    print(f"exit {proc.returncode} {took:.1f} s after the kill")
+    assert took < 60, took
+    assert not (home / "models").exists() or Registry(home / "models").names() == []
