@@ -48,10 +48,11 @@ once per Store; only a clean answer is remembered, so the per-candle append path
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
+import os
 import threading
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ from xylen.core import store_meta as meta
 from xylen.core.candles import COLUMNS, SCHEMA, empty_frame
 from xylen.core.errors import ConfigError, DataError
 from xylen.core.storage import TMP_DIR, Conflict, LocalStorage, Missing, Storage
+from xylen.core.storage_s3 import is_s3_url
 from xylen.core.store_files import DEFAULT_EXCHANGE, FILE_NAME, KLINES, META, QUARANTINE, Month, Unreadable
 from xylen.core.store_migrate import needs_migration, old_layout_key, refusal
 from xylen.core.store_records import AppendResult, Quarantined, SeriesSummary
@@ -78,46 +80,86 @@ CACHE_BYTES = 128 << 20  # open times of month files kept in memory per Store (f
 
 _SCHEMA = pl.Schema(SCHEMA)
 
-__all__ = ["FILE_NAME", "AppendResult", "Quarantined", "SeriesSummary", "Store", "needs_migration"]
+__all__ = ["FILE_NAME", "AppendResult", "Quarantined", "SeriesSummary", "Store", "needs_migration", "open_store"]
+
+
+def open_store(settings: Any, exchange: str | None = None, *, serialize_writers: bool = True) -> Store:
+    """The store the settings name (XYLEN_DATA_URL: s3:// or a folder, else XYLEN_HOME/data) for ``exchange``
+    (default: the exchange setting)."""
+    return Store(settings.data_location, exchange or settings.exchange, serialize_writers=serialize_writers,
+                 endpoint_url=settings.s3_endpoint_url, cache=settings.home / "cache")
 
 
 class Store:
-    """The candles of one exchange in the store under ``root`` (``XYLEN_HOME/data``).
+    """The candles of one exchange in the store under ``root`` (``XYLEN_HOME/data``, or ``s3://bucket/prefix``).
 
     ``exchange`` is a name of lower-case letters and digits (``Binance`` reads as ``binance``; anything else is a
     ConfigError before it can name a folder). ``serialize_writers`` takes a per-series file lock around writes: it
     spares concurrent writers of one series their compare-and-swap retries; correctness never depends on it.
+
+    On S3 (:class:`xylen.core.storage_s3.S3Storage`, the same keys under the prefix) ``endpoint_url`` (else
+    XYLEN_S3_ENDPOINT_URL, else AWS) is the endpoint; there is no file lock (writers rely on the compare-and-swap
+    alone), no folder stamp (a writer lists the month, one request, before each append) and no temp files.
     """
 
-    def __init__(self, root: str | Path, exchange: str = DEFAULT_EXCHANGE, *, serialize_writers: bool = True) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path, exchange: str = DEFAULT_EXCHANGE, *, serialize_writers: bool = True,
+                 endpoint_url: str | None = None, cache: Path | None = None) -> None:
         self.exchange = sf.check_exchange(exchange)
-        self.storage: Storage = LocalStorage(self.root)
-        self.klines = self.root / KLINES
+        self.remote = is_s3_url(root)
+        self.endpoint_url = endpoint_url
+        self.cache_dir = cache
+        if self.remote:
+            from xylen.core.storage_s3 import S3Storage
+
+            url = str(root).rstrip("/")
+            self.location = url
+            endpoint = endpoint_url or os.environ.get("XYLEN_S3_ENDPOINT_URL") or None
+            cache = cache or Path(os.environ.get("XYLEN_HOME") or "~/.xylen").expanduser() / "cache"
+            self.root = cache / f"store-{hashlib.sha256(url.encode()).hexdigest()[:12]}"  # scratch only
+            self.storage: Storage = S3Storage(url, scratch=self.root, endpoint_url=endpoint, setting="XYLEN_DATA_URL")
+        else:
+            self.root = Path(root)
+            self.location = str(self.root)
+            self.storage = LocalStorage(self.root)
+        self.klines: Path | str = self.where(KLINES) if self.remote else self.root / KLINES
         self.meta = self.root / META
-        self.quarantine = self.root / QUARANTINE
+        self.quarantine: Path | str = self.where(QUARANTINE) if self.remote else self.root / QUARANTINE
         self.tmp = self.root / TMP_DIR
         self.serialize_writers = serialize_writers
-        self._times: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}  # month key -> (file identity, open times)
+        self._times: dict[str, tuple[tuple[Any, ...], np.ndarray]] = {}  # month key -> (file identity, open times)
         self._times_lock = threading.Lock()  # follow mode appends several series from worker threads
         self._listings: dict[str, tuple[tuple[int, ...], Month]] = {}  # month prefix -> (folder stamp, listing)
         self._layout_ok = False  # no file from before exchanges under root (remembered once seen)
 
+    def where(self, key: str) -> str:
+        """The path (or s3:// URL) of a key, for messages."""
+        return f"{self.location}/{key}" if self.remote else str(self.root / key)
+
+    def for_exchange(self, exchange: str) -> Store:
+        """A Store of another exchange at the same location."""
+        root = self.location if self.remote else self.root
+        return Store(root, exchange, serialize_writers=self.serialize_writers, endpoint_url=self.endpoint_url,
+                     cache=self.cache_dir)
+
     @staticmethod
-    def exchanges(root: str | Path) -> list[str]:
+    def exchanges(root: str | Path, *, endpoint_url: str | None = None, cache: Path | None = None) -> list[str]:
         """Every exchange with a series (stored or quarantined) under ``root``, sorted."""
-        probe = Store(root)
+        return Store(root, endpoint_url=endpoint_url, cache=cache).exchanges_here()
+
+    def exchanges_here(self) -> list[str]:
+        """Every exchange with a series (stored or quarantined) at this store's location, sorted."""
+        probe = self
         probe._check_layout()
-        names = {
-            parts[depth][len("exchange=") :]
-            for base, depth in ((KLINES, 1), (f"{QUARANTINE}/{KLINES}", 2))
-            for parts in (key.split("/") for key in probe.storage.list(base))
-            if len(parts) > depth + 1 and parts[depth].startswith("exchange=")
+        names = {  # one delimited listing per area (not every object of the store)
+            name[len("exchange=") :]
+            for base in (KLINES, f"{QUARANTINE}/{KLINES}")
+            for name in sf.folders_of(probe.storage, base)
+            if name.startswith("exchange=")
         }
         found = []
         for name in sorted(names):
             try:
-                store = Store(root, name)
+                store = probe.for_exchange(name)
             except ConfigError:
                 continue  # a folder someone else made
             if store.exchange == name and (store.series() or store.quarantined_series()):
@@ -130,7 +172,7 @@ class Store:
             return
         old = old_layout_key(self.storage)
         if old is not None:
-            raise refusal(self.root, old)  # checked again next time: `xylen collect migrate` may run meanwhile
+            raise refusal(self.location, old)  # checked again next time: `xylen collect migrate` may run meanwhile
         self._layout_ok = True
 
     # ---------------------------------------------------------------- layout
@@ -139,6 +181,10 @@ class Store:
         not a symbol (letters and digits, 2-20) or not a Binance interval is refused with a ConfigError."""
         sym, iv = sf.check_series(symbol, interval)
         return f"{KLINES}/exchange={self.exchange}/symbol={sym}/interval={iv}"
+
+    def series_location(self, symbol: str, interval: str) -> str:
+        """Where a series lives (a folder, or an s3:// URL), for messages and reports."""
+        return self.where(self.series_prefix(symbol, interval))
 
     def series_dir(self, symbol: str, interval: str) -> Path:
         return self.root / self.series_prefix(symbol, interval)
@@ -155,13 +201,39 @@ class Store:
         """Every Parquet file of a series (month files and tails), sorted by path."""
         return [self.root / k for m in self._months(symbol, interval) for k in m.object_keys()]
 
+    def keys(self, symbol: str, interval: str) -> list[str]:
+        """The storage keys of every Parquet file of a series (month files and tails), sorted."""
+        return [k for m in self._months(symbol, interval) for k in m.object_keys()]
+
+    def fingerprint(self, symbol: str, interval: str) -> tuple[Any, ...]:
+        """What changes when a series' candles or known gaps do: each file's identity (local: inode, size and
+        times; S3: its ETag, all from one listing of the series and one of the exchange's meta folder)."""
+        gaps = meta.gaps_key(self.exchange, symbol, interval)
+        if self.remote:
+            tokens = self._tokens(self.series_prefix(symbol, interval))
+            gap_token = self._tokens(f"{META}/exchange={self.exchange}").get(gaps)
+            return (*sorted(tokens.items()), (gaps, gap_token))
+        return tuple((k, self._identity(k)) for k in [*self.keys(symbol, interval), gaps])
+
     def _month(self, symbol: str, interval: str, year: int, month: int) -> Month:
         return Month(year, month, f"{self.series_prefix(symbol, interval)}/year={year}/month={month:02d}")
 
     def _months(self, symbol: str, interval: str) -> list[Month]:
         prefix = self.series_prefix(symbol, interval)
         self._check_layout()
-        return sf.months_of(prefix, self.storage.list(prefix))
+        if not self.remote:
+            return sf.months_of(prefix, self.storage.list(prefix))
+        tokens = self._tokens(prefix)  # one listing gives the keys and the ETags (a cached month file needs no GET)
+        months = sf.months_of(prefix, list(tokens))
+        for m in months:
+            m.data_token = tokens.get(m.data_key)
+        return months
+
+    def _tokens(self, prefix: str) -> dict[str, str]:
+        from xylen.core.storage_s3 import S3Storage
+
+        assert isinstance(self.storage, S3Storage)
+        return self.storage.list_tokens(prefix)
 
     def _listed(self, m: Month) -> Month:
         """The month as it is now: a listing of its folder, reused while the folder's stamp is unchanged.
@@ -175,11 +247,11 @@ class Store:
             with self._times_lock:
                 hit = self._listings.get(m.prefix)
             if hit is not None and hit[0] == stamp:
-                return Month(m.year, m.month, m.prefix, hit[1].data, list(hit[1].tails))
+                return Month(m.year, m.month, m.prefix, hit[1].data, list(hit[1].tails), hit[1].data_token)
         fresh = self._list_month(m)
         if stamp is not None:
             self._remember_listing(fresh, stamp)
-        return Month(fresh.year, fresh.month, fresh.prefix, fresh.data, list(fresh.tails))
+        return Month(fresh.year, fresh.month, fresh.prefix, fresh.data, list(fresh.tails), fresh.data_token)
 
     def _stamp(self, prefix: str) -> tuple[int, ...] | None:
         stamp = getattr(self.storage, "stamp", None)
@@ -194,10 +266,12 @@ class Store:
     def _list_month(self, m: Month) -> Month:
         fresh = Month(m.year, m.month, m.prefix)
         skip = len(m.prefix) + 1
-        for key in self.storage.list(m.prefix):
+        tokens = self._tokens(m.prefix) if self.remote else dict.fromkeys(self.storage.list(m.prefix), "")
+        for key, token in tokens.items():
             name = key[skip:]
             if name == FILE_NAME:
                 fresh.data = True
+                fresh.data_token = token or None
             elif name.startswith("tail-") and sf.TAIL.match(name):
                 fresh.tails.append(name)
         fresh.tails.sort()
@@ -262,14 +336,16 @@ class Store:
 
     def _refusal(self, exc: Unreadable) -> DataError:
         return DataError(
-            f"Store file {str(self.root / exc.key)!r} is unreadable: {exc.reason}",
-            hint="run `xylen collect status`: it moves the file to "
+            f"Store file {self.where(exc.key)!r} is unreadable: {exc.reason}",
+            hint="run `xylen collect status`: it copies the file to "
             f"{str(self.quarantine)!r} (nothing is deleted) and prints the command that fetches its candles again.",
         )
 
     def _month_times(self, m: Month) -> np.ndarray:
         """Sorted open times of the month's data.parquet (empty if it has none); cached per file version."""
         key = m.data_key
+        if self.remote:
+            return self._remote_times(m)
         ident = self._identity(key)
         if ident == ():
             return np.empty(0, np.int64)
@@ -285,7 +361,23 @@ class Store:
             self._cache(key, ident, times)
         return times
 
-    def _cache(self, key: str, ident: tuple[int, ...], times: np.ndarray) -> None:
+    def _remote_times(self, m: Month) -> np.ndarray:
+        """On S3: the month file's open times, cached under its ETag (the listing's token: no GET while current)."""
+        key = m.data_key
+        if not m.data:
+            return np.empty(0, np.int64)
+        with self._times_lock:
+            hit = self._times.get(key)
+        if hit is not None and m.data_token is not None and hit[0] == (m.data_token,):
+            return hit[1]
+        got = self.storage.read_versioned(key)
+        if got is None:
+            return np.empty(0, np.int64)
+        times = sf.decode_times(got.data, key)
+        self._cache(key, (got.token,), times)  # the version actually read, whatever the listing said
+        return times
+
+    def _cache(self, key: str, ident: tuple[Any, ...], times: np.ndarray) -> None:
         with self._times_lock:
             self._times.pop(key, None)
             self._times[key] = (ident, times)
@@ -298,6 +390,9 @@ class Store:
     def _remember(self, key: str, times: np.ndarray, token: str) -> None:
         """Cache the open times of the month file this writer just swapped in, if it is still that version:
         the next append then needs no read (after a compaction it was the slowest append of all)."""
+        if self.remote:  # the ETag the swap returned: the next listing shows it while this version is current
+            self._cache(key, (token,), times)
+            return
         ident = self._identity(key)
         if not ident or self.storage.token(key) != token or self._identity(key) != ident:
             return  # not local, or replaced meanwhile: the next reader fills the cache
@@ -352,17 +447,22 @@ class Store:
         was_empty = not (m.data or m.tails)
         if new.height <= SMALL_APPEND and self._all_new(m, new["open_time"].to_numpy()):
             t = new["open_time"]
-            key = f"{m.prefix}/tail-{t[0]}-{t[-1]}-{uuid.uuid4().hex}.parquet"
-            # a fresh uuid: never taken. The folder entry is not fsynced (half the cost of a closed candle): a power
-            # cut may forget the newest tails, never tear one, and `xylen collect` backfills them on its next start
-            self.storage.put_new(key, sf.encode(new, small=True), sync_folder=False)
+            data = sf.encode(new, small=True)
+            # named by its content: the same candles written again (a second collector, a re-sync after a crash)
+            # give the same key, and put_new's create-if-absent makes that second write a no-op, not a duplicate.
+            # The folder entry is not fsynced (half the cost of a closed candle): a power cut may forget the newest
+            # tails, never tear one, and `xylen collect` backfills them on its next start
+            key = f"{m.prefix}/{sf.tail_name(int(t[0]), int(t[-1]), data)}"
+            if not self.storage.put_new(key, data, sync_folder=False):
+                result.duplicates += new.height  # these very candles are stored already
+                return
             stamp = self._stamp(m.prefix)
             if stamp is not None:  # our own tail: the next append need not list the folder again
                 self._remember_listing(
                     Month(m.year, m.month, m.prefix, m.data, sorted([*m.tails, key.rsplit("/", 1)[1]])), stamp
                 )
             result.added += new.height
-            result.files.append(str(self.root / key))
+            result.files.append(self.where(key))
             if len(m.tails) + 1 > MAX_TAILS:
                 self._merge_month(m, None, None)
         else:
@@ -439,10 +539,10 @@ class Store:
                 added = merged.height - view.height
                 result.added += added
                 result.duplicates += new.height - added
-                result.files.append(str(self.root / m.data_key))
+                result.files.append(self.where(m.data_key))
             return len(gone)
         raise DataError(
-            f"Gave up writing {str(self.root / m.data_key)!r}: {MAX_ATTEMPTS} conflicting writers in a row.",
+            f"Gave up writing {self.where(m.data_key)!r}: {MAX_ATTEMPTS} conflicting writers in a row.",
             hint="stop the other processes writing this series and run it again.",
         )
 
@@ -477,9 +577,9 @@ class Store:
         moved.add(tag)
         log.warning(
             "store: %s is unreadable (%s); moved it to %s (nothing deleted): %s",
-            self.root / exc.key,
+            self.where(exc.key),
             exc.reason,
-            self.root / target,
+            self.where(target),
             sf.fix_for(exc.key),
         )
 
@@ -488,7 +588,7 @@ class Store:
         prefix = f"{QUARANTINE}/{self.series_prefix(symbol, interval)}"
         self._check_layout()
         skip = len(QUARANTINE) + 1
-        return [Quarantined(str(self.root / k), sf.fix_for(k[skip:])) for k in self.storage.list(prefix)]
+        return [Quarantined(self.where(k), sf.fix_for(k[skip:])) for k in self.storage.list(prefix)]
 
     def quarantined_series(self) -> list[tuple[str, str]]:
         """Every (symbol, interval) of this exchange with a file in quarantine/, sorted."""
