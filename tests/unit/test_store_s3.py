@@ -248,3 +248,17 @@ def test_a_malformed_data_url_is_refused_quoting_it(bad: str, tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         load_settings({"home": tmp_path}, environ={"XYLEN_DATA_URL": bad})
     assert "XYLEN_DATA_URL" in info.value.message and bad in info.value.message
+
+
+def test_polars_reads_the_store_on_s3_directly_with_hive_partitioning(s3_env: str, tmp_path: Path) -> None:
+    """As the README shows: polars' own S3 reader, with the endpoint and keys as storage_options."""
+    url = f"s3://{make_bucket(s3_env)}/data"
+    store = Store(url, cache=tmp_path)
+    store.append("BTCUSDT", "1h", hours(JAN, 24 * 31 + 20))  # January's month file and a February tail
+    store.append("BTCUSDT", "1h", hours(JAN + (24 * 31 + 20) * HOUR, 1))
+    options = {"aws_endpoint_url": s3_env, "aws_access_key_id": "testing-key-id",
+               "aws_secret_access_key": "testing-secret", "aws_region": "us-east-1", "aws_allow_http": "true"}
+    df = pl.scan_parquet(f"{url}/klines/", hive_partitioning=True, storage_options=options).collect()
+    assert df.height == 24 * 31 + 21 and df["open_time"].n_unique() == df.height
+    assert df["exchange"].unique().to_list() == ["binance"] and df["symbol"].unique().to_list() == ["BTCUSDT"]
+    assert sorted(df["month"].unique().to_list()) == [1, 2]

@@ -1,7 +1,7 @@
 """The market-data store: hive-partitioned Parquet, per series and month one ``data.parquet`` plus small tails.
 
     XYLEN_HOME/data/klines/exchange=binance/symbol=BTCUSDT/interval=5m/year=2024/month=01/data.parquet
-                                                                            .../month=01/tail-<first>-<last>-<uuid>.parquet
+                                                                            .../month=01/tail-<first>-<last>-<hash>.parquet
 
 Key columns (exchange, symbol, interval, year, month) live in the path, not in the files, so polars, DuckDB and
 dask read the tree with hive partitioning and no conversion; every file under ``klines`` is Parquet with the same
