@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from tests import s3moto
@@ -30,7 +31,14 @@ def xylen(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=600)
 
 
-def test_collect_into_s3_then_train_from_it(s3_url: str, s3_env: str, tmp_path: Path) -> None:
+def frame_of(rows: list) -> pl.DataFrame:
+    from xylen.core.candles import COLUMNS, SCHEMA
+
+    return pl.DataFrame([[float(x) if i not in (0, 6, 8) else int(x) for i, x in enumerate(r[:11])] for r in rows],
+                        schema=list(COLUMNS), orient="row").cast(SCHEMA)  # type: ignore[arg-type]
+
+
+def test_collect_into_s3_then_train_and_retrain_from_it(s3_url: str, s3_env: str, tmp_path: Path) -> None:
     rows = [r for r in load_series(BTC_1H, "1h") if int(r[0]) < APR]
     home = tmp_path / "home"
     with FakeBinance({("BTCUSDT", "1h"): rows}) as fake:
@@ -53,11 +61,20 @@ def test_collect_into_s3_then_train_from_it(s3_url: str, s3_env: str, tmp_path: 
     assert r.returncode == 0, r.stderr
     [row] = json.loads(r.stdout)
     assert (row["symbol"], row["interval"], row["rows"]) == ("BTCUSDT", "1h", len(rows))
-    r = xylen(env, "train", "--profile", "8gb", "--symbol", "BTCUSDT", "--interval", "1h", "--no-promote", "--json")
+    r = xylen(env, "train", "--profile", "8gb", "--symbol", "BTCUSDT", "--interval", "1h", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert s3_url in json.dumps(out)  # trained from the store on S3 (the data source names it)
     assert (home / "models" / "btcusdt-1h").is_dir()
+    # new candles reach the store on S3; `xylen retrain` reads them from there
+    more = [r for r in load_series(BTC_1H, "1h") if APR <= int(r[0]) < APR + 300 * 3_600_000]
+    store.append("BTCUSDT", "1h", frame_of(more))
+    env["XYLEN_RETRAIN_HOLDOUT"] = "200"
+    r = xylen(env, "retrain", "--min-new-samples", "100", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    [res] = json.loads(r.stdout)["results"]
+    assert res["new_candles"] == 300 and res["outcome"] in ("promoted", "kept"), res  # the 300 on S3 were read
+    before = store.storage.list()
     r = xylen(env, "collect", "migrate")
     assert r.returncode == 2 and s3_url in r.stderr and "local" in r.stderr and "Traceback" not in r.stderr
     assert store.storage.list() == before
