@@ -262,3 +262,34 @@ def test_polars_reads_the_store_on_s3_directly_with_hive_partitioning(s3_env: st
     assert df.height == 24 * 31 + 21 and df["open_time"].n_unique() == df.height
     assert df["exchange"].unique().to_list() == ["binance"] and df["symbol"].unique().to_list() == ["BTCUSDT"]
     assert sorted(df["month"].unique().to_list()) == [1, 2]
+
+
+def _writer_process(url: str, endpoint: str, cache: str, k: int, n: int, start: object) -> None:
+    """A collector in its own process: closed candles interleaved with the other's, then a page."""
+    store = Store(url, endpoint_url=endpoint, cache=Path(cache), serialize_writers=False)
+    start.wait(120)  # type: ignore[attr-defined]
+    for i in range(k, n, 2):
+        store.append("BTCUSDT", "1h", hours(JAN + i * HOUR, 1, marker=k))
+    store.append("BTCUSDT", "1h", hours(JAN + (n + k * 100) * HOUR, 80, marker=k))
+
+
+def test_two_writer_processes_on_s3_lose_nothing(s3_env: str, tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    url = f"s3://{make_bucket(s3_env)}/data"
+    Store(url, cache=tmp_path).append("BTCUSDT", "1h", hours(JAN - 30 * HOUR, 30))  # December's month file
+    ctx = mp.get_context("spawn")
+    start = ctx.Barrier(2)
+    n = 40
+    procs = [ctx.Process(target=_writer_process, args=(url, s3_env, str(tmp_path / f"p{k}"), k, n, start))
+             for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = Store(url, cache=tmp_path / "r").read("BTCUSDT", "1h")
+    want = {JAN + h * HOUR for h in range(-30, n)}
+    want |= {JAN + (n + k * 100 + h) * HOUR for k in range(2) for h in range(80)}
+    assert got.height == len(want) and set(got["open_time"].to_list()) == want
+    assert got.filter(pl.col("open_time") == JAN + HOUR)["open"].to_list() == [1.0]  # writer 1's candle
