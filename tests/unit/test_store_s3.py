@@ -213,8 +213,12 @@ def test_a_follow_mode_append_costs_one_listing_and_one_put(s3_env: str, tmp_pat
     for i in range(201, 211):
         store.append("BTCUSDT", "1h", hours(JAN + i * HOUR, 1))
     assert seen.ops == ["ListObjectsV2", "PutObject"] * 10  # the month file is not read again: its ETag is listed
-    # after a compaction (a swap) the writer knows the new version's times: still no GET
-    store.compact("BTCUSDT", "1h")
+    # a compaction reads the 10 tails, swaps the month file and deletes the tails in one request
+    seen.ops.clear()
+    assert store.compact("BTCUSDT", "1h") == 11
+    assert seen.ops.count("GetObject") == 12 and seen.ops.count("DeleteObjects") == 1 and "DeleteObject" not in seen.ops
+    assert not any("/tail-" in k for k in store.keys("BTCUSDT", "1h"))
+    # after the compaction (a swap) the writer knows the new version's times: still no GET
     seen.ops.clear()
     store.append("BTCUSDT", "1h", hours(JAN + 211 * HOUR, 1))
     assert seen.ops == ["ListObjectsV2", "PutObject"]

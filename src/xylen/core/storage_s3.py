@@ -249,6 +249,18 @@ class S3Storage:
     def delete(self, key: str) -> None:
         self._call("delete_object", key, Key=self._k(check_key(key)))
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (absent ones too) with one DeleteObjects request per 1000; ConfigError if any fails."""
+        keys = [check_key(k) for k in keys]
+        for i in range(0, len(keys), 1000):
+            part = keys[i : i + 1000]
+            r = self._call("delete_objects", part[0], Delete={"Objects": [{"Key": self._k(k)} for k in part],
+                                                               "Quiet": True})
+            if r.get("Errors"):
+                e = r["Errors"][0]
+                raise ConfigError(f"S3 did not delete {self.url + '/' + str(e.get('Key', ''))!r} ({e.get('Code')}).",
+                                  hint=f"check the bucket's policy (delete permission) for {self.setting}.")
+
     def publish_tree(self, folder: Path, prefix: str) -> bool:
         """Upload ``folder`` under ``prefix`` and make it visible by its commit marker, created last; False if
         another writer claimed ``prefix`` first (its claim decides, before any file is uploaded)."""

@@ -53,6 +53,7 @@ import itertools
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ log = logging.getLogger("xylen.store")
 SMALL_APPEND = 64  # candles: at most this many (all new) become a tail instead of rewriting the month
 MAX_TAILS = 256  # a month with more tails than this is compacted by the append that makes it so
 MAX_ATTEMPTS = 1000  # compare-and-swap retries: each conflict means another writer made progress
+READERS = 8  # on S3: tails read at once by a reader or a compaction
 CACHE_BYTES = 128 << 20  # open times of month files kept in memory per Store (follow mode: the current months)
 
 _SCHEMA = pl.Schema(SCHEMA)
@@ -305,14 +307,29 @@ class Store:
 
     def _read_tails(self, m: Month, names: list[str]) -> tuple[pl.DataFrame, list[tuple[str, bytes]]]:
         """The tails still there, as one frame in name order, and their raw bytes (key, data)."""
-        got = []
-        for name in names:
-            key = f"{m.prefix}/{name}"
-            try:
-                got.append((key, self.storage.read(key)))
-            except Missing:
-                continue  # folded by a compaction: its candles are in the data.parquet read after this
+        keys = [f"{m.prefix}/{name}" for name in names]
+        if self.remote and len(keys) > 1:  # one request each: several at a time (boto3's client is thread-safe)
+            with ThreadPoolExecutor(READERS) as pool:
+                found = list(pool.map(self._read_or_none, keys))
+        else:
+            found = [self._read_or_none(k) for k in keys]
+        # a tail gone meanwhile was folded by a compaction: its candles are in the data.parquet read after this
+        got = [(k, d) for k, d in zip(keys, found, strict=True) if d is not None]
         return sf.decode_many(got), got
+
+    def _read_or_none(self, key: str) -> bytes | None:
+        try:
+            return self.storage.read(key)
+        except Missing:
+            return None
+
+    def _delete(self, keys: list[str]) -> None:
+        delete_many = getattr(self.storage, "delete_many", None)
+        if delete_many is not None and len(keys) > 1:
+            delete_many(keys)  # S3: one request per 1000 keys
+            return
+        for key in keys:
+            self.storage.delete(key)
 
     def _read_data(self, m: Month) -> pl.DataFrame | None:
         try:
@@ -532,8 +549,7 @@ class Store:
                     token = self.storage.swap(m.data_key, sf.encode(merged), got.token if got else None)
                 except Conflict:
                     continue  # another writer got there first: re-read, re-merge
-                for key in gone:
-                    self.storage.delete(key)  # immutable and folded (or quarantined): deleting loses nothing
+                self._delete(gone)  # immutable and folded (or quarantined): deleting loses nothing
                 self._remember(m.data_key, merged["open_time"].to_numpy(), token)
             if result is not None and new is not None:
                 added = merged.height - view.height
