@@ -40,6 +40,13 @@ Known gaps (ranges the exchange answered twice with no candles: no trading) live
 Market metadata (the exchange's spelling of a symbol...) lives beside them in ``<SYMBOL>.market.json``
 (:mod:`xylen.core.store_meta`).
 
+The root may be ``s3://bucket/prefix`` (``XYLEN_DATA_URL``, :func:`open_store`): the same keys under the prefix,
+through :class:`xylen.core.storage_s3.S3Storage` (put_new is ``If-None-Match: *``, swap ``If-Match`` on the ETag).
+There is no per-series lock there and no folder stamp: a writer lists the month before each append (one request;
+the month file's ETag in that listing says whether its cached open times are current), so a follow-mode append
+is a LIST and a PUT. Tails are named by the hash of their bytes, so two writers storing the same candles (a
+second collector, a re-sync after a crash) make one object: the second ``put_new`` is a no-op.
+
 A root written before exchanges (``klines/symbol=...``, no exchange level) is refused with a DataError naming
 the command that moves it in place, ``xylen collect migrate`` (:mod:`xylen.core.store_migrate`). The check runs
 once per Store; only a clean answer is remembered, so the per-candle append path pays nothing for it.
