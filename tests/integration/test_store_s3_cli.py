@@ -90,3 +90,7 @@ def test_a_malformed_data_url_or_an_unreachable_endpoint_ends_with_exit_2(s3_url
         r = xylen(env, *args)
         assert r.returncode == 2 and env["XYLEN_S3_ENDPOINT_URL"] in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and "testing-secret" not in r.stdout + r.stderr
+    # `train --data FILE` reads no store: the unreachable endpoint does not matter
+    env |= {"XYLEN_FOLDS": "2", "LGBM_NUM_THREADS": "2"}
+    r = xylen(env, "train", "--profile", "8gb", "--data", str(BTC_1H), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
