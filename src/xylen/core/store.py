@@ -361,7 +361,7 @@ class Store:
     def _refusal(self, exc: Unreadable) -> DataError:
         return DataError(
             f"Store file {self.where(exc.key)!r} is unreadable: {exc.reason}",
-            hint="run `xylen collect status`: it copies the file to "
+            hint="run `xylen collect status`: it moves the file to "
             f"{str(self.quarantine)!r} (nothing is deleted) and prints the command that fetches its candles again.",
         )
 
