@@ -297,3 +297,26 @@ def test_two_writer_processes_on_s3_lose_nothing(s3_env: str, tmp_path: Path) ->
     want |= {JAN + (n + k * 100 + h) * HOUR for k in range(2) for h in range(80)}
     assert got.height == len(want) and set(got["open_time"].to_list()) == want
     assert got.filter(pl.col("open_time") == JAN + HOUR)["open"].to_list() == [1.0]  # writer 1's candle
+
+
+def test_a_reader_on_s3_fetches_only_what_changed(s3_env: str, tmp_path: Path) -> None:
+    """A reader polling a series (serve's push feed): one listing, and GETs only for new tails and month files."""
+    url = f"s3://{make_bucket(s3_env)}/data"
+    writer = Store(url, cache=tmp_path / "w")
+    writer.append("BTCUSDT", "1h", hours(JAN, 200))
+    for i in range(200, 203):
+        writer.append("BTCUSDT", "1h", hours(JAN + i * HOUR, 1))
+    reader = Store(url, cache=tmp_path / "r")
+    first = reader.read("BTCUSDT", "1h")
+    seen = Requests(reader)
+    again = reader.read("BTCUSDT", "1h")
+    assert again.equals(first) and seen.ops == ["ListObjectsV2"]  # nothing changed: nothing fetched
+    writer.append("BTCUSDT", "1h", hours(JAN + 203 * HOUR, 1))
+    seen.ops.clear()
+    assert reader.read("BTCUSDT", "1h").height == 204 and seen.ops == ["ListObjectsV2", "GetObject"]  # the new tail
+    writer.compact("BTCUSDT", "1h")  # another process folds the tails: a new month file, no tails
+    seen.ops.clear()
+    df = reader.read("BTCUSDT", "1h")
+    assert df.equals(hours(JAN, 204)) and seen.ops == ["ListObjectsV2", "GetObject"]  # the new month file
+    df.insert_column(0, pl.Series("x", range(204)))  # a caller changing its frame does not change the kept copy
+    assert reader.read("BTCUSDT", "1h").equals(hours(JAN, 204))

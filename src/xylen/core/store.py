@@ -139,6 +139,9 @@ class Store:
         self._times_lock = threading.Lock()  # follow mode appends several series from worker threads
         self._listings: dict[str, tuple[tuple[int, ...], Month]] = {}  # month prefix -> (folder stamp, listing)
         self._layout_ok = False  # no file from before exchanges under root (remembered once seen)
+        # S3 readers: tails (key -> ("", bytes, size)) and month files (key -> (ETag, frame, size)) already fetched
+        self._blobs: dict[str, tuple[str, Any, int]] = {}
+        self._blob_bytes = 0
 
     def where(self, key: str) -> str:
         """The path (or s3:// URL) of a key, for messages."""
@@ -298,8 +301,10 @@ class Store:
             if (end is not None and lo >= end) or (start is not None and hi <= start):
                 continue
             try:
-                tails, _ = self._read_tails(m, m.tails)  # before the month file: see the module docstring
-                month = self._read_data(m)
+                tails, got = self._read_tails(m, m.tails)  # before the month file: see the module docstring
+                # S3: with every listed tail in hand, the listing's version of the month file completes the view
+                # (a compaction since the listing folded only tails we have), so a cached copy of it will do
+                month = self._read_data(m, listed=len(got) == len(m.tails))
             except Unreadable as exc:
                 raise self._refusal(exc) from None
             frames.append(sf.view(tails, month))
@@ -315,14 +320,34 @@ class Store:
     def _read_tails(self, m: Month, names: list[str]) -> tuple[pl.DataFrame, list[tuple[str, bytes]]]:
         """The tails still there, as one frame in name order, and their raw bytes (key, data)."""
         keys = [f"{m.prefix}/{name}" for name in names]
-        if self.remote and len(keys) > 1:  # one request each: several at a time (boto3's client is thread-safe)
+        found = self._kept_tails(keys) if self.remote else {}  # S3: a tail never changes, kept copies will do
+        todo = [k for k in keys if k not in found]
+        if self.remote and len(todo) > 1:  # one request each: several at a time (boto3's client is thread-safe)
             with ThreadPoolExecutor(READERS) as pool:
-                found = list(pool.map(self._read_or_none, keys))
+                fetched = dict(zip(todo, pool.map(self._read_or_none, todo), strict=True))
         else:
-            found = [self._read_or_none(k) for k in keys]
+            fetched = {k: self._read_or_none(k) for k in todo}
+        if self.remote:
+            self._keep({k: ("", d, len(d)) for k, d in fetched.items() if d is not None})
+        found.update(fetched)
         # a tail gone meanwhile was folded by a compaction: its candles are in the data.parquet read after this
-        got = [(k, d) for k, d in zip(keys, found, strict=True) if d is not None]
+        got = [(k, d) for k in keys if (d := found.get(k)) is not None]
         return sf.decode_many(got), got
+
+    def _kept_tails(self, keys: list[str]) -> dict[str, bytes | None]:
+        with self._times_lock:
+            return {k: hit[1] for k in keys if (hit := self._blobs.get(k)) is not None}
+
+    def _keep(self, entries: dict[str, tuple[str, Any, int]]) -> None:
+        """Remember S3 objects a reader fetched: tails by key (immutable), month files as decoded frames under
+        their ETag; bounded by CACHE_BYTES, oldest first out."""
+        with self._times_lock:
+            for key, entry in entries.items():
+                old = self._blobs.pop(key, None)
+                self._blob_bytes += entry[2] - (old[2] if old else 0)
+                self._blobs[key] = entry
+            while self._blobs and self._blob_bytes > CACHE_BYTES:
+                self._blob_bytes -= self._blobs.pop(next(iter(self._blobs)))[2]
 
     def _read_or_none(self, key: str) -> bytes | None:
         try:
@@ -338,11 +363,25 @@ class Store:
         for key in keys:
             self.storage.delete(key)
 
-    def _read_data(self, m: Month) -> pl.DataFrame | None:
-        try:
-            return sf.decode(self.storage.read(m.data_key), m.data_key)
-        except Missing:
+    def _read_data(self, m: Month, *, listed: bool = False) -> pl.DataFrame | None:
+        """The month's data.parquet (None: none). ``listed``: the version the listing named is good enough (S3:
+        then a decoded copy kept under that ETag is used, no GET)."""
+        if not self.remote:
+            try:
+                return sf.decode(self.storage.read(m.data_key), m.data_key)
+            except Missing:
+                return None
+        if listed and m.data_token is not None:
+            with self._times_lock:
+                hit = self._blobs.get(m.data_key)
+            if hit is not None and hit[0] == m.data_token:
+                return hit[1].clone()  # type: ignore[no-any-return]  # a caller may change its frame in place
+        got = self.storage.read_versioned(m.data_key)
+        if got is None:
             return None
+        df = sf.decode(got.data, m.data_key)
+        self._keep({m.data_key: (got.token, df, int(df.estimated_size()))})
+        return df.clone()
 
     def last_open_time(self, symbol: str, interval: str) -> int | None:
         """The newest stored open time: tails by their names, the month file by its open_time column."""
