@@ -320,3 +320,8 @@ def test_a_reader_on_s3_fetches_only_what_changed(s3_env: str, tmp_path: Path) -
     assert df.equals(hours(JAN, 204)) and seen.ops == ["ListObjectsV2", "GetObject"]  # the new month file
     df.insert_column(0, pl.Series("x", range(204)))  # a caller changing its frame does not change the kept copy
     assert reader.read("BTCUSDT", "1h").equals(hours(JAN, 204))
+    # a month of tails only (no month file yet): no GET for the month file the listing does not show
+    writer.append("BTCUSDT", "1h", hours(FEB, 2))
+    reader.read("BTCUSDT", "1h")
+    seen.ops.clear()
+    assert reader.read("BTCUSDT", "1h", start=FEB).height == 2 and seen.ops == ["ListObjectsV2"]

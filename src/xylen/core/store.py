@@ -371,6 +371,8 @@ class Store:
                 return sf.decode(self.storage.read(m.data_key), m.data_key)
             except Missing:
                 return None
+        if listed and not m.data:
+            return None  # none in the listing, and every listed tail in hand: the view is complete as listed
         if listed and m.data_token is not None:
             with self._times_lock:
                 hit = self._blobs.get(m.data_key)
