@@ -12,10 +12,21 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tests import s3moto
 from xylen.core.candles import SCHEMA
 from xylen.core.store import Store
 
 pytestmark = pytest.mark.unit
+moto_endpoint, s3_env = s3moto.moto_endpoint, s3moto.s3_env  # fixtures
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store's root: a local folder, or s3://<fresh bucket>/data on moto (its endpoint in the environment,
+    which spawned writer processes inherit)."""
+    if request.param == "local":
+        return str(tmp_path)
+    return f"s3://{s3moto.make_bucket(request.getfixturevalue('s3_env'))}/data"
 
 JAN = 1704067200000  # 2024-01-01
 STEP = {"5m": 300_000, "1h": 3_600_000}
@@ -115,24 +126,24 @@ def write_share(root: str, k: int, writers: int, start: Any) -> None:
     store.append("BTCUSDT", "5m", frame(mine[60:], k, STEP["5m"]))  # > 64 rows: a month merge
 
 
-def test_writers_of_one_series_lose_nothing_without_any_lock(tmp_path: Path) -> None:
-    """Correctness comes from the compare-and-swap alone (an object store has no file lock)."""
+def test_writers_of_one_series_lose_nothing_without_any_lock(root: str) -> None:
+    """Correctness comes from the compare-and-swap alone (an object store has no file lock): on disk and on S3."""
     writers = 4
     ctx = mp.get_context("spawn")
     start = ctx.Barrier(writers)
-    procs = [ctx.Process(target=write_share, args=(str(tmp_path), k, writers, start)) for k in (0, 1)]
-    threads = [threading.Thread(target=write_share, args=(str(tmp_path), k, writers, start)) for k in (2, 3)]
+    procs = [ctx.Process(target=write_share, args=(root, k, writers, start)) for k in (0, 1)]
+    threads = [threading.Thread(target=write_share, args=(root, k, writers, start)) for k in (2, 3)]
     for w in (*procs, *threads):
         w.start()
     for w in (*procs, *threads):
         w.join(180)
     assert [p.exitcode for p in procs] == [0, 0]
-    store = Store(tmp_path)
+    store = Store(root)
     df = store.read("BTCUSDT", "5m")
     assert df["open_time"].to_list() == (JAN + STEP["5m"] * np.arange(800)).tolist()
     assert df["open"].to_list() == [float(i % writers) for i in range(800)]  # each candle from its writer
     store.compact("BTCUSDT", "5m")
-    assert [f.name for f in store.files("BTCUSDT", "5m")] == ["data.parquet"]
+    assert [k.rsplit("/", 1)[1] for k in store.keys("BTCUSDT", "5m")] == ["data.parquet"]
     assert store.read("BTCUSDT", "5m").equals(df)
 
 
@@ -144,11 +155,11 @@ def add_gaps(root: str, k: int, start: Any) -> None:
         store.add_known_gaps("BTCUSDT", "1h", [(a, a + 3_600_000)])
 
 
-def test_concurrent_collectors_keep_each_others_known_gaps(tmp_path: Path) -> None:
+def test_concurrent_collectors_keep_each_others_known_gaps(root: str) -> None:
     ctx = mp.get_context("spawn")
     start = ctx.Barrier(4)
-    procs = [ctx.Process(target=add_gaps, args=(str(tmp_path), k, start)) for k in (0, 1)]
-    threads = [threading.Thread(target=add_gaps, args=(str(tmp_path), k, start)) for k in (2, 3)]
+    procs = [ctx.Process(target=add_gaps, args=(root, k, start)) for k in (0, 1)]
+    threads = [threading.Thread(target=add_gaps, args=(root, k, start)) for k in (2, 3)]
     for w in (*procs, *threads):
         w.start()
     for w in (*procs, *threads):
@@ -157,4 +168,4 @@ def test_concurrent_collectors_keep_each_others_known_gaps(tmp_path: Path) -> No
     want = sorted(
         ((k * 100 + i * 2) * 3_600_000, (k * 100 + i * 2 + 1) * 3_600_000) for k in range(4) for i in range(25)
     )
-    assert Store(tmp_path).known_gaps("BTCUSDT", "1h") == want
+    assert Store(root).known_gaps("BTCUSDT", "1h") == want

@@ -159,12 +159,13 @@ def status_cmd(
         import time
 
         from xylen.collect.status import rows_for_table, status
-        from xylen.core.store import Store
+        from xylen.core.markets import DEFAULT_EXCHANGE
+        from xylen.core.store import open_store
 
-        root = settings_from(ctx).data_dir
+        settings = settings_from(ctx)
         now = int(time.time() * 1000)
-        summaries = [s for ex in Store.exchanges(root) for s in status(Store(root, exchange=ex), now)]
-        store = Store(root)
+        store = open_store(settings, DEFAULT_EXCHANGE)
+        summaries = [s for ex in store.exchanges_here() for s in status(store.for_exchange(ex), now)]
         if as_json:
             _json([s.to_dict() for s in summaries])
             return
@@ -199,12 +200,20 @@ def migrate_cmd(
     Example: xylen collect migrate
     """
     with handled():
+        from xylen.core.errors import ConfigError
         from xylen.core.store_migrate import migrate
 
         def waiting() -> None:
             err.print("another `xylen collect migrate` is moving this store; waiting for it to finish")
 
-        result = migrate(settings_from(ctx).data_dir, on_wait=waiting)
+        location = settings_from(ctx).data_location
+        if isinstance(location, str):
+            raise ConfigError(
+                f"`xylen collect migrate` moves a local store; the store is on S3 ({location!r}, XYLEN_DATA_URL).",
+                hint="a store on S3 is written in the current layout; to bring an old local store there, run "
+                "`XYLEN_DATA_URL=<its folder> xylen collect migrate`, then copy the folder to the bucket.",
+            )
+        result = migrate(location, on_wait=waiting)
         if as_json:
             _json(result.to_dict())
         else:
@@ -242,10 +251,10 @@ def import_cmd(
     """
     with handled():
         from xylen.collect.archive import import_files
-        from xylen.core.store import Store
+        from xylen.core.store import open_store
 
         settings = settings_from(ctx, exchange=_exchange(exchange))
-        store = Store(settings.data_dir, exchange=settings.exchange)
+        store = open_store(settings)
         result = import_files(store, paths, symbol=symbol, interval=interval)
         if as_json:
             _json(result.to_dict())
@@ -276,12 +285,12 @@ def export_cmd(
     with handled():
         from xylen.collect.archive import export_series
         from xylen.core.errors import ConfigError
-        from xylen.core.store import Store
+        from xylen.core.store import open_store
 
         if fmt not in ("jsonl", "csv", "parquet"):
             raise ConfigError(f"--format {fmt!r} is unknown.", hint="use jsonl, csv or parquet.")
         settings = settings_from(ctx, exchange=_exchange(exchange))
-        store = Store(settings.data_dir, exchange=settings.exchange)
+        store = open_store(settings)
         n = export_series(store, symbol, interval, fmt, out_path)  # type: ignore[arg-type]
         if out_path is not None:
             err.print(f"exported {n} candles to {out_path}")

@@ -27,7 +27,7 @@ from xylen.core.errors import ConfigError, ExchangeTemporaryError
 from xylen.core.intervals import INTERVALS
 from xylen.core.markets import DEFAULT_EXCHANGE, canonical_symbol
 from xylen.core.settings import Settings
-from xylen.core.store import Store
+from xylen.core.store import Store, open_store
 
 
 def parse_symbols(value: str | list[str]) -> list[str]:
@@ -179,8 +179,10 @@ def collect(
             f"--since ({opts.since}) is not before --until ({opts.until}).", hint="swap them or pick a later --until."
         )
     started = time.monotonic()
-    migrate_if_needed(settings.data_dir)
-    store = Store(settings.data_dir, exchange=opts.exchange)
+    location = settings.data_location
+    if not isinstance(location, str):  # S3: no store from before exchanges to move (a Store refuses one)
+        migrate_if_needed(location)
+    store = open_store(settings, opts.exchange)
     store.clean_temp()
     rest = rest or make_rest(settings, clock=clock, exchange=opts.exchange)
     rest.governor.should_stop = should_stop

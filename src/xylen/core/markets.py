@@ -73,4 +73,4 @@ def exchange_flag(exchange: str) -> str:
 def store_of(store: Any, exchange: str) -> Any:
     """``store`` (an ``xylen.core.store.Store``) if it holds ``exchange``'s candles, else the same root's store of
     that exchange."""
-    return store if store.exchange == exchange else type(store)(store.root, exchange=exchange)
+    return store if store.exchange == exchange else store.for_exchange(exchange)

@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         description="Where the model registry lives: s3://BUCKET/PREFIX (S3 or an S3-compatible store; needs the "
         "xylen[s3] extra), or a local folder. Unset: XYLEN_HOME/models.",
     )
+    data_url: str | None = Field(
+        None,
+        validation_alias=_alias("data_url"),
+        description="Where the candle store lives: s3://BUCKET/PREFIX (S3 or an S3-compatible store; needs the "
+        "xylen[s3] extra), or a local folder. Unset: XYLEN_HOME/data.",
+    )
     s3_endpoint_url: str | None = Field(
         None,
         validation_alias=_alias("s3_endpoint_url"),
@@ -457,9 +463,9 @@ class Settings(BaseSettings):
                 raise ValueError("an http:// or https:// URL, like https://api.bybit.com")
         return v
 
-    @field_validator("models_url", mode="before")
+    @field_validator("models_url", "data_url", mode="before")
     @classmethod
-    def _models_url(cls, v: Any) -> Any:
+    def _location_url(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = v.strip() or None  # XYLEN_MODELS_URL= (empty) means unset
             if v is not None and "://" in v:
@@ -538,6 +544,13 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
+
+    @property
+    def data_location(self) -> str | Path:
+        """The candle store's location: XYLEN_DATA_URL (an s3:// URL or a folder), else XYLEN_HOME/data."""
+        if self.data_url is None:
+            return self.data_dir
+        return self.data_url if self.data_url.startswith("s3://") else Path(self.data_url).expanduser()
 
     @property
     def models_dir(self) -> Path:

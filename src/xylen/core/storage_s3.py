@@ -77,8 +77,9 @@ class S3Storage:
     """``Storage`` on ``s3://bucket/prefix``; ``scratch`` is a local folder for staging trees and downloads."""
 
     def __init__(self, url: str, *, scratch: str | Path, endpoint_url: str | None = None,
-                 client: Any = None) -> None:
+                 client: Any = None, setting: str = "XYLEN_MODELS_URL") -> None:
         self.url = url.rstrip("/")
+        self.setting = setting  # the setting that names this location, for messages
         self.bucket, self.prefix = parse_s3_url(url)
         self.endpoint_url = endpoint_url or None
         self.scratch = LocalStorage(scratch)
@@ -114,7 +115,7 @@ class S3Storage:
                 raise
             if code == "NoSuchBucket":
                 raise ConfigError(f"The S3 bucket {self.bucket!r} of {self.url!r} does not exist.",
-                                  hint="create it, or fix XYLEN_MODELS_URL.") from None
+                                  hint=f"create it, or fix {self.setting}.") from None
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
                 raise ConfigError(f"S3 refused access to {self.url + '/' + key!r} ({code}).",
                                   hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the "
@@ -186,6 +187,19 @@ class S3Storage:
         keys, _ = self._list_raw(self._k(prefix))
         return sorted(k for k in keys if k == prefix or k.startswith(prefix + "/"))
 
+    def list_tokens(self, prefix: str) -> dict[str, str]:
+        """Keys under the folder ``prefix`` with their ETags (the tokens ``swap`` compares), from one listing:
+        what the candle store uses to know, without a GET, whether a month file it cached is still current."""
+        check_key(prefix)
+        base, out = self._k(""), {}
+        kw: dict[str, Any] = {"Prefix": self._k(prefix) + "/"}
+        while True:
+            r = self._call("list_objects_v2", prefix, **kw)
+            out.update({o["Key"][len(base):]: str(o["ETag"]) for o in r.get("Contents", ())})
+            if not r.get("IsTruncated"):
+                return out
+            kw["ContinuationToken"] = r["NextContinuationToken"]
+
     def folders(self, prefix: str = "") -> builtins.list[str]:
         """Names of the "folders" directly under ``prefix`` (one delimited listing); internal areas excluded."""
         _, dirs = self._list_raw(self._k(f"{check_key(prefix)}/" if prefix else ""), "/")
@@ -246,6 +260,18 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self._call("delete_object", key, Key=self._k(check_key(key)))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (absent ones too) with one DeleteObjects request per 1000; ConfigError if any fails."""
+        keys = [check_key(k) for k in keys]
+        for i in range(0, len(keys), 1000):
+            part = keys[i : i + 1000]
+            r = self._call("delete_objects", part[0], Delete={"Objects": [{"Key": self._k(k)} for k in part],
+                                                               "Quiet": True})
+            if r.get("Errors"):
+                e = r["Errors"][0]
+                raise ConfigError(f"S3 did not delete {self.url + '/' + str(e.get('Key', ''))!r} ({e.get('Code')}).",
+                                  hint=f"check the bucket's policy (delete permission) for {self.setting}.")
 
     def publish_tree(self, folder: Path, prefix: str) -> bool:
         """Upload ``folder`` under ``prefix`` and make it visible by its commit marker, created last; False if

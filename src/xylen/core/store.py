@@ -1,7 +1,7 @@
 """The market-data store: hive-partitioned Parquet, per series and month one ``data.parquet`` plus small tails.
 
     XYLEN_HOME/data/klines/exchange=binance/symbol=BTCUSDT/interval=5m/year=2024/month=01/data.parquet
-                                                                            .../month=01/tail-<first>-<last>-<uuid>.parquet
+                                                                            .../month=01/tail-<first>-<last>-<hash>.parquet
 
 Key columns (exchange, symbol, interval, year, month) live in the path, not in the files, so polars, DuckDB and
 dask read the tree with hive partitioning and no conversion; every file under ``klines`` is Parquet with the same
@@ -40,6 +40,13 @@ Known gaps (ranges the exchange answered twice with no candles: no trading) live
 Market metadata (the exchange's spelling of a symbol...) lives beside them in ``<SYMBOL>.market.json``
 (:mod:`xylen.core.store_meta`).
 
+The root may be ``s3://bucket/prefix`` (``XYLEN_DATA_URL``, :func:`open_store`): the same keys under the prefix,
+through :class:`xylen.core.storage_s3.S3Storage` (put_new is ``If-None-Match: *``, swap ``If-Match`` on the ETag).
+There is no per-series lock there and no folder stamp: a writer lists the month before each append (one request;
+the month file's ETag in that listing says whether its cached open times are current), so a follow-mode append
+is a LIST and a PUT. Tails are named by the hash of their bytes, so two writers storing the same candles (a
+second collector, a re-sync after a crash) make one object: the second ``put_new`` is a no-op.
+
 A root written before exchanges (``klines/symbol=...``, no exchange level) is refused with a DataError naming
 the command that moves it in place, ``xylen collect migrate`` (:mod:`xylen.core.store_migrate`). The check runs
 once per Store; only a clean answer is remembered, so the per-candle append path pays nothing for it.
@@ -48,10 +55,12 @@ once per Store; only a clean answer is remembered, so the per-candle append path
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
+import os
 import threading
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,6 +74,7 @@ from xylen.core import store_meta as meta
 from xylen.core.candles import COLUMNS, SCHEMA, empty_frame
 from xylen.core.errors import ConfigError, DataError
 from xylen.core.storage import TMP_DIR, Conflict, LocalStorage, Missing, Storage
+from xylen.core.storage_s3 import is_s3_url
 from xylen.core.store_files import DEFAULT_EXCHANGE, FILE_NAME, KLINES, META, QUARANTINE, Month, Unreadable
 from xylen.core.store_migrate import needs_migration, old_layout_key, refusal
 from xylen.core.store_records import AppendResult, Quarantined, SeriesSummary
@@ -74,50 +84,94 @@ log = logging.getLogger("xylen.store")
 SMALL_APPEND = 64  # candles: at most this many (all new) become a tail instead of rewriting the month
 MAX_TAILS = 256  # a month with more tails than this is compacted by the append that makes it so
 MAX_ATTEMPTS = 1000  # compare-and-swap retries: each conflict means another writer made progress
+READERS = 8  # on S3: tails read at once by a reader or a compaction
 CACHE_BYTES = 128 << 20  # open times of month files kept in memory per Store (follow mode: the current months)
 
 _SCHEMA = pl.Schema(SCHEMA)
 
-__all__ = ["FILE_NAME", "AppendResult", "Quarantined", "SeriesSummary", "Store", "needs_migration"]
+__all__ = ["FILE_NAME", "AppendResult", "Quarantined", "SeriesSummary", "Store", "needs_migration", "open_store"]
+
+
+def open_store(settings: Any, exchange: str | None = None, *, serialize_writers: bool = True) -> Store:
+    """The store the settings name (XYLEN_DATA_URL: s3:// or a folder, else XYLEN_HOME/data) for ``exchange``
+    (default: the exchange setting)."""
+    return Store(settings.data_location, exchange or settings.exchange, serialize_writers=serialize_writers,
+                 endpoint_url=settings.s3_endpoint_url, cache=settings.home / "cache")
 
 
 class Store:
-    """The candles of one exchange in the store under ``root`` (``XYLEN_HOME/data``).
+    """The candles of one exchange in the store under ``root`` (``XYLEN_HOME/data``, or ``s3://bucket/prefix``).
 
     ``exchange`` is a name of lower-case letters and digits (``Binance`` reads as ``binance``; anything else is a
     ConfigError before it can name a folder). ``serialize_writers`` takes a per-series file lock around writes: it
     spares concurrent writers of one series their compare-and-swap retries; correctness never depends on it.
+
+    On S3 (:class:`xylen.core.storage_s3.S3Storage`, the same keys under the prefix) ``endpoint_url`` (else
+    XYLEN_S3_ENDPOINT_URL, else AWS) is the endpoint; there is no file lock (writers rely on the compare-and-swap
+    alone), no folder stamp (a writer lists the month, one request, before each append) and no temp files.
     """
 
-    def __init__(self, root: str | Path, exchange: str = DEFAULT_EXCHANGE, *, serialize_writers: bool = True) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path, exchange: str = DEFAULT_EXCHANGE, *, serialize_writers: bool = True,
+                 endpoint_url: str | None = None, cache: Path | None = None) -> None:
         self.exchange = sf.check_exchange(exchange)
-        self.storage: Storage = LocalStorage(self.root)
-        self.klines = self.root / KLINES
+        self.remote = is_s3_url(root)
+        self.endpoint_url = endpoint_url
+        self.cache_dir = cache
+        if self.remote:
+            from xylen.core.storage_s3 import S3Storage
+
+            url = str(root).rstrip("/")
+            self.location = url
+            endpoint = endpoint_url or os.environ.get("XYLEN_S3_ENDPOINT_URL") or None
+            cache = cache or Path(os.environ.get("XYLEN_HOME") or "~/.xylen").expanduser() / "cache"
+            self.root = cache / f"store-{hashlib.sha256(url.encode()).hexdigest()[:12]}"  # scratch only
+            self.storage: Storage = S3Storage(url, scratch=self.root, endpoint_url=endpoint, setting="XYLEN_DATA_URL")
+        else:
+            self.root = Path(root)
+            self.location = str(self.root)
+            self.storage = LocalStorage(self.root)
+        self.klines: Path | str = self.where(KLINES) if self.remote else self.root / KLINES
         self.meta = self.root / META
-        self.quarantine = self.root / QUARANTINE
+        self.quarantine: Path | str = self.where(QUARANTINE) if self.remote else self.root / QUARANTINE
         self.tmp = self.root / TMP_DIR
         self.serialize_writers = serialize_writers
-        self._times: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}  # month key -> (file identity, open times)
+        self._times: dict[str, tuple[tuple[Any, ...], np.ndarray]] = {}  # month key -> (file identity, open times)
         self._times_lock = threading.Lock()  # follow mode appends several series from worker threads
         self._listings: dict[str, tuple[tuple[int, ...], Month]] = {}  # month prefix -> (folder stamp, listing)
         self._layout_ok = False  # no file from before exchanges under root (remembered once seen)
+        # S3 readers: tails (key -> ("", bytes, size)) and month files (key -> (ETag, frame, size)) already fetched
+        self._blobs: dict[str, tuple[str, Any, int]] = {}
+        self._blob_bytes = 0
+
+    def where(self, key: str) -> str:
+        """The path (or s3:// URL) of a key, for messages."""
+        return f"{self.location}/{key}" if self.remote else str(self.root / key)
+
+    def for_exchange(self, exchange: str) -> Store:
+        """A Store of another exchange at the same location."""
+        root = self.location if self.remote else self.root
+        return Store(root, exchange, serialize_writers=self.serialize_writers, endpoint_url=self.endpoint_url,
+                     cache=self.cache_dir)
 
     @staticmethod
-    def exchanges(root: str | Path) -> list[str]:
+    def exchanges(root: str | Path, *, endpoint_url: str | None = None, cache: Path | None = None) -> list[str]:
         """Every exchange with a series (stored or quarantined) under ``root``, sorted."""
-        probe = Store(root)
+        return Store(root, endpoint_url=endpoint_url, cache=cache).exchanges_here()
+
+    def exchanges_here(self) -> list[str]:
+        """Every exchange with a series (stored or quarantined) at this store's location, sorted."""
+        probe = self
         probe._check_layout()
-        names = {
-            parts[depth][len("exchange=") :]
-            for base, depth in ((KLINES, 1), (f"{QUARANTINE}/{KLINES}", 2))
-            for parts in (key.split("/") for key in probe.storage.list(base))
-            if len(parts) > depth + 1 and parts[depth].startswith("exchange=")
+        names = {  # one delimited listing per area (not every object of the store)
+            name[len("exchange=") :]
+            for base in (KLINES, f"{QUARANTINE}/{KLINES}")
+            for name in sf.folders_of(probe.storage, base)
+            if name.startswith("exchange=")
         }
         found = []
         for name in sorted(names):
             try:
-                store = Store(root, name)
+                store = probe.for_exchange(name)
             except ConfigError:
                 continue  # a folder someone else made
             if store.exchange == name and (store.series() or store.quarantined_series()):
@@ -130,7 +184,7 @@ class Store:
             return
         old = old_layout_key(self.storage)
         if old is not None:
-            raise refusal(self.root, old)  # checked again next time: `xylen collect migrate` may run meanwhile
+            raise refusal(self.location, old)  # checked again next time: `xylen collect migrate` may run meanwhile
         self._layout_ok = True
 
     # ---------------------------------------------------------------- layout
@@ -139,6 +193,10 @@ class Store:
         not a symbol (letters and digits, 2-20) or not a Binance interval is refused with a ConfigError."""
         sym, iv = sf.check_series(symbol, interval)
         return f"{KLINES}/exchange={self.exchange}/symbol={sym}/interval={iv}"
+
+    def series_location(self, symbol: str, interval: str) -> str:
+        """Where a series lives (a folder, or an s3:// URL), for messages and reports."""
+        return self.where(self.series_prefix(symbol, interval))
 
     def series_dir(self, symbol: str, interval: str) -> Path:
         return self.root / self.series_prefix(symbol, interval)
@@ -155,13 +213,39 @@ class Store:
         """Every Parquet file of a series (month files and tails), sorted by path."""
         return [self.root / k for m in self._months(symbol, interval) for k in m.object_keys()]
 
+    def keys(self, symbol: str, interval: str) -> list[str]:
+        """The storage keys of every Parquet file of a series (month files and tails), sorted."""
+        return [k for m in self._months(symbol, interval) for k in m.object_keys()]
+
+    def fingerprint(self, symbol: str, interval: str) -> tuple[Any, ...]:
+        """What changes when a series' candles or known gaps do: each file's identity (local: inode, size and
+        times; S3: its ETag, all from one listing of the series and one of the exchange's meta folder)."""
+        gaps = meta.gaps_key(self.exchange, symbol, interval)
+        if self.remote:
+            tokens = self._tokens(self.series_prefix(symbol, interval))
+            gap_token = self._tokens(f"{META}/exchange={self.exchange}").get(gaps)
+            return (*sorted(tokens.items()), (gaps, gap_token))
+        return tuple((k, self._identity(k)) for k in [*self.keys(symbol, interval), gaps])
+
     def _month(self, symbol: str, interval: str, year: int, month: int) -> Month:
         return Month(year, month, f"{self.series_prefix(symbol, interval)}/year={year}/month={month:02d}")
 
     def _months(self, symbol: str, interval: str) -> list[Month]:
         prefix = self.series_prefix(symbol, interval)
         self._check_layout()
-        return sf.months_of(prefix, self.storage.list(prefix))
+        if not self.remote:
+            return sf.months_of(prefix, self.storage.list(prefix))
+        tokens = self._tokens(prefix)  # one listing gives the keys and the ETags (a cached month file needs no GET)
+        months = sf.months_of(prefix, list(tokens))
+        for m in months:
+            m.data_token = tokens.get(m.data_key)
+        return months
+
+    def _tokens(self, prefix: str) -> dict[str, str]:
+        from xylen.core.storage_s3 import S3Storage
+
+        assert isinstance(self.storage, S3Storage)
+        return self.storage.list_tokens(prefix)
 
     def _listed(self, m: Month) -> Month:
         """The month as it is now: a listing of its folder, reused while the folder's stamp is unchanged.
@@ -175,11 +259,11 @@ class Store:
             with self._times_lock:
                 hit = self._listings.get(m.prefix)
             if hit is not None and hit[0] == stamp:
-                return Month(m.year, m.month, m.prefix, hit[1].data, list(hit[1].tails))
+                return Month(m.year, m.month, m.prefix, hit[1].data, list(hit[1].tails), hit[1].data_token)
         fresh = self._list_month(m)
         if stamp is not None:
             self._remember_listing(fresh, stamp)
-        return Month(fresh.year, fresh.month, fresh.prefix, fresh.data, list(fresh.tails))
+        return Month(fresh.year, fresh.month, fresh.prefix, fresh.data, list(fresh.tails), fresh.data_token)
 
     def _stamp(self, prefix: str) -> tuple[int, ...] | None:
         stamp = getattr(self.storage, "stamp", None)
@@ -194,10 +278,12 @@ class Store:
     def _list_month(self, m: Month) -> Month:
         fresh = Month(m.year, m.month, m.prefix)
         skip = len(m.prefix) + 1
-        for key in self.storage.list(m.prefix):
+        tokens = self._tokens(m.prefix) if self.remote else dict.fromkeys(self.storage.list(m.prefix), "")
+        for key, token in tokens.items():
             name = key[skip:]
             if name == FILE_NAME:
                 fresh.data = True
+                fresh.data_token = token or None
             elif name.startswith("tail-") and sf.TAIL.match(name):
                 fresh.tails.append(name)
         fresh.tails.sort()
@@ -215,8 +301,10 @@ class Store:
             if (end is not None and lo >= end) or (start is not None and hi <= start):
                 continue
             try:
-                tails, _ = self._read_tails(m, m.tails)  # before the month file: see the module docstring
-                month = self._read_data(m)
+                tails, got = self._read_tails(m, m.tails)  # before the month file: see the module docstring
+                # S3: with every listed tail in hand, the listing's version of the month file completes the view
+                # (a compaction since the listing folded only tails we have), so a cached copy of it will do
+                month = self._read_data(m, listed=len(got) == len(m.tails))
             except Unreadable as exc:
                 raise self._refusal(exc) from None
             frames.append(sf.view(tails, month))
@@ -231,20 +319,71 @@ class Store:
 
     def _read_tails(self, m: Month, names: list[str]) -> tuple[pl.DataFrame, list[tuple[str, bytes]]]:
         """The tails still there, as one frame in name order, and their raw bytes (key, data)."""
-        got = []
-        for name in names:
-            key = f"{m.prefix}/{name}"
-            try:
-                got.append((key, self.storage.read(key)))
-            except Missing:
-                continue  # folded by a compaction: its candles are in the data.parquet read after this
+        keys = [f"{m.prefix}/{name}" for name in names]
+        found = self._kept_tails(keys) if self.remote else {}  # S3: a tail never changes, kept copies will do
+        todo = [k for k in keys if k not in found]
+        if self.remote and len(todo) > 1:  # one request each: several at a time (boto3's client is thread-safe)
+            with ThreadPoolExecutor(READERS) as pool:
+                fetched = dict(zip(todo, pool.map(self._read_or_none, todo), strict=True))
+        else:
+            fetched = {k: self._read_or_none(k) for k in todo}
+        if self.remote:
+            self._keep({k: ("", d, len(d)) for k, d in fetched.items() if d is not None})
+        found.update(fetched)
+        # a tail gone meanwhile was folded by a compaction: its candles are in the data.parquet read after this
+        got = [(k, d) for k in keys if (d := found.get(k)) is not None]
         return sf.decode_many(got), got
 
-    def _read_data(self, m: Month) -> pl.DataFrame | None:
+    def _kept_tails(self, keys: list[str]) -> dict[str, bytes | None]:
+        with self._times_lock:
+            return {k: hit[1] for k in keys if (hit := self._blobs.get(k)) is not None}
+
+    def _keep(self, entries: dict[str, tuple[str, Any, int]]) -> None:
+        """Remember S3 objects a reader fetched: tails by key (immutable), month files as decoded frames under
+        their ETag; bounded by CACHE_BYTES, oldest first out."""
+        with self._times_lock:
+            for key, entry in entries.items():
+                old = self._blobs.pop(key, None)
+                self._blob_bytes += entry[2] - (old[2] if old else 0)
+                self._blobs[key] = entry
+            while self._blobs and self._blob_bytes > CACHE_BYTES:
+                self._blob_bytes -= self._blobs.pop(next(iter(self._blobs)))[2]
+
+    def _read_or_none(self, key: str) -> bytes | None:
         try:
-            return sf.decode(self.storage.read(m.data_key), m.data_key)
+            return self.storage.read(key)
         except Missing:
             return None
+
+    def _delete(self, keys: list[str]) -> None:
+        delete_many = getattr(self.storage, "delete_many", None)
+        if delete_many is not None and len(keys) > 1:
+            delete_many(keys)  # S3: one request per 1000 keys
+            return
+        for key in keys:
+            self.storage.delete(key)
+
+    def _read_data(self, m: Month, *, listed: bool = False) -> pl.DataFrame | None:
+        """The month's data.parquet (None: none). ``listed``: the version the listing named is good enough (S3:
+        then a decoded copy kept under that ETag is used, no GET)."""
+        if not self.remote:
+            try:
+                return sf.decode(self.storage.read(m.data_key), m.data_key)
+            except Missing:
+                return None
+        if listed and not m.data:
+            return None  # none in the listing, and every listed tail in hand: the view is complete as listed
+        if listed and m.data_token is not None:
+            with self._times_lock:
+                hit = self._blobs.get(m.data_key)
+            if hit is not None and hit[0] == m.data_token:
+                return hit[1].clone()  # type: ignore[no-any-return]  # a caller may change its frame in place
+        got = self.storage.read_versioned(m.data_key)
+        if got is None:
+            return None
+        df = sf.decode(got.data, m.data_key)
+        self._keep({m.data_key: (got.token, df, int(df.estimated_size()))})
+        return df.clone()
 
     def last_open_time(self, symbol: str, interval: str) -> int | None:
         """The newest stored open time: tails by their names, the month file by its open_time column."""
@@ -262,7 +401,7 @@ class Store:
 
     def _refusal(self, exc: Unreadable) -> DataError:
         return DataError(
-            f"Store file {str(self.root / exc.key)!r} is unreadable: {exc.reason}",
+            f"Store file {self.where(exc.key)!r} is unreadable: {exc.reason}",
             hint="run `xylen collect status`: it moves the file to "
             f"{str(self.quarantine)!r} (nothing is deleted) and prints the command that fetches its candles again.",
         )
@@ -270,6 +409,8 @@ class Store:
     def _month_times(self, m: Month) -> np.ndarray:
         """Sorted open times of the month's data.parquet (empty if it has none); cached per file version."""
         key = m.data_key
+        if self.remote:
+            return self._remote_times(m)
         ident = self._identity(key)
         if ident == ():
             return np.empty(0, np.int64)
@@ -285,7 +426,23 @@ class Store:
             self._cache(key, ident, times)
         return times
 
-    def _cache(self, key: str, ident: tuple[int, ...], times: np.ndarray) -> None:
+    def _remote_times(self, m: Month) -> np.ndarray:
+        """On S3: the month file's open times, cached under its ETag (the listing's token: no GET while current)."""
+        key = m.data_key
+        if not m.data:
+            return np.empty(0, np.int64)
+        with self._times_lock:
+            hit = self._times.get(key)
+        if hit is not None and m.data_token is not None and hit[0] == (m.data_token,):
+            return hit[1]
+        got = self.storage.read_versioned(key)
+        if got is None:
+            return np.empty(0, np.int64)
+        times = sf.decode_times(got.data, key)
+        self._cache(key, (got.token,), times)  # the version actually read, whatever the listing said
+        return times
+
+    def _cache(self, key: str, ident: tuple[Any, ...], times: np.ndarray) -> None:
         with self._times_lock:
             self._times.pop(key, None)
             self._times[key] = (ident, times)
@@ -298,6 +455,9 @@ class Store:
     def _remember(self, key: str, times: np.ndarray, token: str) -> None:
         """Cache the open times of the month file this writer just swapped in, if it is still that version:
         the next append then needs no read (after a compaction it was the slowest append of all)."""
+        if self.remote:  # the ETag the swap returned: the next listing shows it while this version is current
+            self._cache(key, (token,), times)
+            return
         ident = self._identity(key)
         if not ident or self.storage.token(key) != token or self._identity(key) != ident:
             return  # not local, or replaced meanwhile: the next reader fills the cache
@@ -352,17 +512,22 @@ class Store:
         was_empty = not (m.data or m.tails)
         if new.height <= SMALL_APPEND and self._all_new(m, new["open_time"].to_numpy()):
             t = new["open_time"]
-            key = f"{m.prefix}/tail-{t[0]}-{t[-1]}-{uuid.uuid4().hex}.parquet"
-            # a fresh uuid: never taken. The folder entry is not fsynced (half the cost of a closed candle): a power
-            # cut may forget the newest tails, never tear one, and `xylen collect` backfills them on its next start
-            self.storage.put_new(key, sf.encode(new, small=True), sync_folder=False)
+            data = sf.encode(new, small=True)
+            # named by its content: the same candles written again (a second collector, a re-sync after a crash)
+            # give the same key, and put_new's create-if-absent makes that second write a no-op, not a duplicate.
+            # The folder entry is not fsynced (half the cost of a closed candle): a power cut may forget the newest
+            # tails, never tear one, and `xylen collect` backfills them on its next start
+            key = f"{m.prefix}/{sf.tail_name(int(t[0]), int(t[-1]), data)}"
+            if not self.storage.put_new(key, data, sync_folder=False):
+                result.duplicates += new.height  # these very candles are stored already
+                return
             stamp = self._stamp(m.prefix)
             if stamp is not None:  # our own tail: the next append need not list the folder again
                 self._remember_listing(
                     Month(m.year, m.month, m.prefix, m.data, sorted([*m.tails, key.rsplit("/", 1)[1]])), stamp
                 )
             result.added += new.height
-            result.files.append(str(self.root / key))
+            result.files.append(self.where(key))
             if len(m.tails) + 1 > MAX_TAILS:
                 self._merge_month(m, None, None)
         else:
@@ -432,17 +597,16 @@ class Store:
                     token = self.storage.swap(m.data_key, sf.encode(merged), got.token if got else None)
                 except Conflict:
                     continue  # another writer got there first: re-read, re-merge
-                for key in gone:
-                    self.storage.delete(key)  # immutable and folded (or quarantined): deleting loses nothing
+                self._delete(gone)  # immutable and folded (or quarantined): deleting loses nothing
                 self._remember(m.data_key, merged["open_time"].to_numpy(), token)
             if result is not None and new is not None:
                 added = merged.height - view.height
                 result.added += added
                 result.duplicates += new.height - added
-                result.files.append(str(self.root / m.data_key))
+                result.files.append(self.where(m.data_key))
             return len(gone)
         raise DataError(
-            f"Gave up writing {str(self.root / m.data_key)!r}: {MAX_ATTEMPTS} conflicting writers in a row.",
+            f"Gave up writing {self.where(m.data_key)!r}: {MAX_ATTEMPTS} conflicting writers in a row.",
             hint="stop the other processes writing this series and run it again.",
         )
 
@@ -477,9 +641,9 @@ class Store:
         moved.add(tag)
         log.warning(
             "store: %s is unreadable (%s); moved it to %s (nothing deleted): %s",
-            self.root / exc.key,
+            self.where(exc.key),
             exc.reason,
-            self.root / target,
+            self.where(target),
             sf.fix_for(exc.key),
         )
 
@@ -488,7 +652,7 @@ class Store:
         prefix = f"{QUARANTINE}/{self.series_prefix(symbol, interval)}"
         self._check_layout()
         skip = len(QUARANTINE) + 1
-        return [Quarantined(str(self.root / k), sf.fix_for(k[skip:])) for k in self.storage.list(prefix)]
+        return [Quarantined(self.where(k), sf.fix_for(k[skip:])) for k in self.storage.list(prefix)]
 
     def quarantined_series(self) -> list[tuple[str, str]]:
         """Every (symbol, interval) of this exchange with a file in quarantine/, sorted."""

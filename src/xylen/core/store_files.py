@@ -1,17 +1,20 @@
 """The candle store's files: their names, their encoding, and the one rule that merges a month's copies.
 
 A month partition ``klines/exchange=E/symbol=S/interval=I/year=YYYY/month=MM/`` holds ``data.parquet`` and tails
-``tail-<first open_time>-<last open_time>-<uuid>.parquet`` (same columns). :func:`view` is the only place
+``tail-<first open_time>-<last open_time>-<hash>.parquet`` (same columns; the hash is of the tail's bytes, so
+the same candles always get the same name). :func:`view` is the only place
 that decides which copy of a candle counts; readers and compaction both use it, so a compaction never
 changes what a reader sees. See :mod:`xylen.core.store` for the design.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import orjson
@@ -39,6 +42,7 @@ class Month:
     prefix: str
     data: bool = False
     tails: list[str] = field(default_factory=list)
+    data_token: str | None = None  # S3: the data.parquet's ETag in the listing (local: None)
 
     @property
     def data_key(self) -> str:
@@ -75,6 +79,16 @@ def months_of(prefix: str, keys: list[str]) -> list[Month]:
     for entry in months.values():
         entry.tails.sort()
     return [months[k] for k in sorted(months)]
+
+
+def folders_of(storage: Any, prefix: str) -> list[str]:
+    """Names of the folders directly under ``prefix``: one delimited listing where the storage has ``folders``
+    (local disks, S3), else from a listing of every key under it."""
+    folders = getattr(storage, "folders", None)
+    if folders is not None:
+        return list(folders(prefix))
+    skip = len(prefix) + 1
+    return sorted({k[skip:].split("/", 1)[0] for k in storage.list(prefix) if "/" in k[skip:]})
 
 
 def check_series(symbol: str, interval: str) -> tuple[str, str]:
@@ -154,6 +168,13 @@ def decode_times(data: bytes, key: str) -> np.ndarray:
 
 def reason(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def tail_name(first: int, last: int, data: bytes) -> str:
+    """A tail's name from its range and the sha256 of its bytes: deterministic, so writing the same candles twice
+    names one object (``put_new`` refuses the second copy). Older stores' tails (a uuid in its place) still match
+    ``TAIL``."""
+    return f"tail-{first}-{last}-{hashlib.sha256(data).hexdigest()[:32]}.parquet"
 
 
 def encode(df: pl.DataFrame, *, small: bool = False) -> bytes:

@@ -32,6 +32,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -165,8 +166,13 @@ def old_layout_key(storage: Storage) -> str | None:
     """The first store file of ``storage`` in the layout from before exchanges, or None."""
     if isinstance(storage, LocalStorage):
         keys: Iterator[str] = old_keys(storage.root)
-    else:  # no folders to walk: list each area
-        keys = (k for a in AREAS for k in storage.list(a) if not k[len(a) + 1 :].startswith("exchange="))
+    else:  # no folders to walk: a delimited listing of each klines area (only folders other than exchange= are
+        # listed further: never every object of the store), and the few bookkeeping files of meta/
+        keys = itertools.chain(
+            (k for a in AREAS if a != sf.META for n in sf.folders_of(storage, a) if not n.startswith("exchange=")
+             for k in storage.list(f"{a}/{n}")),
+            (k for k in storage.list(sf.META) if k.count("/") == 1),
+        )
     return next((k for k in keys if target(k) is not None), None)
 
 
@@ -176,8 +182,16 @@ def needs_migration(root: str | Path) -> str | None:
     return None if key is None else str(Path(root) / key)
 
 
-def refusal(root: Path, key: str) -> DataError:
+def refusal(root: Path | str, key: str) -> DataError:
     """What a Store says about a root that still holds old-layout files."""
+    if isinstance(root, str) and root.startswith("s3://"):
+        return DataError(
+            f"The store {root!r} holds {root + '/' + key!r}, in the layout from before exchanges (no exchange= "
+            "level).",
+            hint="`xylen collect migrate` works on a local store only: copy the store to a local folder, run "
+            "`XYLEN_DATA_URL=<folder> xylen collect migrate` there, and copy the result back.",
+        )
+    root = Path(root)
     return DataError(
         f"The store {str(root)!r} still holds {str(root / key)!r}, in the layout from before exchanges "
         "(no exchange= level).",

@@ -47,6 +47,7 @@ from xylen.core import intervals
 from xylen.core.errors import ConfigError, DataError, XylenError
 from xylen.core.imports import allow_heavy_import
 from xylen.core.markets import exchange_flag, market_label
+from xylen.core.storage_s3 import is_s3_url
 from xylen.serve.decode import RequestError
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
 """The columns of every array the feed hands out, as ``CandleArrays.from_matrix`` and decode.py's arrays have them."""
 
 RACY_NS = 2_000_000_000  # a folder changed less than this ago may change again unseen within one timestamp tick
+REMOTE_LOOK_S = 1.0  # a store on S3 (no folder to stat): how often a listened series is looked at
 FULL_EVERY_S = 10.0  # ask the store anyway this often: a writer stalled between making a folder and filling it
 
 _monotonic = time.monotonic  # the safety-net clock (tests move it on)
@@ -98,11 +100,16 @@ class StoreFeed:
     ``unlisten`` it returns are meant for the event loop's thread; callbacks run there, never on the poll thread.
     """
 
-    def __init__(self, home_data_dir: Path, *, poll_s: float = 0.2, thread: bool = True) -> None:
-        """``thread=False``: nothing polls by itself; ``poll_once()`` does one round (tests, benches)."""
+    def __init__(self, home_data_dir: str | Path, *, poll_s: float = 0.2, thread: bool = True,
+                 endpoint_url: str | None = None, cache: Path | None = None) -> None:
+        """``thread=False``: nothing polls by itself; ``poll_once()`` does one round (tests, benches).
+        ``home_data_dir`` may be ``s3://bucket/prefix`` (``Settings.data_location``; ``endpoint_url`` and
+        ``cache`` as for ``Store``): with no folders to stat, a listened series is then looked at every
+        ``REMOTE_LOOK_S`` (one listing of the series)."""
         if not poll_s > 0:
             raise ConfigError(f"StoreFeed poll_s {poll_s!r} is not a positive number of seconds.", hint="use e.g. 0.2.")
-        self.root = Path(home_data_dir)
+        self.root: str | Path = home_data_dir if is_s3_url(home_data_dir) else Path(home_data_dir)
+        self.endpoint_url, self.cache = endpoint_url, cache
         self.poll_s = poll_s
         self._stores: dict[str, Store] = {}
         self._series: dict[tuple[str, str, str], _Series] = {}
@@ -125,7 +132,8 @@ class StoreFeed:
                 allow_heavy_import("polars")
                 from xylen.core.store import Store
 
-                got = self._stores[exchange] = Store(self.root, exchange, serialize_writers=False)
+                got = self._stores[exchange] = Store(self.root, exchange, serialize_writers=False,
+                                                     endpoint_url=self.endpoint_url, cache=self.cache)
             return got
 
     def history(self, exchange: str, symbol: str, interval: str, n: int) -> np.ndarray:
@@ -298,6 +306,11 @@ class StoreFeed:
         """Whether the store may hold a candle after ``cursor``: a folder it would land in changed, or changed
         too recently to be sure, or the safety-net look is due."""
         now = _monotonic()
+        if store.remote:  # no folder stamps on S3: look (one listing) every REMOTE_LOOK_S
+            if series.watched != cursor or now >= series.next_full:
+                series.watched, series.next_full = cursor, now + REMOTE_LOOK_S
+                return True
+            return False
         stamps = self._stamps(store, series, cursor)
         changed = stamps != series.stamps or series.watched != cursor
         series.stamps, series.watched = stamps, cursor

@@ -66,7 +66,9 @@ class StreamHub:
         if self._feed is None:
             from xylen.serve.store_feed import StoreFeed
 
-            self._feed = StoreFeed(self.state.settings.data_dir)
+            settings = self.state.settings
+            self._feed = StoreFeed(settings.data_location, endpoint_url=settings.s3_endpoint_url,
+                                   cache=settings.home / "cache")
             self._feed.start(asyncio.get_running_loop())
         return self._feed
 

@@ -349,17 +349,19 @@ class Dashboard:
         from xylen.core.store import Store
 
         now = self.clock()
-        root = self.state.settings.data_dir
+        settings = self.state.settings
+        root, endpoint, cache = settings.data_location, settings.s3_endpoint_url, settings.home / "cache"
         series: list[dict[str, Any]] = []
         try:
-            exchanges = Store.exchanges(root) if root.is_dir() else []
+            listable = isinstance(root, str) or root.is_dir()
+            exchanges = Store.exchanges(root, endpoint_url=endpoint, cache=cache) if listable else []
         except XylenError as exc:
             return {"now": ms(now), "series": [], "error": exc.message}
         seen = set()
         for ex in exchanges:
             store = self._stores.get(ex)
             if store is None:
-                store = self._stores[ex] = Store(root, ex, serialize_writers=False)
+                store = self._stores[ex] = Store(root, ex, serialize_writers=False, endpoint_url=endpoint, cache=cache)
             try:
                 listed = store.series()
             except XylenError as exc:
@@ -378,7 +380,7 @@ class Dashboard:
 
         key = (store.exchange, symbol, interval)
         try:
-            stamp = _fingerprint(store, symbol, interval)
+            stamp = store.fingerprint(symbol, interval) if store.remote else _fingerprint(store, symbol, interval)
             hit = self._series.get(key)
             if hit is not None and hit[0] == stamp:
                 base = hit[1]

@@ -352,10 +352,12 @@ def retrain_task(settings: Settings, name: str, mode: str, min_new_samples: int 
     capture = _Capture(settings.models_location, slot=VERSION_SLOT, endpoint_url=settings.s3_endpoint_url,
                        cache=settings.home / "cache")  # the registry the settings name, as open_registry
     opts = RetrainOptions(names=(name,), min_new_samples=min_new_samples, mode=mode)  # type: ignore[arg-type]
-    from xylen.core.store import Store
+    from xylen.core.markets import DEFAULT_EXCHANGE
+    from xylen.core.store import open_store
 
     try:
-        r = retrain_model(settings, capture, Store(settings.data_dir), name, opts, profile, explicit=explicit)
+        store = open_store(settings, DEFAULT_EXCHANGE)
+        r = retrain_model(settings, capture, store, name, opts, profile, explicit=explicit)
     except XylenError as exc:
         r = ModelResult(name, "error", exc.message, error=error_record(exc))
     return {"result": r, "files": capture.files, "promote": capture.promote_request,
@@ -366,8 +368,9 @@ def retrain_on_cluster(settings: Settings, opts: Any, address: str) -> Any:
     """`xylen retrain` with its models' candidates made on the cluster; this process holds the run lock, and
     publishes, promotes (compare-and-swap against the live version each candidate was gated against), prunes
     and records the watch of each model, one at a time."""
+    from xylen.core.markets import DEFAULT_EXCHANGE
     from xylen.core.runlock import RunLock, describe
-    from xylen.core.store import Store
+    from xylen.core.store import open_store
     from xylen.train.retrain import ModelResult, RunReport, _prune, _watch, choose
 
     t0 = time.perf_counter()
@@ -381,7 +384,7 @@ def retrain_on_cluster(settings: Settings, opts: Any, address: str) -> Any:
     results: list[Any] = []
     with lock:
         names = choose(registry, opts)
-        store = Store(settings.data_dir)
+        store = open_store(settings, DEFAULT_EXCHANGE)
         with connect(address) as client:
             distributed = _dask()
             futures = client.map(

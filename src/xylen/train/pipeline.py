@@ -39,7 +39,7 @@ from xylen.core.markets import (
 )
 from xylen.core.registry import Registry, check_name, open_registry
 from xylen.core.settings import Settings
-from xylen.core.store import Store
+from xylen.core.store import open_store
 from xylen.profiles import Profile, resolve
 from xylen.train import evaluate
 from xylen.train.dataset import Dataset, build
@@ -148,10 +148,10 @@ def load_candles(settings: Settings, opts: TrainOptions, warnings: list[str]) ->
     symbol = canonical_symbol(opts.symbol) if opts.symbol else settings.symbol
     interval = opts.interval or settings.interval
     exchange = exchange_of(settings, opts)
-    store = Store(settings.data_dir, exchange=exchange)
+    store = open_store(settings, exchange)
     df = store.read(symbol, interval)
     if df.height:
-        return df, symbol, interval, f"store {store.series_dir(symbol, interval)}"
+        return df, symbol, interval, f"store {store.series_location(symbol, interval)}"
     on = exchange_flag(exchange)
     if (symbol, interval) == SAMPLE_SERIES and exchange == DEFAULT_EXCHANGE:
         warnings.append(

@@ -34,11 +34,11 @@ from xylen.core.bundle import (
 )
 from xylen.core.errors import BundleError, ConfigError, DataError, TrainingError, XylenError
 from xylen.core.intervals import approx_ms
-from xylen.core.markets import exchange_flag, market_label, store_of
+from xylen.core.markets import DEFAULT_EXCHANGE, exchange_flag, market_label, store_of
 from xylen.core.registry import PromotionConflict, Registry, open_registry
 from xylen.core.runlock import RunLock, describe
 from xylen.core.settings import Settings
-from xylen.core.store import Store
+from xylen.core.store import Store, open_store
 from xylen.profiles import Profile, resolve
 from xylen.train import candidate, gate
 from xylen.train.dataset import build
@@ -206,7 +206,7 @@ def retrain(settings: Settings, opts: RetrainOptions, profile: Profile | None = 
         )
         threads, _why = training_threads(profile.threads, explicit=settings.lgbm_num_threads is not None)
         profile = replace(profile, threads=threads)
-        store = Store(settings.data_dir)
+        store = open_store(settings, DEFAULT_EXCHANGE)
         results: list[ModelResult] = [raw] if raw else []
         try:
             for name in names:
@@ -416,7 +416,7 @@ def retrain_model(
         "new_candles": new,
         "seen_until": int(open_time[-1]),  # the newest candle this run read: the next run counts new ones from here
         "live_problem": live_problem,
-        "data_source": f"store {store.series_dir(m.symbol, m.interval)}",
+        "data_source": f"store {store.series_location(m.symbol, m.interval)}",
     }
     primary = fitted[0]
     metrics: dict[str, Any] = {
