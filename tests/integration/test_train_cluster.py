@@ -114,6 +114,34 @@ def test_a_market_without_candles_is_its_error_and_the_others_publish(tmp_path, 
     assert Registry(home / "models").names() == ["btcusdt-1h"]
 
 
+def test_the_biggest_market_is_submitted_first_and_each_result_keeps_its_market(tmp_path, cluster, monkeypatch):
+    """Dask runs a higher priority first: the market with the most month partitions must not start last, behind the
+    small ones. The results still come back in the order asked, each under its own market."""
+    from xylen.train import cluster as xc
+
+    home = tmp_path / "h"
+    eth = read_candles(ETH_1H).frame
+    Store(home / "data").append("ETHUSDT", "1h", eth.head(24 * 70))  # ~2.5 months
+    Store(home / "data").append("BTCUSDT", "1h", read_candles(BTC_1H).frame)  # 9 months
+    settings = load_settings({"home": home, "folds": 2, "profile": "8gb", "lgbm_num_threads": 1}, environ={})
+    submitted: list[tuple[str, int]] = []
+    real = distributed.Client.submit
+
+    def spy(self, func, *args, **kw):
+        submitted.append((args[1].symbol, kw["priority"]))
+        return real(self, func, *args, **kw)
+
+    monkeypatch.setattr(distributed.Client, "submit", spy)
+    markets = [xc.Market("ETHUSDT", "1h", "binance"), xc.Market("BTCUSDT", "1h", "binance")]
+    got = xc.train_markets(settings, markets, address=cluster)
+    assert [s for s, _ in submitted] == ["BTCUSDT", "ETHUSDT"]
+    assert submitted[0][1] > submitted[1][1] > 0
+    assert [o.market.symbol for o in got] == ["ETHUSDT", "BTCUSDT"]
+    assert [o.result.name for o in got] == ["ethusdt-1h", "btcusdt-1h"]
+    assert got[0].result.rows_used < got[1].result.rows_used  # each outcome holds its own market's model
+    assert Registry(home / "models").live_names() == ["btcusdt-1h", "ethusdt-1h"]
+
+
 @pytest.mark.parametrize("address", ["localhost:8786", "tcp://127.0.0.1", "http://127.0.0.1:8786", "tcp://h:99999"])
 def test_a_malformed_address_is_quoted_with_the_form(tmp_path, address):
     r = xylen(tmp_path, "train", "--cluster", address)

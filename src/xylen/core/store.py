@@ -227,6 +227,10 @@ class Store:
             return (*sorted(tokens.items()), (gaps, gap_token))
         return tuple((k, self._identity(k)) for k in [*self.keys(symbol, interval), gaps])
 
+    def months(self, symbol: str, interval: str) -> int:
+        """How many month partitions the series has (one listing; no file is read)."""
+        return len(self._months(symbol, interval))
+
     def _month(self, symbol: str, interval: str, year: int, month: int) -> Month:
         return Month(year, month, f"{self.series_prefix(symbol, interval)}/year={year}/month={month:02d}")
 

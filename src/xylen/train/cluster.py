@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -185,6 +186,9 @@ def train_market(settings: Settings, market: Market) -> dict[str, Any]:
         return {"error": error_record(exc), "host": os.uname().nodename}
 
 
+PUBLISHERS = 2  # markets published at once on this machine
+
+
 # -- the client: publish what the workers made --------------------------------------------------------------------
 def publish_files(registry: Registry, name: str, files: dict[str, bytes]) -> str:
     """Publish a bundle a worker made (its files as bytes) as the next version of ``name``: staged where no reader
@@ -269,27 +273,57 @@ def train_markets(
     outcomes = {m: MarketOutcome(m) for m in markets}
     with connect(address) as client:
         distributed = _dask()
-        futures = client.map(train_market, [settings] * len(markets), list(markets), key=[
-            f"xylen-train-{m.exchange}-{m.symbol}-{m.interval}-{os.getpid()}-{i}" for i, m in enumerate(markets)
-        ], pure=False)
-        by_future = dict(zip(futures, markets))
-        for fut in distributed.as_completed(futures, loop=client.loop):
-            m = by_future[fut]
-            out = outcomes[m]
-            try:
-                got = fut.result()
-            except Exception as exc:  # the task itself failed (a dead worker, out of memory, a bug on the worker)
-                out.error = {
-                    "exit_code": TrainingError.exit_code,
-                    "type": type(exc).__name__,
-                    "message": f"{m.label}: the task failed on the cluster: {type(exc).__name__}: {str(exc)[:300]}",
-                    "hint": "see the workers' logs; nothing was published for this market.",
-                }
-            else:
-                finish(settings, registry, out, got, promote)
+        # the biggest markets first (submitted first, and a higher Dask priority runs earlier): the longest task
+        # must not start last, behind small ones, and leave the other workers idle at the end
+        sizes = {m: expected_candles(settings, m) for m in markets}
+        by_future = {
+            client.submit(train_market, settings, m, key=f"xylen-train-{m.exchange}-{m.symbol}-{m.interval}-"
+                          f"{os.getpid()}-{i}", pure=False, priority=sizes[m]): m
+            for i, m in sorted(enumerate(markets), key=lambda im: -sizes[im[1]])
+        }
+        def settle(out: MarketOutcome, got: dict[str, Any]) -> None:
+            finish(settings, registry, out, got, promote)
             if on_done is not None:
                 on_done(out)
+
+        # each market's publication (mostly its promotion's verification child) runs beside the next arrivals, so a
+        # result that lands while another is being published does not wait for it; every market is its own model
+        # (own folder, own pointer), so two publications never touch the same files
+        with ThreadPoolExecutor(max_workers=PUBLISHERS, thread_name_prefix="xylen-publish") as pool:
+            publishing = []
+            for fut in distributed.as_completed(list(by_future), loop=client.loop):
+                m = by_future[fut]
+                out = outcomes[m]
+                try:
+                    got = fut.result()
+                except Exception as exc:  # the task itself failed (a dead worker, out of memory, a bug on the worker)
+                    out.error = {
+                        "exit_code": TrainingError.exit_code,
+                        "type": type(exc).__name__,
+                        "message": f"{m.label}: the task failed on the cluster: {type(exc).__name__}: "
+                                   f"{str(exc)[:300]}",
+                        "hint": "see the workers' logs; nothing was published for this market.",
+                    }
+                    if on_done is not None:
+                        on_done(out)
+                else:
+                    publishing.append(pool.submit(settle, out, got))
+            for done in publishing:
+                done.result()  # finish() reports a market's XylenError in its outcome; anything else is a bug
     return [outcomes[m] for m in markets]
+
+
+def expected_candles(settings: Settings, market: Market) -> int:
+    """A market's training cost, roughly: its month partitions in the store times the candles a month holds. 0 when
+    the store cannot say (the market's task then reports why)."""
+    from xylen.core.intervals import approx_ms
+    from xylen.core.store import open_store
+
+    try:
+        months = open_store(settings, market.exchange).months(market.symbol, market.interval)
+        return months * (31 * 86_400_000 // approx_ms(market.interval))
+    except XylenError:
+        return 0
 
 
 def markets_from(settings: Settings, symbols: Sequence[str], intervals: Sequence[str], exchange: str) -> list[Market]:
