@@ -196,6 +196,13 @@ def test_every_env_var_and_models_env_key_is_a_setting(tmp_path: Path) -> None:
     settings = load_settings({"home": tmp_path}, environ={})  # every value valid, else ConfigError
     assert unknown_env_file_keys(settings) == []
     assert settings.log_format == "json"  # and it is read
+    # the commented-out object-storage lines are valid settings too, once uncommented
+    text = one("ConfigMap", "xylen-models-env")["data"]["models.env"]
+    opened = [ln.strip()[2:] for ln in text.splitlines() if ln.strip().startswith("# XYLEN_")]
+    assert [ln.split("=")[0] for ln in opened] == ["XYLEN_DATA_URL", "XYLEN_MODELS_URL", "XYLEN_S3_ENDPOINT_URL"]
+    (tmp_path / "models.env").write_text(text + "\n".join(opened) + "\n")
+    settings = load_settings({"home": tmp_path}, environ={})
+    assert unknown_env_file_keys(settings) == [] and str(settings.data_location).startswith("s3://my-bucket/")
 
 
 def test_every_command_line_is_a_valid_xylen_command() -> None:
