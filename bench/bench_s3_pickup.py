@@ -26,6 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.builders: the test bundle writer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _moto import moto_s3  # noqa: E402
 from bench_predict import free_port, request_body  # noqa: E402
 
 MODEL = "btcusdt-5m"
@@ -116,31 +117,13 @@ def main() -> None:
     ap.add_argument("--promotions", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    import boto3
-
     # moto in its own process, like a real object store: not sharing this process's GIL with the load threads
-    mport = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(mport)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{mport}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(endpoint, timeout=2)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("moto's server did not start (pip install 'moto[server]')") from None
-            time.sleep(0.1)
-    creds = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(creds)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="xylen-bench")
     out = Path(__file__).resolve().parent / "out"
     out.mkdir(exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="s3-pickup-", dir=out))
-    common = {**os.environ, "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1"}
     results = {}
-    try:
+    with moto_s3("xylen-bench") as endpoint:
+        common = {**os.environ, "XYLEN_API_KEYS": KEY, "OMP_NUM_THREADS": "1"}  # with the credentials moto_s3 set
         for label, location, extra in (
             ("local", str(base / "local" / "models"), {}),
             ("s3", "s3://xylen-bench/models", {"XYLEN_MODELS_URL": "s3://xylen-bench/models",
@@ -150,9 +133,6 @@ def main() -> None:
             home.mkdir(parents=True, exist_ok=True)
             env = {**common, "XYLEN_HOME": str(home), **extra}
             results[label] = run(label, location, env, args.promotions, args.threads)
-    finally:
-        server.terminate()
-        server.wait(30)
     print(f"\npoll interval {POLL_S} s, {args.promotions} promotions each, {args.threads} client threads")
     print("| registry | pickup p50 | p99 | max | requests ok | failed |")
     print("|---|---|---|---|---|---|")

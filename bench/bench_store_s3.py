@@ -12,20 +12,17 @@ requests per operation (S3 only: counted on the client) and the median times, wi
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.unit.test_store_concurrency: candle frames
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_predict import free_port  # noqa: E402
+from _moto import moto_s3  # noqa: E402
 
 JAN = 1704067200000
 MIN = 60_000
@@ -71,33 +68,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candles", type=int, default=200)
     args = ap.parse_args()
-    import boto3
-
-    mport = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(mport)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{mport}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(endpoint, timeout=2)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("moto's server did not start (pip install 'moto[server]')") from None
-            time.sleep(0.1)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="xylen-bench")
     out = Path(__file__).resolve().parent / "out"
     out.mkdir(exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="store-s3-", dir=out))
-    try:
+    with moto_s3("xylen-bench") as endpoint:
         local = run(str(base / "data"), None, base / "cache", args.candles)
         s3 = run("s3://xylen-bench/data", endpoint, base / "cache", args.candles)
-    finally:
-        server.terminate()
-        server.wait(10)
     print(f"{'':24}{'local':>12}{'s3 (moto)':>12}{'s3/local':>10}")
     for key in ("backfill_s", "append_ms", "append_p99_ms", "resync_s", "read_s"):
         a, b = float(local[key]), float(s3[key])  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ candles, quarantine, known gaps and market metadata, and the number of S3 reques
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -287,11 +288,19 @@ def test_two_writer_processes_on_s3_lose_nothing(s3_env: str, tmp_path: Path) ->
     n = 40
     procs = [ctx.Process(target=_writer_process, args=(url, s3_env, str(tmp_path / f"p{k}"), k, n, start))
              for k in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    assert [p.exitcode for p in procs] == [0, 0]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(300)  # only catches a hang
+        assert [p.exitcode for p in procs] == [0, 0]
+    finally:
+        for p in procs:  # a writer still running (a hang, or a failure above) is not left behind
+            if p.is_alive():
+                p.kill()
+            if p.pid is not None:
+                p.join(60)
+            p.close()
     got = Store(url, cache=tmp_path / "r").read("BTCUSDT", "1h")
     want = {JAN + h * HOUR for h in range(-30, n)}
     want |= {JAN + (n + k * 100 + h) * HOUR for k in range(2) for h in range(80)}
@@ -310,18 +319,67 @@ def test_a_reader_on_s3_fetches_only_what_changed(s3_env: str, tmp_path: Path) -
     first = reader.read("BTCUSDT", "1h")
     seen = Requests(reader)
     again = reader.read("BTCUSDT", "1h")
-    assert again.equals(first) and seen.ops == ["ListObjectsV2"]  # nothing changed: nothing fetched
+    # nothing changed: nothing fetched, two listings (the second, after the tails, names the current month files)
+    assert again.equals(first) and seen.ops == ["ListObjectsV2"] * 2
     writer.append("BTCUSDT", "1h", hours(JAN + 203 * HOUR, 1))
     seen.ops.clear()
-    assert reader.read("BTCUSDT", "1h").height == 204 and seen.ops == ["ListObjectsV2", "GetObject"]  # the new tail
+    assert reader.read("BTCUSDT", "1h").height == 204
+    assert seen.ops == ["ListObjectsV2", "GetObject", "ListObjectsV2"]  # the new tail, then the month files
     writer.compact("BTCUSDT", "1h")  # another process folds the tails: a new month file, no tails
     seen.ops.clear()
     df = reader.read("BTCUSDT", "1h")
-    assert df.equals(hours(JAN, 204)) and seen.ops == ["ListObjectsV2", "GetObject"]  # the new month file
+    assert df.equals(hours(JAN, 204)) and seen.ops == ["ListObjectsV2", "ListObjectsV2", "GetObject"]  # new month file
     df.insert_column(0, pl.Series("x", range(204)))  # a caller changing its frame does not change the kept copy
     assert reader.read("BTCUSDT", "1h").equals(hours(JAN, 204))
     # a month of tails only (no month file yet): no GET for the month file the listing does not show
     writer.append("BTCUSDT", "1h", hours(FEB, 2))
     reader.read("BTCUSDT", "1h")
     seen.ops.clear()
-    assert reader.read("BTCUSDT", "1h", start=FEB).height == 2 and seen.ops == ["ListObjectsV2"]
+    assert reader.read("BTCUSDT", "1h", start=FEB).height == 2 and seen.ops == ["ListObjectsV2"] * 2
+
+
+def tear_next_listing(
+    store: Store, compaction: Callable[[], object], monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """The store's next listing is torn by ``compaction``, as a real LIST can be (keys in order, a page at a time):
+    it passed each month's data.parquet before the compaction swapped it, and reached the tails after it deleted
+    them. Later listings are whole. Returns the prefixes it tore (one, once it did)."""
+    real = store.storage.list_tokens  # type: ignore[attr-defined]
+    torn: list[str] = []
+
+    def listing(prefix: str) -> dict[str, str]:
+        before = real(prefix)
+        if torn:
+            return before
+        torn.append(prefix)
+        compaction()
+        after = real(prefix)
+        out = {k: v for k, v in before.items() if k.endswith(f"/{sf.FILE_NAME}")}
+        out.update({k: v for k, v in after.items() if not k.endswith(f"/{sf.FILE_NAME}")})
+        return out
+
+    monkeypatch.setattr(store.storage, "list_tokens", listing)
+    return torn
+
+
+def test_a_listing_torn_by_a_compaction_loses_no_candle(
+    s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's rule, "never silently fewer rows", when a compaction runs while the reader lists the series:
+    the listing shows January's old month file (one the reader keeps) and February without a month file, and
+    neither month's tails, which the compaction folded and deleted."""
+    url = f"s3://{make_bucket(s3_env)}/data"
+    writer = Store(url, cache=tmp_path / "w")
+    writer.append("BTCUSDT", "1h", hours(JAN, 200))  # January's month file
+    for i in range(200, 203):
+        writer.append("BTCUSDT", "1h", hours(JAN + i * HOUR, 1))  # and three tails
+    for i in range(2):
+        writer.append("BTCUSDT", "1h", hours(FEB + i * HOUR, 1))  # February: two tails, no month file yet
+    reader = Store(url, cache=tmp_path / "r")
+    want = [*hours(JAN, 203)["open_time"], *hours(FEB, 2)["open_time"]]
+    assert reader.read("BTCUSDT", "1h")["open_time"].to_list() == want  # the reader keeps January's month file
+    torn = tear_next_listing(reader, lambda: writer.compact("BTCUSDT", "1h"), monkeypatch)
+    got = reader.read("BTCUSDT", "1h")
+    assert torn, "the listing was not torn"
+    assert got["open_time"].to_list() == want
+    assert not any("/tail-" in k for k in writer.keys("BTCUSDT", "1h"))  # the compaction did fold them all

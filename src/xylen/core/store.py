@@ -44,8 +44,10 @@ The root may be ``s3://bucket/prefix`` (``XYLEN_DATA_URL``, :func:`open_store`):
 through :class:`xylen.core.storage_s3.S3Storage` (put_new is ``If-None-Match: *``, swap ``If-Match`` on the ETag).
 There is no per-series lock there and no folder stamp: a writer lists the month before each append (one request;
 the month file's ETag in that listing says whether its cached open times are current), so a follow-mode append
-is a LIST and a PUT. Tails are named by the hash of their bytes, so two writers storing the same candles (a
-second collector, a re-sync after a crash) make one object: the second ``put_new`` is a no-op.
+is a LIST and a PUT. A listing is no snapshot (keys come in order, a page at a time), so a reader lists the
+series again after reading the tails and takes each month file as that second listing shows it. Tails are named
+by the hash of their bytes, so two writers storing the same candles (a second collector, a re-sync after a crash)
+make one object: the second ``put_new`` is a no-op.
 
 A root written before exchanges (``klines/symbol=...``, no exchange level) is refused with a DataError naming
 the command that moves it in place, ``xylen collect migrate`` (:mod:`xylen.core.store_migrate`). The check runs
@@ -60,6 +62,7 @@ import itertools
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -299,19 +302,19 @@ class Store:
 
         Raises DataError naming the file if a file of the series cannot be read: never silently fewer rows.
         """
-        frames = []
-        for m in self._months(symbol, interval):
+
+        def wanted(m: Month) -> bool:
             lo, hi = m.bounds()
-            if (end is not None and lo >= end) or (start is not None and hi <= start):
-                continue
-            try:
-                tails, got = self._read_tails(m, m.tails)  # before the month file: see the module docstring
-                # S3: with every listed tail in hand, the listing's version of the month file completes the view
-                # (a compaction since the listing folded only tails we have), so a cached copy of it will do
-                month = self._read_data(m, listed=len(got) == len(m.tails))
-            except Unreadable as exc:
-                raise self._refusal(exc) from None
-            frames.append(sf.view(tails, month))
+            return not ((end is not None and lo >= end) or (start is not None and hi <= start))
+
+        months = [m for m in self._months(symbol, interval) if wanted(m)]
+        try:
+            if self.remote:
+                frames = self._read_remote(symbol, interval, months, wanted)
+            else:  # each month's tails before its month file: see the module docstring
+                frames = [sf.view(self._read_tails(m, m.tails)[0], self._read_data(m)) for m in months]
+        except Unreadable as exc:
+            raise self._refusal(exc) from None
         if not frames:
             return empty_frame()
         df = pl.concat(frames)
@@ -320,6 +323,25 @@ class Store:
         if end is not None:
             df = df.filter(pl.col("open_time") < end)
         return df
+
+    def _read_remote(
+        self, symbol: str, interval: str, months: list[Month], wanted: Callable[[Month], bool]
+    ) -> list[pl.DataFrame]:
+        """On S3: the listed tails first, then each month file as a second listing shows it.
+
+        A listing is no snapshot: keys come in order (a month's data.parquet before its tails), 1000 to a page. A
+        compaction while it runs (swap the month file, then delete the folded tails) can leave it showing the old
+        month file, or none, or no month at all, without the folded tails. So the month files are looked at only
+        after the tails were read, as on a local disk: a second listing of the series (one request for all its
+        months, ETags included) names each current month file; a copy kept under that ETag needs no GET."""
+        tails = {m.prefix: self._read_tails(m, m.tails)[0] for m in months}
+        after = {m.prefix: m for m in self._months(symbol, interval) if wanted(m)}  # after every tail was read
+        frames = []
+        for prefix in sorted(tails.keys() | after.keys()):  # year=YYYY/month=MM: in time order
+            now = after.get(prefix)
+            month = self._read_data(now, kept=True) if now is not None and now.data else None
+            frames.append(sf.view(tails.get(prefix, empty_frame()), month))
+        return frames
 
     def _read_tails(self, m: Month, names: list[str]) -> tuple[pl.DataFrame, list[tuple[str, bytes]]]:
         """The tails still there, as one frame in name order, and their raw bytes (key, data)."""
@@ -367,17 +389,15 @@ class Store:
         for key in keys:
             self.storage.delete(key)
 
-    def _read_data(self, m: Month, *, listed: bool = False) -> pl.DataFrame | None:
-        """The month's data.parquet (None: none). ``listed``: the version the listing named is good enough (S3:
-        then a decoded copy kept under that ETag is used, no GET)."""
+    def _read_data(self, m: Month, *, kept: bool = False) -> pl.DataFrame | None:
+        """The month's data.parquet (None: none). ``kept`` (S3): ``m`` comes from a listing made after the tails
+        were read, so a decoded copy kept under the ETag it names is that version: no GET."""
         if not self.remote:
             try:
                 return sf.decode(self.storage.read(m.data_key), m.data_key)
             except Missing:
                 return None
-        if listed and not m.data:
-            return None  # none in the listing, and every listed tail in hand: the view is complete as listed
-        if listed and m.data_token is not None:
+        if kept and m.data_token is not None:
             with self._times_lock:
                 hit = self._blobs.get(m.data_key)
             if hit is not None and hit[0] == m.data_token:
