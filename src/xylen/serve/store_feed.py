@@ -105,7 +105,7 @@ class StoreFeed:
         """``thread=False``: nothing polls by itself; ``poll_once()`` does one round (tests, benches).
         ``home_data_dir`` may be ``s3://bucket/prefix`` (``Settings.data_location``; ``endpoint_url`` and
         ``cache`` as for ``Store``): with no folders to stat, a listened series is then looked at every
-        ``REMOTE_LOOK_S`` (one listing of the series)."""
+        ``REMOTE_LOOK_S`` (a read: two listings of the series, and a GET only for what changed)."""
         if not poll_s > 0:
             raise ConfigError(f"StoreFeed poll_s {poll_s!r} is not a positive number of seconds.", hint="use e.g. 0.2.")
         self.root: str | Path = home_data_dir if is_s3_url(home_data_dir) else Path(home_data_dir)
@@ -306,7 +306,7 @@ class StoreFeed:
         """Whether the store may hold a candle after ``cursor``: a folder it would land in changed, or changed
         too recently to be sure, or the safety-net look is due."""
         now = _monotonic()
-        if store.remote:  # no folder stamps on S3: look (one listing) every REMOTE_LOOK_S
+        if store.remote:  # no folder stamps on S3: look (a read: two listings) every REMOTE_LOOK_S
             if series.watched != cursor or now >= series.next_full:
                 series.watched, series.next_full = cursor, now + REMOTE_LOOK_S
                 return True
