@@ -509,3 +509,27 @@ def test_train_prunes_after_it_publishes(tmp_path):
 def test_keep_defaults_to_ten(reg, home):
     r = xylen(home, "prune", "--dry-run", "--json", env={"XYLEN_KEEP_VERSIONS": None})
     assert r.exit_code == 0 and orjson.loads(r.stdout)["keep"] == 10
+
+
+def test_a_failing_abandoned_upload_cleanup_never_stops_the_prune(reg, home, monkeypatch, caplog):
+    """The cleanup of abandoned S3 uploads runs after the prune and apart from it: its error (here what an S3-compatible
+    server without conditional deletes answers) is a warning after train/retrain, `abandoned_error` in `models prune`,
+    and old versions are removed all the same."""
+    import logging
+
+    def refuses(self, name, **kw):
+        raise ConfigError("S3 request delete_object on 's3://b/x' failed: NotImplemented.", hint="check the bucket.")
+
+    monkeypatch.setattr(Registry, "clean_abandoned", refuses)
+    with caplog.at_level(logging.WARNING, logger="xylen.registry"):
+        assert reg.prune(NAME, 6) == ["v0001"]  # what train and retrain call after they publish
+    assert "abandoned uploads were not cleaned" in caplog.text and "NotImplemented" in caplog.text
+    r = xylen(home, "prune", NAME, "--keep", "4", "--json")
+    assert r.exit_code == 2, r.output
+    (row,) = orjson.loads(r.stdout)["results"]
+    assert row["removed"] == ["v0004"] and row["error"] is None and row["abandoned"] == []
+    assert "NotImplemented" in row["abandoned_error"]["message"] and row["abandoned_error"]["exit_code"] == 2
+    r = xylen(home, "prune", NAME, "--keep", "3")
+    assert r.exit_code == 2 and "removed v0005" in r.output and "Traceback" not in r.output
+    assert "abandoned uploads were not cleaned: S3 request delete_object" in r.output and "hint:" in r.output
+    assert reg.versions(NAME) == ["v0002", "v0003", "v0006", "v0007", "v0008"]

@@ -304,3 +304,111 @@ def test_a_cleanup_never_takes_a_claim_its_publisher_sealed_meanwhile(tmp_path: 
     st.put_new = cleanup_then_marker  # type: ignore[method-assign]
     assert st.publish_tree(_tree(st, {"a": b"1"}), "m/v0001")
     assert st.trees("m") == ["v0001"] and st.read("m/v0001/a") == b"1"
+
+
+def test_a_refused_conditional_delete_of_the_claim_leaves_the_fenced_claim(
+    tmp_path: Path, s3_env: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3-compatible server without conditional deletes (NotImplemented), or a policy denying them: the abandoned
+    upload's objects are removed, its fenced claim stays (logged), and nothing escapes to stop the prune."""
+    import json
+    import logging
+
+    from botocore.exceptions import ClientError
+
+    st = _s3(tmp_path, s3_env)
+    _killed_publisher(st, "m/v0001")
+    real = st.client.delete_object
+
+    def refuses_conditional_deletes(**kw: object) -> object:
+        if "IfMatch" in kw:
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "no If-Match"}}, "DeleteObject")
+        return real(**kw)
+
+    monkeypatch.setattr(st.client, "delete_object", refuses_conditional_deletes)
+    with caplog.at_level(logging.WARNING, logger="xylen.registry"):
+        assert st.clean_abandoned("m", grace_s=-1) == ["m/v0001"]
+    assert st.list("m/v0001") == [] and json.loads(st.read(".claim/m/v0001"))["state"] == "abandoned"
+    assert "m/v0001: its abandoned upload was removed but its claim stays" in caplog.text
+    assert "NotImplemented" in caplog.text
+    assert not st.publish_tree(_tree(st, {"a": b"x"}), "m/v0001")  # the number stays taken, never unconditionally
+
+
+def test_a_cleanup_that_fences_a_claim_just_committed_gives_the_claim_back(tmp_path: Path, s3_env: str) -> None:
+    """The fence lands after the publisher's last check of its claim (the tree is committed): the cleanup sees the
+    commit marker, restores the claim's body (If-Match on its fence) and removes nothing."""
+    st = _s3(tmp_path, s3_env)
+    cleaner = S3Storage(st.url, scratch=tmp_path / "c", endpoint_url=s3_env)
+    assert st.publish_tree(_tree(st, {"a": b"1"}), "m/v0001")
+    claim = st.read_versioned(".claim/m/v0001")
+    assert claim is not None
+    cleaner.trees = lambda prefix: []  # type: ignore[method-assign]  # its listing of markers came just before ours
+    assert cleaner.clean_abandoned("m", grace_s=-1) == []
+    got = st.read_versioned(".claim/m/v0001")
+    assert got is not None and got.data == claim.data  # says "committing" and who published, not "abandoned"
+    assert st.trees("m") == ["v0001"] and st.read("m/v0001/a") == b"1"
+
+
+class _PutObject:
+    """A client whose PutObject answers each code of ``answers`` in turn (200: success)."""
+
+    def __init__(self, *answers: int) -> None:
+        self.answers, self.calls = list(answers), 0
+
+    def put_object(self, **kw: object) -> dict[str, str]:
+        from botocore.exceptions import ClientError
+
+        self.calls += 1
+        code = self.answers.pop(0)
+        if code == 200:
+            return {"ETag": '"e"'}
+        name = {409: "ConditionalRequestConflict", 412: "PreconditionFailed"}[code]
+        raise ClientError({"Error": {"Code": name, "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": code}},
+                          "PutObject")
+
+
+def test_put_new_retries_a_409_until_s3_says_stored_or_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """409 (another conditional write in flight) is neither "stored" nor "exists": the other write may fail."""
+    from xylen.core import storage_s3
+    from xylen.core.errors import XylenError
+
+    slept: list[float] = []
+    monkeypatch.setattr(storage_s3.time, "sleep", slept.append)
+
+    def put(*answers: int) -> tuple[bool, int]:
+        client = _PutObject(*answers)
+        st = S3Storage("s3://b/p", scratch=tmp_path / "s", client=client)
+        return st.put_new("m/2024-01.parquet", b"candles"), client.calls
+
+    assert put(409, 200) == (True, 2)
+    assert put(409, 409, 412) == (False, 3)
+    assert put(412) == (False, 1) and put(200) == (True, 1)
+    slept.clear()
+    client = _PutObject(*[409] * (storage_s3.IN_FLIGHT_RETRIES + 1))
+    with pytest.raises(XylenError, match="kept answering 409") as err:
+        S3Storage("s3://b/p", scratch=tmp_path / "s", client=client).put_new("m/2024-01.parquet", b"candles")
+    assert "s3://b/p/m/2024-01.parquet" in err.value.message and err.value.hint
+    assert client.calls == storage_s3.IN_FLIGHT_RETRIES + 1 and len(slept) == storage_s3.IN_FLIGHT_RETRIES
+    assert slept == sorted(slept) and max(slept) <= 1.0  # a short, bounded backoff
+
+
+def test_listings_follow_every_page(tmp_path: Path, s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One paginator behind every listing: keys, tokens and the abandoned-upload scan read all the pages."""
+    st = _s3(tmp_path, s3_env)
+    for k in ("m/a", "m/b", "m/c"):
+        assert st.put_new(k, b"x")
+    real = st.client.get_paginator
+
+    class OneKeyPages:
+        def __init__(self, op: str) -> None:
+            self.paginator = real(op)
+
+        def paginate(self, **kw: object) -> object:
+            return self.paginator.paginate(**kw, PaginationConfig={"PageSize": 1})
+
+    monkeypatch.setattr(st.client, "get_paginator", OneKeyPages)
+    assert len(list(st._pages(st._k("m/")))) == 3
+    assert st.list("m") == ["m/a", "m/b", "m/c"] and set(st.list_tokens("m")) == {"m/a", "m/b", "m/c"}
+    objects, now = st._objects(st._k("m/"))
+    assert [o["Key"] for o in objects] == ["m/a", "m/b", "m/c"] and now is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from typing import Any
 
 import pytest
@@ -238,7 +239,8 @@ def test_the_session_secret_file_is_one_hex_line_of_at_least_64_characters_comme
     ("content", "mode", "expect"),
     [
         (None, 0o600, "Cannot read the dashboard session secret file"),  # missing
-        ("dir", 0o700, "(IsADirectoryError"),
+        ("dir", 0o700, "is a folder, not a regular file"),
+        ("fifo", 0o600, "is a FIFO, not a regular file"),  # opened without waiting for a writer: never blocks
         (SECRET_HEX, 0o644, "is readable by other users (mode 0644)"),
         (SECRET_HEX, 0o604, "is readable by other users (mode 0604)"),
         (SECRET_HEX, 0o660, "is writable by other users (mode 0660)"),
@@ -265,6 +267,9 @@ def test_a_bad_session_secret_file_is_refused_quoting_the_path_and_the_fix_never
     elif content == "dir":
         path = tmp_path / "a-folder"
         path.mkdir(mode=mode)
+    elif content == "fifo":
+        path = tmp_path / "a-fifo"
+        os.mkfifo(path, mode)
     else:
         path = secret_file(tmp_path, content, mode)
     with pytest.raises(ConfigError) as raised:

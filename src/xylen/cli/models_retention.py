@@ -59,7 +59,8 @@ def prune_cmd(
     """Remove old versions: keep the newest N of each model, plus the live version, the rollback target and pinned
     versions. A model whose CURRENT.json or PINS.json is damaged is left whole (exit 4, after the others). On an S3
     registry it also removes abandoned uploads: versions a killed publisher claimed but never committed, once nothing
-    was written to them for 24 hours (by the S3 server's clock).
+    was written to them for 24 hours (by the S3 server's clock), after the old versions; a failure there is reported
+    apart (JSON "abandoned_error") and stops no removal.
 
     Example: xylen models prune --all --keep 5 --dry-run
     """
@@ -114,3 +115,8 @@ def _print(report: dict[str, Any]) -> None:
         if r.get("abandoned"):
             done += f"; {verb} abandoned uploads {', '.join(r['abandoned'])} (claimed, never committed)"
         out.print(f"{r['name']}: {done}; keeps {len(r['kept'])}: {'; '.join(why)}", markup=False)
+        if r.get("abandoned_error"):
+            err.print(f"{r['name']}: error: abandoned uploads were not cleaned: {r['abandoned_error']['message']}",
+                      markup=False)
+            if r["abandoned_error"]["hint"]:
+                err.print(f"hint: {r['abandoned_error']['hint']}", markup=False)

@@ -177,10 +177,17 @@ def prune(reg: Registry, name: str, keep: int, *, dry_run: bool = False) -> list
     p = plan(reg, name, keep)
     if dry_run:
         return list(p.remove)
-    abandoned = reg.clean_abandoned(name)  # S3: what killed publishers left (Registry.clean_abandoned)
-    if abandoned:
-        log.info("%s: removed abandoned uploads %s", name, ", ".join(abandoned))
-    return execute(reg, p)
+    removed = execute(reg, p)
+    # S3: what killed publishers left (Registry.clean_abandoned); after the prune and on its own, so that a failing
+    # cleanup never stops old versions from being removed
+    try:
+        abandoned = reg.clean_abandoned(name)
+    except XylenError as exc:
+        log.warning("%s: abandoned uploads were not cleaned: %s", name, exc.message)
+    else:
+        if abandoned:
+            log.info("%s: removed abandoned uploads %s", name, ", ".join(abandoned))
+    return removed
 
 
 def execute(reg: Registry, p: Plan, removed: list[str] | None = None) -> list[str]:
@@ -228,11 +235,10 @@ def prune_models(reg: Registry, names: list[str], keep: int, *, dry_run: bool = 
             "pinned": [],
             "abandoned": [],
             "error": None,
+            "abandoned_error": None,
         }
         try:
             p = plan(reg, name, keep)
-            # S3: uploads killed publishers left, never committed (Registry.clean_abandoned)
-            row["abandoned"] = reg.clean_abandoned(name, dry_run=dry_run)
             row.update(live=p.live, rollback_target=p.rollback_target, pinned=p.to_dict()["pinned"])
             if dry_run:
                 removed.extend(p.remove)
@@ -240,8 +246,20 @@ def prune_models(reg: Registry, names: list[str], keep: int, *, dry_run: bool = 
                 execute(reg, p, removed)
             row["kept"] = [v for v in p.versions if v not in removed]
         except XylenError as exc:
-            row["error"] = {"exit_code": exc.exit_code, "message": exc.message, "hint": exc.hint}
+            row["error"] = _error(exc)
+        # S3: uploads killed publishers left, never committed (Registry.clean_abandoned): after the prune and on its
+        # own, so that a failing cleanup never stops old versions from being removed; its failure is reported apart.
+        # A model whose prune failed (a damaged CURRENT.json or PINS.json) is left whole.
+        try:
+            if row["error"] is None:
+                row["abandoned"] = reg.clean_abandoned(name, dry_run=dry_run)
+        except XylenError as exc:
+            row["abandoned_error"] = _error(exc)
         results.append(row)
-    codes = {r["error"]["exit_code"] for r in results if r["error"]}
+    codes = {r[k]["exit_code"] for r in results for k in ("error", "abandoned_error") if r[k]}
     worst = next((c for c in _SEVERITY if c in codes), max(codes, default=0))
     return {"keep": keep, "dry_run": dry_run, "exit_code": worst, "results": results}
+
+
+def _error(exc: XylenError) -> dict[str, Any]:
+    return {"exit_code": exc.exit_code, "message": exc.message, "hint": exc.hint}

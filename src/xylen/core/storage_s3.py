@@ -15,7 +15,9 @@ the same keys as on disk (``btcusdt-5m/v0001/model.txt``, ``btcusdt-5m/CURRENT.j
   for CLAIM_GRACE_S by the server's clock (its LastModified against the Date of the listing's answer: no skew
   between hosts) belongs to a killed publisher. Its claim is first rewritten If-Match on the ETag that was judged
   (the fence: a publisher still alive fails its seal, and of two cleaners one wins), then its objects are deleted,
-  then the claim, If-Match on the fence: the version number is free again, and a committed tree is never touched;
+  then the claim, If-Match on the fence: the version number is free again, and a committed tree is never touched
+  (one committed just before the fence gets its claim's body back). A server that refuses the conditional delete
+  leaves the fenced claim (logged): the number stays taken;
 * ``retire`` / ``swap(require=...)``: a lease object ``.lease/<key>`` per guard key (If-None-Match, with a
   time-out after which a dead holder's lease is broken) around the check and the removal of the commit marker,
   exactly where LocalStorage holds its flock; ``purge`` deletes the tree's objects, then its claim.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -53,7 +56,14 @@ LEASE_WAIT_S = 120.0
 # an uncommitted claim whose tree saw no write for this long (by the server's clock) belongs to a killed publisher:
 # a live one writes an object at least once per file it uploads, and no bundle file takes a day to upload
 CLAIM_GRACE_S = 86_400.0
-_LOST = ("PreconditionFailed", "412", "NoSuchKey", "404", "ConditionalRequestConflict")
+# the error codes of a conditional request the caller interprets (every other one is a ConfigError, see _call)
+_FAILED = ("PreconditionFailed", "412")  # the condition is false: the key exists (If-None-Match) or changed (If-Match)
+_ABSENT = ("NoSuchKey", "404")
+_IN_FLIGHT = ("ConditionalRequestConflict", "409")  # a concurrent conditional write to the key is in progress
+_CONDITIONAL = _FAILED + _ABSENT + _IN_FLIGHT
+# put_new retries a 409 this many times, sleeping 0.05 s doubling to 1 s between tries (about 6 s in all)
+IN_FLIGHT_RETRIES = 8
+log = logging.getLogger("xylen.registry")
 
 
 def is_s3_url(location: object) -> bool:
@@ -104,14 +114,19 @@ class S3Storage:
 
     def _call(self, op: str, key: str, **kw: Any) -> Any:
         """One S3 request; transport and permission failures become a ConfigError naming the location (never the
-        credentials). ClientErrors the caller interprets (412, 404) are re-raised as they are."""
+        credentials). ClientErrors the caller interprets (412, 404, 409: _CONDITIONAL) are re-raised as they are."""
+        with self._errors(op, key):
+            return getattr(self.client, op)(Bucket=self.bucket, **kw)
+
+    @contextlib.contextmanager
+    def _errors(self, op: str, key: str) -> Iterator[None]:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
-            return getattr(self.client, op)(Bucket=self.bucket, **kw)
+            yield
         except ClientError as exc:
             code = _code(exc)
-            if code in ("PreconditionFailed", "NoSuchKey", "404", "412", "ConditionalRequestConflict"):
+            if code in _CONDITIONAL:
                 raise
             if code == "NoSuchBucket":
                 raise ConfigError(f"The S3 bucket {self.bucket!r} of {self.url!r} does not exist.",
@@ -146,7 +161,7 @@ class S3Storage:
         try:
             r = self._call("get_object", key, Key=self._k(check_key(key)))
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
+            if _code(exc) in _ABSENT:
                 return None
             raise
         return Versioned(r["Body"].read(), r["ETag"])
@@ -158,25 +173,41 @@ class S3Storage:
         try:
             return str(self._call("head_object", key, Key=self._k(check_key(key)))["ETag"])
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
+            if _code(exc) in _ABSENT:
                 return None
             raise
 
-    def _list_raw(self, prefix: str, delimiter: str | None = None) -> tuple[list[str], list[str]]:
-        """(keys, common prefixes) under the full key ``prefix``, relative to this storage's prefix."""
-        base = self._k("")
-        keys: builtins.list[str] = []
-        dirs: builtins.list[str] = []
-        kw: dict[str, Any] = {"Prefix": prefix}
+    def _pages(self, prefix: str, delimiter: str | None = None
+               ) -> Iterator[tuple[builtins.list[dict[str, Any]], builtins.list[str], datetime | None]]:
+        """The pages of the listing of the full key ``prefix`` (boto3's paginator), each as (objects: their Key
+        relative to this storage's prefix, common prefixes: relative too, the server's time of the answer: its Date
+        header, None if it sent none). Errors are mapped like ``_call``'s."""
+        from email.utils import parsedate_to_datetime
+
+        base = len(self._k(""))
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
             kw["Delimiter"] = delimiter
+        with self._errors("list_objects_v2", prefix):
+            pages = iter(self.client.get_paginator("list_objects_v2").paginate(**kw))
         while True:
-            r = self._call("list_objects_v2", prefix, **kw)
-            keys += [o["Key"][len(base):] for o in r.get("Contents", ())]
-            dirs += [p["Prefix"][len(base):] for p in r.get("CommonPrefixes", ())]
-            if not r.get("IsTruncated"):
-                return keys, dirs
-            kw["ContinuationToken"] = r["NextContinuationToken"]
+            with self._errors("list_objects_v2", prefix):
+                r = next(pages, None)
+            if r is None:
+                return
+            date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+            yield ([o | {"Key": o["Key"][base:]} for o in r.get("Contents", ())],
+                   [p["Prefix"][base:] for p in r.get("CommonPrefixes", ())],
+                   parsedate_to_datetime(date) if date else None)
+
+    def _list_raw(self, prefix: str, delimiter: str | None = None) -> tuple[list[str], list[str]]:
+        """(keys, common prefixes) under the full key ``prefix``, relative to this storage's prefix."""
+        keys: builtins.list[str] = []
+        dirs: builtins.list[str] = []
+        for objects, prefixes, _ in self._pages(prefix, delimiter):
+            keys += [o["Key"] for o in objects]
+            dirs += prefixes
+        return keys, dirs
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (a folder, or the one key it names), sorted; internal objects never listed."""
@@ -191,14 +222,7 @@ class S3Storage:
         """Keys under the folder ``prefix`` with their ETags (the tokens ``swap`` compares), from one listing:
         what the candle store uses to know, without a GET, whether a month file it cached is still current."""
         check_key(prefix)
-        base, out = self._k(""), {}
-        kw: dict[str, Any] = {"Prefix": self._k(prefix) + "/"}
-        while True:
-            r = self._call("list_objects_v2", prefix, **kw)
-            out.update({o["Key"][len(base):]: str(o["ETag"]) for o in r.get("Contents", ())})
-            if not r.get("IsTruncated"):
-                return out
-            kw["ContinuationToken"] = r["NextContinuationToken"]
+        return {o["Key"]: str(o["ETag"]) for objects, _, _ in self._pages(self._k(prefix) + "/") for o in objects}
 
     def folders(self, prefix: str = "") -> builtins.list[str]:
         """Names of the "folders" directly under ``prefix`` (one delimited listing); internal areas excluded."""
@@ -228,16 +252,32 @@ class S3Storage:
 
     # -- writing -------------------------------------------------------------------------------------------
     def put_new(self, key: str, data: bytes, *, sync_folder: bool = True) -> bool:
-        """Create ``key`` unless it exists (then False): PutObject If-None-Match: * (S3 stores it whole or not)."""
+        """Create ``key`` unless it exists (then False): PutObject If-None-Match: * (S3 stores it whole or not).
+
+        A 409 (ConditionalRequestConflict: another conditional write of ``key`` is in flight) says neither: the
+        other write may still fail. It is retried, with a short backoff, until S3 answers 200 (True) or 412 (False:
+        it really exists); XylenError if it never settles (IN_FLIGHT_RETRIES)."""
         from botocore.exceptions import ClientError
 
-        try:
-            self._call("put_object", key, Key=self._k(check_key(key)), Body=data, IfNoneMatch="*")
-        except ClientError as exc:
-            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
-            raise
-        return True
+        check_key(key)
+        delay = 0.05
+        for attempt in range(IN_FLIGHT_RETRIES + 1):
+            try:
+                self._call("put_object", key, Key=self._k(key), Body=data, IfNoneMatch="*")
+            except ClientError as exc:
+                code = _code(exc)
+                if code in _FAILED:
+                    return False
+                if code not in _IN_FLIGHT:
+                    raise
+                if attempt < IN_FLIGHT_RETRIES:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                continue
+            return True
+        raise XylenError(f"S3 kept answering 409 ConditionalRequestConflict to {IN_FLIGHT_RETRIES + 1} writes of "
+                         f"{self.url + '/' + key!r}: another write of it stayed in flight; nothing was stored.",
+                         hint="retry; if it persists, check what else writes to this bucket.")
 
     def swap(self, key: str, data: bytes, expect: str | None, *, require: Sequence[str] = ()) -> str:
         """Replace ``key`` only if its ETag is still ``expect`` (None: only if absent); Conflict otherwise.
@@ -253,7 +293,7 @@ class S3Storage:
             try:
                 r = self._call("put_object", key, Key=self._k(key), Body=data, **cond)
             except ClientError as exc:
-                if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404", "ConditionalRequestConflict"):
+                if _code(exc) in _CONDITIONAL:
                     raise Conflict(key, expect, self.token(key)) from None
                 raise
         return str(r["ETag"])
@@ -319,26 +359,19 @@ class S3Storage:
         try:
             return str(self._call("put_object", key, Key=self._k(check_key(key)), Body=data, **cond)["ETag"])
         except ClientError as exc:
-            if _code(exc) in _LOST:
+            if _code(exc) in _CONDITIONAL:
                 return None
             raise
 
     def _objects(self, prefix: str) -> tuple[builtins.list[dict[str, Any]], datetime | None]:
         """The objects under the full key ``prefix`` (Key relative to this storage's prefix, LastModified, ETag) and
         the server's time of the first answer (its Date header; None if it sent none)."""
-        base, out, now = self._k(""), [], None
-        kw: dict[str, Any] = {"Prefix": prefix}
-        while True:
-            r = self._call("list_objects_v2", prefix, **kw)
-            if now is None:
-                from email.utils import parsedate_to_datetime
-
-                date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-                now = parsedate_to_datetime(date) if date else None
-            out += [o | {"Key": o["Key"][len(base):]} for o in r.get("Contents", ())]
-            if not r.get("IsTruncated"):
-                return out, now
-            kw["ContinuationToken"] = r["NextContinuationToken"]
+        out: builtins.list[dict[str, Any]] = []
+        now: datetime | None = None
+        for i, (objects, _, date) in enumerate(self._pages(prefix)):
+            out += objects
+            now = date if i == 0 else now
+        return out, now
 
     def clean_abandoned(self, prefix: str, *, grace_s: float | None = None, dry_run: bool = False
                         ) -> builtins.list[str]:
@@ -363,19 +396,38 @@ class S3Storage:
             if dry_run:
                 out.append(tree)
                 continue
-            fence = self._put_if(claim["Key"], _claim_body(uuid.uuid4().hex, "abandoned"), IfMatch=claim["ETag"])
-            if fence is None or self.has_tree(tree):
-                continue  # its publisher sealed or committed meanwhile, or another cleanup took it: not ours
+            judged = self.read_versioned(claim["Key"])  # its body, to restore should the tree turn out committed
+            if judged is None or judged.token != claim["ETag"]:
+                continue  # written (sealed) or removed since the listing: not abandoned
+            fence = self._put_if(claim["Key"], _claim_body(uuid.uuid4().hex, "abandoned"), IfMatch=judged.token)
+            if fence is None:
+                continue  # its publisher sealed it meanwhile, or another cleanup took it: not ours
+            if self.has_tree(tree):
+                # committed meanwhile (our fence came after its publisher's last check of the claim): the version
+                # is live-able and its claim must say who published it, not "abandoned"
+                self._put_if(claim["Key"], judged.data, IfMatch=fence)
+                continue
             for f in files:
                 self.delete(f["Key"])
             for key in self.list(tree):  # anything written since the listing
                 self.delete(key)
-            from botocore.exceptions import ClientError
-
-            with contextlib.suppress(ClientError):  # only our fence: a claim someone wrote since stays
-                self._call("delete_object", claim["Key"], Key=self._k(claim["Key"]), IfMatch=fence)
+            self._drop_fence(claim["Key"], fence)
             out.append(tree)
         return out
+
+    def _drop_fence(self, claim: str, fence: str) -> None:
+        """Delete the claim ``claim`` only if it is still our fence (a claim someone wrote since stays). A server
+        that refuses the conditional delete (no If-Match on DeleteObject, AccessDenied) leaves the fenced claim:
+        logged, and the version number stays taken, never a claim deleted unconditionally."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._call("delete_object", claim, Key=self._k(claim), IfMatch=fence)
+        except ClientError:
+            return  # 412/404: no longer our fence
+        except XylenError as exc:
+            log.warning("%s/%s: its abandoned upload was removed but its claim stays (%s); the version number stays "
+                        "taken", self.url, claim[len(CLAIM) + 1:], exc.message)
 
     def retire(self, prefix: str, *, guards: Sequence[str], allowed: Callable[[], bool]) -> Path | None:
         """Take the tree out of sight (delete its commit marker) under the leases of ``guards``, if ``allowed()``

@@ -103,14 +103,28 @@ _SECRET_FIX = "openssl rand -hex 32 > FILE && chmod 600 FILE"
 def read_session_secret(path: Path) -> bytes:
     """The dashboard's session secret from XYLEN_UI_SESSION_SECRET_FILE: one line of at least 64 hex characters
     (``#`` comment lines and blank lines ignored). Raises ConfigError, whose message quotes the path and never
-    the file's content, for a file that is missing or unreadable, readable or writable by other users (mode o+rwx)
-    or writable by its group (group read is allowed: Kubernetes mounts a Secret 0440 with the pod's fsGroup),
-    not hex, too short, or of more than one secret line."""
+    the file's content, for a path that is missing, unreadable or not a regular file (a FIFO is refused, never
+    waited on), readable or writable by other users (mode o+rwx) or writable by its group (group read is allowed:
+    Kubernetes mounts a Secret 0440 with the pod's fsGroup), not hex, too short, or of more than one secret line."""
     where = repr(str(path))
     unset = "or unset XYLEN_UI_SESSION_SECRET_FILE (a random secret per start: logins hold on one replica only)"
     try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
+        # O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; whatever is not a regular file is
+        # refused before a byte is read
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise ConfigError(
+                f"The dashboard session secret file {where} is {kind}, not a regular file.",
+                hint=f"point XYLEN_UI_SESSION_SECRET_FILE at a file made by `{_SECRET_FIX}`, {unset}.",
+            )
+        with os.fdopen(fd, "rb") as f:
             data = f.read(_SECRET_MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
