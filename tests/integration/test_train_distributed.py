@@ -3,10 +3,13 @@ real candles (BTCUSDT 1h, tests/data) in the store (month files and tails)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +37,35 @@ def fill(home: Path) -> Path:
     store.append("BTCUSDT", "1h", df.tail(20))
     assert any(p.name.startswith("tail-") for p in store.files("BTCUSDT", "1h"))
     return home
+
+
+class GatherSpy:
+    """Counts what this machine receives through client.gather: the feature rows (2-D arrays as wide as the
+    feature set) and the narrow blocks (which must carry no features)."""
+
+    def __init__(self, client, width: int) -> None:
+        self.gather, self.width, self.feature_rows, self.blocks = client.gather, width, 0, 0
+        client.gather = self
+
+    def __call__(self, futures, *args, **kwargs):
+        got = self.gather(futures, *args, **kwargs)
+        self.count(got)
+        return got
+
+    def count(self, x) -> None:
+        from xylen.train.distributed import Block
+
+        if isinstance(x, Block):
+            assert x.X is None, "a block came back with its features"
+            self.blocks += 1
+        elif isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == self.width:
+            self.feature_rows += len(x)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                self.count(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                self.count(v)
 
 
 def settings_of(home: Path, **extra: object):
@@ -67,14 +99,16 @@ def test_the_distributed_matrix_equals_the_local_one_row_for_row(tmp_path, clust
         months = xd.months_of(store, "BTCUSDT", "1h")
         assert len(months) == 9  # January to September 2024: one block per month partition
         with distributed.Client(cluster, set_as_default=False) as client:
+            spy = GatherSpy(client, len(featuresets.get(feature_set, "1h").names))
             m = xd.distributed_matrix(client, settings, "binance", "BTCUSDT", "1h", months, 0, spec, tuple(extra),
                                       f"test-{store}-{feature_set}")
+            assert (spy.blocks, spy.feature_rows) == (len(months), 0)  # this machine got the narrow columns only
             X = m.gather_X(m.rows)
+            assert spy.feature_rows == len(m.rows)
             workers = sorted(client.nthreads())
             held = client.who_has(m.blocks)
             assert len(workers) == 2  # the months are dealt round-robin, and stay where they were computed
             assert [tuple(held[b.key]) for b in m.blocks] == [(workers[i % 2],) for i in range(len(months))]
-        assert not hasattr(m, "X")  # this machine holds the narrow columns, no features
         ds = build(store.read("BTCUSDT", "1h"), "1h", spec, featuresets.get(feature_set, "1h"), tuple(extra))
         assert np.array_equal(m.open_time, ds.open_time) and np.array_equal(m.valid, ds.valid)
         rows = ds.rows
@@ -220,9 +254,9 @@ def test_bad_combinations_are_refused(tmp_path):
     assert r.returncode == 2 and "--data files cannot be sent to a --cluster" in r.stderr
 
 
-def test_a_worker_killed_mid_fit_fails_the_job_within_60_s(tmp_path):
+def test_a_worker_killed_mid_fit_fails_the_job(tmp_path):
     """SIGKILL of the worker running one of LightGBM's training tasks: the command ends with exit 5 and a message
-    naming the lost worker, well within 60 s, and nothing is published."""
+    naming the lost worker, and nothing is published (the time it took is printed, not asserted)."""
     home = fill(tmp_path / "h")
     env = {k: v for k, v in os.environ.items() if not k.startswith("XYLEN_")} | FAST
     with distributed.LocalCluster(
@@ -245,7 +279,7 @@ def test_a_worker_killed_mid_fit_fails_the_job_within_60_s(tmp_path):
                         break
                 time.sleep(0.02)
             assert killed_at is not None, "no worker was seen running LightGBM's training task"
-            stdout, stderr = proc.communicate(timeout=120)  # a hang guard only
+            stdout, stderr = proc.communicate(timeout=60)  # a hang guard only
             took = time.monotonic() - killed_at
         finally:
             if proc.poll() is None:
@@ -255,5 +289,92 @@ def test_a_worker_killed_mid_fit_fails_the_job_within_60_s(tmp_path):
     assert "left the cluster during the distributed fit" in stderr and "nothing was published" in stderr
     assert "Traceback" not in stderr
     print(f"exit {proc.returncode} {took:.1f} s after the kill")
-    assert took < 60, took
     assert not (home / "models").exists() or Registry(home / "models").names() == []
+
+
+def test_only_the_fits_workers_are_watched():
+    """A worker holding none of the fit's blocks (an idle one adaptive scaling removes) may leave during the fit;
+    one holding a block may not."""
+    from xylen.core.errors import TrainingError
+    from xylen.train import distributed as xd
+
+    with distributed.LocalCluster(n_workers=3, threads_per_worker=1, processes=False,  # in-process: no network
+                                  dashboard_address=":0") as lc, \
+            distributed.Client(lc.scheduler_address, set_as_default=False) as client:
+        a, b, idle = sorted(client.nthreads())
+        blocks = [client.submit(np.arange, 5, workers=[w], allow_other_workers=False, pure=False) for w in (a, b)]
+        client.gather(blocks)  # computed, and held where they were computed
+        assert xd.holders(client, blocks) == {a, b}
+        checks = []
+        nthreads = client.nthreads
+
+        def counted():
+            checks.append(1)
+            return nthreads()
+
+        client.nthreads = counted
+
+        def fit_while(leaving: str, done: threading.Event) -> int:
+            client.retire_workers([leaving], close_workers=True)
+            while leaving in nthreads() and not done.is_set():
+                time.sleep(0.05)
+            seen = len(checks)
+            while len(checks) < seen + 3 and not done.is_set():  # the watcher looked at least twice since
+                time.sleep(0.05)
+            return 42
+
+        done = threading.Event()
+        assert xd._Watched(client, "test", blocks).run(lambda: fit_while(idle, done)) == 42
+        with pytest.raises(TrainingError, match=f"Dask worker {a} left the cluster during the distributed fit"):
+            xd._Watched(client, "test", blocks).run(lambda: fit_while(a, done))
+        done.set()
+
+
+@pytest.fixture(scope="module")
+def spied(tmp_path_factory, cluster):  # noqa: F811
+    """--distributed run in this process on all but the last 1,200 candles, with client.gather counted."""
+    from xylen.core import featuresets
+    from xylen.train import cluster as xc
+    from xylen.train.cluster import Market
+    from xylen.train.distributed import train_distributed
+
+    home = tmp_path_factory.mktemp("spied")
+    df = read_candles(BTC_1H).frame
+    Store(home / "data").append("BTCUSDT", "1h", df.head(df.height - 1200))
+    settings = settings_of(home)
+    spies = []
+
+    @contextlib.contextmanager
+    def connect(address):
+        with xc.connect(address) as client:
+            spies.append(GatherSpy(client, len(featuresets.get(settings.feature_set, "1h").names)))
+            yield client
+
+    result = train_distributed(settings, Market("BTCUSDT", "1h", "binance"), address=cluster, connect=connect)
+    return home, result, spies[0]
+
+
+def test_this_machine_receives_only_the_held_out_windows_and_golden_rows_features(spied):
+    home, result, spy = spied
+    test_rows = result.folds[0]["test_rows"]
+    golden = Registry(home / "models").manifest("btcusdt-1h", "v0001").golden
+    assert spy.blocks > 0  # the narrow blocks (no features in them: GatherSpy checks)
+    assert spy.feature_rows == test_rows + len(golden.rows)
+
+
+def test_a_model_trained_distributed_retrains_in_one_process(spied, tmp_path, cluster):  # noqa: F811
+    """`xylen retrain` (here and with --cluster, one model per task) of a --distributed model: it refits in one
+    process, without LightGBM's network parameters (tree_learner=data), and the gate decides as usual."""
+    home0, _, _ = spied
+    assert Registry(home0 / "models").manifest("btcusdt-1h", "v0001").params["tree_learner"] == "data"
+    hold = {"XYLEN_RETRAIN_HOLDOUT": "500"}
+    for where, args in (("local", []), ("cluster", ["--cluster", cluster])):
+        home = tmp_path / where
+        shutil.copytree(home0, home)
+        Store(home / "data").append("BTCUSDT", "1h", read_candles(BTC_1H).frame)  # the 1,200 new candles
+        r = xylen(home, "retrain", "btcusdt-1h", *args, "--json", env=hold)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (got,) = orjson.loads(r.stdout)["results"]
+        assert got["outcome"] in ("promoted", "kept") and got["candidate_version"] == "v0002", got
+        params = Registry(home / "models").manifest("btcusdt-1h", "v0002").params
+        assert "tree_learner" not in params and "time_out" not in params, params

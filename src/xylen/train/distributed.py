@@ -75,20 +75,20 @@ def build_block(
     and the ``horizon`` candles after."""
     from xylen.core.candles import validate
     from xylen.core.intervals import approx_ms
-    from xylen.core.store import Store
+    from xylen.core.store import open_store
     from xylen.train.dataset import build
 
     start, end = bounds
     fs = featuresets.get(settings.feature_set, interval)
     step = approx_ms(interval)
     ahead = max([spec.horizon, *(h.horizon for h in extra)])
-    store = Store(settings.data_dir, exchange=exchange)
+    store = open_store(settings, exchange)  # XYLEN_DATA_URL (s3://: no shared volume), else XYLEN_HOME/data
     # a few candles more each way than needed: more context never changes a row (features and labels read a
     # fixed number of rows), and a month's candle (1M) is not exactly approx_ms long
     lo = max(window_start, start - (fs.lookback + 2) * step)
     df = store.read(symbol, interval, lo, end + (ahead + 2) * step)
     if df.height:
-        validate(df, interval, f"store {store.series_dir(symbol, interval)}")
+        validate(df, interval, f"store {store.series_location(symbol, interval)}")
     ds = build(df, interval, spec, fs, extra)
     own = (ds.open_time >= max(start, window_start)) & (ds.open_time < end)
     raw_cols = fs.indices(fs.raw_volatility)
@@ -284,18 +284,33 @@ def best_iteration(curve: Sequence[float], early: int) -> int:
     return best_i + 1
 
 
-class _Watched:
-    """Runs ``fit`` in a thread and returns its result; raises TrainingError as soon as one of the cluster's
-    workers at the start is gone (killed, out of memory): LightGBM's tasks are pinned to their workers, so Dask
-    would wait for a worker that never comes back."""
+def holders(client: Any, blocks: Sequence[Any]) -> set[str]:
+    """The workers that hold the matrix's blocks, where the fit's chunks are taken (and LightGBM's tasks run, on
+    the workers holding the chunks); every worker of the cluster when there are no blocks."""
+    if not blocks:
+        return set(client.nthreads())
+    return {w for ws in client.who_has(list(blocks)).values() for w in ws}
 
-    def __init__(self, client: Any, what: str) -> None:
-        self.client, self.what = client, what
+
+def training(client: Any) -> set[str]:
+    """The workers running one of lightgbm.dask's training tasks now."""
+    return {w for w, keys in client.processing().items() if any("train_part" in str(k) for k in keys)}
+
+
+class _Watched:
+    """Runs ``fit`` in a thread and returns its result; raises TrainingError as soon as one of the fit's workers
+    (those holding the matrix's blocks at the start, and any seen running a LightGBM training task) is gone
+    (killed, out of memory): LightGBM's tasks are pinned to their workers, so Dask would wait for a worker that
+    never comes back. Any other worker (an idle one that adaptive scaling removes) may leave: the fit does not
+    need it."""
+
+    def __init__(self, client: Any, what: str, blocks: Sequence[Any] = ()) -> None:
+        self.client, self.what, self.blocks = client, what, blocks
 
     def run(self, fit: Callable[[], Any]) -> Any:
         # nthreads() asks the scheduler each time; scheduler_info() may answer from a cache that a periodic
         # refresh fills without the workers
-        before = set(self.client.nthreads())
+        watched = holders(self.client, self.blocks) & set(self.client.nthreads())
         box: dict[str, Any] = {}
 
         def go() -> None:
@@ -310,9 +325,10 @@ class _Watched:
             t.join(WATCH_S)
             try:
                 now = set(self.client.nthreads())
+                watched |= training(self.client) & now
             except Exception:  # noqa: BLE001 -- the scheduler itself is gone
                 now = set()
-            if gone := sorted(before - now):
+            if gone := sorted(watched - now):
                 raise TrainingError(
                     f"Dask worker {', '.join(gone)} left the cluster during the distributed fit ({self.what}): "
                     "LightGBM's data-parallel training cannot continue without it; nothing was published.",
@@ -357,7 +373,7 @@ def dask_fit(
         with m.client.as_current():
             return est.fit(X, yy)
 
-    model = _Watched(m.client, what).run(go)
+    model = _Watched(m.client, what, m.blocks).run(go)
     booster = model.booster_
     if val is None:
         return booster, rounds
@@ -365,7 +381,7 @@ def dask_fit(
     parts = [m.client.submit(logloss_curve, b, mk, y[a:e][mk], booster, None if cols is None else list(cols),
                              pure=False)
              for b, mk, a, e in zip(m.blocks, m.masks(val), edges[:-1], edges[1:]) if mk.any()]
-    curve = np.sum(_Watched(m.client, f"{what}: validation").run(lambda: m.client.gather(parts)), axis=0)
+    curve = np.sum(_Watched(m.client, f"{what}: validation", m.blocks).run(lambda: m.client.gather(parts)), axis=0)
     return booster, best_iteration(curve, early)
 
 
@@ -395,9 +411,9 @@ def train_distributed(
     TrainResult, as `xylen train` does."""
     from xylen.core.bundle import TrainingWindow, make_golden
     from xylen.core.intervals import approx_ms
-    from xylen.core.markets import market_label, model_name
+    from xylen.core.markets import exchange_flag, market_label, model_name
     from xylen.core.registry import check_name, open_registry
-    from xylen.core.store import Store
+    from xylen.core.store import open_store
     from xylen.profiles import resolve
     from xylen.train import cluster, evaluate, metrics
     from xylen.train.dataset import Dataset
@@ -418,19 +434,19 @@ def train_distributed(
     symbol, interval, exchange = market.symbol, market.interval, market.exchange
     name = check_name(market.name or model_name(symbol, interval, exchange))
     fs = featuresets.get(settings.feature_set, interval)
-    store = Store(settings.data_dir, exchange=exchange)
+    store = open_store(settings, exchange)
     months = months_of(store, symbol, interval)
     last = store.last_open_time(symbol, interval)
     if not months or last is None:
         raise DataError(
             f"No {market_label(exchange, symbol)} {interval} candles in the store {str(store.klines)!r}.",
-            hint=f"collect them (`xylen collect --symbols {symbol} --intervals {interval} --once`); the workers "
-            "read the store at the same XYLEN_HOME path.",
+            hint=f"collect them (`xylen collect{exchange_flag(exchange)} --symbols {symbol} --intervals {interval} "
+            f"--once`); the workers read the same store ({store.location}: XYLEN_DATA_URL, else XYLEN_HOME/data).",
         )
     step = approx_ms(interval)
     window_start = last - (int(profile.train_window_days * 86_400_000 // step) - 1) * step
     months = [m for m in months if m[1] > window_start]
-    source = f"store {store.series_dir(symbol, interval)}"
+    source = f"store {store.series_location(symbol, interval)}"
     quiet_lightgbm()
     with (connect or cluster.connect)(address) as client:
         check_ready(client, address)

@@ -54,6 +54,13 @@ WARM_MIN_ROWS = 5000  # a warm start fits its trees on at least the most recent 
 STRICT_CODES = {"kept": 10, "conflict": 10, "nothing_new": 11, "skipped": 11, "busy": 12}
 # with several models, the exit code of the most severe error wins (internal, then model, training, data, config)
 SEVERITY = (1, 4, 5, 3, 2, 6)
+# LightGBM's distributed-learning parameters (and their aliases): a model trained with `train --distributed` has
+# tree_learner=data in its manifest, but a retrain fits in one process, where they have no meaning
+NETWORK_PARAMS = frozenset({
+    "tree_learner", "tree", "tree_type", "tree_learner_type", "num_machines", "num_machine", "local_listen_port",
+    "local_port", "port", "time_out", "machine_list_filename", "machine_list_file", "machine_list", "mlist",
+    "machines", "workers", "nodes", "pre_partition", "is_pre_partition",
+})
 
 
 class Terminated(BaseException):
@@ -372,7 +379,8 @@ def retrain_model(
         )
         return res
 
-    params = {k2: v for k2, v in m.params.items() if k2 != "num_boost_round"} | {"num_threads": profile.threads}
+    params = {k2: v for k2, v in m.params.items() if k2 != "num_boost_round" and k2 not in NETWORK_PARAMS} | {
+        "num_threads": profile.threads}
     candidate.check_labels(heads, {h.key: y_all[h.key][sp.train] for h in heads}, name)
     warm_row = int((m.model_extra or {}).get("retrain", {}).get("warm_starts_in_row", 0))
     mode: Mode = opts.mode
