@@ -107,8 +107,10 @@ def test_the_distributed_matrix_equals_the_local_one_row_for_row(tmp_path, clust
             assert spy.feature_rows == len(m.rows)
             workers = sorted(client.nthreads())
             held = client.who_has(m.blocks)
-            assert len(workers) == 2  # the months are dealt round-robin, and stay where they were computed
-            assert [tuple(held[b.key]) for b in m.blocks] == [(workers[i % 2],) for i in range(len(months))]
+            assert len(workers) == 2
+            # each month lies on one worker, where it was computed: dealt round-robin, though Dask may run one on
+            # the other worker when its own is busy (allow_other_workers: a lost worker's months are rebuilt)
+            assert all(len(held[b.key]) == 1 and held[b.key][0] in workers for b in m.blocks)
         ds = build(store.read("BTCUSDT", "1h"), "1h", spec, featuresets.get(feature_set, "1h"), tuple(extra))
         assert np.array_equal(m.open_time, ds.open_time) and np.array_equal(m.valid, ds.valid)
         rows = ds.rows
