@@ -17,6 +17,7 @@ import contextlib
 import importlib.metadata
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -281,10 +282,16 @@ def train_markets(
                           f"{os.getpid()}-{i}", pure=False, priority=sizes[m]): m
             for i, m in sorted(enumerate(markets), key=lambda im: -sizes[im[1]])
         }
+        told = threading.Lock()  # one market's report at a time: two publishers never interleave their lines
+
+        def tell(out: MarketOutcome) -> None:
+            if on_done is not None:
+                with told:
+                    on_done(out)
+
         def settle(out: MarketOutcome, got: dict[str, Any]) -> None:
             finish(settings, registry, out, got, promote)
-            if on_done is not None:
-                on_done(out)
+            tell(out)
 
         # each market's publication (mostly its promotion's verification child) runs beside the next arrivals, so a
         # result that lands while another is being published does not wait for it; every market is its own model
@@ -304,8 +311,7 @@ def train_markets(
                                    f"{str(exc)[:300]}",
                         "hint": "see the workers' logs; nothing was published for this market.",
                     }
-                    if on_done is not None:
-                        on_done(out)
+                    tell(out)
                 else:
                     publishing.append(pool.submit(settle, out, got))
             for done in publishing:
