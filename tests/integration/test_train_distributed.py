@@ -256,6 +256,29 @@ def test_bad_combinations_are_refused(tmp_path):
     assert r.returncode == 2 and "--data files cannot be sent to a --cluster" in r.stderr
 
 
+def kill_a_training_worker(spy, proc) -> tuple[str, str, float]:
+    """SIGKILL the first worker seen running one of LightGBM's training tasks while ``proc`` (an xylen command)
+    runs; its stdout, stderr and the seconds from the kill to its end."""
+    try:
+        killed_at = None
+        deadline = time.monotonic() + 180
+        while killed_at is None and time.monotonic() < deadline and proc.poll() is None:
+            for worker, keys in spy.processing().items():
+                if any("train_part" in str(k) for k in keys):
+                    pid = spy.run(os.getpid, workers=[worker])[worker]
+                    os.kill(pid, signal.SIGKILL)
+                    killed_at = time.monotonic()
+                    break
+            time.sleep(0.02)
+        assert killed_at is not None, "no worker was seen running LightGBM's training task"
+        stdout, stderr = proc.communicate(timeout=60)  # a hang guard only
+        return stdout, stderr, time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_a_worker_killed_mid_fit_fails_the_job(tmp_path):
     """SIGKILL of the worker running one of LightGBM's training tasks: the command ends with exit 5 and a message
     naming the lost worker, and nothing is published (the time it took is printed, not asserted)."""
@@ -269,24 +292,7 @@ def test_a_worker_killed_mid_fit_fails_the_job(tmp_path):
              "--distributed", "--symbol", "BTCUSDT", "--interval", "1h"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
-        try:
-            killed_at = None
-            deadline = time.monotonic() + 180
-            while killed_at is None and time.monotonic() < deadline and proc.poll() is None:
-                for worker, keys in spy.processing().items():
-                    if any("train_part" in str(k) for k in keys):
-                        pid = spy.run(os.getpid, workers=[worker])[worker]
-                        os.kill(pid, signal.SIGKILL)
-                        killed_at = time.monotonic()
-                        break
-                time.sleep(0.02)
-            assert killed_at is not None, "no worker was seen running LightGBM's training task"
-            stdout, stderr = proc.communicate(timeout=60)  # a hang guard only
-            took = time.monotonic() - killed_at
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        stdout, stderr, took = kill_a_training_worker(spy, proc)
     assert proc.returncode == 5, stdout + stderr
     assert "left the cluster during the distributed fit" in stderr and "nothing was published" in stderr
     assert "Traceback" not in stderr
@@ -364,19 +370,110 @@ def test_this_machine_receives_only_the_held_out_windows_and_golden_rows_feature
     assert spy.feature_rows == test_rows + len(golden.rows)
 
 
-def test_a_model_trained_distributed_retrains_in_one_process(spied, tmp_path, cluster):  # noqa: F811
-    """`xylen retrain` (here and with --cluster, one model per task) of a --distributed model: it refits in one
-    process, without LightGBM's network parameters (tree_learner=data), and the gate decides as usual."""
+HOLD = {"XYLEN_RETRAIN_HOLDOUT": "500"}
+
+
+def with_new_candles(home0: Path, home: Path) -> Path:
+    """A copy of the spied home (v0001 trained --distributed) with the 1,200 newer candles in its store."""
+    shutil.copytree(home0, home)
+    Store(home / "data").append("BTCUSDT", "1h", read_candles(BTC_1H).frame)
+    return home
+
+
+def retrain_json(home: Path, *args: str, env: dict[str, str] | None = None) -> dict:
+    r = xylen(home, "retrain", "btcusdt-1h", *args, "--json", env=HOLD | (env or {}))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (got,) = orjson.loads(r.stdout)["results"]
+    assert got["outcome"] in ("promoted", "kept") and got["candidate_version"] == "v0002", got
+    return got
+
+
+@pytest.fixture(scope="module")
+def retrained_here(spied, tmp_path_factory):
+    """`xylen retrain` of the --distributed v0001 without a cluster (one process)."""
+    home0, _, _ = spied
+    home = with_new_candles(home0, tmp_path_factory.mktemp("retrain-here") / "h")
+    return home, retrain_json(home)
+
+
+def test_a_model_trained_distributed_retrains_in_one_process_without_a_cluster(spied, retrained_here):
+    """Without a cluster, `xylen retrain` of a --distributed model refits in one process, without LightGBM's
+    network parameters (tree_learner=data), and the gate decides as usual."""
     home0, _, _ = spied
     assert Registry(home0 / "models").manifest("btcusdt-1h", "v0001").params["tree_learner"] == "data"
-    hold = {"XYLEN_RETRAIN_HOLDOUT": "500"}
-    for where, args in (("local", []), ("cluster", ["--cluster", cluster])):
-        home = tmp_path / where
-        shutil.copytree(home0, home)
-        Store(home / "data").append("BTCUSDT", "1h", read_candles(BTC_1H).frame)  # the 1,200 new candles
-        r = xylen(home, "retrain", "btcusdt-1h", *args, "--json", env=hold)
-        assert r.returncode == 0, r.stdout + r.stderr
-        (got,) = orjson.loads(r.stdout)["results"]
-        assert got["outcome"] in ("promoted", "kept") and got["candidate_version"] == "v0002", got
-        params = Registry(home / "models").manifest("btcusdt-1h", "v0002").params
-        assert "tree_learner" not in params and "time_out" not in params, params
+    home, got = retrained_here
+    assert got["mode"] == "full" and "data-parallel" not in got["message"]
+    manifest = Registry(home / "models").manifest("btcusdt-1h", "v0002")
+    assert "tree_learner" not in manifest.params and "time_out" not in manifest.params, manifest.params
+    assert "distributed" not in manifest.metrics and "data_parallel" not in manifest.model_extra["retrain"]
+
+
+def test_on_one_worker_a_data_parallel_retrain_gates_exactly_as_in_one_process(spied, retrained_here, tmp_path):
+    """One worker: the candidate fitted by lightgbm.dask on the workers' month blocks (XYLEN_DASK_CLUSTER names
+    the cluster) is the one-process candidate: same rows, same holdout, the same gate scores to the last bit."""
+    home0, _, _ = spied
+    home = with_new_candles(home0, tmp_path / "h")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as lc:
+        got = retrain_json(home, env={"XYLEN_DASK_CLUSTER": lc.scheduler_address})
+    _, here = retrained_here
+    assert "data-parallel full refit" in got["message"], got["message"]
+    assert got["samples_used"] == here["samples_used"]
+    assert got["gate"]["candidate"] == here["gate"]["candidate"]  # AUC, log-loss, interval: exactly equal
+    assert got["gate"]["live"] == here["gate"]["live"] and got["gate"]["decision"] == here["gate"]["decision"]
+    assert got["gate"]["heads"]["move"]["candidate"] == here["gate"]["heads"]["move"]["candidate"]
+    assert got["outcome"] == here["outcome"]
+
+
+def test_on_two_workers_a_data_parallel_retrain_publishes_a_data_parallel_version(
+    spied, retrained_here, tmp_path, cluster  # noqa: F811
+):
+    """Two workers: the candidate is refitted in full data-parallel (a warm start is refused, and the result says
+    why), gated within 0.02 AUC of the one-process candidate, and v0002's manifest says it is data-parallel, so
+    the next retrain with a cluster fits it so again."""
+    home0, _, _ = spied
+    home = with_new_candles(home0, tmp_path / "h")
+    got = retrain_json(home, "--cluster", cluster, "--warm-start")
+    _, here = retrained_here
+    assert got["mode"] == "full" and "data-parallel model is refitted in full" in got["message"], got["message"]
+    assert got["samples_used"] == here["samples_used"]
+    auc, auc_here = got["gate"]["candidate"]["auc"], here["gate"]["candidate"]["auc"]
+    print(f"retrain gate AUC data-parallel {auc:.4f}, one process {auc_here:.4f}")
+    assert abs(auc - auc_here) <= 0.02
+    registry = Registry(home / "models")
+    registry.verify("btcusdt-1h", "v0002")  # size, sha256, trial load, golden rows and window
+    manifest = registry.manifest("btcusdt-1h", "v0002")
+    assert manifest.params["tree_learner"] == "data" and "time_out" not in manifest.params
+    assert manifest.metrics["distributed"] == {"cluster": cluster, "partitions": 9}
+    info = manifest.model_extra["retrain"]
+    assert info["data_parallel"]["cluster"] == cluster and info["mode"] == "full"
+    assert info["forced_full"].startswith("a data-parallel model is refitted in full")
+    here_manifest = Registry(retrained_here[0] / "models").manifest("btcusdt-1h", "v0002")
+    assert manifest.training_window == here_manifest.training_window  # the same rows
+    assert registry.current("btcusdt-1h").version == ("v0002" if got["outcome"] == "promoted" else "v0001")
+
+
+def test_a_worker_killed_mid_retrain_publishes_nothing(spied, tmp_path):
+    """SIGKILL of a worker running LightGBM's training task during a data-parallel retrain: exit 5 naming the lost
+    worker, and the registry is as it was (v0001 live, no v0002)."""
+    home0, _, _ = spied
+    home = with_new_candles(home0, tmp_path / "h")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XYLEN_")} | FAST | HOLD
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as lc, distributed.Client(lc.scheduler_address, set_as_default=False) as spy:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xylen", "--home", str(home), "retrain", "btcusdt-1h", "--cluster",
+             lc.scheduler_address, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        stdout, stderr, took = kill_a_training_worker(spy, proc)
+    assert proc.returncode == 5, stdout + stderr
+    (got,) = orjson.loads(stdout)["results"]
+    assert got["outcome"] == "error" and got["candidate_version"] is None
+    assert "left the cluster during the distributed fit" in got["message"], got["message"]
+    assert "nothing was published" in got["message"] and "Traceback" not in stderr
+    print(f"exit {proc.returncode} {took:.1f} s after the kill")
+    registry = Registry(home / "models")
+    assert registry.versions("btcusdt-1h") == ["v0001"] and registry.current("btcusdt-1h").version == "v0001"

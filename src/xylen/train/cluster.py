@@ -425,14 +425,18 @@ def retrain_on_cluster(settings: Settings, opts: Any, address: str) -> Any:
     with lock:
         names = choose(registry, opts)
         store = open_store(settings, DEFAULT_EXCHANGE)
+        # models trained data-parallel (`train --distributed`) are refitted data-parallel over the whole cluster,
+        # one at a time from here; the others are one task each
+        parallel = [n for n in names if _trained_data_parallel(registry, n)]
+        fanned = [n for n in names if n not in parallel]
         with connect(address) as client:
             distributed = _dask()
             futures = client.map(
-                retrain_task, [settings] * len(names), names, [opts.mode] * len(names),
-                [opts.min_new_samples] * len(names), [not opts.all] * len(names),
-                key=[f"xylen-retrain-{n}-{os.getpid()}-{i}" for i, n in enumerate(names)], pure=False,
+                retrain_task, [settings] * len(fanned), fanned, [opts.mode] * len(fanned),
+                [opts.min_new_samples] * len(fanned), [not opts.all] * len(fanned),
+                key=[f"xylen-retrain-{n}-{os.getpid()}-{i}" for i, n in enumerate(fanned)], pure=False,
             )
-            by_future = dict(zip(futures, names))
+            by_future = dict(zip(futures, fanned))
             done: dict[str, Any] = {}
             for fut in distributed.as_completed(futures, loop=client.loop):
                 name = by_future[fut]
@@ -450,8 +454,49 @@ def retrain_on_cluster(settings: Settings, opts: Any, address: str) -> Any:
                 r.watch = _watch(settings, registry, store, name, r)
                 r.seconds += time.perf_counter() - t1
                 done[name] = r
+            for name in parallel:
+                done[name] = _retrain_data_parallel(settings, registry, store, name, opts, client, address)
             results = [done[n] for n in names]
     return RunReport(results, time.perf_counter() - t0)
+
+
+def _trained_data_parallel(registry: Registry, name: str) -> bool:
+    """Whether the live version of ``name`` was trained data-parallel (an unreadable one: no, its task says why)."""
+    from xylen.train.retrain import data_parallel
+
+    ptr = registry.current(name)
+    try:
+        return ptr is not None and data_parallel(registry.manifest(name, ptr.version))
+    except XylenError:
+        return False
+
+
+def _retrain_data_parallel(
+    settings: Settings, registry: Registry, store: Any, name: str, opts: Any, client: Any, address: str
+) -> Any:
+    """One data-parallel model's retrain, driven from here (retrain_model with the cluster's client): the same
+    rows, gate, publication and promotion as in one process, the candidate fitted over the cluster."""
+    from xylen.profiles import resolve
+    from xylen.train.pipeline import peak_rss_mb
+    from xylen.train.retrain import COMMIT, ModelResult, _prune, _watch, retrain_model
+    from xylen.train.threads import training_threads
+
+    t1 = time.perf_counter()
+    profile = resolve(settings.profile, max_memory_gb=settings.lgbm_max_memory_gb,
+                      num_threads=settings.lgbm_num_threads)
+    threads, _why = training_threads(profile.threads, explicit=settings.lgbm_num_threads is not None)
+    profile = replace(profile, threads=threads)
+    try:
+        r = retrain_model(settings, registry, store, name, opts, profile, explicit=not opts.all, client=client,
+                          address=address)
+    except XylenError as exc:
+        r = ModelResult(name, "error", exc.message, error=error_record(exc))
+    finally:
+        COMMIT.release()
+    r.pruned = _prune(registry, name, settings, r)
+    r.watch = _watch(settings, registry, store, name, r)
+    r.seconds, r.peak_rss_mb = time.perf_counter() - t1, peak_rss_mb()
+    return r
 
 
 def _settle(registry: Registry, got: dict[str, Any]) -> Any:

@@ -397,14 +397,23 @@ def publish_booster(
         return registry.publish(name, staging, lambda folder, version: done(folder, manifest, version))
 
 
-def golden_of(booster: Any, ds: Dataset, df: pl.DataFrame, rows: np.ndarray) -> Golden:
-    """Golden rows spread over the fitted rows, and the candle window of the last one, with the booster's outputs."""
-    golden_rows = ds.X[rows[np.linspace(0, len(rows) - 1, N_GOLDEN).astype(int)]]
+def golden_picks(rows: np.ndarray) -> np.ndarray:
+    """The golden rows among the fitted ``rows``: N_GOLDEN of them, spread evenly."""
+    return rows[np.linspace(0, len(rows) - 1, N_GOLDEN).astype(int)]
+
+
+def golden_of(
+    booster: Any, ds: Dataset, df: pl.DataFrame, rows: np.ndarray, X_golden: np.ndarray | None = None
+) -> Golden:
+    """Golden rows spread over the fitted rows, and the candle window of the last one, with the booster's outputs.
+    ``X_golden``: the golden rows' features when ``ds`` does not hold them (a data-parallel retrain gathers them
+    from the workers); ``rows`` index ``df``."""
+    golden_rows = ds.X[golden_picks(rows)] if X_golden is None else X_golden
     last = int(rows[-1])
     lb = ds.fs.lookback
     window = np.column_stack(
         [
-            ds.open_time[last - lb : last + 1].astype(np.float64),
+            df["open_time"].to_numpy()[last - lb : last + 1].astype(np.float64),
             *(df[c].to_numpy()[last - lb : last + 1] for c in OHLCV),
         ]
     )

@@ -305,7 +305,12 @@ def retrain_model(
     profile: Profile,
     *,
     explicit: bool = True,
+    client: Any | None = None,
+    address: str = "",
 ) -> ModelResult:
+    """One model's retrain. With a Dask ``client`` (the cluster at ``address``) and a live model trained
+    data-parallel (`xylen train --distributed`), its candidate is fitted data-parallel on the cluster (see
+    :func:`_fit_on_cluster`); the rows, the gate and the publication are the same as in one process."""
     from xylen.core.imports import import_lightgbm
 
     lgb = import_lightgbm()
@@ -381,11 +386,14 @@ def retrain_model(
 
     params = {k2: v for k2, v in m.params.items() if k2 != "num_boost_round" and k2 not in NETWORK_PARAMS} | {
         "num_threads": profile.threads}
+    parallel = client is not None and data_parallel(m)
     candidate.check_labels(heads, {h.key: y_all[h.key][sp.train] for h in heads}, name)
     warm_row = int((m.model_extra or {}).get("retrain", {}).get("warm_starts_in_row", 0))
     mode: Mode = opts.mode
     forced = None
-    if mode == "warm" and live_problem is not None:
+    if mode == "warm" and parallel:
+        mode, forced = "full", "a data-parallel model is refitted in full (lightgbm.dask boosts onto no live model)"
+    elif mode == "warm" and live_problem is not None:
         unreadable = "the live model is unreadable" if heads[0].problem else "a live head is unreadable"
         mode, forced = "full", f"{unreadable}, so there is nothing to continue"
     elif mode == "warm" and warm_row >= settings.retrain_max_warm_starts:
@@ -397,13 +405,20 @@ def retrain_model(
     # features only where they are used: a warm start reads the newest rows, not the whole window
     off = max(0, int(fit[0]) - fs.lookback - 1) if mode == "warm" else 0
     df = df.slice(off)
-    ds = build(df, m.interval, spec, fs, extra=tuple(h.spec for h in heads[1:]))
-    fit_s, hold = fit - off, sp.holdout - off
-    if not (ds.valid[fit_s].all() and ds.valid[hold].all()):  # the slice keeps every row's lookback
-        raise TrainingError("The feature window of the retrain rows is incomplete.", hint="this is a bug; report it.")
-    fitted = candidate.fit(
-        lgb, heads, ds, fit_s, params, warm_rounds=settings.retrain_warm_rounds if mode == "warm" else None
-    )
+    X_golden = None
+    if parallel:
+        fitted, ds, at, X_golden, parts = _fit_on_cluster(client, address, settings, m, df, heads, fs, sp, params)
+        fit_s, hold = fit, sp.holdout - at  # ds: the holdout's rows on (see _fit_on_cluster)
+    else:
+        ds = build(df, m.interval, spec, fs, extra=tuple(h.spec for h in heads[1:]))
+        fit_s, hold = fit - off, sp.holdout - off
+        if not (ds.valid[fit_s].all() and ds.valid[hold].all()):  # the slice keeps every row's lookback
+            raise TrainingError(
+                "The feature window of the retrain rows is incomplete.", hint="this is a bug; report it."
+            )
+        fitted = candidate.fit(
+            lgb, heads, ds, fit_s, params, warm_rounds=settings.retrain_warm_rounds if mode == "warm" else None
+        )
     first_open = tw.first_open_time if mode == "warm" else int(open_time[fit[0]])
     res.mode, res.samples_used = mode, len(fit)
     verdict = candidate.score(
@@ -426,6 +441,8 @@ def retrain_model(
         "live_problem": live_problem,
         "data_source": f"store {store.series_location(m.symbol, m.interval)}",
     }
+    if parallel:
+        retrain_info["data_parallel"] = {"cluster": address, "partitions": parts}
     primary = fitted[0]
     metrics: dict[str, Any] = {
         "auc_holdout": primary.verdict["candidate"]["auc"],
@@ -439,6 +456,8 @@ def retrain_model(
         # (`xylen train` cannot: the version is chosen when it publishes), so the sentence can say it is inherited.
         named = honesty.get("version") or isinstance((m.model_extra or {}).get("retrain"), dict)
         metrics["honesty"] = honesty if named else honesty | {"version": ptr.version}
+    if parallel:  # what `train --distributed` records: the next retrain with a cluster fits data-parallel again
+        metrics["distributed"] = {"cluster": address, "partitions": parts}
     version = publish_booster(
         registry,
         name,
@@ -453,14 +472,16 @@ def retrain_model(
             first_open_time=first_open, last_open_time=int(open_time[fit[-1]]), rows=len(fit)
         ),
         profile=profile.to_dict(),
-        params=params | {"num_boost_round": primary.booster.current_iteration()},
+        params=params | {"num_boost_round": primary.booster.current_iteration()}
+        | ({"tree_learner": "data"} if parallel else {}),
         metrics=metrics,
-        golden=golden_of(primary.booster, ds, df, fit_s),
+        golden=golden_of(primary.booster, ds, df, fit_s, X_golden),
         gate=verdict,
         retrain=retrain_info,
     )
     res.candidate_version = version
-    how = f"{'warm start' if mode == 'warm' else 'full refit'} on {len(fit)} candles" + (
+    kind = "warm start" if mode == "warm" else "data-parallel full refit" if parallel else "full refit"
+    how = f"{kind} on {len(fit)} candles" + (
         f" (full refit forced: {forced})" if forced else ""
     )
     if verdict["decision"] != "promote":
@@ -488,6 +509,73 @@ def retrain_model(
         }
         res.message += f"; NOTE: the live {ptr.version} was unreadable ({live_problem})"
     return res
+
+
+def data_parallel(m: Manifest) -> bool:
+    """Whether a version was trained data-parallel (`xylen train --distributed`, or a retrain of one on a cluster)."""
+    return isinstance(m.metrics.get("distributed"), dict) or m.params.get("tree_learner") == "data"
+
+
+def _fit_on_cluster(
+    client: Any,
+    address: str,
+    settings: Settings,
+    m: Manifest,
+    df: Any,
+    heads: Sequence[candidate.LiveHead],
+    fs: featuresets.FeatureSet,
+    sp: gate.Split,
+    params: dict[str, Any],
+) -> tuple[list[candidate.Fitted], Any, int, np.ndarray, int]:
+    """Every head fitted data-parallel on the cluster (lightgbm.dask, train/distributed.py) on the rows ``sp.train``
+    of ``df`` (the window retrain_model read, its first candle the matrix's first): the features are computed on
+    the workers, one month partition per task, and stay there. Only the holdout's and the golden rows' features
+    come back. Returns the fitted heads, a Dataset of the rows from the holdout's first on (what the gate scores),
+    that first row's index in ``df``, the golden rows' features and the number of month partitions."""
+    from xylen.core.store import open_store
+    from xylen.train import distributed as xd
+    from xylen.train.dataset import Dataset
+    from xylen.train.pipeline import golden_picks
+
+    assert m.symbol and m.interval
+    if problem := xd.lightgbm_dask_problem():
+        raise ConfigError(f"A data-parallel retrain needs lightgbm's Dask estimators, but {problem}.",
+                          hint="pip install 'xylen[dask]' (it brings scikit-learn and pandas) on this machine.")
+    xd.check_ready(client, address)
+    xd.quiet_lightgbm()
+    version = m.feature_set.version
+    if version not in featuresets.VERSIONS or list(featuresets.get(version, m.interval).names) != list(fs.names):
+        raise TrainingError(f"The workers cannot compute {m.symbol} {m.interval}'s feature set {version!r} as the "
+                            "live model has it.", hint="retrain without --cluster (in one process).")
+    on_workers = settings.model_copy(update={"feature_set": version})
+    open_time = df["open_time"].to_numpy().astype(np.int64)
+    n, start = len(open_time), int(open_time[0])
+    store = open_store(settings, m.exchange)
+    months = [mo for mo in xd.months_of(store, m.symbol, m.interval) if mo[1] > start]
+    tag = f"retrain-{m.exchange}-{m.symbol}-{m.interval}-{time.time_ns()}"
+    mat = xd.distributed_matrix(client, on_workers, m.exchange, m.symbol, m.interval, months, start, heads[0].spec,
+                                tuple(h.spec for h in heads[1:]), tag)
+    if len(mat.open_time) < n or not np.array_equal(mat.open_time[:n], open_time):
+        raise TrainingError(
+            f"The workers read other {m.symbol} {m.interval} candles than this machine ({len(mat.open_time)} from "
+            f"the store, {n} here): the store changed during the retrain, or they read another store.",
+            hint="the workers must read the same store (XYLEN_DATA_URL, else XYLEN_HOME/data); run it again.",
+        )
+    fitted = []
+    for h in heads:
+        y = np.nan_to_num(mat.y if h.key == candidate.PRIMARY else mat.heads[h.key], nan=0.0)
+        booster, _ = xd.dask_fit(mat, params, y, sp.train, h.rounds, what=f"candidate's {h.name}")
+        fitted.append(candidate.Fitted(h, booster))
+    at = int(sp.holdout[0])
+    X_tail = np.full((n - at, len(fs.names)), np.nan)
+    X_tail[sp.holdout - at] = mat.gather_X(sp.holdout)
+    ds = Dataset(mat.open_time[at:n], mat.close[at:n], X_tail, mat.y[at:n], mat.valid[at:n],
+                 mat.contiguous_next[at:n], approx_ms(m.interval), fs, mat.up[at:n],
+                 {k: v[at:n] for k, v in mat.heads.items()})
+    picks = golden_picks(sp.train)
+    uniq = np.unique(picks)
+    X_golden = mat.gather_X(uniq)[np.searchsorted(uniq, picks)]
+    return fitted, ds, at, X_golden, len(months)
 
 
 def _seen_until(registry: Registry, name: str, live: str, m: Manifest, open_time: np.ndarray) -> tuple[int, str]:
