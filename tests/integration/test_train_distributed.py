@@ -477,3 +477,29 @@ def test_a_worker_killed_mid_retrain_publishes_nothing(spied, tmp_path):
     print(f"exit {proc.returncode} {took:.1f} s after the kill")
     registry = Registry(home / "models")
     assert registry.versions("btcusdt-1h") == ["v0001"] and registry.current("btcusdt-1h").version == "v0001"
+
+
+def test_retrain_all_on_a_cluster_refits_the_distributed_model_data_parallel_and_the_others_per_task(
+    spied, tmp_path, cluster  # noqa: F811
+):
+    """`retrain --all --cluster`: the --distributed model is refitted data-parallel from this machine, a model
+    trained in one process on the same candles keeps the one-model-per-task retrain; both are gated and
+    published."""
+    home0, _, _ = spied
+    home = tmp_path / "h"
+    shutil.copytree(home0, home)
+    r = xylen(home, "train", "--symbol", "BTCUSDT", "--interval", "1h", "--name", "plain", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    Store(home / "data").append("BTCUSDT", "1h", read_candles(BTC_1H).frame)
+    r = xylen(home, "retrain", "--all", "--cluster", cluster, "--json", env=HOLD)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = {x["name"]: x for x in orjson.loads(r.stdout)["results"]}
+    assert set(got) == {"btcusdt-1h", "plain"}
+    for x in got.values():
+        assert x["outcome"] in ("promoted", "kept") and x["candidate_version"] == "v0002", x
+    assert "data-parallel full refit" in got["btcusdt-1h"]["message"]
+    assert "data-parallel" not in got["plain"]["message"] and "full refit" in got["plain"]["message"]
+    registry = Registry(home / "models")
+    assert registry.manifest("btcusdt-1h", "v0002").params["tree_learner"] == "data"
+    plain = registry.manifest("plain", "v0002")
+    assert "tree_learner" not in plain.params and "distributed" not in plain.metrics
