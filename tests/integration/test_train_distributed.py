@@ -503,3 +503,29 @@ def test_retrain_all_on_a_cluster_refits_the_distributed_model_data_parallel_and
     assert registry.manifest("btcusdt-1h", "v0002").params["tree_learner"] == "data"
     plain = registry.manifest("plain", "v0002")
     assert "tree_learner" not in plain.params and "distributed" not in plain.metrics
+
+
+def test_a_data_parallel_retrain_brings_here_only_the_holdouts_and_golden_rows_features(
+    spied, tmp_path, cluster  # noqa: F811
+):
+    """In this process, with client.gather counted: the candidate's fit rows keep their features on the workers;
+    this machine receives the narrow blocks, the holdout's features and the golden rows'."""
+    from xylen.core import featuresets
+    from xylen.profiles import resolve
+    from xylen.train import cluster as xc
+    from xylen.train.retrain import RetrainOptions, retrain_model
+
+    home0, _, _ = spied
+    home = with_new_candles(home0, tmp_path / "h")
+    settings = settings_of(home, retrain_holdout=500)
+    registry = Registry(home / "models")
+    with xc.connect(cluster) as client:
+        spy = GatherSpy(client, len(featuresets.get(settings.feature_set, "1h").names))
+        r = retrain_model(settings, registry, Store(home / "data"), "btcusdt-1h", RetrainOptions(),
+                          resolve("8gb", num_threads=1), client=client, address=cluster)
+    assert r.outcome in ("promoted", "kept") and r.candidate_version == "v0002", r.message
+    assert r.gate is not None and r.gate["holdout"]["rows"] >= 500
+    golden = registry.manifest("btcusdt-1h", "v0002").golden
+    assert spy.blocks == 9  # one narrow block per month partition, without features
+    assert spy.feature_rows == r.gate["holdout"]["rows"] + len(golden.rows)
+    assert r.samples_used > 5000  # fitted on the workers, never gathered
