@@ -10,6 +10,10 @@ the same rows (train/candidate.py). The candidate is published as a new immutabl
 for every head and the live version is still the one it was compared with
 (``Registry.promote(expect_live=...)``: a trainer never replaces a version someone promoted meanwhile).
 
+A model trained data-parallel (`xylen train --distributed`) is refitted data-parallel when a Dask cluster is given
+(``retrain_model(client=...)``, from `xylen retrain --cluster`): the same rows, gate and publication, the fit on the
+cluster (:func:`_fit_on_cluster`); without a cluster it is refitted in one process like any model.
+
 Runs never overlap: the whole run holds core/runlock.RunLock on XYLEN_HOME.
 """
 
@@ -55,7 +59,8 @@ STRICT_CODES = {"kept": 10, "conflict": 10, "nothing_new": 11, "skipped": 11, "b
 # with several models, the exit code of the most severe error wins (internal, then model, training, data, config)
 SEVERITY = (1, 4, 5, 3, 2, 6)
 # LightGBM's distributed-learning parameters (and their aliases): a model trained with `train --distributed` has
-# tree_learner=data in its manifest, but a retrain fits in one process, where they have no meaning
+# tree_learner=data in its manifest, but a one-process retrain has no use for them (a data-parallel one gets its own
+# from distributed.dask_params)
 NETWORK_PARAMS = frozenset({
     "tree_learner", "tree", "tree_type", "tree_learner_type", "num_machines", "num_machine", "local_listen_port",
     "local_port", "port", "time_out", "machine_list_filename", "machine_list_file", "machine_list", "mlist",
