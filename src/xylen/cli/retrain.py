@@ -57,10 +57,10 @@ def retrain_cmd(
         "--cluster",
         metavar="ADDR",
         help="Make the candidates on the Dask cluster whose scheduler is at ADDR (tcp://HOST:PORT; default "
-        "XYLEN_DASK_CLUSTER), one model per task, the workers reading the store and the registry at the same "
-        "XYLEN_HOME; this machine holds the run lock and publishes, gates and promotes each one. A model trained "
-        "with `train --distributed` is refitted in full data-parallel over the whole cluster instead, one at a "
-        "time. Needs pip install 'xylen[dask]'.",
+        "XYLEN_DASK_CLUSTER), one model per task, the workers reading the store and the registry where this "
+        "machine does (the same XYLEN_HOME, or XYLEN_DATA_URL and XYLEN_MODELS_URL); this machine holds the run "
+        "lock and publishes, gates and promotes each one. A model trained with `train --distributed` is refitted "
+        "in full data-parallel over the whole cluster instead, one at a time. Needs pip install 'xylen[dask]'.",
     ),
 ) -> None:
     """Retrain live models on the candles `xylen collect` stored, keeping each one's feature set, label and extra

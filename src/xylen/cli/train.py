@@ -122,7 +122,8 @@ def train_cmd(
         "--cluster",
         metavar="ADDR",
         help="Train on the Dask cluster whose scheduler is at ADDR (tcp://HOST:PORT; default XYLEN_DASK_CLUSTER): "
-        "one model per task, the workers reading the store at the same XYLEN_HOME; this machine publishes each "
+        "one model per task, the workers reading the store where this machine does (the same XYLEN_HOME, or "
+        "XYLEN_DATA_URL); this machine publishes each "
         "bundle. Needs pip install 'xylen[dask]' here and on the workers.",
     ),
     distributed: bool = typer.Option(

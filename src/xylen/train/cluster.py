@@ -1,12 +1,13 @@
 """Training on a Dask cluster (`xylen train --cluster`, `xylen retrain --all --cluster`).
 
-Many markets: one (symbol, interval) model per task (``client.map``). Each task runs on a worker exactly the
-training a local `xylen train` runs (:func:`xylen.train.pipeline.train`, the same parameters and seeds), reading
-its candles from the store itself (the workers see the store at the same XYLEN_HOME path: a shared volume), and
-writes the bundle into a private folder there instead of a registry. It returns the bundle's files as bytes; this
-process (the client) then checks them exactly as a server would load them and publishes them through the registry
-as local training does (the next free version, then the promotion, which verifies the bundle again in a child
-process), one model at a time: the only writer of the registry is the client.
+Many markets: one (symbol, interval) model per task (``client.submit``, the biggest markets first). Each task runs
+on a worker exactly the training a local `xylen train` runs (:func:`xylen.train.pipeline.train`, the same parameters
+and seeds), reading its candles from the store itself (the workers see the store at the same XYLEN_HOME path, a
+shared volume, or in the bucket XYLEN_DATA_URL names), and writes the bundle into a private folder there instead
+of a registry. It returns the bundle's files as bytes; this process (the client) then checks them exactly as a
+server would load them and publishes them through the registry as local training does (the next free version, then
+the promotion, which verifies the bundle again in a child process), two models at a time (each its own folder and
+pointer): the only writer of the registry is the client.
 
 Dask itself is an extra (``pip install 'xylen[dask]'``); nothing here imports it before a cluster is asked for.
 """
